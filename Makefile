@@ -1,0 +1,29 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Dev installs pin the CPU build of torch; the library itself declares a range.
+TORCH_PIN := torch==2.13.0
+
+.PHONY: demo test lint clean
+
+$(BIN)/saescope: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH_PIN)
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+demo: $(BIN)/saescope
+	$(BIN)/saescope demo
+
+test: $(BIN)/saescope
+	$(BIN)/ruff check src tests bench
+	$(BIN)/python -m pytest -q
+
+lint: $(BIN)/saescope
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,293 @@
+"""The `saescope` command line. It only builds each module's own config and calls it; the
+help text of every option is the docstring of the config field it sets."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import inspect
+import itertools
+import json
+import sys
+import textwrap
+from collections.abc import Sequence
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from saescope.data import ActivationFile, SeedTask, SeedTaskConfig
+from saescope.errors import ConfigError, SaescopeError
+from saescope.evaluate import evaluate
+from saescope.saes import ARCHITECTURES, SAE, load, make_sae
+from saescope.saes.io import CFG_FILE
+from saescope.text import table as _table
+from saescope.train import TrainConfig, train
+
+SAE_SHAPE_FIELDS = {"d_in", "d_out", "apply_b_dec_to_input"}  # set from the data
+EVAL_SEED_OFFSET = 1_000_003
+
+
+@cache
+def field_docs(cls: type) -> dict[str, str]:
+    """Attribute docstrings of a dataclass and its bases (the string under each field)."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        body = tree.body[0].body  # type: ignore[attr-defined]
+        for node, nxt in itertools.pairwise(body):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and isinstance(nxt, ast.Expr)
+                and isinstance(nxt.value, ast.Constant)
+                and isinstance(nxt.value.value, str)
+            ):
+                docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def _parse_type(annotation: str):
+    """The converter for a field annotation such as 'int | None'."""
+    base = annotation.replace("| None", "").strip()
+    return {"int": int, "float": float, "str": str, "bool": _bool}.get(base, str)
+
+
+def _bool(s: str) -> bool:
+    if s.lower() in ("1", "true", "yes", "on"):
+        return True
+    if s.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {s!r}")
+
+
+def add_config_args(
+    parser: argparse._ActionsContainer,
+    cls: type,
+    skip: set[str] = frozenset(),  # type: ignore[assignment]
+) -> None:
+    """One --option per dataclass field; defaults stay None so only given values are used."""
+    docs = field_docs(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else None
+        help_ = docs.get(f.name, "") + f" (default: {default})"
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"),
+            dest=f.name,
+            type=_parse_type(str(f.type)),
+            default=None,
+            help=help_.replace("%", "%%"),
+        )
+
+
+def _given(ns: argparse.Namespace, cls: type, skip: set[str] = frozenset()) -> dict[str, Any]:  # type: ignore[assignment]
+    return {
+        f.name: getattr(ns, f.name)
+        for f in dataclasses.fields(cls)
+        if f.name not in skip and getattr(ns, f.name, None) is not None
+    }
+
+
+def _field(cls: type, name: str) -> dataclasses.Field:
+    return next(f for f in dataclasses.fields(cls) if f.name == name)
+
+
+def _arch_fields() -> dict[str, list[str]]:
+    """Each architecture-specific option and the architectures that take it."""
+    out: dict[str, list[str]] = {}
+    for name, cls in ARCHITECTURES.items():
+        for f in dataclasses.fields(cls.config_cls):
+            if f.name not in SAE_SHAPE_FIELDS and f.name != "d_sae":
+                out.setdefault(f.name, []).append(name)
+    return out
+
+
+# ----- data -------------------------------------------------------------------------------
+
+
+def _data_source(ns: argparse.Namespace, batch_size: int, seed: int):
+    """('synthetic', SeedTask) or ('file', ActivationFile) from --data."""
+    if ns.data == "synthetic":
+        return SeedTask(SeedTaskConfig(**_given(ns, SeedTaskConfig)), batch_size, seed)
+    return ActivationFile(ns.data, batch_size, seed)
+
+
+def _data_meta(source: SeedTask | ActivationFile) -> dict[str, Any]:
+    if isinstance(source, SeedTask):
+        return {"kind": "synthetic", "task": dataclasses.asdict(source.cfg), "seed": source.seed}
+    return {"kind": "file", "path": str(source.path), "seed": source.seed}
+
+
+# ----- commands ---------------------------------------------------------------------------
+
+
+def cmd_train(ns: argparse.Namespace) -> int:
+    arch = ns.arch
+    if arch not in ARCHITECTURES:
+        raise ConfigError(f"unknown architecture {arch!r}; known: {', '.join(ARCHITECTURES)}")
+    cfg_cls = ARCHITECTURES[arch].config_cls
+    allowed = {f.name for f in dataclasses.fields(cfg_cls)}
+    for name, archs in _arch_fields().items():
+        if getattr(ns, name, None) is not None and name not in allowed:
+            raise ConfigError(
+                f"--{name.replace('_', '-')} applies to {', '.join(archs)}, not {arch}"
+            )
+    tcfg = TrainConfig(**_given(ns, TrainConfig))
+    source = _data_source(ns, ns.batch_size, tcfg.seed)
+    d_in = source.cfg.d_in if isinstance(source, SeedTask) else source.d_in
+    d_out = d_in if isinstance(source, SeedTask) else source.d_out
+    transcoder = isinstance(source, ActivationFile) and source.y is not None
+    sae_kw = _given(ns, cfg_cls, SAE_SHAPE_FIELDS)
+    if isinstance(sae_kw.get("k"), float) and str(_field(cfg_cls, "k").type) == "int":
+        if not sae_kw["k"].is_integer():
+            raise ConfigError(f"--k must be a whole number for {arch}, got {sae_kw['k']}")
+        sae_kw["k"] = int(sae_kw["k"])
+    sae_kw.setdefault("d_sae", 8 * d_in)
+    if "k" in allowed:
+        sae_kw.setdefault("k", max(1, min(32, d_in // 2)))
+    torch.manual_seed(tcfg.seed)  # --seed fixes the initial weights too
+    sae = make_sae(
+        {
+            "architecture": arch,
+            "d_in": d_in,
+            "d_out": d_out,
+            "apply_b_dec_to_input": not transcoder,
+            **sae_kw,
+        }
+    )
+    result = train(
+        sae, source, tcfg, ns.out, resume=ns.resume, metadata={"data": _data_meta(source)}
+    )
+    print(
+        _table(
+            [{"run": str(ns.out), **result.final_metrics[0]}],
+            ["run", "step", "loss", "l0", "mse", "explained_variance", "dead_fraction"],
+        )
+    )
+    print(f"saved to {ns.out}")
+    return 0
+
+
+def _run_saes(run: Path) -> list[tuple[str, Path]]:
+    if (run / CFG_FILE).is_file():
+        return [(run.name, run)]
+    subs = sorted(p for p in run.glob("sae_*") if (p / CFG_FILE).is_file())
+    if not subs:
+        raise ConfigError(
+            f"{run} holds no saved SAE ({CFG_FILE}); give a folder made by saescope train"
+        )
+    return [(p.name, p) for p in subs]
+
+
+def _eval_one(sae: SAE, path: Path, ns: argparse.Namespace) -> dict[str, Any]:
+    meta = json.loads((path / CFG_FILE).read_text()).get("metadata", {}).get("data", {})
+    if ns.data == "synthetic":
+        task_cfg = SeedTaskConfig(**{**meta.get("task", {}), **_given(ns, SeedTaskConfig)})
+        source = SeedTask(task_cfg, min(ns.tokens, 8192), meta.get("seed", 0) + EVAL_SEED_OFFSET)
+        return evaluate(sae, source, ns.tokens, features=source.features)
+    source = ActivationFile(ns.data, min(ns.tokens, 8192), 0)
+    return evaluate(sae, [source.all()], ns.tokens)
+
+
+def cmd_eval(ns: argparse.Namespace) -> int:
+    results = {name: _eval_one(load(path), path, ns) for name, path in _run_saes(Path(ns.run))}
+    if ns.json:
+        print(json.dumps(next(iter(results.values())) if len(results) == 1 else results))
+    else:
+        rows = [{"sae": k, **v} for k, v in results.items()]
+        cols = [
+            "sae",
+            "architecture",
+            "l0",
+            "mse",
+            "explained_variance",
+            "dead_fraction",
+            "relative_reconstruction_bias",
+        ]
+        cols += [c for c in ("mmcs", "min_feature_cosine") if c in rows[0]]
+        print(_table(rows, cols))
+    return 0
+
+
+def cmd_demo(ns: argparse.Namespace) -> int:
+    from saescope.experiments import demo
+
+    demo.run(Path(ns.out), steps=ns.steps)
+    return 0
+
+
+# ----- parser -----------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="saescope", description="Sparse autoencoders: train, evaluate."
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train an SAE")
+    t.add_argument("--arch", required=True, help=f"architecture: {', '.join(ARCHITECTURES)}")
+    t.add_argument(
+        "--data",
+        default="synthetic",
+        help="'synthetic' (the seed's ground-truth task) or a .npy/.safetensors file (N, d_in)",
+    )
+    t.add_argument("--out", required=True, type=Path, help="run folder (metrics, checkpoint, SAE)")
+    t.add_argument("--batch-size", type=int, default=1024, help="tokens per batch")
+    t.add_argument(
+        "--resume", action="store_true", help="continue from the run folder's checkpoint"
+    )
+    t.add_argument(
+        "--d-sae", dest="d_sae", type=int, default=None, help="latents (default 8 x d_in)"
+    )
+    arch = t.add_argument_group("architecture options")
+    for name, archs in _arch_fields().items():
+        cls = ARCHITECTURES[archs[0]].config_cls
+        f = _field(cls, name)
+        doc = field_docs(cls).get(name, "").replace("%", "%%")
+        types = {str(_field(ARCHITECTURES[a].config_cls, name).type) for a in archs}
+        arch.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            default=None,
+            type=float if "float" in types else _parse_type(str(f.type)),
+            help=f"{doc} [{', '.join(archs)}] (default: {f.default})",
+        )
+    add_config_args(t.add_argument_group("training options"), TrainConfig)
+    add_config_args(t.add_argument_group("synthetic data options"), SeedTaskConfig)
+
+    e = sub.add_parser("eval", help="evaluate a trained SAE")
+    e.add_argument("run", help="run folder written by saescope train")
+    e.add_argument("--data", default="synthetic", help="'synthetic' or a .npy/.safetensors file")
+    e.add_argument("--tokens", type=int, default=65_536, help="tokens to evaluate on")
+    e.add_argument("--json", action="store_true", help="print one JSON object")
+    add_config_args(e.add_argument_group("synthetic data options"), SeedTaskConfig)
+
+    d = sub.add_parser("demo", help="train and evaluate every architecture on the seed's task")
+    d.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder")
+    d.add_argument("--steps", type=int, default=None, help="training steps (default: the demo's)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    commands = {"train": cmd_train, "eval": cmd_eval, "demo": cmd_demo}
+    try:
+        return commands[ns.command](ns)
+    except SaescopeError as e:
+        print(f"saescope: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("saescope: interrupted; resume with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""Synthetic data with known ground truth.
+
+The seed's task: n_features random unit vectors in d_in dimensions; each sample is a sparse
+non-negative combination of between min_active and max_active of them (uniformly many),
+with coefficients drawn from U(coef_low, coef_high). 8 features in 4-D, 1-3 active, U(0.5, 2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from saescope.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class SeedTaskConfig:
+    """The seed article's ground-truth task."""
+
+    d_in: int = 4
+    """Dimension of the data."""
+    n_features: int = 8
+    """Number of true features (unit vectors)."""
+    min_active: int = 1
+    """Fewest true features active in a sample."""
+    max_active: int = 3
+    """Most true features active in a sample."""
+    coef_low: float = 0.5
+    """Smallest coefficient of an active feature."""
+    coef_high: float = 2.0
+    """Largest coefficient of an active feature."""
+    feature_seed: int = 0
+    """Seed of the true feature directions."""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_active <= self.max_active <= self.n_features:
+            raise ConfigError(
+                f"need 1 <= min_active <= max_active <= n_features, got "
+                f"{self.min_active}, {self.max_active}, {self.n_features}"
+            )
+        if self.d_in < 1 or not 0 <= self.coef_low <= self.coef_high:
+            raise ConfigError("need d_in >= 1 and 0 <= coef_low <= coef_high")
+
+    @property
+    def mean_active(self) -> float:
+        return (self.min_active + self.max_active) / 2
+
+
+class SeedTask:
+    """A reproducible stream of batches from the seed's task. Batch i depends only on
+    (seed, i), so a stream can restart anywhere (`iter_from`)."""
+
+    def __init__(self, cfg: SeedTaskConfig, batch_size: int = 1024, seed: int = 0) -> None:
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        self.cfg, self.batch_size, self.seed = cfg, batch_size, seed
+        g = torch.Generator().manual_seed(cfg.feature_seed)
+        feats = torch.randn(cfg.n_features, cfg.d_in, generator=g)
+        self.features = feats / feats.norm(dim=1, keepdim=True)  # (n_features, d_in)
+
+    def sample(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """n samples: x (n, d_in) and the true coefficients c (n, n_features); x = c @ features."""
+        cfg = self.cfg
+        counts = torch.randint(cfg.min_active, cfg.max_active + 1, (n, 1), generator=generator)
+        ranks = torch.rand(n, cfg.n_features, generator=generator).argsort(dim=1).argsort(dim=1)
+        active = ranks < counts  # a uniformly random subset of `count` features per row
+        coefs = cfg.coef_low + (cfg.coef_high - cfg.coef_low) * torch.rand(
+            n, cfg.n_features, generator=generator
+        )
+        c = coefs * active
+        return c @ self.features, c
+
+    def batch(self, i: int) -> tuple[Tensor, Tensor]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
+        x, _ = self.sample(self.batch_size, g)
+        return x, x
+
+    def iter_from(self, start: int) -> Iterator[tuple[Tensor, Tensor]]:
+        i = start
+        while True:
+            yield self.batch(i)
+            i += 1
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        return self.iter_from(0)

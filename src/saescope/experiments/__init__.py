@@ -1,0 +1,1 @@
+"""The seed's experiments end to end, and the demo."""

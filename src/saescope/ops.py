@@ -1,0 +1,143 @@
+"""Pure tensor math shared by the SAE family: no state, no I/O.
+
+Shapes: N tokens, M = d_sae latents, D = d_in (or d_out for decoder-side tensors).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def topk_activation(pre: Tensor, k: int) -> Tensor:
+    """Keep the k largest pre-activations of each row, ReLU them, zero the rest.
+
+    pre: (N, M) -> f: (N, M). Gradient flows only through the kept entries (Gao et al. 2024).
+    """
+    vals, idx = pre.topk(k, dim=-1, sorted=False)  # (N, k)
+    return torch.zeros_like(pre).scatter(-1, idx, vals.relu())
+
+
+def batch_topk_activation(pre: Tensor, k: float) -> tuple[Tensor, Tensor]:
+    """Keep the N*k largest ReLU'd pre-activations of the whole batch (Bussmann et al. 2024).
+
+    Returns f (N, M) and the smallest positive value kept (a 0-d tensor; 0 when none is),
+    which feeds the inference threshold's running average.
+    """
+    n_keep = max(1, min(pre.numel(), round(k * pre.shape[0])))
+    flat = pre.relu().flatten()
+    vals, idx = flat.topk(n_keep, sorted=False)
+    f = torch.zeros_like(flat).scatter(0, idx, vals).view_as(pre)
+    positive = vals[vals > 0]
+    min_kept = positive.min() if positive.numel() else vals.new_zeros(())
+    return f, min_kept.detach()
+
+
+def _rectangle(u: Tensor) -> Tensor:
+    """Rectangle kernel K(u) = 1[|u| < 1/2]."""
+    return (u.abs() < 0.5).to(u.dtype)
+
+
+class _JumpReLU(torch.autograd.Function):
+    """f = z * H(z - theta) with the straight-through pseudo-derivatives of
+    Rajamanoharan et al. 2024 (arXiv 2407.14435, eq. 11):
+    df/dz = H(z - theta), df/dtheta = -(theta / eps) K((z - theta) / eps)."""
+
+    @staticmethod
+    def forward(ctx, z: Tensor, theta: Tensor, eps: float) -> Tensor:
+        ctx.save_for_backward(z, theta)
+        ctx.eps = eps
+        return z * (z > theta).to(z.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        z, theta = ctx.saved_tensors
+        eps = ctx.eps
+        grad_z = grad_out * (z > theta).to(z.dtype)
+        grad_theta = -(theta / eps) * _rectangle((z - theta) / eps) * grad_out
+        return grad_z, _sum_to(grad_theta, theta.shape), None
+
+
+class _Step(torch.autograd.Function):
+    """H(z - theta) with dH/dz = 0 and dH/dtheta = -(1/eps) K((z - theta)/eps)."""
+
+    @staticmethod
+    def forward(ctx, z: Tensor, theta: Tensor, eps: float) -> Tensor:
+        ctx.save_for_backward(z, theta)
+        ctx.eps = eps
+        return (z > theta).to(z.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        z, theta = ctx.saved_tensors
+        eps = ctx.eps
+        grad_theta = -(1.0 / eps) * _rectangle((z - theta) / eps) * grad_out
+        return torch.zeros_like(z), _sum_to(grad_theta, theta.shape), None
+
+
+def _sum_to(grad: Tensor, shape: torch.Size) -> Tensor:
+    """Reduce a broadcast gradient (N, M) back to the parameter's shape (M,)."""
+    return grad.sum_to_size(shape)
+
+
+def jumprelu(z: Tensor, theta: Tensor, eps: float) -> Tensor:
+    """JumpReLU with straight-through threshold gradients. z: (N, M), theta: (M,)."""
+    return _JumpReLU.apply(z, theta, eps)
+
+
+def step(z: Tensor, theta: Tensor, eps: float) -> Tensor:
+    """Heaviside step H(z - theta) with straight-through threshold gradients."""
+    return _Step.apply(z, theta, eps)
+
+
+def geometric_median(points: Tensor, iters: int = 100, tol: float = 1e-6) -> Tensor:
+    """Weiszfeld's algorithm: the point minimising the sum of Euclidean distances.
+
+    points: (N, D) -> (D,). Robust to outliers, unlike the mean (Bricken et al. 2023 init of b_dec).
+    """
+    points = points.double()
+    guess = points.mean(0)
+    for _ in range(iters):
+        dist = (points - guess).norm(dim=1).clamp_min(1e-12)  # (N,)
+        w = 1.0 / dist
+        new = (w[:, None] * points).sum(0) / w.sum()
+        moved = (new - guess).norm()
+        guess = new
+        if moved <= tol * guess.norm().clamp_min(1.0):
+            break
+    return guess
+
+
+def unit_rows(w: Tensor, eps: float = 1e-12) -> Tensor:
+    """Rows of w scaled to unit L2 norm."""
+    return w / w.norm(dim=-1, keepdim=True).clamp_min(eps)
+
+
+def remove_parallel_grad(w: Tensor, grad: Tensor) -> Tensor:
+    """Remove from each row of grad its component along the same row of w.
+
+    Keeps a unit-norm decoder on the sphere to first order before the optimiser step:
+    g_i <- g_i - (g_i . d_i) d_i, with d_i the unit row (Bricken et al. 2023).
+    """
+    d = unit_rows(w)
+    return grad - (grad * d).sum(-1, keepdim=True) * d
+
+
+def auxk_topk(pre: Tensor, dead: Tensor, k_aux: int) -> Tensor:
+    """Top-k_aux ReLU'd pre-activations among dead latents only (Gao et al. 2024, App. A.2).
+
+    pre: (N, M), dead: (M,) bool -> (N, M) with at most k_aux non-zeros per row, on dead latents.
+    """
+    k_aux = min(k_aux, int(dead.sum()))
+    if k_aux == 0:
+        return torch.zeros_like(pre)
+    masked = pre.masked_fill(~dead, float("-inf"))
+    vals, idx = masked.topk(k_aux, dim=-1, sorted=False)
+    return torch.zeros_like(pre).scatter(-1, idx, vals.relu())
+
+
+def normalised_mse(residual: Tensor, target: Tensor) -> Tensor:
+    """Sum of squared residuals over the target's total variance (fraction of variance
+    unexplained); 0 when the target has no variance."""
+    var = (target - target.mean(0)).pow(2).sum()
+    return residual.pow(2).sum() / var.clamp_min(1e-12)

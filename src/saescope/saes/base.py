@@ -1,0 +1,227 @@
+"""The abstract SAE: parameters, decode, forward, and the shape every architecture shares.
+
+Notation (kept the same in code, files and docs): x (N, d_in) input, y (N, d_out) target
+(y is x for an SAE; a module's output for a transcoder), pre (N, d_sae) pre-activations,
+f (N, d_sae) feature activations, x_hat / y_hat (N, d_out) reconstruction.
+W_enc (d_in, d_sae), b_enc (d_sae), W_dec (d_sae, d_out), b_dec (d_out).
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from saescope.errors import ConfigError, InputError
+
+
+@dataclass(frozen=True)
+class SAEConfig:
+    """Fields every architecture has. Each architecture's config adds its own."""
+
+    name: ClassVar[str] = ""
+
+    d_in: int
+    """Width of the input activations."""
+    d_sae: int
+    """Number of latents (dictionary size)."""
+    d_out: int | None = None
+    """Width of the reconstruction target; defaults to d_in. Differs for transcoders."""
+    apply_b_dec_to_input: bool = True
+    """Subtract b_dec from x before encoding (Bricken et al. pre-centring). Off for transcoders."""
+
+    def __post_init__(self) -> None:
+        if self.d_out is None:
+            object.__setattr__(self, "d_out", self.d_in)
+        for key in ("d_in", "d_sae", "d_out"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{key} must be a positive integer, got {value!r}")
+        if self.apply_b_dec_to_input and self.d_out != self.d_in:
+            raise ConfigError(
+                f"apply_b_dec_to_input needs d_out == d_in (got {self.d_out} != {self.d_in}); "
+                "set apply_b_dec_to_input=False for a transcoder"
+            )
+
+    @property
+    def unit_norm_decoder(self) -> bool:
+        """Whether training keeps each decoder row W_dec[i] at unit norm."""
+        return True
+
+    @property
+    def dead_latent_strategy(self) -> str:
+        """How training revives dead latents: "resample", "auxk" or "none"."""
+        return "none"
+
+    @property
+    def sparsity_coef_name(self) -> str | None:
+        """The field holding the sparsity coefficient that training warms up, if any."""
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"architecture": self.name, **dataclasses.asdict(self)}
+
+
+@dataclass
+class LossContext:
+    """What the training loop tells a loss besides the batch."""
+
+    sparsity_scale: float = 1.0
+    """Multiplier on the sparsity coefficient (its warm-up)."""
+    dead: Tensor | None = None
+    """(d_sae,) bool: latents that have not fired for the dead window (for AuxK)."""
+
+
+@dataclass
+class LossOutput:
+    """A loss evaluation: the reconstruction, the features and each weighted loss term."""
+
+    y_hat: Tensor
+    f: Tensor
+    terms: dict[str, Tensor]
+    """Named loss terms, coefficients applied; they sum to the total."""
+    extras: dict[str, Tensor] = field(default_factory=dict)
+
+    @property
+    def total(self) -> Tensor:
+        return sum(self.terms.values())  # type: ignore[return-value]
+
+
+class SAE(nn.Module, abc.ABC):
+    """Abstract sparse autoencoder. Subclasses implement `_encode` and `loss`.
+
+    `encode` and `forward` accept any leading shape (..., d_in): (B, S, d_in) works as
+    (B*S, d_in), and BatchTopK's batch is all leading positions together.
+    """
+
+    cfg: SAEConfig
+    config_cls: ClassVar[type[SAEConfig]]
+    latent_axes: ClassVar[dict[str, int]] = {"W_enc": 1, "W_dec": 0}
+    """For each parameter, the axis that indexes latents (used by resampling)."""
+    decoder_init_norm: ClassVar[float] = 1.0
+
+    def __init__(self, cfg: SAEConfig) -> None:
+        super().__init__()
+        if not isinstance(cfg, self.config_cls):
+            raise ConfigError(f"{type(self).__name__} needs a {self.config_cls.__name__}")
+        self.cfg = cfg
+        d_in, d_sae, d_out = cfg.d_in, cfg.d_sae, cfg.d_out
+        self.W_enc = nn.Parameter(torch.empty(d_in, d_sae))
+        self.W_dec = nn.Parameter(torch.empty(d_sae, d_out))  # type: ignore[arg-type]
+        self.b_dec = nn.Parameter(torch.zeros(d_out))  # type: ignore[arg-type]
+        self._extra_params()
+        self.reset_parameters()
+
+    def _extra_params(self) -> None:
+        """Create architecture-specific parameters and buffers."""
+
+    # ----- initialisation -------------------------------------------------------------------
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Random unit decoder rows; encoder tied to the decoder's transpose when shapes allow
+        (Gao et al. 2024 sec. 2.4), otherwise a fan-in scaled random matrix; zero biases."""
+        w = torch.randn_like(self.W_dec)
+        self.W_dec.copy_(w / w.norm(dim=1, keepdim=True) * self.decoder_init_norm)
+        if self.cfg.d_in == self.cfg.d_out:
+            self.W_enc.copy_(self.W_dec.T / self.decoder_init_norm)
+        else:
+            self.W_enc.copy_(torch.randn_like(self.W_enc) / self.cfg.d_in**0.5)
+        self.b_dec.zero_()
+        self._reset_extra()
+
+    def _reset_extra(self) -> None:
+        """Initialise architecture-specific parameters."""
+
+    # ----- the forward pass -----------------------------------------------------------------
+
+    def _centre(self, x: Tensor) -> Tensor:
+        return x - self.b_dec if self.cfg.apply_b_dec_to_input else x
+
+    def _flat(self, x: Tensor) -> Tensor:
+        if not isinstance(x, Tensor):
+            raise InputError(f"expected a torch.Tensor, got {type(x).__name__}")
+        if x.ndim == 0 or x.shape[-1] != self.cfg.d_in:
+            raise InputError(
+                f"input has shape {tuple(x.shape)} but this SAE takes d_in={self.cfg.d_in} "
+                "in the last dimension; use activations from the hook it was trained on"
+            )
+        return x.reshape(-1, self.cfg.d_in)
+
+    def encode(self, x: Tensor) -> Tensor:
+        """x (..., d_in) -> f (..., d_sae)."""
+        f = self._encode(self._flat(x))
+        return f.reshape(*x.shape[:-1], self.cfg.d_sae)
+
+    @abc.abstractmethod
+    def _encode(self, x: Tensor) -> Tensor:
+        """x (N, d_in) -> f (N, d_sae). Training mode may differ from inference (BatchTopK)."""
+
+    def decode(self, f: Tensor) -> Tensor:
+        """f (..., d_sae) -> x_hat (..., d_out)."""
+        return f @ self.W_dec + self.b_dec
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.decode(self.encode(x))
+
+    @abc.abstractmethod
+    def loss(self, x: Tensor, y: Tensor, ctx: LossContext | None = None) -> LossOutput:
+        """All loss terms on a batch x (N, d_in), y (N, d_out)."""
+
+    def after_step(self, out: LossOutput) -> None:
+        """Update running statistics after a successful optimiser step."""
+
+    def mse(self, y: Tensor, y_hat: Tensor) -> Tensor:
+        """Squared error summed over the output dimension, mean over tokens."""
+        return (y_hat - y).pow(2).sum(-1).mean()
+
+    # ----- helpers for training ---------------------------------------------------------------
+
+    @torch.no_grad()
+    def normalise_decoder(self) -> None:
+        """Scale every decoder row to unit norm."""
+        self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12))
+
+    @torch.no_grad()
+    def resample_latents(self, idx: Tensor, enc_dirs: Tensor, dec_dirs: Tensor) -> None:
+        """Give latents `idx` new encoder/decoder directions (Bricken et al. 2023, resampling):
+        decoder rows become the unit `dec_dirs`, encoder columns the unit `enc_dirs` times
+        0.2 x the mean encoder norm of the other latents; other per-latent parameters reset."""
+        alive = torch.ones(self.cfg.d_sae, dtype=torch.bool, device=idx.device)
+        alive[idx] = False
+        enc_norm = self.W_enc[:, alive].norm(dim=0).mean() if alive.any() else 1.0
+        self.W_dec[idx] = dec_dirs / dec_dirs.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        self.W_dec[idx] *= self.decoder_init_norm if not self.cfg.unit_norm_decoder else 1.0
+        unit_enc = enc_dirs / enc_dirs.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        self.W_enc[:, idx] = (unit_enc * 0.2 * enc_norm).T
+        self._reset_latents(idx)
+
+    def _reset_latents(self, idx: Tensor) -> None:
+        """Reset architecture-specific per-latent parameters of resampled latents."""
+
+    @torch.no_grad()
+    def fold_scale(self, scale_in: float, scale_out: float) -> None:
+        """Fold activation normalisation into the weights.
+
+        Trained on x' = s_in x and y' = s_out y, the folded SAE takes raw x and returns raw y:
+        W_enc <- s_in W_enc, W_dec <- W_dec / s_out, b_dec <- b_dec / s_out. Pre-centring stays
+        exact because then s_in == s_out: (s x - b) W = (x - b/s)(s W).
+        """
+        self.W_enc.mul_(scale_in)
+        self.W_dec.div_(scale_out)
+        self.b_dec.div_(scale_out)
+
+    def to_file_tensors(self) -> dict[str, Tensor]:
+        """Tensors as saved (SAELens names and shapes)."""
+        return {k: v.detach() for k, v in self.state_dict().items()}
+
+    def from_file_tensors(self, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Inverse of `to_file_tensors`: a state dict for `load_state_dict`."""
+        return dict(tensors)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.cfg.to_dict().items())

@@ -1,0 +1,84 @@
+"""ReLU SAE with an L1 penalty: the seed's model (Bricken et al. 2023, Towards Monosemanticity).
+
+f = ReLU((x - b_dec) W_enc + b_enc); x_hat = f W_dec + b_dec; L = ||x - x_hat||^2 + l1 * ||f||_1,
+with unit-norm decoder rows. `l1_mode="weighted"` is Anthropic's April 2024 update instead:
+the penalty is sum_i f_i ||W_dec[i]||, decoder norms are free, decoder rows start at norm 0.1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, final
+
+import torch
+from torch import Tensor, nn
+
+from saescope.errors import ConfigError
+from saescope.saes.base import SAE, LossContext, LossOutput, SAEConfig
+
+
+@dataclass(frozen=True)
+class ReLUConfig(SAEConfig):
+    name: ClassVar[str] = "relu"
+
+    l1_coef: float = 0.5
+    """L1 sparsity coefficient (on inputs normalised to E||x|| = sqrt(d_in))."""
+    l1_mode: str = "unit"
+    """"unit": L1 on f with unit-norm decoder rows (the seed); "weighted": L1 on f_i ||d_i||,
+    free decoder norms (Anthropic April 2024 update)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.l1_mode not in ("unit", "weighted"):
+            raise ConfigError(f"l1_mode must be 'unit' or 'weighted', got {self.l1_mode!r}")
+        if self.l1_coef < 0:
+            raise ConfigError(f"l1_coef must be >= 0, got {self.l1_coef}")
+
+    @property
+    def unit_norm_decoder(self) -> bool:
+        return self.l1_mode == "unit"
+
+    @property
+    def dead_latent_strategy(self) -> str:
+        return "resample"
+
+    @property
+    def sparsity_coef_name(self) -> str:
+        return "l1_coef"
+
+
+@final
+class ReLUSAE(SAE):
+    config_cls = ReLUConfig
+    cfg: ReLUConfig
+    latent_axes: ClassVar[dict[str, int]] = {"W_enc": 1, "W_dec": 0, "b_enc": 0}
+
+    def _extra_params(self) -> None:
+        self.b_enc = nn.Parameter(torch.zeros(self.cfg.d_sae))
+
+    @property
+    def decoder_init_norm(self) -> float:  # type: ignore[override]
+        return 1.0 if self.cfg.unit_norm_decoder else 0.1
+
+    def pre_acts(self, x: Tensor) -> Tensor:
+        return self._centre(x) @ self.W_enc + self.b_enc  # (N, d_sae)
+
+    def _encode(self, x: Tensor) -> Tensor:
+        return self.pre_acts(x).relu()
+
+    def _reset_extra(self) -> None:
+        self.b_enc.data.zero_()
+
+    def _reset_latents(self, idx: Tensor) -> None:
+        self.b_enc.data[idx] = 0.0
+
+    def loss(self, x: Tensor, y: Tensor, ctx: LossContext | None = None) -> LossOutput:
+        ctx = ctx or LossContext()
+        f = self._encode(self._flat(x))
+        y_hat = self.decode(f)
+        if self.cfg.l1_mode == "unit":
+            l1 = f.sum(-1).mean()  # f >= 0, so |f| = f
+        else:
+            l1 = (f * self.W_dec.norm(dim=1)).sum(-1).mean()
+        coef = self.cfg.l1_coef * ctx.sparsity_scale
+        return LossOutput(y_hat, f, {"mse": self.mse(y, y_hat), "l1": coef * l1})

@@ -1,0 +1,21 @@
+"""Plain-text formatting for the terminal."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+
+def fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def table(rows: Sequence[dict[str, Any]], cols: Sequence[str]) -> str:
+    """An aligned text table of `cols` from each row dict."""
+    cells = [list(cols)] + [[fmt(r.get(c, "")) for c in cols] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

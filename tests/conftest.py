@@ -1,0 +1,20 @@
+import pytest
+import torch
+
+from saescope.saes import ARCHITECTURES
+
+
+def small_config(arch: str, d_in: int = 6, d_sae: int = 16, **kw) -> dict:
+    """A small config of each architecture for tests."""
+    extra = {"topk": {"k": 3}, "batchtopk": {"k": 3}}.get(arch, {})
+    return {"architecture": arch, "d_in": d_in, "d_sae": d_sae, **extra, **kw}
+
+
+@pytest.fixture(params=sorted(ARCHITECTURES))
+def arch(request) -> str:
+    return request.param
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

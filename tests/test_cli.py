@@ -1,0 +1,145 @@
+"""The command line end to end: train, eval (table and --json), --help from field docs."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import saescope
+from saescope.cli import field_docs, main
+from saescope.saes import TopKConfig
+from saescope.train import TrainConfig
+
+
+def test_train_then_eval_synthetic(tmp_path, capsys):
+    run = tmp_path / "x"
+    argv = [
+        "train",
+        "--arch",
+        "topk",
+        "--k",
+        "4",
+        "--d-sae",
+        "64",
+        "--data",
+        "synthetic",
+        "--out",
+        str(run),
+        "--steps",
+        "150",
+        "--batch-size",
+        "256",
+        "--lr",
+        "0.003",
+        "--seed",
+        "3",
+    ]
+    assert main(argv) == 0
+    assert "saved to" in capsys.readouterr().out
+    sae = saescope.load(run)
+    assert sae.cfg.k == 4 and sae.cfg.d_sae == 64 and sae.cfg.d_in == 4
+    cfg = json.loads((run / "cfg.json").read_text())
+    train_cfg = cfg["metadata"]["training"]
+    assert (train_cfg["steps"], train_cfg["lr"], train_cfg["seed"]) == (150, 0.003, 3)
+    rows = (run / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(rows[-1])["step"] == 150
+
+    assert main(["eval", str(run), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    for key in ("l0", "mse", "explained_variance", "dead_fraction", "mmcs"):
+        assert key in out
+    assert out["l0"] <= 4
+    assert out["explained_variance"] > 0.8
+
+    assert main(["eval", str(run)]) == 0
+    table = capsys.readouterr().out
+    assert "explained_variance" in table and "topk" in table
+
+
+def test_same_seed_same_result_and_batch_size_is_used(tmp_path):
+    common = ["train", "--arch", "relu", "--steps", "20", "--progress", "false"]
+    for name in ("a", "b"):
+        assert (
+            main([*common, "--seed", "1", "--batch-size", "64", "--out", str(tmp_path / name)]) == 0
+        )
+    a, b = saescope.load(tmp_path / "a"), saescope.load(tmp_path / "b")
+    assert torch.equal(a.W_enc, b.W_enc)
+    rows = [json.loads(r) for r in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["tokens"] == 20 * 64
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".safetensors"])
+def test_train_on_activation_file(tmp_path, capsys, suffix):
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(2048, 12)) * rng.uniform(0.5, 2, size=12)).astype(np.float32)
+    path = tmp_path / f"acts{suffix}"
+    if suffix == ".npy":
+        np.save(path, x)
+    else:
+        save_file({"activations": torch.from_numpy(x)}, path)
+    run = tmp_path / "run"
+    assert (
+        main(
+            [
+                "train",
+                "--arch",
+                "batchtopk",
+                "--k",
+                "4",
+                "--data",
+                str(path),
+                "--out",
+                str(run),
+                "--steps",
+                "60",
+                "--batch-size",
+                "256",
+                "--progress",
+                "false",
+            ]
+        )
+        == 0
+    )
+    assert saescope.load(run).cfg.d_in == 12
+    capsys.readouterr()
+    assert main(["eval", str(run), "--data", str(path), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["n_tokens"] == 2048 and 0 < out["l0"] <= 12
+
+
+def test_transcoder_from_xy_file(tmp_path):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1024, 8)).astype(np.float32)
+    y = np.maximum(x @ rng.normal(size=(8, 5)), 0).astype(np.float32)
+    save_file({"x": torch.from_numpy(x), "y": torch.from_numpy(y)}, tmp_path / "xy.safetensors")
+    assert (
+        main(
+            [
+                "train",
+                "--arch",
+                "relu",
+                "--data",
+                str(tmp_path / "xy.safetensors"),
+                "--out",
+                str(tmp_path / "tc"),
+                "--steps",
+                "30",
+                "--progress",
+                "false",
+            ]
+        )
+        == 0
+    )
+    tc = saescope.load(tmp_path / "tc")
+    assert (tc.cfg.d_in, tc.cfg.d_out, tc.cfg.apply_b_dec_to_input) == (8, 5, False)
+    assert tc(torch.from_numpy(x)).shape == (1024, 5)
+
+
+def test_help_comes_from_field_docs(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert " ".join(field_docs(TopKConfig)["k"].split()) in text
+    assert field_docs(TrainConfig)["steps"] in text

@@ -1,0 +1,170 @@
+"""Bad input: one clear line naming the problem, and nothing lost."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import saescope
+from saescope import ConfigError, FormatError, InputError
+from saescope.cli import main
+from saescope.data import SeedTask, SeedTaskConfig
+from saescope.saes import make_sae
+from saescope.train import CHECKPOINT_FILE, BadBatchError, TrainConfig, train
+
+
+def _one_line_error(capsys, argv) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err
+    assert err.startswith("saescope: error: ")
+    return err
+
+
+def test_unknown_architecture_lists_known(capsys, tmp_path):
+    err = _one_line_error(capsys, ["train", "--arch", "nope", "--out", str(tmp_path / "r")])
+    for name in saescope.ARCHITECTURES:
+        assert name in err
+    with pytest.raises(ConfigError, match="known: relu"):
+        make_sae({"architecture": "nope", "d_in": 4, "d_sae": 8})
+
+
+@pytest.mark.parametrize("k", [0, -1, 65])
+def test_k_out_of_range(capsys, tmp_path, k):
+    err = _one_line_error(
+        capsys, ["train", "--arch", "topk", "--k", str(k), "--d-sae", "64", "--out", str(tmp_path)]
+    )
+    assert "k must be between 1 and d_sae=64" in err
+
+
+def test_option_for_another_architecture(capsys, tmp_path):
+    err = _one_line_error(capsys, ["train", "--arch", "relu", "--k", "3", "--out", str(tmp_path)])
+    assert "--k applies to topk, batchtopk, not relu" in err
+
+
+def test_wrong_d_in():
+    sae = make_sae({"architecture": "topk", "d_in": 4, "d_sae": 8, "k": 2})
+    with pytest.raises(InputError, match=r"takes d_in=4"):
+        sae(torch.randn(3, 5))
+    task = SeedTask(SeedTaskConfig(d_in=6), batch_size=64)
+    with pytest.raises(InputError, match=r"expects d_in=4"):
+        train(sae, task, TrainConfig(steps=5, progress=False))
+
+
+def test_wrong_d_in_on_eval(capsys, tmp_path):
+    run = tmp_path / "run"
+    assert (
+        main(
+            [
+                "train",
+                "--arch",
+                "topk",
+                "--k",
+                "2",
+                "--steps",
+                "5",
+                "--out",
+                str(run),
+                "--progress",
+                "false",
+            ]
+        )
+        == 0
+    )
+    np.save(tmp_path / "acts.npy", np.zeros((10, 7), np.float32))
+    err = _one_line_error(capsys, ["eval", str(run), "--data", str(tmp_path / "acts.npy")])
+    assert "d_in=7" in err and "d_in=4" in err
+
+
+class _PoisonAt:
+    """The seed task with NaN in one batch."""
+
+    def __init__(self, step: int) -> None:
+        self.task, self.step = SeedTask(SeedTaskConfig(), batch_size=128), step
+
+    def iter_from(self, start):
+        for i, (x, _) in enumerate(self.task.iter_from(start), start):
+            if i == self.step:
+                x = x.clone()
+                x[3, 1] = float("nan")
+            yield x, x
+
+
+def test_nan_batch_names_step_and_keeps_weights_and_checkpoint(tmp_path):
+    cfg = TrainConfig(steps=60, checkpoint_every=20, progress=False)
+    torch.manual_seed(1)
+    sae = make_sae({"architecture": "relu", "d_in": 4, "d_sae": 16})
+    with pytest.raises(BadBatchError, match="step 45"):
+        train(sae, _PoisonAt(45), cfg, tmp_path)
+    ckpt = load_file(tmp_path / CHECKPOINT_FILE)
+    assert all(torch.isfinite(v.float()).all() for v in ckpt.values())
+    # The same run on 45 clean batches stops at the same place: the NaN batch changed nothing.
+    torch.manual_seed(1)
+    clean = make_sae({"architecture": "relu", "d_in": 4, "d_sae": 16})
+    first_45 = [SeedTask(SeedTaskConfig(), batch_size=128).batch(i) for i in range(45)]
+    with pytest.raises(InputError, match="ended after 45 batches"):
+        train(clean, first_45, cfg)
+    for (name, a), b in zip(sae.named_parameters(), clean.parameters(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_nan_batch_cli_message(capsys, tmp_path):
+    x = np.random.default_rng(0).normal(size=(512, 4)).astype(np.float32)
+    x[300, 2] = np.inf
+    np.save(tmp_path / "acts.npy", x)
+    err = _one_line_error(
+        capsys,
+        [
+            "train",
+            "--arch",
+            "relu",
+            "--data",
+            str(tmp_path / "acts.npy"),
+            "--batch-size",
+            "512",
+            "--out",
+            str(tmp_path / "r"),
+        ],
+    )
+    assert "NaN or Inf" in err
+
+
+def test_truncated_and_corrupt_weights(tmp_path):
+    sae = make_sae({"architecture": "jumprelu", "d_in": 4, "d_sae": 8})
+    saescope.save(sae, tmp_path / "s")
+    w = tmp_path / "s" / "sae_weights.safetensors"
+    data = w.read_bytes()
+    w.write_bytes(data[: len(data) // 2])
+    with pytest.raises(FormatError, match="truncated or corrupt"):
+        saescope.load(tmp_path / "s")
+    w.write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(FormatError, match="truncated or corrupt"):
+        saescope.load(tmp_path / "s")
+
+
+def test_cfg_missing_keys_and_newer_version(tmp_path):
+    sae = make_sae({"architecture": "gated", "d_in": 4, "d_sae": 8})
+    saescope.save(sae, tmp_path / "s")
+    cfg_file = tmp_path / "s" / "cfg.json"
+    cfg = json.loads(cfg_file.read_text())
+    cfg_file.write_text(json.dumps({k: v for k, v in cfg.items() if k != "d_sae"}))
+    with pytest.raises(FormatError, match=r"lacks keys \['d_sae'\]"):
+        saescope.load(tmp_path / "s")
+    cfg_file.write_text(json.dumps({**cfg, "format_version": 99}))
+    with pytest.raises(FormatError, match="upgrade saescope"):
+        saescope.load(tmp_path / "s")
+    cfg_file.write_text("{not json")
+    with pytest.raises(FormatError, match="not valid JSON"):
+        saescope.load(tmp_path / "s")
+
+
+def test_cli_load_errors_are_one_line(capsys, tmp_path):
+    err = _one_line_error(capsys, ["eval", str(tmp_path / "missing")])
+    assert "holds no saved SAE" in err
+
+
+def test_resume_without_checkpoint(capsys, tmp_path):
+    err = _one_line_error(capsys, ["train", "--arch", "topk", "--out", str(tmp_path), "--resume"])
+    assert "nothing to resume" in err

@@ -1,0 +1,77 @@
+import math
+
+import torch
+
+from saescope import ops
+
+
+def test_topk_activation_keeps_k_largest_relu():
+    pre = torch.tensor([[3.0, -1.0, 2.0, 0.5], [-2.0, -1.0, -3.0, 0.1]])
+    f = ops.topk_activation(pre, 2)
+    assert torch.equal(f, torch.tensor([[3.0, 0.0, 2.0, 0.0], [0.0, 0.0, 0.0, 0.1]]))
+
+
+def test_batch_topk_keeps_n_times_k_over_the_batch():
+    pre = torch.tensor([[5.0, 4.0, 3.0], [0.1, 0.2, 0.3]])
+    f, min_kept = ops.batch_topk_activation(pre, 1.5)  # 3 of 6 entries
+    assert torch.equal(f, torch.tensor([[5.0, 4.0, 3.0], [0.0, 0.0, 0.0]]))
+    assert float(min_kept) == 3.0
+
+
+def test_geometric_median_resists_outliers():
+    pts = torch.cat([torch.zeros(50, 2), torch.full((5, 2), 1000.0)])
+    med = ops.geometric_median(pts)
+    assert med.norm() < 1.0 < pts.mean(0).norm()
+    # Three collinear points: the median is the middle one.
+    torch.testing.assert_close(
+        ops.geometric_median(torch.tensor([[0.0], [1.0], [10.0]])),
+        torch.tensor([1.0], dtype=torch.float64),
+        atol=1e-4,
+        rtol=0,
+    )
+
+
+def test_remove_parallel_grad_is_orthogonal_to_rows():
+    w = torch.randn(8, 5)
+    g = torch.randn(8, 5)
+    g2 = ops.remove_parallel_grad(w, g)
+    torch.testing.assert_close((g2 * w).sum(1), torch.zeros(8), atol=1e-6, rtol=0)
+    # A step along the cleaned gradient keeps the row norm to first order.
+    step = 1e-3
+    before = w.norm(dim=1)
+    after = (w - step * g2).norm(dim=1)
+    assert (after - before).abs().max() < 10 * step**2 * g2.norm(dim=1).max() ** 2 / before.min()
+
+
+def test_jumprelu_pseudo_derivatives():
+    z = torch.tensor([[0.50, 1.00, 1.02, 2.0]], requires_grad=True)
+    theta = torch.tensor([1.0, 1.0, 1.0, 1.0], requires_grad=True)
+    eps = 0.1
+    f = ops.jumprelu(z, theta, eps)
+    assert torch.equal(f.detach(), torch.tensor([[0.0, 0.0, 1.02, 2.0]]))
+    f.sum().backward()
+    # df/dz = H(z - theta); df/dtheta = -(theta/eps) K((z - theta)/eps) with K = 1[|u| < 1/2]
+    assert torch.equal(z.grad, torch.tensor([[0.0, 0.0, 1.0, 1.0]]))
+    torch.testing.assert_close(theta.grad, torch.tensor([0.0, -10.0, -10.0, 0.0]))
+
+
+def test_step_pseudo_derivatives():
+    z = torch.tensor([[0.96, 1.2]], requires_grad=True)
+    theta = torch.tensor([1.0, 1.0], requires_grad=True)
+    h = ops.step(z, theta, 0.1)
+    assert torch.equal(h.detach(), torch.tensor([[0.0, 1.0]]))
+    h.sum().backward()
+    assert torch.equal(z.grad, torch.zeros(1, 2))
+    torch.testing.assert_close(theta.grad, torch.tensor([-10.0, 0.0]))
+
+
+def test_auxk_uses_only_dead_latents():
+    pre = torch.tensor([[5.0, 1.0, 2.0, 3.0]])
+    dead = torch.tensor([False, True, True, False])
+    assert torch.equal(ops.auxk_topk(pre, dead, 1), torch.tensor([[0.0, 0.0, 2.0, 0.0]]))
+    assert ops.auxk_topk(pre, torch.zeros(4, dtype=torch.bool), 3).abs().sum() == 0
+
+
+def test_normalised_mse():
+    t = torch.tensor([[1.0], [3.0]])
+    assert math.isclose(float(ops.normalised_mse(t - t.mean(), t)), 1.0)
