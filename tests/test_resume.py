@@ -65,7 +65,9 @@ def _run(out: Path, mode: str) -> subprocess.Popen:
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out.parent / f"{out.name}-{mode}.log", "wb") as log:
         return subprocess.Popen(
-            [sys.executable, "-c", CHILD, str(out), mode, str(STEPS)], stdout=subprocess.DEVNULL, stderr=log
+            [sys.executable, "-c", CHILD, str(out), mode, str(STEPS)],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
         )
 
 
