@@ -1,0 +1,125 @@
+"""The training loop's parts: normalisation folding, schedules, dead latents, sweeps."""
+
+import json
+
+import pytest
+import torch
+
+from saescope import metrics
+from saescope.data import SeedTask, SeedTaskConfig
+from saescope.saes import make_sae
+from saescope.train import TrainConfig, train
+from tests.conftest import small_config
+
+
+def test_folded_sae_takes_raw_activations(arch):
+    """Trained on scaled data, the returned SAE on raw x equals the live SAE on scaled x,
+    scaled back."""
+    task = SeedTask(SeedTaskConfig(d_in=6, coef_low=5.0, coef_high=20.0), batch_size=256)
+    live = make_sae(small_config(arch))
+    result = train(live, task, TrainConfig(steps=30, progress=False))
+    folded = result.saes[0]
+    x, _ = task.batch(999)
+    live.eval()
+    scale = (6**0.5) / float(torch.cat([task.batch(i)[0] for i in range(16)]).norm(dim=1).mean())
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), live(x * scale) / scale, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(folded.encode(x), live.encode(x * scale), rtol=1e-4, atol=1e-4)
+    assert abs(scale - 1) > 0.5  # the data really was rescaled
+
+
+def test_lr_schedule_warmup_and_decay():
+    cfg = TrainConfig(steps=100, lr_warmup=0.1, lr_decay_start=0.8)
+    assert cfg.lr_factor(0) == pytest.approx(0.1)
+    assert cfg.lr_factor(9) == pytest.approx(1.0)
+    assert cfg.lr_factor(50) == 1.0
+    assert cfg.lr_factor(90) == pytest.approx(0.5)
+    assert cfg.lr_factor(99) == pytest.approx(0.05)
+    assert cfg.sparsity_factor(0) == pytest.approx(1 / 5)
+    assert cfg.sparsity_factor(60) == 1.0
+
+
+def _dead_after(sae, cfg, task) -> float:
+    out = train(sae, task, cfg).saes[0]
+    x = torch.cat([task.batch(10_000 + i)[0] for i in range(8)])
+    return metrics.dead_fraction(metrics.firing_counts(out.encode(x)))
+
+
+def test_resampling_revives_dead_latents():
+    """Half the latents start dead (a large negative bias): resampling brings them back."""
+    task = SeedTask(SeedTaskConfig(n_features=16), batch_size=512)
+    dead = {}
+    for every in (0, 50):
+        torch.manual_seed(0)
+        sae = make_sae({"architecture": "relu", "d_in": 4, "d_sae": 32, "l1_coef": 0.1})
+        with torch.no_grad():
+            sae.b_enc[:16] = -100.0
+        cfg = TrainConfig(steps=400, dead_tokens=10_000, resample_every=every, progress=False)
+        dead[every] = _dead_after(sae, cfg, task)
+    assert dead[0] >= 0.5
+    assert dead[50] < 0.2
+
+
+def test_auxk_revives_dead_latents():
+    """Half the latents start too weak to win the top-k: AuxK trains many of them back."""
+    task = SeedTask(SeedTaskConfig(d_in=16, n_features=64), batch_size=512)
+    dead = {}
+    for coef in (0.0, 1 / 32):
+        torch.manual_seed(0)
+        sae = make_sae({"architecture": "topk", "d_in": 16, "d_sae": 128, "k": 8, "aux_coef": coef})
+        with torch.no_grad():
+            sae.W_enc[:, 64:] *= 0.01
+        cfg = TrainConfig(steps=400, dead_tokens=10_000, progress=False)
+        dead[coef] = _dead_after(sae, cfg, task)
+    assert dead[0.0] >= 0.4
+    assert dead[1 / 32] <= dead[0.0] - 0.1
+
+
+def test_sweep_in_one_pass_matches_separate_runs():
+    task = SeedTask(SeedTaskConfig(), batch_size=256)
+    cfg = TrainConfig(steps=40, progress=False)
+    configs = [{"architecture": "topk", "d_in": 4, "d_sae": 16, "k": k} for k in (1, 2, 3)]
+    torch.manual_seed(0)
+    together = train([make_sae(c) for c in configs], task, cfg).saes
+    for c, t in zip(configs, together, strict=True):
+        torch.manual_seed(0)
+        for prev in configs[: configs.index(c)]:
+            make_sae(prev)  # advance the RNG as the sweep's construction did
+        alone = train(make_sae(c), task, cfg).saes[0]
+        assert torch.equal(alone.W_dec, t.W_dec)
+
+
+def test_metrics_log(tmp_path):
+    task = SeedTask(SeedTaskConfig(), batch_size=128)
+    train(
+        make_sae(small_config("gated", d_in=4)),
+        task,
+        TrainConfig(steps=20, log_every=5, progress=False),
+        tmp_path,
+    )
+    rows = [json.loads(r) for r in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [5, 10, 15, 20]
+    for key in (
+        "loss",
+        "loss_mse",
+        "loss_l1",
+        "loss_gate_aux",
+        "l0",
+        "mse",
+        "explained_variance",
+        "dead_fraction",
+    ):
+        assert key in rows[-1]
+    r = rows[-1]
+    assert r["loss"] == pytest.approx(r["loss_mse"] + r["loss_l1"] + r["loss_gate_aux"], rel=1e-5)
+
+
+def test_grad_clip_limits_update():
+    task = SeedTask(SeedTaskConfig(), batch_size=128)
+    torch.manual_seed(0)
+    a = make_sae(small_config("relu", d_in=4))
+    torch.manual_seed(0)
+    b = make_sae(small_config("relu", d_in=4))
+    train(a, task, TrainConfig(steps=5, progress=False, grad_clip=1e-6))
+    train(b, task, TrainConfig(steps=5, progress=False))
+    assert not torch.equal(a.W_enc, b.W_enc)
