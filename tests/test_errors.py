@@ -168,3 +168,24 @@ def test_cli_load_errors_are_one_line(capsys, tmp_path):
 def test_resume_without_checkpoint(capsys, tmp_path):
     err = _one_line_error(capsys, ["train", "--arch", "topk", "--out", str(tmp_path), "--resume"])
     assert "nothing to resume" in err
+
+
+def test_existing_run_is_not_overwritten(capsys, tmp_path):
+    argv = [
+        "train",
+        "--arch",
+        "topk",
+        "--steps",
+        "3",
+        "--out",
+        str(tmp_path),
+        "--progress",
+        "false",
+    ]
+    assert main(argv) == 0
+    before = (tmp_path / "sae_weights.safetensors").read_bytes()
+    err = _one_line_error(capsys, [*argv, "--seed", "5"])
+    assert "already holds a run" in err and "--resume" in err
+    assert (tmp_path / "sae_weights.safetensors").read_bytes() == before
+    assert main([*argv, "--seed", "5", "--overwrite"]) == 0
+    assert (tmp_path / "sae_weights.safetensors").read_bytes() != before

@@ -161,9 +161,8 @@ def cmd_train(ns: argparse.Namespace) -> int:
             **sae_kw,
         }
     )
-    result = train(
-        sae, source, tcfg, ns.out, resume=ns.resume, metadata={"data": _data_meta(source)}
-    )
+    meta = {"data": _data_meta(source)}
+    result = train(sae, source, tcfg, ns.out, ns.resume, meta, overwrite=ns.overwrite)
     print(
         _table(
             [{"run": str(ns.out), **result.final_metrics[0]}],
@@ -243,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--resume", action="store_true", help="continue from the run folder's checkpoint"
     )
+    t.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     t.add_argument(
         "--d-sae", dest="d_sae", type=int, default=None, help="latents (default 8 x d_in)"
     )

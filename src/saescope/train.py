@@ -412,6 +412,7 @@ def train(
     out_dir: str | Path | None = None,
     resume: bool = False,
     metadata: dict[str, Any] | None = None,
+    overwrite: bool = False,
 ) -> TrainResult:
     """Train one SAE, or several on the same batch stream in one pass (a sweep over k or l1).
 
@@ -419,6 +420,7 @@ def train(
     out_dir: where metrics.jsonl, checkpoints and the final SAE folder(s) go.
     resume: continue from out_dir's checkpoint; the result is bitwise what an uninterrupted
     run gives (on CPU) when the stream is deterministic.
+    overwrite: start afresh in an out_dir that already holds a run (otherwise an error).
     """
     cfg = cfg or TrainConfig()
     sae_list = [saes] if isinstance(saes, SAE) else list(saes)
@@ -454,6 +456,11 @@ def train(
         stream = _stream(batches, start)
         _truncate_log(out_path / METRICS_FILE, start)  # type: ignore[operator]
     else:
+        if ckpt is not None and ckpt.is_file() and not overwrite:
+            raise ConfigError(
+                f"{out_path} already holds a run; resume it (--resume), choose another folder, "
+                "or pass --overwrite"
+            )
         stream = _stream(batches, 0)
         first = _take_init(stream, cfg.init_samples)
         x0 = torch.cat([b[0] for b in first]).to(device)

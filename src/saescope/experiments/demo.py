@@ -50,6 +50,7 @@ def run(out: Path, steps: int | None = None, seed: int = 0) -> list[dict[str, An
         TrainConfig(steps=steps or DEMO_STEPS, seed=seed),
         out,
         metadata={"data": {"kind": "synthetic", "task": vars(task.cfg), "seed": seed}},
+        overwrite=True,
     )
     held_out = SeedTask(task.cfg, batch_size=8192, seed=seed + 1_000_003)
     rows = [evaluate(s, held_out, 32_768, features=held_out.features) for s in result.saes]
