@@ -86,7 +86,7 @@ def gated_terms(p, x, y, cfg, scale=1.0, dead=None):
 
 
 def jumprelu_terms(p, x, y, cfg, scale=1.0, dead=None):
-    eps = cfg.get("bandwidth", 0.05)
+    eps = cfg["bandwidth"]
     z = _centre(p, x, cfg) @ p["W_enc"] + p["b_enc"]
     theta = torch.exp(p["log_threshold"])
     # A ramp whose derivative in theta is -(1/eps) on |z - theta| < eps/2 and 0 elsewhere:
@@ -97,7 +97,7 @@ def jumprelu_terms(p, x, y, cfg, scale=1.0, dead=None):
     f = z * H + theta.detach() * (ramp - ramp.detach())  # df/dz = H, df/dtheta = -(theta/eps)K
     y_hat = f @ p["W_dec"] + p["b_dec"]
     l0 = H_ste.sum(dim=1).mean()
-    return {"mse": _mse(y, y_hat), "l0": cfg.get("l0_coef", 0.1) * scale * l0}
+    return {"mse": _mse(y, y_hat), "l0": cfg["l0_coef"] * scale * l0}
 
 
 REFERENCE = {

@@ -142,14 +142,13 @@ def _stream(batches: Iterable[Any], start: int) -> Iterator[tuple[Tensor, Tensor
 
 
 def _check_batch(x: Tensor, y: Tensor, slots: Sequence[_Slot], step: int) -> None:
-    cfg = slots[0].sae.cfg
     if x.ndim != 2 or y.ndim != 2 or x.shape[0] != y.shape[0]:
         raise InputError(
             f"batch at step {step}: x {tuple(x.shape)} and y {tuple(y.shape)} must be (N, d) "
             "with the same N"
         )
-    for s in slots:
-        if x.shape[1] != s.sae.cfg.d_in or y.shape[1] != s.sae.cfg.d_out:
+    for cfg in (s.sae.cfg for s in slots):
+        if x.shape[1] != cfg.d_in or y.shape[1] != cfg.d_out:
             raise InputError(
                 f"batch at step {step} has d_in={x.shape[1]}, d_out={y.shape[1]} but the SAE "
                 f"expects d_in={cfg.d_in}, d_out={cfg.d_out}; build the SAE for this data"

@@ -24,18 +24,25 @@ from saescope.saes.base import SAE, LossContext, LossOutput, SAEConfig
 class JumpReLUConfig(SAEConfig):
     name: ClassVar[str] = "jumprelu"
 
-    l0_coef: float = 0.1
+    l0_coef: float = 0.3
     """L0 sparsity coefficient (on inputs normalised to E||x|| = sqrt(d_in))."""
-    bandwidth: float = 0.05
-    """Width eps of the rectangle kernel in the threshold's pseudo-derivative."""
-    threshold_init: float = 0.1
-    """Initial threshold of every latent."""
+    bandwidth: float | None = None
+    """Width eps of the rectangle kernel in the threshold's pseudo-derivative; default
+    0.125 sqrt(d_in), on the scale of normalised activations."""
+    threshold_init: float | None = None
+    """Initial threshold of every latent; default 0.125 sqrt(d_in)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        # Thresholds live on the scale of a feature's activation, which grows as sqrt(d_in) on
+        # normalised inputs. Starting near it with a wide kernel keeps latents from dying
+        # while the thresholds climb (measured on the seed-like tasks: docs/RESULTS.md).
+        for key in ("bandwidth", "threshold_init"):
+            if getattr(self, key) is None:
+                object.__setattr__(self, key, 0.125 * math.sqrt(self.d_in))
         if self.l0_coef < 0:
             raise ConfigError(f"l0_coef must be >= 0, got {self.l0_coef}")
-        if self.bandwidth <= 0 or self.threshold_init <= 0:
+        if self.bandwidth <= 0 or self.threshold_init <= 0:  # type: ignore[operator]
             raise ConfigError("bandwidth and threshold_init must be > 0")
 
     @property

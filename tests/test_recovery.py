@@ -1,0 +1,59 @@
+"""Ground-truth recovery on the seed's task and why the literal 4-D version has a ceiling."""
+
+import pytest
+import torch
+
+from saescope.data import SeedTask, SeedTaskConfig
+from saescope.evaluate import evaluate
+from saescope.experiments.demo import SEED_TASK, SEPARABLE_TASK, run_task
+from saescope.saes import make_sae
+from saescope.train import TrainConfig, train
+
+
+def test_in_4d_the_true_dictionary_is_not_the_loss_minimum():
+    """8 features in 4-D (the seed's task): an SAE whose decoder is frozen at the true
+    features reconstructs worse than one whose decoder may tilt away from them, so training
+    drifts off the truth and best-match cosines of 0.99 are out of reach for any
+    linear-threshold encoder. (docs/RESULTS.md has the numbers.)"""
+    task = SeedTask(SeedTaskConfig(), batch_size=1024)
+    held = SeedTask(task.cfg, batch_size=8192, seed=77)
+    cfg = TrainConfig(steps=1500, b_dec_init="zeros", progress=False)
+    scores = {}
+    for frozen in (True, False):
+        sae = make_sae({"architecture": "batchtopk", "d_in": 4, "d_sae": 8, "k": 2})
+        with torch.no_grad():
+            sae.W_dec.copy_(task.features)
+            sae.W_enc.copy_(torch.linalg.pinv(task.features))
+        if frozen:
+            sae.W_dec.requires_grad_(False)
+            sae.b_dec.requires_grad_(False)
+        out = train(sae, task, cfg).saes[0]
+        scores[frozen] = evaluate(out, held, 16_384, features=task.features)
+    assert scores[True]["min_feature_cosine"] > 0.999  # frozen really stayed at the truth
+    assert scores[False]["explained_variance"] > scores[True]["explained_variance"] + 0.02
+    assert scores[False]["min_feature_cosine"] < 0.95
+
+
+@pytest.fixture(scope="module", params=[0, 1, 2], ids=lambda s: f"seed{s}")
+def separable(request):
+    """The demo's separable setting (20 features in 16-D), all five SAEs in one pass."""
+    return run_task(SEPARABLE_TASK, None, seed=request.param, progress=False)
+
+
+def test_every_architecture_recovers_every_feature(separable):
+    for row in separable:
+        assert row["min_feature_cosine"] >= 0.99, row
+        assert abs(row["l0"] - SEPARABLE_TASK.task.mean_active) <= 0.5, row
+
+
+@pytest.fixture(scope="module")
+def seed_task():
+    return run_task(SEED_TASK, None, seed=0, progress=False)
+
+
+def test_seed_task_reaches_the_true_l0(seed_task):
+    """On the seed's own 4-D task every architecture reaches L0 within 0.5 of the true 2.0
+    (the seed's printed code stays near 18 of 32)."""
+    for row in seed_task:
+        assert abs(row["l0"] - SEED_TASK.task.mean_active) <= 0.5, row
+        assert row["explained_variance"] > 0.9, row
