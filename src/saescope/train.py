@@ -404,6 +404,126 @@ def sae_dirs(out_dir: Path, n: int) -> list[Path]:
     return [out_dir] if n == 1 else [out_dir / f"sae_{i}" for i in range(n)]
 
 
+@dataclass
+class _Position:
+    """Where a run is: steps done, tokens seen, and the dead-latent window in tokens."""
+
+    step: int
+    tokens: int
+    dead_tokens: int
+
+
+def _make_slots(saes: Sequence[SAE], cfg: TrainConfig) -> list[_Slot]:
+    slots = []
+    for sae in saes:
+        sae.to(cfg.device).train()
+        opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr_for(sae), betas=(cfg.beta1, cfg.beta2))
+        fired = torch.zeros(sae.cfg.d_sae, dtype=torch.long, device=cfg.device)
+        slots.append(_Slot(sae, opt, since_fired=fired))
+    return slots
+
+
+def _start_fresh(
+    slots: list[_Slot],
+    batches: Iterable[Any],
+    cfg: TrainConfig,
+    out_path: Path | None,
+    overwrite: bool,
+) -> tuple[_Position, Iterator[tuple[Tensor, Tensor]]]:
+    """Normalisation scales and b_dec from the first batches (which are then trained on)."""
+    if out_path and (out_path / CHECKPOINT_FILE).is_file() and not overwrite:
+        raise ConfigError(
+            f"{out_path} already holds a run; resume it (--resume), choose another folder, "
+            "or pass --overwrite"
+        )
+    stream = _stream(batches, 0)
+    first = _take_init(stream, cfg.init_samples)
+    x0 = torch.cat([b[0] for b in first]).to(cfg.device)
+    y0 = torch.cat([b[1] for b in first]).to(cfg.device)
+    for s in slots:
+        _check_batch(x0, y0, [s], 0)
+        _init_from_data(s, x0, y0, cfg)
+    batch_size = first[0][0].shape[0]
+    dead_tokens = cfg.dead_tokens or min(10_000_000, max(1, cfg.steps * batch_size // 10))
+    if out_path:
+        out_path.mkdir(parents=True, exist_ok=True)
+        (out_path / METRICS_FILE).unlink(missing_ok=True)
+    return _Position(0, 0, dead_tokens), itertools.chain(first, stream)
+
+
+def _start_resumed(
+    slots: list[_Slot],
+    batches: Iterable[Any],
+    cfg: TrainConfig,
+    out_path: Path | None,
+    gen: torch.Generator,
+) -> tuple[_Position, Iterator[tuple[Tensor, Tensor]]]:
+    ckpt = out_path / CHECKPOINT_FILE if out_path else None
+    if ckpt is None or not ckpt.is_file():
+        raise FormatError(f"nothing to resume: no {CHECKPOINT_FILE} in {out_path}; drop --resume")
+    tensors, meta = _read_checkpoint(ckpt)
+    if meta["train"] != _jsonable(dataclasses.asdict(cfg)):
+        raise ConfigError(
+            "checkpoint was made with other training settings; resume with the same ones "
+            f"(checkpoint: {meta['train']})"
+        )
+    _restore(slots, tensors, meta, gen, cfg.device)
+    _truncate_log(ckpt.parent / METRICS_FILE, meta["step"])
+    pos = _Position(meta["step"], meta["tokens"], meta["dead_tokens"])
+    return pos, _stream(batches, pos.step)
+
+
+def _checkpoint_meta(cfg: TrainConfig, slots: Sequence[_Slot], pos: _Position) -> dict[str, Any]:
+    saes = [
+        {"cfg": _jsonable(s.sae.cfg.to_dict()), "scale_in": s.scale_in, "scale_out": s.scale_out}
+        for s in slots
+    ]
+    return {
+        "version": CHECKPOINT_VERSION,
+        **dataclasses.asdict(pos),
+        "train": _jsonable(dataclasses.asdict(cfg)),
+        "saes": saes,
+    }
+
+
+def _log(
+    slots: Sequence[_Slot],
+    outs: Sequence[LossOutput],
+    y: Tensor,
+    pos: _Position,
+    log_file: Any,
+    bar: tqdm,
+) -> None:
+    for i, (s, out) in enumerate(zip(slots, outs, strict=True)):
+        s.last_log = {"sae": i, **_log_row(s, y, out, pos.step, pos.tokens, pos.dead_tokens)}
+        if log_file:
+            log_file.write(json.dumps(s.last_log) + "\n")
+    if log_file:
+        log_file.flush()
+    head = slots[0].last_log or {}
+    bar.set_postfix(
+        loss=f"{head.get('loss', 0):.4g}",
+        l0=f"{head.get('l0', 0):.3g}",
+        ev=f"{head.get('explained_variance', 0):.3f}",
+    )
+
+
+def _save_final(
+    slots: Sequence[_Slot], cfg: TrainConfig, out_path: Path | None, metadata: dict[str, Any] | None
+) -> list[SAE]:
+    final = [folded_copy(s.sae, s.scale_in, s.scale_out) for s in slots]
+    if out_path:
+        for s, sae, path in zip(slots, final, sae_dirs(out_path, len(slots)), strict=True):
+            meta = {
+                "training": _jsonable(dataclasses.asdict(cfg)),
+                "normalisation": {"scale_in": s.scale_in, "scale_out": s.scale_out, "folded": True},
+                "final_metrics": s.last_log,
+                **(metadata or {}),
+            }
+            save(sae, path, meta)
+    return final
+
+
 def train(
     saes: SAE | Sequence[SAE],
     batches: Iterable[Any],
@@ -422,134 +542,46 @@ def train(
     overwrite: start afresh in an out_dir that already holds a run (otherwise an error).
     """
     cfg = cfg or TrainConfig()
-    sae_list = [saes] if isinstance(saes, SAE) else list(saes)
-    if not sae_list:
+    slots = _make_slots([saes] if isinstance(saes, SAE) else list(saes), cfg)
+    if not slots:
         raise ConfigError("train needs at least one SAE")
     out_path = Path(out_dir) if out_dir is not None else None
-    device = cfg.device
     gen = torch.Generator().manual_seed(cfg.seed)
-    slots = []
-    for sae in sae_list:
-        sae.to(device).train()
-        opt = torch.optim.Adam(sae.parameters(), lr=cfg.lr_for(sae), betas=(cfg.beta1, cfg.beta2))
-        slots.append(
-            _Slot(sae, opt, since_fired=torch.zeros(sae.cfg.d_sae, dtype=torch.long, device=device))
-        )
-
-    start = 0
-    ckpt = out_path / CHECKPOINT_FILE if out_path else None
     if resume:
-        if ckpt is None or not ckpt.is_file():
-            raise FormatError(
-                f"nothing to resume: no {CHECKPOINT_FILE} in {out_path}; drop --resume"
-            )
-        tensors, meta = _read_checkpoint(ckpt)
-        if meta["train"] != _jsonable(dataclasses.asdict(cfg)):
-            raise ConfigError(
-                "checkpoint was made with other training settings; resume with the same ones "
-                f"(checkpoint: {meta['train']})"
-            )
-        _restore(slots, tensors, meta, gen, device)
-        start, tokens = meta["step"], meta["tokens"]
-        dead_tokens = meta["dead_tokens"]
-        stream = _stream(batches, start)
-        _truncate_log(out_path / METRICS_FILE, start)  # type: ignore[operator]
+        pos, stream = _start_resumed(slots, batches, cfg, out_path, gen)
     else:
-        if ckpt is not None and ckpt.is_file() and not overwrite:
-            raise ConfigError(
-                f"{out_path} already holds a run; resume it (--resume), choose another folder, "
-                "or pass --overwrite"
-            )
-        stream = _stream(batches, 0)
-        first = _take_init(stream, cfg.init_samples)
-        x0 = torch.cat([b[0] for b in first]).to(device)
-        y0 = torch.cat([b[1] for b in first]).to(device)
-        if not (torch.isfinite(x0).all() and torch.isfinite(y0).all()):
-            raise BadBatchError("the first batches contain NaN or Inf; clean the data")
-        for s in slots:
-            _check_batch(x0, y0, [s], 0)
-            _init_from_data(s, x0, y0, cfg)
-        stream = itertools.chain(first, stream)
-        tokens = 0
-        dead_tokens = cfg.dead_tokens or min(
-            10_000_000, max(1, cfg.steps * first[0][0].shape[0] // 10)
-        )
-        if out_path:
-            out_path.mkdir(parents=True, exist_ok=True)
-            (out_path / METRICS_FILE).unlink(missing_ok=True)
+        pos, stream = _start_fresh(slots, batches, cfg, out_path, overwrite)
+    every = cfg.resample_every if cfg.resample_every is not None else max(1, cfg.steps // 6)
 
-    resample_every = (
-        cfg.resample_every if cfg.resample_every is not None else max(1, cfg.steps // 6)
+    bar = tqdm(
+        total=cfg.steps, initial=pos.step, disable=not cfg.progress, desc="train", unit="step"
     )
-
-    def meta_now(step: int) -> dict[str, Any]:
-        return {
-            "version": CHECKPOINT_VERSION,
-            "step": step,
-            "tokens": tokens,
-            "dead_tokens": dead_tokens,
-            "train": _jsonable(dataclasses.asdict(cfg)),
-            "saes": [
-                {
-                    "cfg": _jsonable(s.sae.cfg.to_dict()),
-                    "scale_in": s.scale_in,
-                    "scale_out": s.scale_out,
-                }
-                for s in slots
-            ],
-        }
-
-    bar = tqdm(total=cfg.steps, initial=start, disable=not cfg.progress, desc="train", unit="step")
     log_file = open(out_path / METRICS_FILE, "a") if out_path else None
     try:
-        for step in range(start, cfg.steps):
-            try:
-                x, y = next(stream)
-            except StopIteration:
+        for step in range(pos.step, cfg.steps):
+            batch = next(stream, None)
+            if batch is None:
                 raise InputError(
                     f"the batch stream ended after {step} batches but steps={cfg.steps}; "
                     "give more data or fewer steps"
-                ) from None
-            x, y = x.to(device), y.to(device)
+                )
+            x, y = batch[0].to(cfg.device), batch[1].to(cfg.device)
             _check_batch(x, y, slots, step)
-            outs = [_step(s, x, y, step, cfg, dead_tokens) for s in slots]
-            tokens += x.shape[0]
-            if resample_every and (step + 1) % resample_every == 0 and step + 1 < 0.6 * cfg.steps:
+            outs = [_step(s, x, y, step, cfg, pos.dead_tokens) for s in slots]
+            pos.step, pos.tokens = step + 1, pos.tokens + x.shape[0]
+            if every and pos.step % every == 0 and pos.step < 0.6 * cfg.steps:
                 for s, out in zip(slots, outs, strict=True):
                     if s.sae.cfg.dead_latent_strategy == "resample":
-                        _resample(s, x, y, out, _dead_mask(s, dead_tokens), gen)
-            if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
-                for i, (s, out) in enumerate(zip(slots, outs, strict=True)):
-                    s.last_log = {"sae": i, **_log_row(s, y, out, step + 1, tokens, dead_tokens)}
-                    if log_file:
-                        log_file.write(json.dumps(s.last_log) + "\n")
-                if log_file:
-                    log_file.flush()
-                head = slots[0].last_log or {}
-                bar.set_postfix(
-                    loss=f"{head.get('loss', 0):.4g}",
-                    l0=f"{head.get('l0', 0):.3g}",
-                    ev=f"{head.get('explained_variance', 0):.3f}",
-                )
+                        _resample(s, x, y, out, _dead_mask(s, pos.dead_tokens), gen)
+            if pos.step % cfg.log_every == 0 or pos.step == cfg.steps:
+                _log(slots, outs, y, pos, log_file, bar)
             bar.update(1)
-            done = step + 1 == cfg.steps
-            if out_path and (
-                done or (cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0)
-            ):
-                _write_checkpoint(out_path, slots, gen, meta_now(step + 1))
+            due = cfg.checkpoint_every and pos.step % cfg.checkpoint_every == 0
+            if out_path and (due or pos.step == cfg.steps):
+                _write_checkpoint(out_path, slots, gen, _checkpoint_meta(cfg, slots, pos))
     finally:
         bar.close()
         if log_file:
             log_file.close()
-
-    final = [folded_copy(s.sae, s.scale_in, s.scale_out) for s in slots]
-    if out_path:
-        for s, sae, path in zip(slots, final, sae_dirs(out_path, len(slots)), strict=True):
-            meta = {
-                "training": _jsonable(dataclasses.asdict(cfg)),
-                "normalisation": {"scale_in": s.scale_in, "scale_out": s.scale_out, "folded": True},
-                "final_metrics": s.last_log,
-                **(metadata or {}),
-            }
-            save(sae, path, meta)
+    final = _save_final(slots, cfg, out_path, metadata)
     return TrainResult(final, [s.last_log or {} for s in slots], out_path)
