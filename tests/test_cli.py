@@ -143,3 +143,18 @@ def test_help_comes_from_field_docs(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert " ".join(field_docs(TopKConfig)["k"].split()) in text
     assert field_docs(TrainConfig)["steps"] in text
+
+
+@pytest.mark.parametrize("arch", ["relu", "topk", "batchtopk", "gated", "jumprelu"])
+def test_defaults_work_on_the_seed_task(tmp_path, capsys, arch):
+    """Default steps, LR and sparsity settings reach the seed task's true L0 (2.0) with a
+    dictionary as large as the true one; only --d-sae is given."""
+    run = tmp_path / arch
+    assert (
+        main(["train", "--arch", arch, "--d-sae", "8", "--out", str(run), "--progress", "0"]) == 0
+    )
+    capsys.readouterr()
+    assert main(["eval", str(run), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert abs(out["l0"] - 2.0) <= 0.5, out
+    assert out["explained_variance"] >= 0.8, out

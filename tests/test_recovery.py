@@ -56,4 +56,4 @@ def test_seed_task_reaches_the_true_l0(seed_task):
     (the seed's printed code stays near 18 of 32)."""
     for row in seed_task:
         assert abs(row["l0"] - SEED_TASK.task.mean_active) <= 0.5, row
-        assert row["explained_variance"] > 0.9, row
+        assert row["explained_variance"] > 0.8, row

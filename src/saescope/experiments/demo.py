@@ -38,10 +38,10 @@ SEED_TASK = DemoTask(
     "seed",
     SeedTaskConfig(d_in=4, n_features=8),
     (
-        {"architecture": "relu", "d_sae": 8, "l1_coef": 0.6},
+        {"architecture": "relu", "d_sae": 8, "l1_coef": 1.0},
         {"architecture": "topk", "d_sae": 8, "k": 2},
         {"architecture": "batchtopk", "d_sae": 8, "k": 2},
-        {"architecture": "gated", "d_sae": 8, "l1_coef": 0.6},
+        {"architecture": "gated", "d_sae": 8, "l1_coef": 1.0},
         {"architecture": "jumprelu", "d_sae": 8, "l0_coef": 0.3},
     ),
     TrainConfig(steps=3000),

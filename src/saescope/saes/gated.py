@@ -23,7 +23,7 @@ from saescope.saes.base import SAE, LossContext, LossOutput, SAEConfig
 class GatedConfig(SAEConfig):
     name: ClassVar[str] = "gated"
 
-    l1_coef: float = 0.5
+    l1_coef: float = 1.0
     """L1 coefficient on the gate's ReLU (on inputs normalised to E||x|| = sqrt(d_in))."""
 
     def __post_init__(self) -> None:

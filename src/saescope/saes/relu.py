@@ -21,7 +21,7 @@ from saescope.saes.base import SAE, LossContext, LossOutput, SAEConfig
 class ReLUConfig(SAEConfig):
     name: ClassVar[str] = "relu"
 
-    l1_coef: float = 0.5
+    l1_coef: float = 1.0
     """L1 sparsity coefficient (on inputs normalised to E||x|| = sqrt(d_in))."""
     l1_mode: str = "unit"
     """"unit": L1 on f with unit-norm decoder rows (the seed); "weighted": L1 on f_i ||d_i||,
