@@ -5,7 +5,9 @@ SAEs in one pass, then evaluated on held-out samples against the true features.
 Two settings. The seed's own (8 features in 4-D): every SAE reaches the true L0 of 2, but no
 linear-threshold encoder can tell 8 directions in 4-D apart, so the learned directions tilt
 away from the truth (the truth is not the loss minimum; tests/test_recovery.py shows it).
-Then the same recipe with room to separate the features (20 in 16-D): all features recovered.
+Then the same recipe with room to separate the features (40 in 32-D): relu, topk, batchtopk
+and jumprelu recover every feature at cosine >= 0.99; gated gets to 0.97-0.99 (a feature
+split over two latents resolves slowly; docs/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -49,15 +51,15 @@ SEED_TASK = DemoTask(
 
 SEPARABLE_TASK = DemoTask(
     "separable",
-    SeedTaskConfig(d_in=16, n_features=20),
+    SeedTaskConfig(d_in=32, n_features=40),
     (
-        {"architecture": "relu", "d_sae": 40, "l1_coef": 3.0},
-        {"architecture": "topk", "d_sae": 40, "k": 2},
-        {"architecture": "batchtopk", "d_sae": 40, "k": 2, "aux_coef": 0.5},
-        {"architecture": "gated", "d_sae": 40, "l1_coef": 2.0},
-        {"architecture": "jumprelu", "d_sae": 40, "l0_coef": 0.5},
+        {"architecture": "relu", "d_sae": 60, "l1_coef": 4.0},
+        {"architecture": "topk", "d_sae": 60, "k": 2},
+        {"architecture": "batchtopk", "d_sae": 60, "k": 2, "aux_coef": 0.5},
+        {"architecture": "gated", "d_sae": 60, "l1_coef": 3.0},
+        {"architecture": "jumprelu", "d_sae": 60, "l0_coef": 1.0},
     ),
-    TrainConfig(steps=4000, lr_decay_start=0.5),
+    TrainConfig(steps=3000, lr_decay_start=0.5),
 )
 
 COLUMNS = [
@@ -77,8 +79,10 @@ def run_task(
     """Train the spec's SAEs together on its task and evaluate them on held-out samples."""
     task_cfg = SeedTaskConfig(**{**asdict(spec.task), "feature_seed": seed})
     task = SeedTask(task_cfg, batch_size=1024, seed=seed)
-    torch.manual_seed(seed)
-    saes = [make_sae({"d_in": task_cfg.d_in, **c}) for c in spec.saes]
+    saes = []
+    for i, c in enumerate(spec.saes):
+        torch.manual_seed(seed * 1000 + i)  # each SAE's init is independent of the others
+        saes.append(make_sae({"d_in": task_cfg.d_in, **c}))
     cfg = TrainConfig(
         **{
             **asdict(spec.train),
@@ -107,8 +111,9 @@ def run(out: Path, steps: int | None = None, seed: int = 0) -> dict[str, list[di
     print(
         "\nmin_feature_cosine: best-match cosine of the worst-recovered true feature.\n"
         "In 4-D the 8 features overlap too much for any linear-threshold encoder to separate,\n"
-        "so even the best SAE tilts its directions (see docs/RESULTS.md); with room to separate\n"
-        f"them, every architecture recovers every feature. SAEs saved under {out}/."
+        "so even the best SAE tilts its directions (see docs/RESULTS.md). With room to separate\n"
+        "them, the directions come out right (gated converges slowest).\n"
+        f"SAEs saved under {out}/."
     )
     (out / "demo.json").write_text(json.dumps(results, indent=2))
     return results
