@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +12,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor
 
+from saescope.data.stream import IndexedBatches
 from saescope.errors import ConfigError, InputError
 
 SUFFIXES = (".npy", ".safetensors")
@@ -70,7 +70,7 @@ def read_activations(path: str | Path) -> tuple[Rows, Rows | None]:
     return _as_2d(name, t, path), None
 
 
-class ActivationFile:
+class ActivationFile(IndexedBatches):
     """Shuffled batches from an activation file, epoch after epoch. Batch i depends only on
     (seed, i), so a stream can restart anywhere (`iter_from`)."""
 
@@ -101,15 +101,6 @@ class ActivationFile:
         idx = self._perm(epoch)[j * self.batch_size : (j + 1) * self.batch_size].sort().values
         x = take(self.x, idx)
         return x, (x if self.y is None else take(self.y, idx))
-
-    def iter_from(self, start: int) -> Iterator[tuple[Tensor, Tensor]]:
-        i = start
-        while True:
-            yield self.batch(i)
-            i += 1
-
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        return self.iter_from(0)
 
     def all(self) -> tuple[Tensor, Tensor]:
         """Every row, unshuffled (for evaluation)."""

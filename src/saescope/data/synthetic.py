@@ -7,12 +7,12 @@ with coefficients drawn from U(coef_low, coef_high). 8 features in 4-D, 1-3 acti
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from saescope.data.stream import IndexedBatches
 from saescope.errors import ConfigError
 
 
@@ -49,7 +49,7 @@ class SeedTaskConfig:
         return (self.min_active + self.max_active) / 2
 
 
-class SeedTask:
+class SeedTask(IndexedBatches):
     """A reproducible stream of batches from the seed's task. Batch i depends only on
     (seed, i), so a stream can restart anywhere (`iter_from`)."""
 
@@ -77,12 +77,3 @@ class SeedTask:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
         x, _ = self.sample(self.batch_size, g)
         return x, x
-
-    def iter_from(self, start: int) -> Iterator[tuple[Tensor, Tensor]]:
-        i = start
-        while True:
-            yield self.batch(i)
-            i += 1
-
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        return self.iter_from(0)
