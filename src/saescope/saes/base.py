@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from saescope import ops
 from saescope.errors import ConfigError, InputError
 
 
@@ -125,8 +126,7 @@ class SAE(nn.Module, abc.ABC):
     def reset_parameters(self) -> None:
         """Random unit decoder rows; encoder tied to the decoder's transpose when shapes allow
         (Gao et al. 2024 sec. 2.4), otherwise a fan-in scaled random matrix; zero biases."""
-        w = torch.randn_like(self.W_dec)
-        self.W_dec.copy_(w / w.norm(dim=1, keepdim=True) * self.decoder_init_norm)
+        self.W_dec.copy_(ops.unit_rows(torch.randn_like(self.W_dec)) * self.decoder_init_norm)
         if self.cfg.d_in == self.cfg.d_out:
             self.W_enc.copy_(self.W_dec.T / self.decoder_init_norm)
         else:
@@ -184,7 +184,7 @@ class SAE(nn.Module, abc.ABC):
     @torch.no_grad()
     def normalise_decoder(self) -> None:
         """Scale every decoder row to unit norm."""
-        self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12))
+        self.W_dec.copy_(ops.unit_rows(self.W_dec))
 
     @torch.no_grad()
     def resample_latents(self, idx: Tensor, enc_dirs: Tensor, dec_dirs: Tensor) -> None:
@@ -194,10 +194,9 @@ class SAE(nn.Module, abc.ABC):
         alive = torch.ones(self.cfg.d_sae, dtype=torch.bool, device=idx.device)
         alive[idx] = False
         enc_norm = self.W_enc[:, alive].norm(dim=0).mean() if alive.any() else 1.0
-        self.W_dec[idx] = dec_dirs / dec_dirs.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        self.W_dec[idx] *= self.decoder_init_norm if not self.cfg.unit_norm_decoder else 1.0
-        unit_enc = enc_dirs / enc_dirs.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        self.W_enc[:, idx] = (unit_enc * 0.2 * enc_norm).T
+        dec_norm = 1.0 if self.cfg.unit_norm_decoder else self.decoder_init_norm
+        self.W_dec[idx] = ops.unit_rows(dec_dirs) * dec_norm
+        self.W_enc[:, idx] = (ops.unit_rows(enc_dirs) * 0.2 * enc_norm).T
         self._reset_latents(idx)
 
     def _reset_latents(self, idx: Tensor) -> None:
