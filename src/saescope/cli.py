@@ -190,8 +190,7 @@ def _eval_one(sae: SAE, path: Path, ns: argparse.Namespace) -> dict[str, Any]:
         task_cfg = SeedTaskConfig(**{**meta.get("task", {}), **_given(ns, SeedTaskConfig)})
         source = SeedTask(task_cfg, min(ns.tokens, 8192), meta.get("seed", 0) + EVAL_SEED_OFFSET)
         return evaluate(sae, source, ns.tokens, features=source.features)
-    source = ActivationFile(ns.data, min(ns.tokens, 8192), 0)
-    return evaluate(sae, [source.all()], ns.tokens)
+    return evaluate(sae, [ActivationFile(ns.data).head(ns.tokens)], ns.tokens)
 
 
 def cmd_eval(ns: argparse.Namespace) -> int:

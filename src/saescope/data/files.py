@@ -102,7 +102,9 @@ class ActivationFile(IndexedBatches):
         x = take(self.x, idx)
         return x, (x if self.y is None else take(self.y, idx))
 
-    def all(self) -> tuple[Tensor, Tensor]:
-        """Every row, unshuffled (for evaluation)."""
-        x = take(self.x)
-        return x, (x if self.y is None else take(self.y))
+    def head(self, n: int) -> tuple[Tensor, Tensor]:
+        """The first n rows (all when fewer), unshuffled, for evaluation; a memmap reads only
+        those."""
+        idx = torch.arange(min(n, self.x.shape[0]))
+        x = take(self.x, idx)
+        return x, (x if self.y is None else take(self.y, idx))
