@@ -58,8 +58,3 @@ def max_cosine_per_feature(W_dec: Tensor, features: Tensor) -> Tensor:
     d = W_dec / W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
     g = features / features.norm(dim=1, keepdim=True).clamp_min(1e-12)
     return (g @ d.T).max(dim=1).values  # (G,)
-
-
-def mmcs(W_dec: Tensor, features: Tensor) -> float:
-    """Mean max cosine similarity of the true features to the learned dictionary."""
-    return float(max_cosine_per_feature(W_dec, features).mean())

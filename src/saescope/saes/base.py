@@ -58,11 +58,6 @@ class SAEConfig:
         """How training revives dead latents: "resample", "auxk" or "none"."""
         return "none"
 
-    @property
-    def sparsity_coef_name(self) -> str | None:
-        """The field holding the sparsity coefficient that training warms up, if any."""
-        return None
-
     def to_dict(self) -> dict[str, Any]:
         return {"architecture": self.name, **dataclasses.asdict(self)}
 

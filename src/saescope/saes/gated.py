@@ -35,10 +35,6 @@ class GatedConfig(SAEConfig):
     def dead_latent_strategy(self) -> str:
         return "resample"
 
-    @property
-    def sparsity_coef_name(self) -> str:
-        return "l1_coef"
-
 
 @final
 class GatedSAE(SAE):

@@ -45,10 +45,6 @@ class JumpReLUConfig(SAEConfig):
         if self.bandwidth <= 0 or self.threshold_init <= 0:  # type: ignore[operator]
             raise ConfigError("bandwidth and threshold_init must be > 0")
 
-    @property
-    def sparsity_coef_name(self) -> str:
-        return "l0_coef"
-
 
 @final
 class JumpReLUSAE(SAE):

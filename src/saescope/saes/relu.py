@@ -42,10 +42,6 @@ class ReLUConfig(SAEConfig):
     def dead_latent_strategy(self) -> str:
         return "resample"
 
-    @property
-    def sparsity_coef_name(self) -> str:
-        return "l1_coef"
-
 
 @final
 class ReLUSAE(SAE):
