@@ -1,0 +1,151 @@
+"""Toy models of superposition (Elhage et al. 2022, "Toy Models of Superposition").
+
+n sparse features are squeezed through m < n hidden dimensions and read back out:
+h = x W (W: n x m), x' = ReLU(h W^T + b) (or without the ReLU for the linear baseline).
+Feature i is zero with probability S (its sparsity), otherwise U[0, 1]. The loss weights
+feature i's squared error by its importance I_i. Many instances (for example one per
+sparsity level) train at once, each with its own W and b.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from saescope.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ToyConfig:
+    """A batch of toy models that differ in feature density (and share n, m, importance)."""
+
+    n_features: int = 5
+    """Number of input features n."""
+    n_hidden: int = 2
+    """Hidden dimensions m."""
+    density: tuple[float, ...] = (1.0,)
+    """Per instance, the probability that a feature is non-zero (1 - sparsity S)."""
+    importance_decay: float = 1.0
+    """Importance of feature i is importance_decay ** i."""
+    relu_output: bool = True
+    """x' = ReLU(W^T W x + b); False gives the linear baseline x' = W^T W x + b."""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.n_hidden <= self.n_features:
+            raise ConfigError(
+                f"need 1 <= n_hidden <= n_features, got {self.n_hidden}, {self.n_features}"
+            )
+        if not self.density or not all(0 < p <= 1 for p in self.density):
+            raise ConfigError(f"densities must lie in (0, 1], got {self.density}")
+
+    @property
+    def n_instances(self) -> int:
+        return len(self.density)
+
+    def importance(self) -> Tensor:
+        return self.importance_decay ** torch.arange(self.n_features, dtype=torch.float32)
+
+
+class ToyModel(nn.Module):
+    """W (instances, n, m) and b (instances, n); Xavier-normal init, zero bias."""
+
+    def __init__(self, cfg: ToyConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        i, n, m = cfg.n_instances, cfg.n_features, cfg.n_hidden
+        self.W = nn.Parameter(torch.empty(i, n, m))
+        nn.init.xavier_normal_(self.W)
+        self.b = nn.Parameter(torch.zeros(i, n))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x (batch, instances, n) -> x' (batch, instances, n)."""
+        h = torch.einsum("bin,inm->bim", x, self.W)  # (batch, instances, m)
+        out = torch.einsum("bim,inm->bin", h, self.W) + self.b
+        return out.relu() if self.cfg.relu_output else out
+
+
+def sample(cfg: ToyConfig, batch: int, generator: torch.Generator) -> Tensor:
+    """x (batch, instances, n): each feature U[0, 1] with its instance's density, else 0."""
+    shape = (batch, cfg.n_instances, cfg.n_features)
+    density = torch.tensor(cfg.density)[None, :, None]
+    values = torch.rand(shape, generator=generator)
+    return values * (torch.rand(shape, generator=generator) < density)
+
+
+@dataclass(frozen=True)
+class ToyTrainConfig:
+    """Training as in the released notebook: AdamW, constant LR, batch 1024."""
+
+    steps: int = 10_000
+    """Optimiser steps."""
+    batch_size: int = 1024
+    """Samples per step."""
+    lr: float = 1e-3
+    """AdamW learning rate."""
+    seed: int = 0
+    """Seed of the initial weights and the data."""
+    progress: bool = False
+    """Show a progress bar."""
+
+
+def train_toy(cfg: ToyConfig, tcfg: ToyTrainConfig | None = None) -> ToyModel:
+    """Train every instance at once; the loss is importance-weighted squared error, averaged
+    over batch and features and summed over instances."""
+    tcfg = tcfg or ToyTrainConfig()
+    torch.manual_seed(tcfg.seed)
+    model = ToyModel(cfg)
+    gen = torch.Generator().manual_seed(tcfg.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr)
+    importance = cfg.importance()[None, None, :]
+    for _ in tqdm(range(tcfg.steps), disable=not tcfg.progress, desc="toy models"):
+        x = sample(cfg, tcfg.batch_size, gen)
+        loss = (importance * (model(x) - x) ** 2).mean(dim=(0, 2)).sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+# ----- geometry -------------------------------------------------------------------------------
+
+
+def dimensions_per_feature(W: Tensor) -> Tensor:
+    """D* = m / ||W||_F^2 per instance. W (instances, n, m) or (n, m)."""
+    W = W if W.ndim == 3 else W[None]
+    return W.shape[-1] / W.pow(2).sum(dim=(1, 2))
+
+
+def feature_dimensionality(W: Tensor) -> Tensor:
+    """D_i = ||W_i||^2 / sum_j (W_i_hat . W_j)^2 for each feature's row W_i (0 for a feature
+    that is not represented). W (instances, n, m) or (n, m) -> (instances, n) or (n,)."""
+    squeeze = W.ndim == 2
+    W = W if W.ndim == 3 else W[None]
+    norms = W.norm(dim=-1, keepdim=True)  # (i, n, 1)
+    unit = W / norms.clamp_min(1e-12)
+    overlap = torch.einsum("inm,ijm->inj", unit, W).pow(2).sum(-1)  # (i, n)
+    d = norms.squeeze(-1).pow(2) / overlap.clamp_min(1e-12)
+    d = torch.where(norms.squeeze(-1) > 1e-6, d, torch.zeros_like(d))
+    return d[0] if squeeze else d
+
+
+def hidden_angles(W: Tensor, min_norm: float = 0.5) -> list[float]:
+    """Angles in degrees between successive feature directions (sorted by angle) in a 2-D
+    hidden space, for the features whose norm is at least min_norm. W (n, 2)."""
+    keep = W.norm(dim=1) >= min_norm
+    theta = torch.atan2(W[keep, 1], W[keep, 0]).sort().values
+    if theta.numel() < 2:
+        return []
+    gaps = torch.diff(theta, append=theta[:1] + 2 * math.pi)
+    return [math.degrees(float(g)) for g in gaps]
+
+
+@torch.no_grad()
+def instance_losses(model: ToyModel, n: int = 16_384, seed: int = 1) -> Tensor:
+    """Each instance's importance-weighted loss on n fresh samples, (instances,)."""
+    cfg = model.cfg
+    x = sample(cfg, n, torch.Generator().manual_seed(seed))
+    return (cfg.importance()[None, None, :] * (model(x) - x) ** 2).mean(dim=(0, 2))
