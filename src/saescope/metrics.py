@@ -58,3 +58,44 @@ def max_cosine_per_feature(W_dec: Tensor, features: Tensor) -> Tensor:
     d = W_dec / W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
     g = features / features.norm(dim=1, keepdim=True).clamp_min(1e-12)
     return (g @ d.T).max(dim=1).values  # (G,)
+
+
+def cosine_matrix(W_dec: Tensor, features: Tensor) -> Tensor:
+    """Cosine of every true feature (G, d) with every decoder row (M, d): (G, M)."""
+    d = W_dec / W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    g = features / features.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return g @ d.T
+
+
+def hungarian_match(W_dec: Tensor, features: Tensor) -> tuple[Tensor, Tensor]:
+    """One-to-one matching of true features to latents maximising total cosine (scipy's
+    linear_sum_assignment). Returns (latent index per matched feature, its cosine); with fewer
+    latents than features the unmatched features are left out."""
+    from scipy.optimize import linear_sum_assignment
+
+    cos = cosine_matrix(W_dec, features).double().cpu()
+    rows, cols = linear_sum_assignment(cos.numpy(), maximize=True)
+    return torch.as_tensor(cols), cos[torch.as_tensor(rows), torch.as_tensor(cols)]
+
+
+def mcc(W_dec: Tensor, features: Tensor) -> float:
+    """Mean cosine of the one-to-one (Hungarian) matching; unmatched features count as 0."""
+    _, cos = hungarian_match(W_dec, features)
+    return float(cos.sum() / features.shape[0])
+
+
+def fraction_recovered(W_dec: Tensor, features: Tensor, threshold: float = 0.9) -> float:
+    """Fraction of true features whose best-matching latent has cosine >= threshold."""
+    return float((max_cosine_per_feature(W_dec, features) >= threshold).float().mean())
+
+
+def firing_f1(f: Tensor, c: Tensor, latent_of_feature: Tensor) -> dict[str, Tensor]:
+    """Per matched pair, precision / recall / F1 of the latent firing (f (N, M) != 0) against
+    the true feature being active (c (N, G) != 0). latent_of_feature (G,) from hungarian_match."""
+    fired = f[:, latent_of_feature] != 0  # (N, G)
+    active = c != 0
+    tp = (fired & active).sum(0).double()
+    precision = tp / fired.sum(0).clamp_min(1)
+    recall = tp / active.sum(0).clamp_min(1)
+    f1 = 2 * precision * recall / (precision + recall).clamp_min(1e-12)
+    return {"precision": precision, "recall": recall, "f1": f1}

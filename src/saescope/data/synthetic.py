@@ -77,3 +77,70 @@ class SeedTask(IndexedBatches):
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
         x, _ = self.sample(self.batch_size, g)
         return x, x
+
+
+@dataclass(frozen=True)
+class CorrelatedTaskConfig:
+    """The correlated generator of Sharkey, Braun & Millidge (2022) as coded by Cunningham et
+    al.: G unit features in d dimensions whose firing probabilities are correlated (through one
+    Gaussian draw per batch) and decay with the feature index."""
+
+    d_in: int = 256
+    """Dimension of the data."""
+    n_features: int = 512
+    """Number of true features G."""
+    mean_active: float = 5.0
+    """Expected active features per sample."""
+    decay: float = 0.99
+    """Firing probability of feature i is scaled by decay ** i."""
+    feature_seed: int = 0
+    """Seed of the features, their correlation and their strengths."""
+
+    def __post_init__(self) -> None:
+        if self.d_in < 1 or self.n_features < 1 or not 0 < self.mean_active <= self.n_features:
+            raise ConfigError("need d_in >= 1, n_features >= 1, 0 < mean_active <= n_features")
+
+
+class CorrelatedTask(IndexedBatches):
+    """Batches from the correlated generator; batch i depends only on (seed, i)."""
+
+    def __init__(self, cfg: CorrelatedTaskConfig, batch_size: int = 1024, seed: int = 0) -> None:
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        self.cfg, self.batch_size, self.seed = cfg, batch_size, seed
+        g = torch.Generator().manual_seed(cfg.feature_seed)
+        G = cfg.n_features
+        feats = torch.randn(G, cfg.d_in, generator=g, dtype=torch.float64)
+        self.features = (feats / feats.norm(dim=1, keepdim=True)).float()  # (G, d_in)
+        r = torch.rand(G, G, generator=g, dtype=torch.float64)
+        cov = (r + r.T) / 2
+        lam_min = float(torch.linalg.eigvalsh(cov)[0])
+        if lam_min < 0:  # make it positive definite
+            cov -= 1.001 * lam_min * torch.eye(G, dtype=torch.float64)
+        self._chol = torch.linalg.cholesky(cov)  # (G, G)
+        self.strengths = torch.rand(G, generator=g)  # s_i ~ U[0, 1], one per feature
+        self._decay = cfg.decay ** torch.arange(G, dtype=torch.float64)
+
+    def probabilities(self, generator: torch.Generator) -> Tensor:
+        """Firing probabilities for one batch: Phi(z_i) decay^i with z ~ N(0, cov), rescaled
+        to mean mean_active / G."""
+        z = self._chol @ torch.randn(self.cfg.n_features, generator=generator, dtype=torch.float64)
+        p = torch.special.ndtr(z) * self._decay
+        p = p * (self.cfg.mean_active / self.cfg.n_features) / p.mean()
+        return p.clamp(max=1.0).float()
+
+    def sample(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """x (n, d_in) and the coefficients c (n, G) with x = (c * strengths) @ features."""
+        G = self.cfg.n_features
+        p = self.probabilities(generator)
+        fire = torch.rand(n, G, generator=generator) < p
+        c = torch.rand(n, G, generator=generator) * fire
+        empty = ~fire.any(dim=1)  # a sample with no feature gets one random feature at 1
+        pick = torch.randint(G, (n,), generator=generator)
+        c[empty, pick[empty]] = 1.0
+        return (c * self.strengths) @ self.features, c
+
+    def batch(self, i: int) -> tuple[Tensor, Tensor]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
+        x, _ = self.sample(self.batch_size, g)
+        return x, x
