@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from saescope.data import ActivationFile, SeedTask, SeedTaskConfig
+from saescope.data.stream import HELD_OUT_SEED_OFFSET
 from saescope.errors import ConfigError, SaescopeError
 from saescope.evaluate import evaluate
 from saescope.saes import ARCHITECTURES, SAE, load, make_sae
@@ -27,7 +28,6 @@ from saescope.text import table as _table
 from saescope.train import TrainConfig, train
 
 SAE_SHAPE_FIELDS = {"d_in", "d_out", "apply_b_dec_to_input"}  # set from the data
-EVAL_SEED_OFFSET = 1_000_003
 
 
 @cache
@@ -188,7 +188,9 @@ def _eval_one(sae: SAE, path: Path, ns: argparse.Namespace) -> dict[str, Any]:
     meta = json.loads((path / CFG_FILE).read_text()).get("metadata", {}).get("data", {})
     if ns.data == "synthetic":
         task_cfg = SeedTaskConfig(**{**meta.get("task", {}), **_given(ns, SeedTaskConfig)})
-        source = SeedTask(task_cfg, min(ns.tokens, 8192), meta.get("seed", 0) + EVAL_SEED_OFFSET)
+        source = SeedTask(
+            task_cfg, min(ns.tokens, 8192), meta.get("seed", 0) + HELD_OUT_SEED_OFFSET
+        )
         return evaluate(sae, source, ns.tokens, features=source.features)
     return evaluate(sae, [ActivationFile(ns.data).head(ns.tokens)], ns.tokens)
 

@@ -72,10 +72,10 @@ def test_loss_falls_within_100_steps(arch):
         TrainConfig(steps=100, log_every=10, progress=False, lr=3e-3),
     )
     x, _ = task.batch(10_000)
-    ctx_first = make_sae(small_config(arch))
+    untrained = make_sae(small_config(arch))
     # Compare the trained SAE with an untrained one of the same shape on held-out data.
     assert torch.nn.functional.mse_loss(result.saes[0](x), x) < 0.5 * torch.nn.functional.mse_loss(
-        ctx_first(x), x
+        untrained(x), x
     )
 
 

@@ -93,8 +93,7 @@ class ActivationFile(IndexedBatches):
 
     @functools.lru_cache(maxsize=2)  # noqa: B019 - a few permutations, freed with the object
     def _perm(self, epoch: int) -> Tensor:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        return torch.randperm(self.x.shape[0], generator=g)
+        return torch.randperm(self.x.shape[0], generator=self.generator(epoch))
 
     def batch(self, i: int) -> tuple[Tensor, Tensor]:
         epoch, j = divmod(i, self.per_epoch)

@@ -6,11 +6,21 @@ import abc
 import itertools
 from collections.abc import Iterator
 
+import torch
 from torch import Tensor
+
+HELD_OUT_SEED_OFFSET = 1_000_003
+"""Added to a training stream's seed to get held-out data from the same source."""
 
 
 class IndexedBatches(abc.ABC):
     """A stream of (x, y) batches defined by `batch(i)`; `iter_from(start)` resumes it."""
+
+    seed: int
+
+    def generator(self, i: int) -> torch.Generator:
+        """The random generator for draw number i of this stream (a batch, or an epoch)."""
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + i)
 
     @abc.abstractmethod
     def batch(self, i: int) -> tuple[Tensor, Tensor]:

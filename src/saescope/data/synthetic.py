@@ -74,8 +74,7 @@ class SeedTask(IndexedBatches):
         return c @ self.features, c
 
     def batch(self, i: int) -> tuple[Tensor, Tensor]:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
-        x, _ = self.sample(self.batch_size, g)
+        x, _ = self.sample(self.batch_size, self.generator(i))
         return x, x
 
 
@@ -141,6 +140,5 @@ class CorrelatedTask(IndexedBatches):
         return (c * self.strengths) @ self.features, c
 
     def batch(self, i: int) -> tuple[Tensor, Tensor]:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
-        x, _ = self.sample(self.batch_size, g)
+        x, _ = self.sample(self.batch_size, self.generator(i))
         return x, x

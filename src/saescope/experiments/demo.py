@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from saescope.data import SeedTask, SeedTaskConfig
+from saescope.data.stream import HELD_OUT_SEED_OFFSET
 from saescope.evaluate import evaluate
 from saescope.saes import make_sae
 from saescope.text import table
@@ -93,7 +94,7 @@ def run_task(
     )
     meta = {"data": {"kind": "synthetic", "task": asdict(task_cfg), "seed": seed}}
     result = train(saes, task, cfg, out, metadata=meta, overwrite=True)
-    held_out = SeedTask(task_cfg, batch_size=8192, seed=seed + 1_000_003)
+    held_out = SeedTask(task_cfg, batch_size=8192, seed=seed + HELD_OUT_SEED_OFFSET)
     return [evaluate(s, held_out, 32_768, features=task.features) for s in result.saes]
 
 
