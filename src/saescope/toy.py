@@ -31,6 +31,10 @@ class ToyConfig:
     """Per instance, the probability that a feature is non-zero (1 - sparsity S)."""
     importance_decay: float = 1.0
     """Importance of feature i is importance_decay ** i."""
+    value_range: tuple[float, float] = (0.0, 1.0)
+    """A non-zero feature is uniform on this range (the paper: U[0, 1]; the seed: U[0.5, 2])."""
+    importances: tuple[tuple[float, ...], ...] | None = None
+    """Per instance, explicit importances of the n features (overrides importance_decay)."""
     relu_output: bool = True
     """x' = ReLU(W^T W x + b); False gives the linear baseline x' = W^T W x + b."""
 
@@ -41,13 +45,27 @@ class ToyConfig:
             )
         if not self.density or not all(0 < p <= 1 for p in self.density):
             raise ConfigError(f"densities must lie in (0, 1], got {self.density}")
+        lo, hi = self.value_range
+        if not 0 <= lo <= hi:
+            raise ConfigError(f"value_range must satisfy 0 <= low <= high, got {self.value_range}")
+        if self.importances is not None and (
+            len(self.importances) != len(self.density)
+            or any(len(r) != self.n_features for r in self.importances)
+        ):
+            raise ConfigError(
+                "importances needs one row of n_features values per density (instance)"
+            )
 
     @property
     def n_instances(self) -> int:
         return len(self.density)
 
     def importance(self) -> Tensor:
-        return self.importance_decay ** torch.arange(self.n_features, dtype=torch.float32)
+        """(instances, n): each instance's feature importances."""
+        if self.importances is not None:
+            return torch.tensor(self.importances, dtype=torch.float32)
+        row = self.importance_decay ** torch.arange(self.n_features, dtype=torch.float32)
+        return row.expand(self.n_instances, -1)
 
 
 class ToyModel(nn.Module):
@@ -62,18 +80,24 @@ class ToyModel(nn.Module):
         self.b = nn.Parameter(torch.zeros(i, n))
 
     def forward(self, x: Tensor) -> Tensor:
-        """x (batch, instances, n) -> x' (batch, instances, n)."""
-        h = torch.einsum("bin,inm->bim", x, self.W)  # (batch, instances, m)
-        out = torch.einsum("bim,inm->bin", h, self.W) + self.b
+        """x (instances, batch, n) -> x' (instances, batch, n)."""
+        if self.cfg.n_hidden == 1:  # elementwise: far faster than many 1-wide matmuls
+            w = self.W[:, None, :, 0]  # (instances, 1, n)
+            out = (x * w).sum(-1, keepdim=True) * w + self.b[:, None, :]
+        else:
+            h = torch.bmm(x, self.W)  # (instances, batch, m)
+            out = torch.baddbmm(self.b[:, None, :], h, self.W.transpose(1, 2))
         return out.relu() if self.cfg.relu_output else out
 
 
 def sample(cfg: ToyConfig, batch: int, generator: torch.Generator) -> Tensor:
-    """x (batch, instances, n): each feature U[0, 1] with its instance's density, else 0."""
-    shape = (batch, cfg.n_instances, cfg.n_features)
-    density = torch.tensor(cfg.density)[None, :, None]
-    values = torch.rand(shape, generator=generator)
-    return values * (torch.rand(shape, generator=generator) < density)
+    """x (instances, batch, n): each feature U[0, 1] with its instance's density, else 0."""
+    shape = (cfg.n_instances, batch, cfg.n_features)
+    density = torch.tensor(cfg.density)[:, None, None]
+    # One uniform u per entry: given u < p, u / p is U[0, 1] (half the draws of two uniforms).
+    u = torch.rand(shape, generator=generator)
+    lo, hi = cfg.value_range
+    return torch.where(u < density, lo + (hi - lo) * (u / density), torch.zeros(()))
 
 
 @dataclass(frozen=True)
@@ -86,10 +110,19 @@ class ToyTrainConfig:
     """Samples per step."""
     lr: float = 1e-3
     """AdamW learning rate."""
+    lr_decay_start: float = 1.0
+    """Fraction of the steps after which the LR decays linearly to 0 (1.0: constant, as in
+    the paper)."""
     seed: int = 0
     """Seed of the initial weights and the data."""
     progress: bool = False
     """Show a progress bar."""
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ConfigError("need steps >= 1, batch_size >= 1 and lr > 0")
+        if not 0 <= self.lr_decay_start <= 1:
+            raise ConfigError(f"lr_decay_start must lie in [0, 1], got {self.lr_decay_start}")
 
 
 def train_toy(cfg: ToyConfig, tcfg: ToyTrainConfig | None = None) -> ToyModel:
@@ -100,13 +133,18 @@ def train_toy(cfg: ToyConfig, tcfg: ToyTrainConfig | None = None) -> ToyModel:
     model = ToyModel(cfg)
     gen = torch.Generator().manual_seed(tcfg.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr)
-    importance = cfg.importance()[None, None, :]
+    decay_from = int(tcfg.lr_decay_start * tcfg.steps)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (tcfg.steps - s) / max(1, tcfg.steps - decay_from))
+    )
+    importance = cfg.importance()[:, None, :]
     for _ in tqdm(range(tcfg.steps), disable=not tcfg.progress, desc="toy models"):
         x = sample(cfg, tcfg.batch_size, gen)
-        loss = (importance * (model(x) - x) ** 2).mean(dim=(0, 2)).sum()
+        loss = (importance * (model(x) - x) ** 2).mean(dim=(1, 2)).sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        sched.step()
     return model.eval()
 
 
@@ -148,4 +186,4 @@ def instance_losses(model: ToyModel, n: int = 16_384, seed: int = 1) -> Tensor:
     """Each instance's importance-weighted loss on n fresh samples, (instances,)."""
     cfg = model.cfg
     x = sample(cfg, n, torch.Generator().manual_seed(seed))
-    return (cfg.importance()[None, None, :] * (model(x) - x) ** 2).mean(dim=(0, 2))
+    return (cfg.importance()[:, None, :] * (model(x) - x) ** 2).mean(dim=(1, 2))
