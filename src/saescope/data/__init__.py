@@ -5,6 +5,21 @@ has `iter_from(start)` lets a resumed training run jump straight to batch `start
 """
 
 from saescope.data.files import ActivationFile
-from saescope.data.synthetic import CorrelatedTask, CorrelatedTaskConfig, SeedTask, SeedTaskConfig
+from saescope.data.synthetic import (
+    CorrelatedTask,
+    CorrelatedTaskConfig,
+    HierarchicalTask,
+    HierarchicalTaskConfig,
+    SeedTask,
+    SeedTaskConfig,
+)
 
-__all__ = ["ActivationFile", "CorrelatedTask", "CorrelatedTaskConfig", "SeedTask", "SeedTaskConfig"]
+__all__ = [
+    "ActivationFile",
+    "CorrelatedTask",
+    "CorrelatedTaskConfig",
+    "HierarchicalTask",
+    "HierarchicalTaskConfig",
+    "SeedTask",
+    "SeedTaskConfig",
+]
