@@ -11,6 +11,7 @@ LAYERS = {
     "ops": 0,
     "metrics": 0,
     "text": 0,
+    "report": 0,
     "saes": 1,
     "data": 1,
     "toy": 1,

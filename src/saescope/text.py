@@ -10,9 +10,14 @@ def fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def table(rows: Sequence[dict[str, Any]], cols: Sequence[str]) -> str:
-    """An aligned text table of `cols` from each row dict."""
-    cells = [list(cols)] + [[fmt(r.get(c, "")) for c in cols] for r in rows]
+def _clip(s: str, width: int | None) -> str:
+    return s if width is None or len(s) <= width else s[: width - 1] + "…"
+
+
+def table(rows: Sequence[dict[str, Any]], cols: Sequence[str], max_width: int | None = None) -> str:
+    """An aligned text table of `cols` from each row dict; cells longer than max_width are
+    cut with an ellipsis."""
+    cells = [list(cols)] + [[_clip(fmt(r.get(c, "")), max_width) for c in cols] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
     lines = [
         "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
