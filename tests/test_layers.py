@@ -9,6 +9,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "saescope"
 LAYERS = {
     "errors": 0,
     "ops": 0,
+    "sparse": 0,
     "metrics": 0,
     "text": 0,
     "report": 0,

@@ -5,7 +5,7 @@ import torch
 
 from saescope.data import SeedTask, SeedTaskConfig
 from saescope.evaluate import evaluate
-from saescope.experiments.demo import SEED_TASK, SEPARABLE_TASK, run_task
+from saescope.experiments.recovery import SEED_TASK, SEPARABLE_TASK, run_task
 from saescope.saes import make_sae
 from saescope.train import TrainConfig, train
 

@@ -218,7 +218,7 @@ def cmd_eval(ns: argparse.Namespace) -> int:
 def cmd_demo(ns: argparse.Namespace) -> int:
     from saescope.experiments import demo
 
-    demo.run(Path(ns.out), steps=ns.steps)
+    demo.run(Path(ns.out), seeds=ns.seeds, quick=ns.quick, all_seeds=ns.all_seeds)
     return 0
 
 
@@ -270,9 +270,21 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="print one JSON object")
     add_config_args(e.add_argument_group("synthetic data options"), SeedTaskConfig)
 
-    d = sub.add_parser("demo", help="train and evaluate every architecture on the seed's task")
+    d = sub.add_parser(
+        "demo", help="run every experiment of the seed and write runs/demo/report.html"
+    )
     d.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder")
-    d.add_argument("--steps", type=int, default=None, help="training steps (default: the demo's)")
+    d.add_argument(
+        "--seeds", type=int, default=3, help="seeds for the cheap experiments (the rest use seed 0)"
+    )
+    d.add_argument(
+        "--all-seeds",
+        action="store_true",
+        help="run the expensive experiments on every seed too (about 3x longer)",
+    )
+    d.add_argument(
+        "--quick", action="store_true", help="a few steps each: the report's shape, not its claims"
+    )
     return p
 
 

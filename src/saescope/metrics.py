@@ -34,8 +34,9 @@ def relative_reconstruction_bias(y: Tensor, y_hat: Tensor) -> float:
 
 
 def norm_ratio(y: Tensor, y_hat: Tensor) -> float:
-    """Mean ||y_hat|| / ||y||."""
-    return float((y_hat.norm(dim=-1) / y.norm(dim=-1).clamp_min(1e-12)).mean())
+    """E||y_hat|| / E||y|| (a ratio of means: a mean of per-token ratios is dominated by the
+    tokens of smallest norm)."""
+    return float(y_hat.norm(dim=-1).mean() / y.norm(dim=-1).mean().clamp_min(1e-12))
 
 
 def firing_counts(f: Tensor) -> Tensor:
