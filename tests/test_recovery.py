@@ -40,15 +40,16 @@ def separable(request):
     return run_task(SEPARABLE_TASK, None, seed=request.param, progress=False)
 
 
-# Measured over feature seeds 0-2: relu 0.993-0.997, topk 0.999, batchtopk 0.9997,
-# jumprelu 0.9998, gated 0.971-0.990 (a feature split over two latents that merges slowly).
-MIN_COSINE = {"relu": 0.99, "topk": 0.99, "batchtopk": 0.99, "jumprelu": 0.99, "gated": 0.97}
+# Every architecture recovers every feature at cosine >= 0.99 with L0 within 25 % of the true
+# mean (docs/RESULTS.md has the numbers for seeds 0-2).
+MIN_COSINE = 0.99
 
 
 def test_every_architecture_recovers_every_feature(separable):
     for row in separable:
-        assert row["min_feature_cosine"] >= MIN_COSINE[row["architecture"]], row
-        assert abs(row["l0"] - SEPARABLE_TASK.task.mean_active) <= 0.5, row
+        assert row["min_feature_cosine"] >= MIN_COSINE, row
+        true_l0 = SEPARABLE_TASK.task.mean_active
+        assert abs(row["l0"] - true_l0) <= 0.25 * true_l0, row
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """Recovery on the correlated generator of Sharkey et al. (2022), and L1 vs TopK shrinkage.
 
 512 true features in 256-D, about 5 active per sample, firing probabilities correlated within
-a batch and decaying with the index (0.99^i: the rarest fire ~30x less often than the
+a batch and decaying with the index (0.99^i: the rarest fire ~40x less often than the
 commonest). A TopK SAE and a ReLU-L1 SAE, 1024 latents each, train together on one stream;
 both are scored against the truth (MMCS, one-to-one MCC, fraction recovered at cos >= 0.9,
 firing F1 of the matched latents) and compared for shrinkage: the L1 penalty pulls every
