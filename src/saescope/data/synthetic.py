@@ -65,8 +65,11 @@ class SeedTask(IndexedBatches):
         """n samples: x (n, d_in) and the true coefficients c (n, n_features); x = c @ features."""
         cfg = self.cfg
         counts = torch.randint(cfg.min_active, cfg.max_active + 1, (n, 1), generator=generator)
-        ranks = torch.rand(n, cfg.n_features, generator=generator).argsort(dim=1).argsort(dim=1)
-        active = ranks < counts  # a uniformly random subset of `count` features per row
+        # A uniformly random subset of `count` features per row: the `count` smallest of n
+        # uniform scores, i.e. those at or below the count-th smallest.
+        scores = torch.rand(n, cfg.n_features, generator=generator)
+        smallest = scores.topk(cfg.max_active, dim=1, largest=False).values
+        active = scores <= smallest.gather(1, counts - 1)
         coefs = cfg.coef_low + (cfg.coef_high - cfg.coef_low) * torch.rand(
             n, cfg.n_features, generator=generator
         )

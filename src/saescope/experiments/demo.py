@@ -84,7 +84,7 @@ class Experiment:
 
 
 EXPERIMENTS = (
-    Experiment("superposition: intro", _intro, True),
+    Experiment("superposition: intro", _intro, False),
     Experiment("superposition: 5 features in 2 neurons", _five_in_two, True),
     Experiment("superposition: phase diagram", _phase, False),
     Experiment("superposition: geometry", _geometry, False),

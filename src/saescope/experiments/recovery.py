@@ -100,14 +100,14 @@ def run_task(
 
 
 SWEEP_L1 = (0.01, 0.1, 1.0, 4.0, 16.0, 64.0)
-SWEEP_K = (1, 2, 4, 8, 16)
+SWEEP_K = (1, 2, 4, 8)
 
 SWEEP_TASK = RecoveryTask(
     "sweep",
     SEPARABLE_TASK.task,
     tuple({"architecture": "relu", "d_sae": 60, "l1_coef": c} for c in SWEEP_L1)
     + tuple({"architecture": "topk", "d_sae": 60, "k": k} for k in SWEEP_K),
-    TrainConfig(steps=1000, lr_decay_start=0.5),
+    TrainConfig(steps=800, lr_decay_start=0.5),
 )
 
 
