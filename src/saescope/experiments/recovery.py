@@ -60,17 +60,6 @@ SEPARABLE_TASK = RecoveryTask(
     TrainConfig(steps=3000, lr_decay_start=0.5),
 )
 
-COLUMNS = [
-    "architecture",
-    "l0",
-    "explained_variance",
-    "min_feature_cosine",
-    "mmcs",
-    "relative_reconstruction_bias",
-    "dead_fraction",
-]
-
-
 def run_task(
     spec: RecoveryTask,
     out: Path | None,
