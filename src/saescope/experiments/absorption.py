@@ -18,7 +18,6 @@ carrying the parent's direction instead.
 from __future__ import annotations
 
 import statistics
-import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -30,7 +29,7 @@ from saescope import metrics
 from saescope.data import HierarchicalTask, HierarchicalTaskConfig
 from saescope.data.stream import HELD_OUT_SEED_OFFSET
 from saescope.errors import ConfigError
-from saescope.experiments.common import torch_threads
+from saescope.experiments.common import sae_label, torch_threads
 from saescope.report import Claim, Section
 from saescope.saes import SAE, make_sae
 from saescope.train import TrainConfig, train
@@ -109,14 +108,13 @@ class SAEAbsorption:
 
 @dataclass
 class AbsorptionResult:
-    """One seed's run: the task, the true L0, each SAE's measurements and the wall time."""
+    """One seed's run: the task, the true L0, and each SAE's measurements."""
 
     seed: int
     task: HierarchicalTaskConfig
     true_l0: float
     saes: list[SAEAbsorption]
     steps: int
-    seconds: float
 
 
 def _recall(fired: Tensor, mask: Tensor) -> float:
@@ -199,14 +197,8 @@ def _make_saes(cfg: AbsorptionConfig, task_cfg: HierarchicalTaskConfig, seed: in
     return saes
 
 
-def _label(spec: dict[str, Any]) -> str:
-    rest = " ".join(f"{k}={v}" for k, v in spec.items() if k != "architecture")
-    return f"{spec['architecture']} {rest}".strip()
-
-
 def run(seed: int = 0, progress: bool = False, cfg: AbsorptionConfig = DEFAULT) -> AbsorptionResult:
     """Train the SAEs on the hierarchical task and measure absorption on held-out samples."""
-    start = time.perf_counter()
     task_cfg = HierarchicalTaskConfig(**{**asdict(cfg.task), "feature_seed": seed})
     task = HierarchicalTask(task_cfg, batch_size=cfg.batch_size, seed=seed)
     train_cfg = TrainConfig(**{**asdict(cfg.train), "seed": seed, "progress": progress})
@@ -215,7 +207,7 @@ def run(seed: int = 0, progress: bool = False, cfg: AbsorptionConfig = DEFAULT) 
         held_out = HierarchicalTask(task_cfg, cfg.eval_samples, seed + HELD_OUT_SEED_OFFSET)
         x, c = held_out.batch_with_truth(0)
         measured = [
-            measure(sae, held_out, x, c, _label(spec))
+            measure(sae, held_out, x, c, sae_label(spec))
             for sae, spec in zip(trained, cfg.saes, strict=True)
         ]
     return AbsorptionResult(
@@ -224,7 +216,6 @@ def run(seed: int = 0, progress: bool = False, cfg: AbsorptionConfig = DEFAULT) 
         true_l0=float((c != 0).sum(1).float().mean()),
         saes=measured,
         steps=train_cfg.steps,
-        seconds=time.perf_counter() - start,
     )
 
 

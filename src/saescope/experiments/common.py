@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 
@@ -20,3 +21,9 @@ def torch_threads(n: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(old)
+
+
+def sae_label(spec: dict[str, Any], hide: tuple[str, ...] = ()) -> str:
+    """A short name for an SAE config, e.g. "topk k=3" (fields in `hide` left out)."""
+    rest = " ".join(f"{k}={v}" for k, v in spec.items() if k != "architecture" and k not in hide)
+    return f"{spec['architecture']} {rest}".strip()

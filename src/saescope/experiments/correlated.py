@@ -24,6 +24,7 @@ from torch import Tensor
 from saescope import metrics
 from saescope.data import CorrelatedTask, CorrelatedTaskConfig
 from saescope.data.stream import HELD_OUT_SEED_OFFSET
+from saescope.experiments.common import sae_label
 from saescope.report import Claim, Section
 from saescope.saes import SAE, make_sae
 from saescope.train import TrainConfig, train
@@ -83,11 +84,6 @@ class CorrelatedResult:
     scores: list[SAEScore]
 
 
-def _label(spec: dict[str, Any]) -> str:
-    extra = {k: v for k, v in spec.items() if k not in ("architecture", "aux_coef")}
-    return spec["architecture"] + " " + " ".join(f"{k}={v}" for k, v in extra.items())
-
-
 @torch.no_grad()
 def score(sae: SAE, x: Tensor, c: Tensor, features: Tensor, label: str) -> SAEScore:
     """Score one SAE on held-out x with true coefficients c (N, G)."""
@@ -135,7 +131,7 @@ def run(
         seed=seed,
         frequency=(c != 0).float().mean(0),
         scores=[
-            score(s, x, c, task.features, _label(spec))
+            score(s, x, c, task.features, sae_label(spec, hide=("aux_coef",)))
             for s, spec in zip(trained, cfg.saes, strict=True)
         ],
     )

@@ -16,7 +16,6 @@ alive feature is > 99% pure on seeds 0-2. With lr 1e-3 many half-dead, impure la
 from __future__ import annotations
 
 import statistics
-import time
 from dataclasses import dataclass
 
 import torch
@@ -109,8 +108,6 @@ class MonoResult:
     """SAE: mean active latents per input."""
     explained_variance: float
     """SAE: explained variance of H."""
-    seconds: float
-    """Wall time of the whole run."""
 
 
 def make_data(cfg: MonoConfig, gen: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -180,7 +177,6 @@ def run(seed: int = 0, cfg: MonoConfig = MonoConfig(), progress: bool = False) -
 
 
 def _run(seed: int, cfg: MonoConfig, progress: bool) -> MonoResult:
-    start = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
     x, labels = make_data(cfg, gen)
     clf = train_classifier(cfg, x, labels, gen)
@@ -233,7 +229,6 @@ def _run(seed: int, cfg: MonoConfig, progress: bool) -> MonoResult:
         classes_with_pure_feature=sum(b >= cfg.pure for b in best),
         l0=metrics.l0(f),
         explained_variance=ev,
-        seconds=time.perf_counter() - start,
     )
 
 

@@ -60,6 +60,7 @@ SEPARABLE_TASK = RecoveryTask(
     TrainConfig(steps=3000, lr_decay_start=0.5),
 )
 
+
 def run_task(
     spec: RecoveryTask,
     out: Path | None,
