@@ -34,7 +34,7 @@ def test_geometric_median_resists_outliers():
 def test_remove_parallel_grad_is_orthogonal_to_rows():
     w = torch.randn(8, 5)
     g = torch.randn(8, 5)
-    g2 = ops.remove_parallel_grad(w, g)
+    g2 = ops.remove_parallel_grad_(w, g.clone())
     torch.testing.assert_close((g2 * w).sum(1), torch.zeros(8), atol=1e-6, rtol=0)
     # A step along the cleaned gradient keeps the row norm to first order.
     step = 1e-3
@@ -75,3 +75,10 @@ def test_auxk_uses_only_dead_latents():
 def test_normalised_mse():
     t = torch.tensor([[1.0], [3.0]])
     assert math.isclose(float(ops.normalised_mse(t - t.mean(), t)), 1.0)
+
+
+def test_unit_rows_in_place():
+    w = torch.randn(6, 4) * 3
+    out = ops.unit_rows_(w)
+    assert out is w
+    torch.testing.assert_close(w.norm(dim=1), torch.ones(6))

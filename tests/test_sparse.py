@@ -1,17 +1,14 @@
-"""The sparse TopK path against plain dense autograd, in float64 at rtol 1e-9."""
+"""The sparse path against plain dense autograd, in float64 at rtol 1e-9: the primitives,
+every chooser, and every loss term of every architecture that has a sparse path."""
 
 import pytest
 import torch
 
-from saescope import ops
+from saescope import ops, sparse
+from saescope.errors import ConfigError
 from saescope.saes import LossContext, make_sae
-from saescope.sparse import (
-    densify,
-    sparse_decode,
-    topk_encode_sparse,
-    topk_encode_sparse_aux,
-    topk_sae_forward_sparse,
-)
+from saescope.saes.base import SPARSE_MAX_DENSITY
+from saescope.sparse import Pattern
 
 F64 = torch.float64
 TOL = {"rtol": 1e-9, "atol": 1e-12}
@@ -21,162 +18,273 @@ def _leaf(*shape: int, scale: float = 1.0) -> torch.Tensor:
     return (torch.randn(*shape, dtype=F64) * scale).requires_grad_(True)
 
 
-def _close_grads(loss_a, leaves_a, loss_b, leaves_b, names):
-    ga = torch.autograd.grad(loss_a, leaves_a, allow_unused=True)
-    gb = torch.autograd.grad(loss_b, leaves_b, allow_unused=True)
+def _twins(*leaves: torch.Tensor) -> list[torch.Tensor]:
+    return [t.detach().clone().requires_grad_(t.requires_grad) for t in leaves]
+
+
+def _assert_same_grads(loss_a, leaves_a, loss_b, leaves_b, names, label=""):
+    kw = {"retain_graph": True, "allow_unused": True}
+    ga = torch.autograd.grad(loss_a, leaves_a, **kw)
+    gb = torch.autograd.grad(loss_b, leaves_b, **kw)
     for name, a, b, leaf in zip(names[: len(ga)], ga, gb, leaves_a, strict=True):
         a = torch.zeros_like(leaf) if a is None else a
         b = torch.zeros_like(leaf) if b is None else b
-        torch.testing.assert_close(a, b, **TOL, msg=f"d/d{name}")
+        torch.testing.assert_close(a, b, **TOL, msg=f"{label} d/d{name}")
 
 
-@pytest.mark.parametrize(("n", "m", "d", "k"), [(7, 5, 3, 1), (33, 40, 6, 3), (20, 16, 10, 16)])
+def _random_pattern(n: int, m: int, density: float) -> Pattern:
+    flat = (torch.rand(n * m) < density).nonzero().squeeze(1)
+    return Pattern.from_flat(flat, n, m)
+
+
+# ----- primitives ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("n", "m", "d", "density"),
+    [(7, 5, 3, 0.3), (33, 40, 6, 0.1), (20, 16, 10, 1.0), (9, 12, 4, 0.0)],
+)
 @pytest.mark.parametrize("bias", [True, False])
-def test_decode_matches_dense(n, m, d, k, bias):
-    idx = torch.rand(n, m).argsort(1)[:, :k]  # distinct within a row, unsorted
-    vals, W_dec = _leaf(n, k), _leaf(m, d)
+def test_decode_matches_dense(n, m, d, density, bias):
+    p = _random_pattern(n, m, density)
+    vals, W_dec = _leaf(p.nnz), _leaf(m, d)
     b_dec = _leaf(d) if bias else None
     R = torch.randn(n, d, dtype=F64)
-    out = sparse_decode(idx, vals, W_dec, b_dec)
+    out = sparse.decode(p, vals, W_dec, b_dec)
     leaves = [vals, W_dec] + ([b_dec] if bias else [])
-    ref_leaves = [t.detach().clone().requires_grad_(True) for t in leaves]
-    f = torch.zeros(n, m, dtype=F64).scatter(1, idx, ref_leaves[0])
-    ref = f @ ref_leaves[1] + (ref_leaves[2] if bias else 0)
+    ref_leaves = _twins(*leaves)
+    ref = p.dense(ref_leaves[0]) @ ref_leaves[1] + (ref_leaves[2] if bias else 0)
     torch.testing.assert_close(out, ref, **TOL)
-    _close_grads((out * R).sum(), leaves, (ref * R).sum(), ref_leaves, ["vals", "W_dec", "b_dec"])
+    if p.nnz:
+        names = ["vals", "W_dec", "b_dec"]
+        _assert_same_grads((out * R).sum(), leaves, (ref * R).sum(), ref_leaves, names)
 
 
 def test_decode_backward_with_an_expanded_gradient():
-    idx = torch.rand(9, 12).argsort(1)[:, :4]
-    vals, W_dec = _leaf(9, 4), _leaf(12, 5)
-    sparse_decode(idx, vals, W_dec, None).sum().backward()  # grad_out is a stride-0 view
-    ref_vals, ref_W = vals.detach().requires_grad_(True), W_dec.detach().requires_grad_(True)
-    (densify(idx, ref_vals, 12) @ ref_W).sum().backward()
+    p = Pattern.fixed(torch.rand(9, 12).argsort(1)[:, :4].sort(1).values, 12)
+    vals, W_dec = _leaf(p.nnz), _leaf(12, 5)
+    sparse.decode(p, vals, W_dec, None).sum().backward()  # grad_out is a stride-0 view
+    ref_vals, ref_W = _twins(vals, W_dec)
+    (p.dense(ref_vals) @ ref_W).sum().backward()
     torch.testing.assert_close(vals.grad, ref_vals.grad, **TOL)
     torch.testing.assert_close(W_dec.grad, ref_W.grad, **TOL)
 
 
-@pytest.mark.parametrize(
-    ("n", "d", "m", "k"), [(7, 3, 5, 1), (40, 6, 16, 3), (25, 8, 30, 30), (64, 10, 100, 12)]
-)
+def test_pattern_rows_and_dense_agree():
+    p = _random_pattern(11, 7, 0.4)
+    vals = torch.arange(1.0, p.nnz + 1, dtype=F64)
+    dense = p.dense(vals)
+    rows, cols = dense.nonzero(as_tuple=True)
+    assert torch.equal(rows, p.rows) and torch.equal(cols, p.col)
+    tcrow, order = p.by_latent
+    assert torch.equal(p.col[order], cols.sort(stable=True).values)
+    assert torch.equal(tcrow.diff(), torch.bincount(p.col, minlength=7))
+
+
+# ----- choosers through the encoder ----------------------------------------------------------
+
+
+def _dense_selection(name: str, pre: torch.Tensor, dead: torch.Tensor) -> torch.Tensor:
+    """The boolean (N, M) mask each chooser should pick, computed independently."""
+    n, m = pre.shape
+    if name == "topk":
+        idx = pre.topk(3, dim=-1).indices
+        return torch.zeros(n, m, dtype=torch.bool).scatter(1, idx, True)
+    if name == "batch_topk":
+        idx = pre.flatten().topk(2 * n).indices
+        return torch.zeros(n * m, dtype=torch.bool).scatter(0, idx, True).view(n, m)
+    if name == "above":
+        return pre > 0.2
+    idx = pre.masked_fill(~dead, float("-inf")).topk(4, dim=-1).indices
+    return torch.zeros(n, m, dtype=torch.bool).scatter(1, idx, True)
+
+
+def _chooser(name: str, n: int, dead: torch.Tensor) -> sparse.Chooser:
+    return {
+        "topk": lambda: sparse.topk(3),
+        "batch_topk": lambda: sparse.batch_topk(2 * n),
+        "above": lambda: sparse.above(0.2),
+        "aux_topk": lambda: sparse.aux_topk(dead, 4),
+    }[name]()
+
+
+@pytest.mark.parametrize("name", ["topk", "batch_topk", "above", "aux_topk"])
 @pytest.mark.parametrize("centre", [True, False])
 @pytest.mark.parametrize("x_grad", [True, False])
-def test_encode_matches_dense(n, d, m, k, centre, x_grad):
+def test_encode_matches_dense(name, centre, x_grad):
+    n, d, m = 40, 6, 16
     x = torch.randn(n, d, dtype=F64).requires_grad_(x_grad)
     W_enc, b_enc, b_dec = _leaf(d, m), _leaf(m, scale=0.5), _leaf(d)
+    dead = torch.rand(m) < 0.4
     leaves = [x, W_enc, b_enc, b_dec]
-    ref_leaves = [t.detach().clone().requires_grad_(t.requires_grad) for t in leaves]
+    ref = _twins(*leaves)
+    ((p, z),) = sparse.encode(x, W_enc, b_enc, b_dec if centre else None, [_chooser(name, n, dead)])
+    pre = ((ref[0] - ref[3]) if centre else ref[0]) @ ref[1] + ref[2]
+    mask = _dense_selection(name, pre.detach(), dead)
+    assert torch.equal(p.dense(torch.ones(p.nnz, dtype=torch.bool)), mask)
+    torch.testing.assert_close(p.dense(z), pre * mask, **TOL)
     R = torch.randn(n, m, dtype=F64)
-
-    idx, vals = topk_encode_sparse(x, W_enc, b_enc, b_dec if centre else None, k)
-    rx, rW, rb, rbd = ref_leaves
-    f_ref = ops.topk_activation(((rx - rbd) if centre else rx) @ rW + rb, k)
-    f = densify(idx, vals, m)
-    torch.testing.assert_close(f, f_ref, **TOL)
-    assert idx.shape == vals.shape == (n, k) and bool((idx.diff(dim=1) > 0).all())
-    if k == m:
-        assert bool((vals == 0).any())  # the ReLU mask is exercised
-    start = 0 if x_grad else 1  # x is the only leaf that may not need a gradient
+    start = 0 if x_grad else 1
     names = ["x", "W_enc", "b_enc", "b_dec"][start:]
-    _close_grads((f * R).sum(), leaves[start:], (f_ref * R).sum(), ref_leaves[start:], names)
+    _assert_same_grads(
+        (p.dense(z) * R).sum(), leaves[start:], (pre * mask * R).sum(), ref[start:], names
+    )
 
 
-def _topk_sae(d_in, d_sae, k, k_aux, **kw):
-    sae = make_sae(
-        {"architecture": "topk", "d_in": d_in, "d_sae": d_sae, "k": k, "k_aux": k_aux, **kw}
-    ).double()
-    with torch.no_grad():
-        sae.b_dec.normal_()
-        sae.b_enc.normal_(0, 0.3)
-    return sae
+def test_two_choosers_share_one_product():
+    """Gradients of two selections from one encode call add up (main + AuxK)."""
+    n, d, m = 30, 5, 20
+    x = torch.randn(n, d, dtype=F64)
+    W_enc, b_enc, b_dec = _leaf(d, m), _leaf(m), _leaf(d)
+    dead = torch.rand(m) < 0.5
+    (p1, z1), (p2, z2) = sparse.encode(
+        x, W_enc, b_enc, b_dec, [sparse.topk(3), sparse.aux_topk(dead, 4)]
+    )
+    ref = _twins(W_enc, b_enc, b_dec)
+    pre = (x - ref[2]) @ ref[0] + ref[1]
+    m1 = _dense_selection("topk", pre.detach(), dead)
+    m2 = _dense_selection("aux_topk", pre.detach(), dead)
+    R1, R2 = torch.randn(n, m, dtype=F64), torch.randn(n, m, dtype=F64)
+    ours = (p1.dense(z1) * R1).sum() + (p2.dense(z2).relu() * R2).sum()
+    theirs = (pre * m1 * R1).sum() + ((pre * m2).relu() * R2).sum()
+    _assert_same_grads(ours, [W_enc, b_enc, b_dec], theirs, ref, ["W_enc", "b_enc", "b_dec"])
 
 
-def _sparse_terms(sae, x, y, dead):
-    out = topk_sae_forward_sparse(sae, x, dead)
-    terms = {"mse": sae.mse(y, out.y_hat)}
-    if out.aux_hat is None:
-        terms["auxk"] = x.new_zeros(())
-    else:
-        e = (y - out.y_hat).detach()
-        terms["auxk"] = sae.cfg.aux_coef * ops.normalised_mse(e - out.aux_hat, e)
-    return out, terms
+# ----- every architecture's loss terms -------------------------------------------------------
+
+CASES = {
+    "topk": {"architecture": "topk", "k": 3, "k_aux": 4},
+    "topk_all_live": {"architecture": "topk", "k": 12, "k_aux": 2},
+    "topk_aux_clamped": {"architecture": "topk", "k": 2, "k_aux": 40},
+    "batchtopk": {"architecture": "batchtopk", "k": 2.5, "k_aux": 3},
+    "relu": {"architecture": "relu", "l1_coef": 0.7},
+    "relu_weighted": {"architecture": "relu", "l1_coef": 0.7, "l1_mode": "weighted"},
+    "jumprelu": {"architecture": "jumprelu", "l0_coef": 0.4, "bandwidth": 0.3},
+}
 
 
-@pytest.mark.parametrize(
-    ("d_in", "d_sae", "k", "k_aux", "transcoder"),
-    [
-        (6, 16, 3, 3, False),
-        (8, 32, 1, 4, False),
-        (5, 12, 12, 2, False),  # every latent active: all dead ones overlap the top-k
-        (10, 64, 8, 40, False),  # k_aux clamped to the number of dead latents
-        (6, 20, 4, 3, True),
-    ],
-)
-def test_topk_sae_loss_matches_dense(d_in, d_sae, k, k_aux, transcoder):
-    """MSE and AuxK terms through the sparse path equal TopKSAE.loss, value and gradient."""
-    kw = {"d_out": 3, "apply_b_dec_to_input": False} if transcoder else {}
-    sae = _topk_sae(d_in, d_sae, k, k_aux, **kw)
-    x = torch.randn(48, d_in, dtype=F64)
-    y = torch.randn(48, 3, dtype=F64) if transcoder else x
-    dead = torch.zeros(d_sae, dtype=torch.bool)
+def _pair(case: str, transcoder: bool):
+    cfg = {"d_in": 6, "d_sae": 12, **CASES[case]}
+    if transcoder:
+        cfg |= {"d_out": 4, "apply_b_dec_to_input": False}
+    dense = make_sae(cfg).double()
+    with torch.no_grad():  # non-zero biases, so centring and b_enc matter
+        for p in dense.parameters():
+            if p.ndim == 1:
+                p.copy_(torch.randn_like(p) * 0.3)
+        if case == "jumprelu":
+            dense.log_threshold.copy_(torch.rand(12, dtype=F64).mul(0.5).add(0.05).log())
+    ours = make_sae(cfg).double()
+    ours.load_state_dict(dense.state_dict())
+    dense.sparse_mode, ours.sparse_mode = "dense", "sparse"
+    return dense, ours
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("transcoder", [False, True])
+def test_loss_terms_match_dense(case, transcoder):
+    """Each loss term separately: value and gradient of every parameter, sparse = dense;
+    dead latents present so AuxK runs; the codes, L0 and fired latents agree."""
+    dense, ours = _pair(case, transcoder)
+    x = torch.randn(48, 6, dtype=F64)
+    y = torch.randn(48, 4, dtype=F64) if transcoder else x
+    dead = torch.zeros(12, dtype=torch.bool)
     dead[::3] = True
-    dense = sae.loss(x, y, LossContext(dead=dead))
-    out, ours = _sparse_terms(sae, x, y, dead)
-    torch.testing.assert_close(densify(out.idx, out.vals, d_sae), dense.f, **TOL)
-    torch.testing.assert_close(out.y_hat, dense.y_hat, **TOL)
-    assert bool(torch.isin(out.aux_idx, out.idx).any())  # main and AuxK share latents
-    params = dict(sae.named_parameters())
-    for name in ("mse", "auxk"):
-        torch.testing.assert_close(ours[name], dense.terms[name], **TOL)
-        kw = {"retain_graph": True, "allow_unused": True}
-        g_ours = torch.autograd.grad(ours[name], list(params.values()), **kw)
-        g_dense = torch.autograd.grad(dense.terms[name], list(params.values()), **kw)
-        for key, a, b in zip(params, g_ours, g_dense, strict=True):
-            assert (a is None) == (b is None), f"{name} d/d{key}"
-            if a is not None:
-                torch.testing.assert_close(a, b, **TOL, msg=f"{name} d/d{key}")
-    (g_enc,) = torch.autograd.grad(ours["auxk"], [sae.W_enc])
-    assert g_enc[:, dead].abs().sum() > 0  # the dead latents' encoder columns learn
-    assert g_enc[:, ~dead].abs().sum() == 0
+    ctx = LossContext(sparsity_scale=0.8, dead=dead)
+    a, b = ours.loss(x, y, ctx), dense.loss(x, y, ctx)
+    assert a.f is None and a.codes is not None
+    torch.testing.assert_close(a.dense_f(), b.dense_f(), **TOL)
+    torch.testing.assert_close(a.y_hat, b.y_hat, **TOL)
+    assert a.l0() == pytest.approx(b.l0()) and torch.equal(a.fired(), b.fired())
+    assert a.terms.keys() == b.terms.keys()
+    names = [n for n, _ in ours.named_parameters()]
+    for term in a.terms:
+        torch.testing.assert_close(a.terms[term], b.terms[term], **TOL, msg=term)
+        _assert_same_grads(
+            a.terms[term],
+            list(ours.parameters()),
+            b.terms[term],
+            list(dense.parameters()),
+            names,
+            term,
+        )
+    for key in b.extras:
+        torch.testing.assert_close(a.extras[key], b.extras[key], **TOL)
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+def test_auxk_gradient_reaches_the_dead_encoder_columns(arch):
+    _, ours = _pair(arch, False)
+    x = torch.randn(40, 6, dtype=F64)
+    dead = torch.zeros(12, dtype=torch.bool)
+    dead[::4] = True
+    out = ours.loss(x, x, LossContext(dead=dead))
+    (g,) = torch.autograd.grad(out.terms["auxk"], [ours.W_enc])
+    assert g[:, dead].abs().sum() > 0
+    assert g[:, ~dead].abs().sum() == 0
 
 
 def test_no_dead_latents_means_no_auxk():
-    sae = _topk_sae(6, 16, 3, 3)
+    _, ours = _pair("topk", False)
     x = torch.randn(20, 6, dtype=F64)
-    for dead in (None, torch.zeros(16, dtype=torch.bool)):
-        out = topk_sae_forward_sparse(sae, x, dead)
-        assert out.aux_hat is None and out.aux_idx is None
-        torch.testing.assert_close(out.y_hat, sae(x), **TOL)
+    for dead in (None, torch.zeros(12, dtype=torch.bool)):
+        out = ours.loss(x, x, LossContext(dead=dead))
+        assert float(out.terms["auxk"]) == 0.0
+        torch.testing.assert_close(out.y_hat, ours(x), **TOL)
 
 
-def test_aux_selection_matches_ops():
-    x = torch.randn(30, 6, dtype=F64)
-    W_enc, b_enc, b_dec = _leaf(6, 24), _leaf(24), _leaf(6)
-    dead = torch.rand(24) < 0.4
-    _, _, aux_idx, aux_vals = topk_encode_sparse_aux(x, W_enc, b_enc, b_dec, 3, dead, 5)
-    pre = (x - b_dec) @ W_enc + b_enc
-    torch.testing.assert_close(densify(aux_idx, aux_vals, 24), ops.auxk_topk(pre, dead, 5))
-
-
-def test_backward_keeps_no_n_by_d_sae_tensor():
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "relu", "jumprelu"])
+def test_backward_keeps_no_n_by_d_sae_tensor(arch):
     """Every tensor the sparse path saves for backward is far smaller than N x d_sae; the
     dense path, measured the same way, does save one (so the probe works)."""
     n, d_sae = 128, 256
-    sae = _topk_sae(8, d_sae, 4, 4)
+    extra = {"topk": {"k": 4}, "batchtopk": {"k": 4}}.get(arch, {})
+    sae = make_sae({"architecture": arch, "d_in": 8, "d_sae": d_sae, **extra}).double()
+    with torch.no_grad():
+        sae.b_enc.fill_(-1.5)  # ReLU / JumpReLU: few live codes
     x = torch.randn(n, 8, dtype=F64)
     dead = torch.zeros(d_sae, dtype=torch.bool)
     dead[::5] = True
 
-    def largest_saved(fn) -> int:
+    def largest_saved(mode: str) -> int:
         sizes: list[int] = []
 
         def pack(t):
             sizes.append(t.numel())
             return t
 
+        sae.sparse_mode = mode
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            fn()
+            sae.loss(x, x, LossContext(dead=dead))
         return max(sizes)
 
-    assert largest_saved(lambda: topk_sae_forward_sparse(sae, x, dead)) < n * d_sae // 4
-    assert largest_saved(lambda: sae.loss(x, x, LossContext(dead=dead))) >= n * d_sae
+    assert largest_saved("sparse") < n * d_sae // 4
+    assert largest_saved("dense") >= n * d_sae
+
+
+def test_auto_mode_switches_on_live_density():
+    """ReLU starts dense (density unknown), then goes sparse once few codes are live."""
+    sae = make_sae({"architecture": "relu", "d_in": 64, "d_sae": 1024})
+    x = torch.randn(32, 64)
+    out = sae.loss(x, x)
+    assert out.f is not None and sae.live_density > 0.3
+    with torch.no_grad():
+        sae.b_enc.fill_(-4.0)
+    sae.loss(x, x)  # dense, measures the new density
+    assert sae.live_density < SPARSE_MAX_DENSITY
+    assert sae.loss(x, x).codes is not None
+    small = make_sae({"architecture": "topk", "d_in": 8, "d_sae": 16, "k": 1})
+    assert small.loss(torch.randn(4, 8), torch.randn(4, 8)).f is not None  # too small
+
+
+def test_bad_sparse_mode_is_a_clear_error():
+    sae = make_sae({"architecture": "topk", "d_in": 8, "d_sae": 16, "k": 2})
+    sae.sparse_mode = "fast"
+    with pytest.raises(ConfigError, match="sparse_mode must be one of"):
+        sae.loss(torch.randn(4, 8), torch.randn(4, 8))
+
+
+def test_batch_topk_count_is_shared():
+    assert ops.batch_topk_count(2.5, 10, 100) == 25
+    assert ops.batch_topk_count(0.01, 10, 100) == 1
+    assert ops.batch_topk_count(50, 10, 20) == 200

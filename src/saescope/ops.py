@@ -24,13 +24,18 @@ def batch_topk_activation(pre: Tensor, k: float) -> tuple[Tensor, Tensor]:
     Returns f (N, M) and the smallest positive value kept (a 0-d tensor; 0 when none is),
     which feeds the inference threshold's running average.
     """
-    n_keep = max(1, min(pre.numel(), round(k * pre.shape[0])))
+    n_keep = batch_topk_count(k, pre.shape[0], pre.shape[1])
     flat = pre.relu().flatten()
     vals, idx = flat.topk(n_keep, sorted=False)
     f = torch.zeros_like(flat).scatter(0, idx, vals).view_as(pre)
     positive = vals[vals > 0]
     min_kept = positive.min() if positive.numel() else vals.new_zeros(())
     return f, min_kept.detach()
+
+
+def batch_topk_count(k: float, n: int, m: int) -> int:
+    """How many codes BatchTopK keeps in a batch of n tokens over m latents."""
+    return max(1, min(n * m, round(k * n)))
 
 
 def _rectangle(u: Tensor) -> Tensor:
@@ -113,14 +118,20 @@ def unit_rows(w: Tensor, eps: float = 1e-12) -> Tensor:
     return w / w.norm(dim=-1, keepdim=True).clamp_min(eps)
 
 
-def remove_parallel_grad(w: Tensor, grad: Tensor) -> Tensor:
-    """Remove from each row of grad its component along the same row of w.
+def remove_parallel_grad_(w: Tensor, grad: Tensor, eps: float = 1e-12) -> Tensor:
+    """Remove from each row of grad, in place, its component along the same row of w.
 
     Keeps a unit-norm decoder on the sphere to first order before the optimiser step:
-    g_i <- g_i - (g_i . d_i) d_i, with d_i the unit row (Bricken et al. 2023).
+    g_i <- g_i - (g_i . w_i) w_i / ||w_i||^2 (Bricken et al. 2023). Three passes over the
+    rows, no (M, D) temporary. Returns grad.
     """
-    d = unit_rows(w)
-    return grad - (grad * d).sum(-1, keepdim=True) * d
+    coef = torch.linalg.vecdot(grad, w) / torch.linalg.vecdot(w, w).clamp_min(eps * eps)
+    return grad.addcmul_(w, coef.unsqueeze(-1), value=-1.0)
+
+
+def unit_rows_(w: Tensor, eps: float = 1e-12) -> Tensor:
+    """Scale the rows of w to unit L2 norm in place; returns w."""
+    return w.div_(torch.linalg.vector_norm(w, dim=-1, keepdim=True).clamp_min(eps))
 
 
 def auxk_topk(pre: Tensor, dead: Tensor, k_aux: int) -> Tensor:

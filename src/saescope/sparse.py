@@ -1,35 +1,109 @@
-"""Sparse-aware autograd for TopK SAEs: only the work the k active latents need.
+"""Sparse-aware autograd for the SAE family: only the work the active latents need.
 
-A TopK SAE's features f (N, M) hold k non-zeros per row, so they are carried as
-(idx, vals), both (N, k): row n has value vals[n, s] at latent idx[n, s]. The dense path
-spends three N x M x D products in the backward pass (grad of W_enc, grad of W_dec, and
-grad of f through W_dec) and two in the forward; here the encoder's forward product is the
-only dense one (exact top-k needs every pre-activation), and nothing of size N x M is kept.
+An SAE's codes f (N, M) have few non-zeros per row, so the fast path carries them as a
+`Pattern` (their positions, CSR by row) plus a values vector (nnz,). The encoder's forward
+product pre = (x - b_dec) W_enc + b_enc is the one dense piece of work (every latent has to
+be looked at to choose the active ones); after the choice `pre` is freed, and nothing of size
+N x M is kept for the backward pass.
 
-Backward pieces, with G (N, M) the sparse gradient of pre and W_enc (D, M):
+`encode` returns the pre-activations z at the chosen positions, differentiable in x, W_enc,
+b_enc and b_dec; each architecture applies its activation (ReLU, JumpReLU) to z elementwise
+with ordinary autograd, and `decode` maps (pattern, values) back through W_dec. Choosers:
+`topk` (per token), `batch_topk` (per batch), `above` (z > threshold: ReLU and the JumpReLU
+band where the threshold's pseudo-gradient lives) and `aux_topk` (AuxK among dead latents).
+
+Backward pieces, with G (N, M) the sparse gradient of pre:
 - grad W_enc = xc^T G and grad W_dec = f^T grad_out: a CSR (M, N) times a dense (N, D)
-  (`_scatter_rows`), O(N k D). A stable sort of idx by latent builds the CSR; faster on
-  CPU than index_add_, embedding_bag's own backward or the dense product.
-- grad vals of the decoder = the rows of grad_out W_dec^T at idx: a sampled dense-dense
-  product (`torch.sparse.sampled_addmm`), O(N k D), no (N, k, D) gather.
-- grad b_enc = the column sums of G (index_add_); the encoder's part of grad b_dec is
-  -W_enc colsum(G), one matrix-vector product instead of -sum_n G[n] W_enc^T.
+  (`_scatter_rows`), O(nnz D); the by-latent sort that builds the CSR is made once per
+  pattern and shared by the encoder's and decoder's gradients.
+- grad of the values through the decoder = (grad_out W_dec^T) at the pattern: a sampled
+  dense-dense product (`torch.sparse.sampled_addmm`), O(nnz D), no (nnz, D) gather.
+- grad b_enc = the column sums of G; the encoder's part of grad b_dec is -W_enc colsum(G),
+  one matrix-vector product instead of -sum_n G[n] W_enc^T.
 - grad x (only when asked) = G W_enc^T, a gather-sum (embedding_bag).
 
-Indices within a row must be distinct (top-k's are); the encoder returns them sorted.
 Shapes: N tokens, M = d_sae latents, D = d_in or d_out. Works on CPU and CUDA.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from functools import cached_property
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
+
+# ----- where the non-zeros are --------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Pattern:
+    """Positions of the non-zeros of an (N, M) code matrix, CSR by row: row n holds the
+    latents col[crow[n]:crow[n+1]], ascending."""
+
+    crow: Tensor
+    """(N + 1,) int64 row offsets."""
+    col: Tensor
+    """(nnz,) int64 latent of each non-zero."""
+    m: int
+    """Number of latents M."""
+
+    @classmethod
+    def fixed(cls, idx: Tensor, m: int) -> Pattern:
+        """k latents per row: idx (N, k), ascending within each row."""
+        n, k = idx.shape
+        crow = torch.arange(n + 1, device=idx.device) * k
+        return cls(crow, idx.reshape(-1), m)
+
+    @classmethod
+    def from_flat(cls, flat: Tensor, n: int, m: int) -> Pattern:
+        """From ascending flat indices row * m + col into an (n, m) matrix."""
+        rows = torch.div(flat, m, rounding_mode="floor")
+        crow = torch.zeros(n + 1, dtype=torch.int64, device=flat.device)
+        crow[1:] = torch.bincount(rows, minlength=n).cumsum(0)
+        p = cls(crow, flat - rows * m, m)
+        p.__dict__["rows"] = rows  # seed the cache
+        return p
+
+    @property
+    def n(self) -> int:
+        return self.crow.shape[0] - 1
+
+    @property
+    def nnz(self) -> int:
+        return self.col.shape[0]
+
+    @cached_property
+    def rows(self) -> Tensor:
+        """(nnz,) token of each non-zero."""
+        counts = self.crow.diff()
+        return torch.repeat_interleave(torch.arange(self.n, device=self.col.device), counts)
+
+    @cached_property
+    def flat(self) -> Tensor:
+        """(nnz,) flat index row * M + col."""
+        return self.rows * self.m + self.col
+
+    @cached_property
+    def by_latent(self) -> tuple[Tensor, Tensor]:
+        """(tcrow (M + 1,), order (nnz,)): the non-zeros sorted by latent, tokens ascending
+        within a latent (a stable sort; int32 keys sort faster on CPU)."""
+        keys = self.col.to(torch.int32) if self.m < 2**31 else self.col
+        order = keys.argsort(stable=True)
+        tcrow = torch.zeros(self.m + 1, dtype=torch.int64, device=self.col.device)
+        tcrow[1:] = torch.bincount(self.col, minlength=self.m).cumsum(0)
+        return tcrow, order
+
+    def dense(self, vals: Tensor) -> Tensor:
+        """The (N, M) matrix with vals (nnz,) at the pattern (differentiable in vals)."""
+        out = vals.new_zeros(self.n * self.m)
+        return out.index_put((self.flat,), vals).view(self.n, self.m)
+
 
 # ----- sparse primitives --------------------------------------------------------------------
 
@@ -44,74 +118,87 @@ def _csr(crow: Tensor, col: Tensor, values: Tensor, shape: tuple[int, int]) -> T
         )
 
 
-def _gather_sum(idx: Tensor, w: Tensor, table: Tensor) -> Tensor:
-    """out[n] = sum_s w[n, s] table[idx[n, s]]. idx, w (N, k), table (M, D) -> (N, D)."""
-    if idx.shape[1] == 0:
-        return table.new_zeros(idx.shape[0], table.shape[1])
-    return F.embedding_bag(idx, table, per_sample_weights=w, mode="sum")
+def _gather_sum(p: Pattern, w: Tensor, table: Tensor) -> Tensor:
+    """out[n] = sum over row n's non-zeros j of w[j] table[col[j]]: (N, D)."""
+    if p.nnz == 0:
+        return table.new_zeros(p.n, table.shape[1])
+    return F.embedding_bag(p.col, table, p.crow[:-1], mode="sum", per_sample_weights=w)
 
 
-def _gather_dot(idx: Tensor, y: Tensor, table: Tensor) -> Tensor:
-    """out[n, s] = y[n] . table[idx[n, s]]. idx (N, k), y (N, D), table (M, D) -> (N, k)."""
-    n, k = idx.shape
-    if k == 0:
-        return y.new_zeros(n, 0)
-    crow = torch.arange(0, n * k + 1, k, device=idx.device)
-    pattern = _csr(crow, idx.reshape(-1), y.new_zeros(n * k), (n, table.shape[0]))
-    return torch.sparse.sampled_addmm(pattern, y, table.t(), beta=0.0).values().view(n, k)
+def _gather_dot(p: Pattern, y: Tensor, table: Tensor) -> Tensor:
+    """out[j] = y[row[j]] . table[col[j]] for every non-zero j: (nnz,)."""
+    if p.nnz == 0:
+        return y.new_zeros(0)
+    pattern = _csr(p.crow, p.col, y.new_zeros(p.nnz), (p.n, p.m))
+    return torch.sparse.sampled_addmm(pattern, y, table.t(), beta=0.0).values()
 
 
-def _scatter_rows(idx: Tensor, w: Tensor, y: Tensor, m: int) -> Tensor:
-    """out[j] = sum over (n, s) with idx[n, s] = j of w[n, s] y[n], i.e. G^T y with G (N, M)
-    holding w at idx. idx, w (N, k), y (N, D) -> (M, D)."""
-    n, k = idx.shape
-    if k == 0:
-        return y.new_zeros(m, y.shape[1])
-    flat = idx.reshape(-1)
-    # By latent, tokens ascending within each latent; int32 keys sort faster on CPU.
-    order = (flat.to(torch.int32) if m < 2**31 else flat).argsort(stable=True)
-    crow = torch.zeros(m + 1, dtype=torch.int64, device=idx.device)
-    crow[1:] = torch.bincount(flat, minlength=m).cumsum(0)
-    return _csr(crow, order // k, w.reshape(-1)[order], (m, n)) @ y
+def _scatter_rows(p: Pattern, w: Tensor, y: Tensor) -> Tensor:
+    """out[j] = sum over non-zeros (n, j) of w y[n], i.e. G^T y with G (N, M) holding w at
+    the pattern. y (N, D) -> (M, D)."""
+    if p.nnz == 0:
+        return y.new_zeros(p.m, y.shape[1])
+    tcrow, order = p.by_latent
+    return _csr(tcrow, p.rows[order], w[order], (p.m, p.n)) @ y
 
 
-def _topk_sorted(pre: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """The k largest entries of each row, ReLU'd, as (idx, vals) with idx ascending."""
-    vals, idx = pre.topk(k, dim=-1, sorted=False)
-    idx, perm = idx.sort(dim=-1)
-    return idx, vals.gather(-1, perm).relu_()
+# ----- choosers: which positions of pre each architecture keeps ------------------------------
+
+Chooser = Callable[[Tensor], Pattern]
+"""pre (N, M) -> the positions to keep. Runs without autograd; may overwrite pre in place
+only when it is the last chooser of an `encode` call."""
+
+
+def topk(k: int) -> Chooser:
+    """The k largest entries of each row."""
+
+    def choose(pre: Tensor) -> Pattern:
+        idx = pre.topk(k, dim=-1, sorted=False).indices.sort(dim=-1).values
+        return Pattern.fixed(idx, pre.shape[1])
+
+    return choose
+
+
+def batch_topk(n_keep: int) -> Chooser:
+    """The n_keep largest entries of the whole batch."""
+
+    def choose(pre: Tensor) -> Pattern:
+        n, m = pre.shape
+        flat = pre.reshape(-1).topk(min(n_keep, n * m), sorted=False).indices.sort().values
+        return Pattern.from_flat(flat, n, m)
+
+    return choose
+
+
+def above(threshold: Tensor | float) -> Chooser:
+    """Entries strictly above the threshold, a scalar or one value per latent (M,)."""
+
+    def choose(pre: Tensor) -> Pattern:
+        n, m = pre.shape
+        flat = (pre > threshold).view(-1).nonzero().squeeze(1)
+        return Pattern.from_flat(flat, n, m)
+
+    return choose
+
+
+def aux_topk(dead: Tensor, k_aux: int) -> Chooser:
+    """The k_aux largest entries of each row among the `dead` (M,) latents (AuxK). It masks
+    pre in place, so it must be the last chooser."""
+
+    def choose(pre: Tensor) -> Pattern:
+        k = min(k_aux, int(dead.sum()))
+        idx = pre.masked_fill_(~dead, float("-inf")).topk(k, dim=-1, sorted=False).indices
+        return Pattern.fixed(idx.sort(dim=-1).values, pre.shape[1])
+
+    return choose
 
 
 # ----- autograd Functions -------------------------------------------------------------------
 
 
-class _SparseDecode(torch.autograd.Function):
-    @staticmethod
-    def forward(
-        ctx: FunctionCtx, idx: Tensor, vals: Tensor, W_dec: Tensor, b_dec: Tensor | None
-    ) -> Tensor:
-        out = _gather_sum(idx, vals, W_dec)
-        if b_dec is not None:
-            out = out + b_dec
-        ctx.save_for_backward(idx, vals, W_dec)
-        return out
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
-        idx, vals, W_dec = ctx.saved_tensors
-        grad_out = grad_out.contiguous()
-        _, need_vals, need_W, need_b = ctx.needs_input_grad
-        grad_vals = _gather_dot(idx, grad_out, W_dec) if need_vals else None
-        grad_W = _scatter_rows(idx, vals, grad_out, W_dec.shape[0]) if need_W else None
-        grad_b = grad_out.sum(0) if need_b else None
-        return None, grad_vals, grad_W, grad_b
-
-
-class _TopKEncode(torch.autograd.Function):
-    """(idx, vals) of the k largest ReLU'd pre-activations, plus (aux_idx, aux_vals) of the
-    k_aux largest among `dead` latents, from one encoder product. Saves the centred input
-    (N, D), W_enc and the four (N, k)/(N, k_aux) outputs; pre itself is freed."""
+class _Encode(torch.autograd.Function):
+    """z at each chooser's positions, from one encoder product; saves the centred input
+    (N, D), W_enc and the patterns."""
 
     @staticmethod
     def forward(
@@ -120,149 +207,118 @@ class _TopKEncode(torch.autograd.Function):
         W_enc: Tensor,
         b_enc: Tensor,
         b_dec: Tensor | None,
-        k: int,
-        dead: Tensor | None,
-        k_aux: int,
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        choosers: Sequence[Chooser],
+        patterns_out: list[Pattern],
+    ) -> tuple[Tensor, ...]:
         xc = x if b_dec is None else x - b_dec
         pre = torch.addmm(b_enc, xc, W_enc)  # (N, M), the one dense product
-        idx, vals = _topk_sorted(pre, k)
-        if dead is not None:
-            k_aux = min(k_aux, int(dead.sum()))
-        if dead is not None and k_aux > 0:
-            aux_idx, aux_vals = _topk_sorted(pre.masked_fill_(~dead, float("-inf")), k_aux)
-        else:
-            aux_idx, aux_vals = idx.new_empty(idx.shape[0], 0), vals.new_empty(idx.shape[0], 0)
+        zs = []
+        for choose in choosers:
+            p = choose(pre)
+            zs.append(pre.view(-1)[p.flat] if p.nnz else pre.new_zeros(0))
+            patterns_out.append(p)
         del pre
-        ctx.save_for_backward(xc, W_enc, idx, vals, aux_idx, aux_vals)
-        ctx.mark_non_differentiable(idx, aux_idx)
+        ctx.save_for_backward(xc, W_enc)
+        ctx.patterns = list(patterns_out)  # type: ignore[attr-defined]
         ctx.set_materialize_grads(False)
-        return idx, vals, aux_idx, aux_vals
+        return tuple(zs)
 
     @staticmethod
     @once_differentiable
-    def backward(
-        ctx: Any, _g_idx: None, g_vals: Tensor | None, _g_aux_idx: None, g_aux: Tensor | None
-    ) -> tuple[Tensor | None, ...]:
-        xc, W_enc, idx, vals, aux_idx, aux_vals = ctx.saved_tensors
+    def backward(ctx: Any, *grads: Tensor | None) -> tuple[Tensor | None, ...]:
+        xc, W_enc = ctx.saved_tensors
         need_x, need_W, need_b_enc, need_b_dec = ctx.needs_input_grad[:4]
-        m = W_enc.shape[1]
-        # The non-zeros of G = d loss / d pre: ReLU'd-to-zero entries pass no gradient.
-        parts = [
-            (i, g * (v > 0))
-            for i, v, g in ((idx, vals, g_vals), (aux_idx, aux_vals, g_aux))
-            if g is not None and i.shape[1] > 0
-        ]
+        parts = [(p, g) for p, g in zip(ctx.patterns, grads, strict=True) if g is not None]
+        parts = [(p, g) for p, g in parts if p.nnz]
         if not parts:
-            return (None,) * 7
+            return (None,) * 6
         grad_x = grad_W = grad_b_enc = grad_b_dec = None
         if need_W:
-            grad_W = _scatter_rows(*parts[0], xc, m)
-            for i, g in parts[1:]:
-                grad_W += _scatter_rows(i, g, xc, m)
-            grad_W = grad_W.t()  # (D, M), the layout of W_enc
+            acc = _scatter_rows(*parts[0], xc)
+            for p, g in parts[1:]:
+                acc += _scatter_rows(p, g, xc)
+            grad_W = acc.t()  # (D, M), the layout of W_enc
         if need_b_enc or need_b_dec:
-            col_sum = xc.new_zeros(m)
-            for i, g in parts:
-                col_sum.index_add_(0, i.reshape(-1), g.reshape(-1))
+            col_sum = xc.new_zeros(W_enc.shape[1])
+            for p, g in parts:
+                col_sum.index_add_(0, p.col, g)
             grad_b_enc = col_sum if need_b_enc else None
             grad_b_dec = -(W_enc @ col_sum) if need_b_dec else None
         if need_x:
-            grad_x = _gather_sum(*parts[0], W_enc.t())
-            for i, g in parts[1:]:
-                grad_x += _gather_sum(i, g, W_enc.t())
-        return grad_x, grad_W, grad_b_enc, grad_b_dec, None, None, None
+            W_t = W_enc.t().contiguous()
+            grad_x = _gather_sum(*parts[0], W_t)
+            for p, g in parts[1:]:
+                grad_x += _gather_sum(p, g, W_t)
+        return grad_x, grad_W, grad_b_enc, grad_b_dec, None, None
+
+
+class _Decode(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx: FunctionCtx, vals: Tensor, W_dec: Tensor, b_dec: Tensor | None, p: Pattern
+    ) -> Tensor:
+        out = _gather_sum(p, vals, W_dec)
+        if b_dec is not None:
+            out = out + b_dec
+        ctx.save_for_backward(vals, W_dec)
+        ctx.pattern = p  # type: ignore[attr-defined]
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
+        vals, W_dec = ctx.saved_tensors
+        p = ctx.pattern
+        grad_out = grad_out.contiguous()
+        need_vals, need_W, need_b = ctx.needs_input_grad[:3]
+        grad_vals = _gather_dot(p, grad_out, W_dec) if need_vals else None
+        grad_W = _scatter_rows(p, vals, grad_out) if need_W else None
+        grad_b = grad_out.sum(0) if need_b else None
+        return grad_vals, grad_W, grad_b, None
 
 
 # ----- public API ---------------------------------------------------------------------------
 
 
-def sparse_decode(idx: Tensor, vals: Tensor, W_dec: Tensor, b_dec: Tensor | None) -> Tensor:
-    """f @ W_dec + b_dec for f given as (idx, vals), both (N, k); W_dec (M, D) -> (N, D).
-
-    b_dec None decodes without bias (AuxK). Gradients reach vals, W_dec and b_dec; each
-    costs O(N k D), and the backward keeps only idx, vals and W_dec.
-    """
-    return _SparseDecode.apply(idx, vals, W_dec, b_dec)
-
-
-def topk_encode_sparse(
-    x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor | None, k: int
-) -> tuple[Tensor, Tensor]:
-    """The k largest ReLU'd pre-activations of pre = (x - b_dec) W_enc + b_enc per row.
-
-    x (N, D), W_enc (D, M), b_enc (M,), b_dec (D,) or None (no centring) -> (idx, vals),
-    both (N, k), idx ascending within each row. Same values and gradients as
-    ops.topk_activation on the dense pre; the backward keeps no N x M tensor.
-    """
-    idx, vals, _, _ = _TopKEncode.apply(x, W_enc, b_enc, b_dec, k, None, 0)
-    return idx, vals
-
-
-def topk_encode_sparse_aux(
+def encode(
     x: Tensor,
     W_enc: Tensor,
     b_enc: Tensor,
     b_dec: Tensor | None,
-    k: int,
-    dead: Tensor,
-    k_aux: int,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """`topk_encode_sparse` plus the AuxK selection (ops.auxk_topk) from the same product:
-    (idx, vals, aux_idx, aux_vals), the last two (N, min(k_aux, dead.sum())) over the
-    latents where `dead` (M,) is True. Both selections' gradients reach W_enc and b_enc."""
-    return _TopKEncode.apply(x, W_enc, b_enc, b_dec, k, dead, k_aux)
+    choosers: Sequence[Chooser],
+) -> list[tuple[Pattern, Tensor]]:
+    """pre = (x - b_dec) W_enc + b_enc (no centring when b_dec is None), then for each
+    chooser its positions and the pre-activations z (nnz,) there.
+
+    x (N, D), W_enc (D, M), b_enc (M,). Gradients of z reach x, W_enc, b_enc and b_dec with
+    the same values as dense autograd through pre; the backward keeps no N x M tensor.
+    """
+    patterns: list[Pattern] = []
+    zs = _Encode.apply(x, W_enc, b_enc, b_dec, tuple(choosers), patterns)
+    return list(zip(patterns, zs, strict=True))
 
 
-def densify(idx: Tensor, vals: Tensor, m: int) -> Tensor:
-    """(idx, vals) (N, k) -> the dense (N, m) matrix they describe (differentiable in vals)."""
-    return vals.new_zeros(idx.shape[0], m).scatter(1, idx, vals)
-
-
-class TopKLike(Protocol):
-    """What `topk_sae_forward_sparse` reads from a TopK SAE (saes.topk.TopKSAE fits)."""
-
-    W_enc: Tensor
-    b_enc: Tensor
-    W_dec: Tensor
-    b_dec: Tensor
-    cfg: Any  # k, k_aux, apply_b_dec_to_input
+def decode(p: Pattern, vals: Tensor, W_dec: Tensor, b_dec: Tensor | None) -> Tensor:
+    """f @ W_dec + b_dec for f given as (pattern, vals); b_dec None decodes without bias
+    (AuxK). Gradients reach vals, W_dec and b_dec, each in O(nnz D)."""
+    return _Decode.apply(vals, W_dec, b_dec, p)
 
 
 @dataclass(frozen=True)
-class SparseForward:
-    """A TopK SAE's forward pass in sparse form."""
+class SparseCodes:
+    """Codes of a batch in sparse form: values (nnz,) at a pattern."""
 
-    y_hat: Tensor
-    """(N, d_out) reconstruction f W_dec + b_dec."""
-    idx: Tensor
-    """(N, k) active latents, ascending within each row."""
+    pattern: Pattern
     vals: Tensor
-    """(N, k) their ReLU'd activations."""
-    aux_idx: Tensor | None = None
-    """(N, k_aux) AuxK latents among the dead ones; None without dead latents."""
-    aux_vals: Tensor | None = None
-    """(N, k_aux) their ReLU'd pre-activations."""
-    aux_hat: Tensor | None = None
-    """(N, d_out) AuxK reconstruction of the residual, decoded without bias."""
 
+    def dense(self) -> Tensor:
+        return self.pattern.dense(self.vals)
 
-def topk_sae_forward_sparse(sae: TopKLike, x: Tensor, dead: Tensor | None = None) -> SparseForward:
-    """The sparse equivalent of TopKSAE.loss's forward for x (N, d_in): y_hat, the codes and,
-    when `dead` (d_sae,) bool has any True, AuxK's reconstruction z_aux @ W_dec. Gradients
-    equal the dense path's; the AuxK loss on aux_hat reaches the dead latents' W_enc/b_enc."""
-    b_dec = sae.b_dec if sae.cfg.apply_b_dec_to_input else None
-    if dead is None or not bool(dead.any()):
-        idx, vals = topk_encode_sparse(x, sae.W_enc, sae.b_enc, b_dec, sae.cfg.k)
-        return SparseForward(sparse_decode(idx, vals, sae.W_dec, sae.b_dec), idx, vals)
-    idx, vals, aux_idx, aux_vals = topk_encode_sparse_aux(
-        x, sae.W_enc, sae.b_enc, b_dec, sae.cfg.k, dead, sae.cfg.k_aux
-    )
-    return SparseForward(
-        sparse_decode(idx, vals, sae.W_dec, sae.b_dec),
-        idx,
-        vals,
-        aux_idx,
-        aux_vals,
-        sparse_decode(aux_idx, aux_vals, sae.W_dec, None),
-    )
+    def l0(self) -> float:
+        """Mean number of non-zero codes per token."""
+        return float((self.vals != 0).sum()) / max(self.pattern.n, 1)
+
+    def fired(self) -> Tensor:
+        """(M,) bool: latents with a non-zero code in the batch."""
+        out = torch.zeros(self.pattern.m, dtype=torch.bool, device=self.vals.device)
+        return out.index_fill_(0, self.pattern.col[self.vals != 0], True)

@@ -18,6 +18,13 @@ from torch import Tensor, nn
 
 from saescope import ops
 from saescope.errors import ConfigError, InputError
+from saescope.sparse import SparseCodes
+
+SPARSE_MODES = ("auto", "sparse", "dense")
+SPARSE_MAX_DENSITY = 0.05
+"""auto mode takes the sparse path when at most this fraction of codes is live..."""
+SPARSE_MIN_SIZE = 2**16
+"""...and the encoder has at least this many weights (below it, per-op overhead wins)."""
 
 
 @dataclass(frozen=True)
@@ -77,14 +84,36 @@ class LossOutput:
     """A loss evaluation: the reconstruction, the features and each weighted loss term."""
 
     y_hat: Tensor
-    f: Tensor
+    f: Tensor | None
+    """(N, d_sae) codes from the dense path; None from the sparse path (see `codes`)."""
     terms: dict[str, Tensor]
     """Named loss terms, coefficients applied; they sum to the total."""
     extras: dict[str, Tensor] = field(default_factory=dict)
+    codes: SparseCodes | None = None
+    """The codes in sparse form, from the sparse path."""
 
     @property
     def total(self) -> Tensor:
         return sum(self.terms.values())  # type: ignore[return-value]
+
+    def dense_f(self) -> Tensor:
+        """(N, d_sae) codes, detached, whichever path made them."""
+        if self.f is not None:
+            return self.f.detach()
+        assert self.codes is not None
+        return self.codes.dense()
+
+    def l0(self) -> float:
+        """Mean number of non-zero codes per token."""
+        if self.codes is not None:
+            return self.codes.l0()
+        return float((self.dense_f() != 0).sum(-1).float().mean())
+
+    def fired(self) -> Tensor:
+        """(d_sae,) bool: latents with a non-zero code in the batch."""
+        if self.codes is not None:
+            return self.codes.fired()
+        return (self.dense_f() != 0).any(0)
 
 
 class SAE(nn.Module, abc.ABC):
@@ -99,12 +128,18 @@ class SAE(nn.Module, abc.ABC):
     latent_axes: ClassVar[dict[str, int]] = {"W_enc": 1, "W_dec": 0}
     """For each parameter, the axis that indexes latents (used by resampling)."""
     decoder_init_norm: ClassVar[float] = 1.0
+    sparse_mode: str = "auto"
+    """How `loss` computes: "sparse" (saescope.sparse: work only on live codes), "dense"
+    (plain autograd) or "auto" (sparse when the live density and the size make it faster).
+    Both give the same values and gradients; an attribute, not part of the config or files."""
 
     def __init__(self, cfg: SAEConfig) -> None:
         super().__init__()
         if not isinstance(cfg, self.config_cls):
             raise ConfigError(f"{type(self).__name__} needs a {self.config_cls.__name__}")
         self.cfg = cfg
+        self.live_density = 1.0
+        """Fraction of codes the last `loss` call had to touch (the sparse path's work)."""
         d_in, d_sae, d_out = cfg.d_in, cfg.d_sae, cfg.d_out
         self.W_enc = nn.Parameter(torch.empty(d_in, d_sae))
         self.W_dec = nn.Parameter(torch.empty(d_sae, d_out))  # type: ignore[arg-type]
@@ -167,6 +202,21 @@ class SAE(nn.Module, abc.ABC):
     def loss(self, x: Tensor, y: Tensor, ctx: LossContext | None = None) -> LossOutput:
         """All loss terms on a batch x (N, d_in), y (N, d_out)."""
 
+    def use_sparse(self, density: float) -> bool:
+        """Whether `loss` takes the sparse path, at this expected fraction of live codes."""
+        if self.sparse_mode not in SPARSE_MODES:
+            raise ConfigError(
+                f"sparse_mode must be one of {SPARSE_MODES}, got {self.sparse_mode!r}"
+            )
+        if self.sparse_mode != "auto":
+            return self.sparse_mode == "sparse"
+        big = self.cfg.d_in * self.cfg.d_sae >= SPARSE_MIN_SIZE
+        return big and density <= SPARSE_MAX_DENSITY
+
+    def centring_bias(self) -> Tensor | None:
+        """b_dec when the encoder subtracts it from its input, else None."""
+        return self.b_dec if self.cfg.apply_b_dec_to_input else None
+
     def after_step(self, out: LossOutput) -> None:
         """Update running statistics after a successful optimiser step."""
 
@@ -179,7 +229,7 @@ class SAE(nn.Module, abc.ABC):
     @torch.no_grad()
     def normalise_decoder(self) -> None:
         """Scale every decoder row to unit norm."""
-        self.W_dec.copy_(ops.unit_rows(self.W_dec))
+        ops.unit_rows_(self.W_dec)
 
     @torch.no_grad()
     def resample_latents(self, idx: Tensor, enc_dirs: Tensor, dec_dirs: Tensor) -> None:

@@ -13,10 +13,10 @@ from typing import ClassVar, final
 import torch
 from torch import Tensor, nn
 
-from saescope import ops
+from saescope import ops, sparse
 from saescope.errors import ConfigError
 from saescope.saes.base import SAE, LossContext, LossOutput, SAEConfig
-from saescope.saes.topk import auxk_loss
+from saescope.saes.topk import auxk_loss, sparse_topk_loss
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,16 @@ class BatchTopKSAE(SAE):
 
     def loss(self, x: Tensor, y: Tensor, ctx: LossContext | None = None) -> LossOutput:
         ctx = ctx or LossContext()
-        pre = self.pre_acts(self._flat(x))
+        x = self._flat(x)
+        if self.use_sparse(self.cfg.k / self.cfg.d_sae):
+            n_keep = ops.batch_topk_count(self.cfg.k, x.shape[0], self.cfg.d_sae)
+            chooser = sparse.batch_topk(n_keep)
+            y_hat, codes, aux = sparse_topk_loss(self, x, y, ctx, chooser)
+            terms = {"mse": self.mse(y, y_hat), "auxk": self.cfg.aux_coef * aux}
+            positive = codes.vals[codes.vals > 0]
+            min_kept = positive.min() if positive.numel() else codes.vals.new_zeros(())
+            return LossOutput(y_hat, None, terms, {"min_kept": min_kept}, codes)
+        pre = self.pre_acts(x)
         f, min_kept = ops.batch_topk_activation(pre, self.cfg.k)
         y_hat = self.decode(f)
         aux = self.cfg.aux_coef * auxk_loss(self, pre, y, y_hat, ctx)

@@ -15,9 +15,10 @@ from typing import ClassVar, final
 import torch
 from torch import Tensor, nn
 
-from saescope import ops
+from saescope import ops, sparse
 from saescope.errors import ConfigError
 from saescope.saes.base import SAE, LossContext, LossOutput, SAEConfig
+from saescope.sparse import SparseCodes
 
 
 @dataclass(frozen=True)
@@ -77,13 +78,32 @@ class JumpReLUSAE(SAE):
 
     def loss(self, x: Tensor, y: Tensor, ctx: LossContext | None = None) -> LossOutput:
         ctx = ctx or LossContext()
-        pre = self.pre_acts(self._flat(x))
-        theta = self.threshold
-        f = ops.jumprelu(pre, theta, self.cfg.bandwidth)
-        y_hat = self.decode(f)
-        l0 = ops.step(pre, theta, self.cfg.bandwidth).sum(-1).mean()
+        x = self._flat(x)
         coef = self.cfg.l0_coef * ctx.sparsity_scale
+        if self.use_sparse(self.live_density):
+            return self._sparse_loss(x, y, coef)
+        pre = self.pre_acts(x)
+        theta = self.threshold
+        eps = self.cfg.bandwidth
+        f = ops.jumprelu(pre, theta, eps)
+        y_hat = self.decode(f)
+        l0 = ops.step(pre, theta, eps).sum(-1).mean()
+        self.live_density = float((pre.detach() > theta.detach() - eps).float().mean())  # type: ignore[operator]
         return LossOutput(y_hat, f, {"mse": self.mse(y, y_hat), "l0": coef * l0})
+
+    def _sparse_loss(self, x: Tensor, y: Tensor, coef: float) -> LossOutput:
+        """The same loss on the positions with z > theta - eps only: below the threshold's
+        band (half-width eps/2) f is 0 and neither z nor theta gets a gradient."""
+        theta, eps = self.threshold, self.cfg.bandwidth
+        band = sparse.above(theta.detach() - eps)  # type: ignore[operator]
+        ((p, z),) = sparse.encode(x, self.W_enc, self.b_enc, self.centring_bias(), [band])
+        theta_at = theta[p.col]
+        f = ops.jumprelu(z, theta_at, eps)  # type: ignore[arg-type]
+        y_hat = sparse.decode(p, f, self.W_dec, self.b_dec)
+        l0 = ops.step(z, theta_at, eps).sum() / x.shape[0]  # type: ignore[arg-type]
+        self.live_density = p.nnz / max(p.n * p.m, 1)
+        terms = {"mse": self.mse(y, y_hat), "l0": coef * l0}
+        return LossOutput(y_hat, None, terms, codes=SparseCodes(p, f.detach()))
 
     def to_file_tensors(self) -> dict[str, Tensor]:
         t = {k: v for k, v in self.state_dict().items() if k != "log_threshold"}

@@ -13,8 +13,10 @@ from typing import ClassVar, final
 import torch
 from torch import Tensor, nn
 
+from saescope import sparse
 from saescope.errors import ConfigError
 from saescope.saes.base import SAE, LossContext, LossOutput, SAEConfig
+from saescope.sparse import SparseCodes
 
 
 @dataclass(frozen=True)
@@ -70,11 +72,29 @@ class ReLUSAE(SAE):
 
     def loss(self, x: Tensor, y: Tensor, ctx: LossContext | None = None) -> LossOutput:
         ctx = ctx or LossContext()
-        f = self._encode(self._flat(x))
+        x = self._flat(x)
+        coef = self.cfg.l1_coef * ctx.sparsity_scale
+        if self.use_sparse(self.live_density):
+            return self._sparse_loss(x, y, coef)
+        f = self._encode(x)
         y_hat = self.decode(f)
         if self.cfg.l1_mode == "unit":
             l1 = f.sum(-1).mean()  # f >= 0, so |f| = f
         else:
             l1 = (f * self.W_dec.norm(dim=1)).sum(-1).mean()
-        coef = self.cfg.l1_coef * ctx.sparsity_scale
+        self.live_density = float((f != 0).float().mean())
         return LossOutput(y_hat, f, {"mse": self.mse(y, y_hat), "l1": coef * l1})
+
+    def _sparse_loss(self, x: Tensor, y: Tensor, coef: float) -> LossOutput:
+        """The same loss on the live codes only: ReLU's zeros pass no gradient."""
+        ((p, z),) = sparse.encode(
+            x, self.W_enc, self.b_enc, self.centring_bias(), [sparse.above(0.0)]
+        )
+        y_hat = sparse.decode(p, z, self.W_dec, self.b_dec)  # z > 0 there, so ReLU(z) = z
+        if self.cfg.l1_mode == "unit":
+            l1 = z.sum() / x.shape[0]
+        else:
+            l1 = (z * self.W_dec.norm(dim=1)[p.col]).sum() / x.shape[0]
+        self.live_density = p.nnz / max(p.n * p.m, 1)
+        terms = {"mse": self.mse(y, y_hat), "l1": coef * l1}
+        return LossOutput(y_hat, None, terms, codes=SparseCodes(p, z.detach()))

@@ -13,9 +13,10 @@ from typing import ClassVar, final
 import torch
 from torch import Tensor, nn
 
-from saescope import ops
+from saescope import ops, sparse
 from saescope.errors import ConfigError
 from saescope.saes.base import SAE, LossContext, LossOutput, SAEConfig
+from saescope.sparse import SparseCodes
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,27 @@ def auxk_loss(sae: SAE, pre: Tensor, y: Tensor, y_hat: Tensor, ctx: LossContext)
     return ops.normalised_mse(e - z_aux @ sae.W_dec, e)
 
 
+def sparse_topk_loss(
+    sae: SAE, x: Tensor, y: Tensor, ctx: LossContext, chooser: sparse.Chooser
+) -> tuple[Tensor, SparseCodes, Tensor]:
+    """The TopK family's forward on the sparse path: (y_hat, codes, unweighted AuxK loss).
+    Same values and gradients as the dense path, AuxK's gradient to the encoder included."""
+    dead = ctx.dead
+    use_aux = dead is not None and bool(dead.any())
+    choosers = [chooser, sparse.aux_topk(dead, sae.cfg.k_aux)] if use_aux else [chooser]  # type: ignore[arg-type,attr-defined]
+    coded = sparse.encode(x, sae.W_enc, sae.b_enc, sae.centring_bias(), choosers)
+    p, z = coded[0]
+    vals = z.relu()
+    y_hat = sparse.decode(p, vals, sae.W_dec, sae.b_dec)
+    aux = y_hat.new_zeros(())
+    if use_aux:
+        aux_p, aux_z = coded[1]
+        e = (y - y_hat).detach()
+        aux = ops.normalised_mse(e - sparse.decode(aux_p, aux_z.relu(), sae.W_dec, None), e)
+    sae.live_density = p.nnz / max(p.n * p.m, 1)
+    return y_hat, SparseCodes(p, vals.detach()), aux
+
+
 @final
 class TopKSAE(SAE):
     config_cls = TopKConfig
@@ -74,7 +96,12 @@ class TopKSAE(SAE):
 
     def loss(self, x: Tensor, y: Tensor, ctx: LossContext | None = None) -> LossOutput:
         ctx = ctx or LossContext()
-        pre = self.pre_acts(self._flat(x))
+        x = self._flat(x)
+        if self.use_sparse(self.cfg.k / self.cfg.d_sae):
+            y_hat, codes, aux = sparse_topk_loss(self, x, y, ctx, sparse.topk(self.cfg.k))
+            terms = {"mse": self.mse(y, y_hat), "auxk": self.cfg.aux_coef * aux}
+            return LossOutput(y_hat, None, terms, codes=codes)
+        pre = self.pre_acts(x)
         f = ops.topk_activation(pre, self.cfg.k)
         y_hat = self.decode(f)
         aux = self.cfg.aux_coef * auxk_loss(self, pre, y, y_hat, ctx)
