@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Dev installs pin the CPU build of torch; the library itself declares a range.
 TORCH_PIN := torch==2.13.0
 
-.PHONY: demo test lint clean
+.PHONY: demo test lint bench clean
 
 $(BIN)/saescope: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -21,9 +21,14 @@ test: $(BIN)/saescope
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -n 2
 
+# Training-step speed against the peer libraries (installed into bench/.peers-venv on first
+# use) and the roofline; writes bench/RESULTS.md and bench/scaling.png. About 20 minutes.
+bench: $(BIN)/saescope
+	$(BIN)/python bench/train_step.py
+
 lint: $(BIN)/saescope
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache bench/.peers-venv

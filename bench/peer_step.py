@@ -7,7 +7,8 @@ Runs under the peer venv, never saescope's (it does not import saescope):
     /tmp/peers/bin/python bench/peer_step.py --list
 
 Prints one JSON line on stdout (the libraries' own prints go to stderr): impl, library,
-version, setting (what was driven and how), median_s, tokens_per_s, peak_rss_mb, l0.
+version, setting (what was driven and how), median_s, tokens_per_s, rss_before_mb (current
+RSS before the first step), peak_rss_mb, l0.
 
 Each timed rep is one full step as the library's trainer runs it: forward, loss, backward,
 optimiser step and the trainer's per-step bookkeeping (decoder-norm handling, dead-latent
@@ -16,8 +17,9 @@ reused every step. The l0 is measured on one more, untimed step after the timed 
 
 Where the trainer starts, no latent is dead yet (each library counts 1000 steps or 10M tokens
 first), so AuxK is skipped. --dead-frac F makes the first F * d_sae latents dead, as later in
-training: at setup their encoder bias is set to -1e4 (so they never fire) and the trainer's own
-dead-latent counters are set past its threshold, so every step runs the library's AuxK.
+training: at setup their encoder weights are zeroed and their bias set to -1 (pre-activation -1
+on every token, so they never fire) and the trainer's own dead-latent counters are set past its
+threshold, so every step runs the library's AuxK.
 """
 
 from __future__ import annotations
@@ -39,8 +41,8 @@ import torch
 
 # Larger than any run here: total steps / samples handed to the trainers' LR schedules.
 HUGE = 10**9
-# Encoder bias that keeps a latent from ever firing (--dead-frac).
-DEAD_BIAS = -1e4
+# Encoder bias of a dead latent (--dead-frac); its encoder weights are zeroed.
+DEAD_BIAS = -1.0
 # dictionary_learning step index for timed steps: past its LR warm-up (1000), sparsity warm-up
 # (2000) and threshold start (1000), so the steady-state per-step work runs.
 STEADY_STEP = 10_000
@@ -62,9 +64,15 @@ def _n_dead(a: argparse.Namespace) -> int:
     return round(a.dead_frac * a.d_sae)
 
 
-def _kill(bias: torch.Tensor, counter: torch.Tensor, n_dead: int, past: int) -> None:
-    """Make the first n_dead latents dead: never firing, and counted dead by the trainer."""
+def _kill(
+    w_rows: torch.Tensor, bias: torch.Tensor, counter: torch.Tensor, n_dead: int, past: int
+) -> None:
+    """Make the first n_dead latents dead: never firing, and counted dead by the trainer.
+
+    w_rows is the encoder weight with one row per latent (a view; zeroed in place).
+    """
     with torch.no_grad():
+        w_rows[:n_dead] = 0.0
         bias[:n_dead] = DEAD_BIAS
         counter[:n_dead] = past
 
@@ -73,8 +81,8 @@ def _dead_note(n_dead: int, d_sae: int) -> str:
     if n_dead == 0:
         return "0 dead latents (fresh trainer), so AuxK is skipped"
     return (
-        f"{n_dead}/{d_sae} latents dead (encoder bias {DEAD_BIAS:g}, trainer counters past "
-        f"its threshold), so AuxK runs every step"
+        f"{n_dead}/{d_sae} latents dead (encoder weights 0, bias {DEAD_BIAS:g}, trainer "
+        f"counters past its threshold), so AuxK runs every step"
     )
 
 
@@ -103,7 +111,12 @@ def _saelens_topk_sae(a: argparse.Namespace, fast: bool) -> tuple[Any, str]:
         f"use_sparse_activations={cfg.use_sparse_activations}, "
         f"rescale_acts_by_decoder_norm={cfg.rescale_acts_by_decoder_norm}"
     )
-    note = "the fast flags" if fast else "library defaults"
+    note = (
+        "fastest CPU flags (sparse COO activations + torch.sparse.mm decode, per the "
+        "TopKTrainingSAEConfig docstring; no decoder-norm rescale)"
+        if fast
+        else "library defaults"
+    )
     setting = (
         f"TopKTrainingSAE, {note}: k={a.k}, {flags}, "
         f"aux_loss_coefficient={cfg.aux_loss_coefficient}, "
@@ -156,7 +169,7 @@ class SaeLensRunner(Runner):
         self.x = x
         self.n_dead = _n_dead(a) if arch != "standard" else 0
         counter = self.trainer.n_forward_passes_since_fired
-        _kill(sae.b_enc, counter, self.n_dead, cfg.dead_feature_window + 1)
+        _kill(sae.W_enc.T, sae.b_enc, counter, self.n_dead, cfg.dead_feature_window + 1)
         aux = f"; {_dead_note(self.n_dead, a.d_sae)}" if arch != "standard" else ""
         self.setting = (
             f"SAETrainer.step(x) [+ maybe_reset_sparsity, n_training_steps += 1, as fit() does; "
@@ -234,7 +247,7 @@ class SparsifyRunner(Runner):
         self.x = x
         self.n_dead = _n_dead(a) if self.cfg.auxk_alpha > 0 else 0
         past = self.cfg.dead_feature_threshold + 1
-        _kill(self.sae.encoder.bias, self.since_fired, self.n_dead, past)
+        _kill(self.sae.encoder.weight, self.sae.encoder.bias, self.since_fired, self.n_dead, past)
         self.setting = self._describe(a)
 
     def _describe(self, a: argparse.Namespace) -> str:
@@ -350,7 +363,13 @@ class DictLearnRunner(Runner):
         else:
             tr.update(0, x)
             past = tr.dead_feature_threshold
-            _kill(tr.ae.encoder.bias, tr.num_tokens_since_fired, self.n_dead, past)
+            _kill(
+                tr.ae.encoder.weight,
+                tr.ae.encoder.bias,
+                tr.num_tokens_since_fired,
+                self.n_dead,
+                past,
+            )
         self.idx = STEADY_STEP
         self.setting = _dictlearn_setting(a, kind, self.trainer, self.n_dead)
 
@@ -384,6 +403,15 @@ IMPLS: dict[str, Callable[[argparse.Namespace, torch.Tensor], Runner]] = {
     "dictlearn-batchtopk": lambda a, x: DictLearnRunner(a, x, "batchtopk"),
     "dictlearn-standard": lambda a, x: DictLearnRunner(a, x, "standard"),
 }
+
+
+def _rss_mb() -> float:
+    """Current resident set size (MB), from /proc."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def _time_steps(runner: Runner, warmup: int, reps: int) -> tuple[list[float], float]:
@@ -431,19 +459,17 @@ def _run(a: argparse.Namespace) -> dict[str, Any]:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     x = torch.randn(a.batch, a.d_in, generator=torch.Generator().manual_seed(a.seed))
     runner = IMPLS[a.impl](a, x)
+    rss_before = _rss_mb()
     times, l0 = _time_steps(runner, a.warmup, a.reps)
     median = statistics.median(times)
     return {
         "impl": a.impl,
         "library": runner.library,
         "version": version(runner.dist),
-        "setting": (
-            f"{runner.setting}; d_in={a.d_in} d_sae={a.d_sae} batch={a.batch} fp32 cpu "
-            f"threads={torch.get_num_threads()} torch {torch.__version__}; median of {a.reps} "
-            f"after {a.warmup} warm-up steps; l0 from one more untimed step"
-        ),
+        "setting": runner.setting,
         "median_s": median,
         "tokens_per_s": a.batch / median,
+        "rss_before_mb": rss_before,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "l0": l0,
     }

@@ -288,3 +288,19 @@ def test_batch_topk_count_is_shared():
     assert ops.batch_topk_count(2.5, 10, 100) == 25
     assert ops.batch_topk_count(0.01, 10, 100) == 1
     assert ops.batch_topk_count(50, 10, 20) == 200
+
+
+@pytest.mark.parametrize("skew", ["none", "row", "sample"])
+def test_batch_topk_is_exact(skew):
+    """The sampled cut agrees with a flat top-k: on plain data, with one row far larger than
+    the rest, and with the sampled entries far larger (the cut then overshoots and the
+    flat search runs)."""
+    pre = torch.randn(64, 200)
+    if skew == "row":
+        pre[5] *= 100.0
+    if skew == "sample":
+        pre.view(-1)[::61] += 100.0  # 210 entries: fewer than n_keep for k >= 4
+    for k in (1, 3, 7):
+        p = sparse.batch_topk(64 * k)(pre.clone())
+        want = pre.flatten().topk(64 * k).indices.sort().values
+        assert torch.equal(p.flat, want)

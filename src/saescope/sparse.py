@@ -159,13 +159,28 @@ def topk(k: int) -> Chooser:
     return choose
 
 
-def batch_topk(n_keep: int) -> Chooser:
-    """The n_keep largest entries of the whole batch."""
+def batch_topk(n_keep: int, stride: int = 61, margin: float = 1.5) -> Chooser:
+    """The n_keep largest entries of the whole batch.
+
+    Exact, without a top-k over all N * M entries (~10x slower on CPU): every stride-th entry
+    (a fixed sample, no RNG) estimates a cut a little below the n_keep-th largest value; the
+    entries at or above it are the candidates, and their n_keep largest are the answer. When
+    fewer than n_keep entries clear the cut (a sample far off), the whole batch is searched.
+    """
 
     def choose(pre: Tensor) -> Pattern:
         n, m = pre.shape
-        flat = pre.reshape(-1).topk(min(n_keep, n * m), sorted=False).indices.sort().values
-        return Pattern.from_flat(flat, n, m)
+        flat = pre.reshape(-1)
+        keep = min(n_keep, n * m)
+        sample = flat[::stride]
+        q = int(keep / stride * margin) + 16  # sample entries expected above the cut, plus slack
+        if q < sample.numel():
+            cut = sample.topk(q, sorted=False).values.min()
+            cand = (flat >= cut).nonzero().squeeze(1)
+            if cand.numel() >= keep:  # so the n_keep-th largest value is >= cut: none missed
+                top = flat[cand].topk(keep, sorted=False).indices
+                return Pattern.from_flat(cand[top].sort().values, n, m)
+        return Pattern.from_flat(flat.topk(keep, sorted=False).indices.sort().values, n, m)
 
     return choose
 
@@ -193,6 +208,30 @@ def aux_topk(dead: Tensor, k_aux: int) -> Chooser:
     return choose
 
 
+# ----- the pre-activation buffer -------------------------------------------------------------
+
+_WORKSPACE: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+
+
+def _pre_buffer(n: int, m: int, like: Tensor) -> Tensor | None:
+    """A reused (n, m) buffer for pre on the CPU, where a fresh 100+ MB tensor each step
+    costs ~15 % of the encoder product in page faults; None elsewhere (CUDA's allocator
+    already reuses). One buffer per device and dtype, replaced when the shape changes."""
+    if like.device.type != "cpu":
+        return None
+    key = (like.device, like.dtype)
+    buf = _WORKSPACE.get(key)
+    if buf is None or buf.shape != (n, m):
+        _WORKSPACE.pop(key, None)
+        buf = _WORKSPACE[key] = torch.empty(n, m, dtype=like.dtype)
+    return buf
+
+
+def release_buffers() -> None:
+    """Free the reused pre-activation buffers (training calls it when it ends)."""
+    _WORKSPACE.clear()
+
+
 # ----- autograd Functions -------------------------------------------------------------------
 
 
@@ -211,7 +250,7 @@ class _Encode(torch.autograd.Function):
         patterns_out: list[Pattern],
     ) -> tuple[Tensor, ...]:
         xc = x if b_dec is None else x - b_dec
-        pre = torch.addmm(b_enc, xc, W_enc)  # (N, M), the one dense product
+        pre = torch.addmm(b_enc, xc, W_enc, out=_pre_buffer(x.shape[0], W_enc.shape[1], xc))
         zs = []
         for choose in choosers:
             p = choose(pre)
@@ -245,7 +284,7 @@ class _Encode(torch.autograd.Function):
             grad_b_enc = col_sum if need_b_enc else None
             grad_b_dec = -(W_enc @ col_sum) if need_b_dec else None
         if need_x:
-            W_t = W_enc.t().contiguous()
+            W_t = W_enc.t().contiguous()  # free when W_enc is stored latent-major
             grad_x = _gather_sum(*parts[0], W_t)
             for p, g in parts[1:]:
                 grad_x += _gather_sum(p, g, W_t)

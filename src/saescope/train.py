@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from saescope import metrics, ops
+from saescope import metrics, ops, sparse
 from saescope.errors import ConfigError, FormatError, InputError
 from saescope.saes import SAE, LossContext, LossOutput, save
 from saescope.saes.io import atomic_save_tensors
@@ -360,13 +360,21 @@ def _restore(
         s.scale_in, s.scale_out = m["scale_in"], m["scale_out"]
         for name, p in s.sae.named_parameters():
             state = {
-                key: tensors[f"opt{i}.{name}.{key}"].to(device)
+                key: _like(p, tensors[f"opt{i}.{name}.{key}"], key)
                 for key in ("step", "exp_avg", "exp_avg_sq")
                 if f"opt{i}.{name}.{key}" in tensors
             }
             if state:
                 s.opt.state[p] = state
     gen.set_state(tensors["trainer_rng"])
+
+
+def _like(p: Tensor, v: Tensor, key: str) -> Tensor:
+    """An Adam moment in its parameter's memory layout (files hold contiguous tensors; the
+    fused kernel wants the parameter's strides). The step counter stays as it is."""
+    if key == "step":
+        return v.to(p.device)
+    return torch.empty_like(p).copy_(v)
 
 
 def _truncate_log(path: Path, step: int) -> None:
@@ -585,6 +593,7 @@ def train(
                 _write_checkpoint(out_path, slots, gen, _checkpoint_meta(cfg, slots, pos))
     finally:
         bar.close()
+        sparse.release_buffers()
         if log_file:
             log_file.close()
     final = _save_final(slots, cfg, out_path, metadata)

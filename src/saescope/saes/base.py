@@ -21,9 +21,9 @@ from saescope.errors import ConfigError, InputError
 from saescope.sparse import SparseCodes
 
 SPARSE_MODES = ("auto", "sparse", "dense")
-SPARSE_MAX_DENSITY = 0.05
+SPARSE_MAX_DENSITY = 0.15
 """auto mode takes the sparse path when at most this fraction of codes is live..."""
-SPARSE_MIN_SIZE = 2**16
+SPARSE_MIN_SIZE = 2**14
 """...and the encoder has at least this many weights (below it, per-op overhead wins)."""
 
 
@@ -141,7 +141,9 @@ class SAE(nn.Module, abc.ABC):
         self.live_density = 1.0
         """Fraction of codes the last `loss` call had to touch (the sparse path's work)."""
         d_in, d_sae, d_out = cfg.d_in, cfg.d_sae, cfg.d_out
-        self.W_enc = nn.Parameter(torch.empty(d_in, d_sae))
+        # (d_in, d_sae) stored latent-major: the sparse backward builds W_enc's gradient as
+        # (d_sae, d_in) rows, so this layout takes it without a transposing copy.
+        self.W_enc = nn.Parameter(torch.empty(d_sae, d_in).t())
         self.W_dec = nn.Parameter(torch.empty(d_sae, d_out))  # type: ignore[arg-type]
         self.b_dec = nn.Parameter(torch.zeros(d_out))  # type: ignore[arg-type]
         self._extra_params()
