@@ -304,3 +304,27 @@ def test_batch_topk_is_exact(skew):
         p = sparse.batch_topk(64 * k)(pre.clone())
         want = pre.flatten().topk(64 * k).indices.sort().values
         assert torch.equal(p.flat, want)
+
+
+def test_two_threads_training_at_once_do_not_share_a_buffer():
+    """Each thread gets its own pre-activation buffer: two SAEs in two threads give what
+    each gives alone."""
+    import threading
+
+    saes = [make_sae({"architecture": "topk", "d_in": 64, "d_sae": 512, "k": 8}) for _ in "ab"]
+    xs = [torch.randn(256, 64) for _ in "ab"]
+    alone = [s.loss(x, x).y_hat for s, x in zip(saes, xs, strict=True)]
+    out: dict[int, torch.Tensor] = {}
+
+    def run(i: int) -> None:
+        for _ in range(20):
+            out[i] = saes[i].loss(xs[i], xs[i]).y_hat
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in range(2):
+        torch.testing.assert_close(out[i], alone[i])
+    sparse.release_buffers()

@@ -27,6 +27,7 @@ Shapes: N tokens, M = d_sae latents, D = d_in or d_out. Works on CPU and CUDA.
 
 from __future__ import annotations
 
+import threading
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -210,16 +211,17 @@ def aux_topk(dead: Tensor, k_aux: int) -> Chooser:
 
 # ----- the pre-activation buffer -------------------------------------------------------------
 
-_WORKSPACE: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+_WORKSPACE: dict[tuple[int, torch.device, torch.dtype], Tensor] = {}
 
 
 def _pre_buffer(n: int, m: int, like: Tensor) -> Tensor | None:
     """A reused (n, m) buffer for pre on the CPU, where a fresh 100+ MB tensor each step
     costs ~15 % of the encoder product in page faults; None elsewhere (CUDA's allocator
-    already reuses). One buffer per device and dtype, replaced when the shape changes."""
+    already reuses). One buffer per thread, device and dtype, replaced when the shape
+    changes."""
     if like.device.type != "cpu":
         return None
-    key = (like.device, like.dtype)
+    key = (threading.get_ident(), like.device, like.dtype)
     buf = _WORKSPACE.get(key)
     if buf is None or buf.shape != (n, m):
         _WORKSPACE.pop(key, None)
