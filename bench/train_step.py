@@ -43,6 +43,8 @@ PEER_PINS = ("sae-lens==6.54.12", "eai-sparsify==1.3.3", "dictionary-learning==0
 TORCH_PIN = "torch==2.13.0"
 OURS = ("saescope-topk", "saescope-batchtopk", "saescope-relu", "saescope-jumprelu")
 BASELINES = ("naive-topk", "roofline")
+AUXK_IMPLS = ("saescope-topk", "saelens-topk-fast", "sparsify-auxk", "dictlearn-topk")
+"""The TopK rows timed again with dead latents, so every library runs its AuxK."""
 
 
 # ----- one implementation, in its own process ------------------------------------------------
@@ -90,7 +92,7 @@ def _set_l0(sae, x, l0: int) -> None:
             sae.b_enc.sub_(q)
 
 
-def _saescope_step(impl: str, s: Shape, l0: int, bandwidth: float):
+def _saescope_step(impl: str, s: Shape, l0: int, bandwidth: float, dead_frac: float):
     import torch
 
     from saescope import train as tr
@@ -106,14 +108,22 @@ def _saescope_step(impl: str, s: Shape, l0: int, bandwidth: float):
     x = torch.randn(s.batch, s.d_in, generator=torch.Generator().manual_seed(0))
     if arch in ("relu", "jumprelu"):
         _set_l0(sae, x, l0)
+    n_dead = round(dead_frac * s.d_sae)
+    with torch.no_grad():  # as peer_step.py: zero encoder, bias -1, never fire
+        sae.W_enc[:, :n_dead] = 0.0
+        sae.b_enc[:n_dead] = -1.0
     tcfg = tr.TrainConfig(steps=10**6, lr=1e-5, progress=False)
     (slot,) = tr._make_slots([sae], tcfg)
+    window = 10**9
+    slot.since_fired[:n_dead] = window  # type: ignore[index]
     holder: dict = {}
 
     def step() -> None:
-        holder["out"] = tr._step(slot, x, x, 10**5, tcfg, 10**9)
+        holder["out"] = tr._step(slot, x, x, 10**5, tcfg, window)
 
     setting = "the training loop's _step: fused Adam, decoder projection, dead-latent counts"
+    if n_dead:
+        setting += f"; {n_dead} dead latents, AuxK on"
     if arch == "jumprelu":
         setting += f"; bandwidth {bandwidth}"
     return step, lambda: holder["out"].l0(), setting
@@ -179,7 +189,7 @@ def worker(a: argparse.Namespace) -> None:
     torch.manual_seed(0)
     s = Shape(a.d_in, a.d_sae, a.k, a.batch)
     if a.worker in OURS:
-        step, l0, setting = _saescope_step(a.worker, s, a.l0, a.bandwidth)
+        step, l0, setting = _saescope_step(a.worker, s, a.l0, a.bandwidth, a.dead_frac)
         library, version = "saescope", _version("saescope")
     elif a.worker == "naive-topk":
         step, l0, setting = _naive_step(s)
@@ -249,6 +259,7 @@ def run_one(impl: str, a: argparse.Namespace, py: Path | None, s: Shape) -> dict
     common = [
         f"--d-in={s.d_in}", f"--d-sae={s.d_sae}", f"--k={s.k}", f"--batch={s.batch}",
         f"--warmup={a.warmup}", f"--reps={a.reps}", f"--threads={a.threads}", f"--l0={a.l0}",
+        f"--dead-frac={a.dead_frac}",
     ]  # fmt: skip
     if impl in OURS or impl in BASELINES:
         cmd = [sys.executable, str(Path(__file__)), f"--worker={impl}", *common]
@@ -384,7 +395,11 @@ def checks(rows: dict[str, dict]) -> list[tuple[str, str, bool | None]]:
 
 
 def write_results(
-    rows: dict[str, dict], sweep_rows: list[dict], a: argparse.Namespace, path: Path
+    rows: dict[str, dict],
+    auxk_rows: dict[str, dict],
+    sweep_rows: list[dict],
+    a: argparse.Namespace,
+    path: Path,
 ) -> str:
     import torch
 
@@ -418,6 +433,23 @@ def write_results(
     for what, measured, held in checks(rows):
         mark = "n/a" if held is None else ("yes" if held else "**no**")
         lines.append(f"| {what} | {measured} | {mark} |")
+    if auxk_rows:
+        lines += [
+            "",
+            f"## TopK with {a.auxk_frac:.0%} of the latents dead (AuxK on)",
+            "",
+            "The same shape; the dead latents' encoder columns are zero and their bias -1, and "
+            "each library's dead-latent counters are set past its window, so every step runs "
+            "its AuxK. (sparsify's AuxK loss does not reach its encoder: its fused encoder's "
+            "backward drops that gradient.)",
+            "",
+            "| implementation | tokens/s | vs SAELens TopK fastest | peak RSS MB |",
+            "|---|---|---|---|",
+        ]
+        ref_aux = auxk_rows.get("saelens-topk-fast")
+        for impl, r in sorted(auxk_rows.items(), key=lambda kv: -kv[1]["tokens_per_s"]):
+            vs = f"{r['tokens_per_s'] / ref_aux['tokens_per_s']:.2f}x" if ref_aux else "-"
+            lines.append(f"| {impl} | {r['tokens_per_s']:,.0f} | {vs} | {r['peak_rss_mb']:,.0f} |")
     if sweep_rows:
         lines += [
             "",
@@ -448,6 +480,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=4096)
     p.add_argument("--l0", type=int, default=32, help="L0 for ReLU-L1 and JumpReLU")
     p.add_argument("--bandwidth", type=float, default=0.05, help="JumpReLU's kernel width")
+    p.add_argument("--dead-frac", type=float, default=0.0, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--auxk-frac",
+        type=float,
+        default=0.25,
+        help="also time the TopK rows with this fraction of latents dead (AuxK on); 0: skip",
+    )
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--rounds", type=int, default=2)
@@ -473,10 +512,16 @@ def main(argv: list[str] | None = None) -> None:
     py = None if a.no_peers else ensure_peers(a.peers_venv)
     impls = [*OURS, *(_peer_impls(py) if py else []), *BASELINES]
     rows = measure(impls, a, py)
+    auxk_rows: dict[str, dict] = {}
+    if a.auxk_frac > 0:
+        topk_impls = [i for i in impls if i in AUXK_IMPLS]
+        auxk_rows = measure(
+            topk_impls, argparse.Namespace(**{**vars(a), "dead_frac": a.auxk_frac}), py
+        )
     sweep_rows = [] if a.no_sweep else sweep(a)
     if sweep_rows:
         plot_sweep(sweep_rows, a.out.with_name("scaling.png"), a.d_in)
-    print(write_results(rows, sweep_rows, a, a.out))
+    print(write_results(rows, auxk_rows, sweep_rows, a, a.out))
 
 
 if __name__ == "__main__":
