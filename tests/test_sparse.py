@@ -328,3 +328,14 @@ def test_two_threads_training_at_once_do_not_share_a_buffer():
     for i in range(2):
         torch.testing.assert_close(out[i], alone[i])
     sparse.release_buffers()
+
+
+@pytest.mark.parametrize("dead_frac", [0.2, 0.5, 0.8])
+def test_aux_topk_gathered_and_masked_agree_with_dense(dead_frac):
+    """Few dead latents: their columns are gathered; many: pre is masked. Same choice."""
+    pre = torch.randn(30, 40)
+    dead = torch.rand(40) < dead_frac
+    p = sparse.aux_topk(dead, 4)(pre.clone())
+    assert torch.equal(
+        p.dense(torch.ones(p.nnz, dtype=torch.bool)), _dense_selection("aux", pre, dead)
+    )

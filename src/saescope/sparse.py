@@ -198,12 +198,18 @@ def above(threshold: Tensor | float) -> Chooser:
 
 
 def aux_topk(dead: Tensor, k_aux: int) -> Chooser:
-    """The k_aux largest entries of each row among the `dead` (M,) latents (AuxK). It masks
+    """The k_aux largest entries of each row among the `dead` (M,) latents (AuxK). When at
+    most half the latents are dead it searches their gathered columns; otherwise it masks
     pre in place, so it must be the last chooser."""
 
     def choose(pre: Tensor) -> Pattern:
         k = min(k_aux, int(dead.sum()))
-        idx = pre.masked_fill_(~dead, float("-inf")).topk(k, dim=-1, sorted=False).indices
+        dead_idx = dead.nonzero().squeeze(1)
+        if 2 * dead_idx.numel() <= pre.shape[1]:
+            sub = pre.index_select(1, dead_idx)  # (N, n_dead)
+            idx = dead_idx[sub.topk(k, dim=-1, sorted=False).indices]
+        else:
+            idx = pre.masked_fill_(~dead, float("-inf")).topk(k, dim=-1, sorted=False).indices
         return Pattern.fixed(idx.sort(dim=-1).values, pre.shape[1])
 
     return choose
