@@ -339,3 +339,15 @@ def test_aux_topk_gathered_and_masked_agree_with_dense(dead_frac):
     assert torch.equal(
         p.dense(torch.ones(p.nnz, dtype=torch.bool)), _dense_selection("aux", pre, dead)
     )
+
+
+def test_batches_of_changing_size_reuse_the_buffer_correctly():
+    """A short last batch, then full ones again: each loss equals the dense path's."""
+    sae = make_sae({"architecture": "topk", "d_in": 32, "d_sae": 1024, "k": 4})
+    for n in (100, 37, 100):
+        x = torch.randn(n, 32)
+        sae.sparse_mode = "sparse"
+        ours = sae.loss(x, x).y_hat
+        sae.sparse_mode = "dense"
+        torch.testing.assert_close(ours, sae.loss(x, x).y_hat)
+    sparse.release_buffers()
