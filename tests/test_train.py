@@ -136,7 +136,8 @@ def test_grad_clip_limits_update():
 )
 def test_sparse_path_leaves_loss_curves_unchanged(tmp_path, arch, extra):
     """The seed's synthetic task (40 features in 32-D), trained on the sparse and on the dense
-    path from the same start: the logged loss curves agree to float32 rounding."""
+    path from the same start: the logged loss, L0 and explained-variance curves agree (rtol
+    1e-3; the paths differ only in float32 summation order)."""
     task = SeedTask(SeedTaskConfig(d_in=32, n_features=40, max_active=3), batch_size=256)
     cfg = TrainConfig(steps=300, log_every=10, dead_tokens=2000, progress=False)
     curves = {}
