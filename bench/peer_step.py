@@ -405,7 +405,7 @@ IMPLS: dict[str, Callable[[argparse.Namespace, torch.Tensor], Runner]] = {
 }
 
 
-def _rss_mb() -> float:
+def rss_mb() -> float:
     """Current resident set size (MB), from /proc."""
     with open("/proc/self/status") as fh:
         for line in fh:
@@ -459,7 +459,7 @@ def _run(a: argparse.Namespace) -> dict[str, Any]:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     x = torch.randn(a.batch, a.d_in, generator=torch.Generator().manual_seed(a.seed))
     runner = IMPLS[a.impl](a, x)
-    rss_before = _rss_mb()
+    rss_before = rss_mb()
     times, l0 = _time_steps(runner, a.warmup, a.reps)
     median = statistics.median(times)
     return {

@@ -58,15 +58,6 @@ class Shape:
     batch: int
 
 
-def _rss_mb() -> float:
-    """Current resident set size (MB), from /proc."""
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def _time_steps(step: Callable[[], None], warmup: int, reps: int) -> list[float]:
     for _ in range(warmup):
         step()
@@ -197,7 +188,9 @@ def worker(a: argparse.Namespace) -> None:
     else:
         step, l0, setting = _roofline_step(s)
         library, version = "roofline", torch.__version__
-    rss_before = _rss_mb()
+    from peer_step import rss_mb  # bench/ is on sys.path: this file runs as a script
+
+    rss_before = rss_mb()
     times = _time_steps(step, a.warmup, a.reps)
     med = statistics.median(times)
     row = {

@@ -28,9 +28,13 @@ def batch_topk_activation(pre: Tensor, k: float) -> tuple[Tensor, Tensor]:
     flat = pre.relu().flatten()
     vals, idx = flat.topk(n_keep, sorted=False)
     f = torch.zeros_like(flat).scatter(0, idx, vals).view_as(pre)
+    return f, smallest_positive(vals.detach())
+
+
+def smallest_positive(vals: Tensor) -> Tensor:
+    """The smallest positive entry (a 0-d tensor), or 0 when there is none."""
     positive = vals[vals > 0]
-    min_kept = positive.min() if positive.numel() else vals.new_zeros(())
-    return f, min_kept.detach()
+    return positive.min() if positive.numel() else vals.new_zeros(())
 
 
 def batch_topk_count(k: float, n: int, m: int) -> int:

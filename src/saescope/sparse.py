@@ -79,6 +79,11 @@ class Pattern:
     def nnz(self) -> int:
         return self.col.shape[0]
 
+    @property
+    def density(self) -> float:
+        """Fraction of the N x M entries in the pattern."""
+        return self.nnz / max(self.n * self.m, 1)
+
     @cached_property
     def rows(self) -> Tensor:
         """(nnz,) token of each non-zero."""

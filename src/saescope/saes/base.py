@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from saescope import ops
+from saescope import metrics, ops
 from saescope.errors import ConfigError, InputError
 from saescope.sparse import SparseCodes
 
@@ -107,7 +107,7 @@ class LossOutput:
         """Mean number of non-zero codes per token."""
         if self.codes is not None:
             return self.codes.l0()
-        return float((self.dense_f() != 0).sum(-1).float().mean())
+        return metrics.l0(self.dense_f())
 
     def fired(self) -> Tensor:
         """(d_sae,) bool: latents with a non-zero code in the batch."""

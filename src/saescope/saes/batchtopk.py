@@ -77,8 +77,7 @@ class BatchTopKSAE(SAE):
             chooser = sparse.batch_topk(n_keep)
             y_hat, codes, aux = sparse_topk_loss(self, x, y, ctx, chooser)
             terms = {"mse": self.mse(y, y_hat), "auxk": self.cfg.aux_coef * aux}
-            positive = codes.vals[codes.vals > 0]
-            min_kept = positive.min() if positive.numel() else codes.vals.new_zeros(())
+            min_kept = ops.smallest_positive(codes.vals)
             return LossOutput(y_hat, None, terms, {"min_kept": min_kept}, codes)
         pre = self.pre_acts(x)
         f, min_kept = ops.batch_topk_activation(pre, self.cfg.k)

@@ -101,7 +101,7 @@ class JumpReLUSAE(SAE):
         f = ops.jumprelu(z, theta_at, eps)  # type: ignore[arg-type]
         y_hat = sparse.decode(p, f, self.W_dec, self.b_dec)
         l0 = ops.step(z, theta_at, eps).sum() / x.shape[0]  # type: ignore[arg-type]
-        self.live_density = p.nnz / max(p.n * p.m, 1)
+        self.live_density = p.density
         terms = {"mse": self.mse(y, y_hat), "l0": coef * l0}
         return LossOutput(y_hat, None, terms, codes=SparseCodes(p, f.detach()))
 

@@ -95,6 +95,6 @@ class ReLUSAE(SAE):
             l1 = z.sum() / x.shape[0]
         else:
             l1 = (z * self.W_dec.norm(dim=1)[p.col]).sum() / x.shape[0]
-        self.live_density = p.nnz / max(p.n * p.m, 1)
+        self.live_density = p.density
         terms = {"mse": self.mse(y, y_hat), "l1": coef * l1}
         return LossOutput(y_hat, None, terms, codes=SparseCodes(p, z.detach()))

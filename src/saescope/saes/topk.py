@@ -72,7 +72,6 @@ def sparse_topk_loss(
         aux_p, aux_z = coded[1]
         e = (y - y_hat).detach()
         aux = ops.normalised_mse(e - sparse.decode(aux_p, aux_z.relu(), sae.W_dec, None), e)
-    sae.live_density = p.nnz / max(p.n * p.m, 1)
     return y_hat, SparseCodes(p, vals.detach()), aux
 
 
