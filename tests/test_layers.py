@@ -7,6 +7,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "saescope"
 
 # Lower number = further left. A module may import from strictly lower layers (and itself).
 LAYERS = {
+    "native": -1,
     "errors": 0,
     "ops": 0,
     "sparse": 0,

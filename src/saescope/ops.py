@@ -5,8 +5,13 @@ Shapes: N tokens, M = d_sae latents, D = d_in (or d_out for decoder-side tensors
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
+from torch.autograd.function import FunctionCtx, once_differentiable
+
+from saescope import native
 
 
 def topk_activation(pre: Tensor, k: int) -> Tensor:
@@ -126,9 +131,12 @@ def remove_parallel_grad_(w: Tensor, grad: Tensor, eps: float = 1e-12) -> Tensor
     """Remove from each row of grad, in place, its component along the same row of w.
 
     Keeps a unit-norm decoder on the sphere to first order before the optimiser step:
-    g_i <- g_i - (g_i . w_i) w_i / ||w_i||^2 (Bricken et al. 2023). Three passes over the
-    rows, no (M, D) temporary. Returns grad.
+    g_i <- g_i - (g_i . w_i) w_i / ||w_i||^2 (Bricken et al. 2023). One pass over the rows
+    with the compiled kernels (`saescope.native`), else three; no (M, D) temporary.
+    Returns grad.
     """
+    if w.dim() == 2 and w.is_contiguous() and grad.is_contiguous() and native.usable(w, grad):
+        return native.remove_parallel_(grad, w, eps * eps)
     coef = torch.linalg.vecdot(grad, w) / torch.linalg.vecdot(w, w).clamp_min(eps * eps)
     return grad.addcmul_(w, coef.unsqueeze(-1), value=-1.0)
 
@@ -156,3 +164,33 @@ def normalised_mse(residual: Tensor, target: Tensor) -> Tensor:
     unexplained); 0 when the target has no variance."""
     var = (target - target.mean(0)).pow(2).sum()
     return residual.pow(2).sum() / var.clamp_min(1e-12)
+
+
+class _SquaredError(torch.autograd.Function):
+    """Sum over the last axis of (y_hat - y)^2, mean over the rest, in three passes over the
+    (N, D) tensors for forward and backward together (the composed ops take six)."""
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, y_hat: Tensor, y: Tensor) -> Tensor:
+        e = (y_hat - y).reshape(-1)
+        ctx.save_for_backward(e)
+        ctx.shape = y_hat.shape  # type: ignore[attr-defined]
+        ctx.tokens = max(e.numel() // max(y_hat.shape[-1], 1), 1)  # type: ignore[attr-defined]
+        return e.dot(e) / ctx.tokens  # type: ignore[attr-defined]
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        (e,) = ctx.saved_tensors
+        need_hat, need_y = ctx.needs_input_grad
+        grad = e.mul(g * (2.0 / ctx.tokens)).view(ctx.shape)
+        return (grad if need_hat else None), (grad.neg() if need_y else None)
+
+
+def squared_error(y_hat: Tensor, y: Tensor) -> Tensor:
+    """Squared error summed over the last axis, mean over the others (the SAE's MSE term);
+    y_hat and y of one shape."""
+    if y_hat.shape != y.shape:
+        shapes = f"{tuple(y_hat.shape)} and {tuple(y.shape)}"
+        raise ValueError(f"squared_error needs tensors of one shape, got {shapes}")
+    return _SquaredError.apply(y_hat, y)

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import threading
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -38,6 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
+
+from saescope import native
 
 # ----- where the non-zeros are --------------------------------------------------------------
 
@@ -135,37 +137,61 @@ def _gather_dot(p: Pattern, y: Tensor, table: Tensor) -> Tensor:
     """out[j] = y[row[j]] . table[col[j]] for every non-zero j: (nnz,)."""
     if p.nnz == 0:
         return y.new_zeros(0)
+    if native.usable(y, table):
+        return native.pattern_dot(p.crow, p.col, y, table)
     pattern = _csr(p.crow, p.col, y.new_zeros(p.nnz), (p.n, p.m))
     return torch.sparse.sampled_addmm(pattern, y, table.t(), beta=0.0).values()
 
 
 def _scatter_rows(p: Pattern, w: Tensor, y: Tensor) -> Tensor:
     """out[j] = sum over non-zeros (n, j) of w y[n], i.e. G^T y with G (N, M) holding w at
-    the pattern. y (N, D) -> (M, D)."""
+    the pattern. y (N, D) -> (M, D): a gather-sum over the by-latent order (embedding_bag
+    beat a CSR (M, N) @ y by ~1.6x here)."""
     if p.nnz == 0:
         return y.new_zeros(p.m, y.shape[1])
     tcrow, order = p.by_latent
-    return _csr(tcrow, p.rows[order], w[order], (p.m, p.n)) @ y
+    return F.embedding_bag(p.rows[order], y, tcrow[:-1], mode="sum", per_sample_weights=w[order])
 
 
 # ----- choosers: which positions of pre each architecture keeps ------------------------------
 
-Chooser = Callable[[Tensor], Pattern]
-"""pre (N, M) -> the positions to keep. Runs without autograd; may overwrite pre in place
-only when it is the last chooser of an `encode` call."""
+
+class Chooser:
+    """Picks the positions of pre (N, M) to keep. Runs without autograd. `__call__(pre)` may
+    overwrite pre in place only when it is the last chooser of an `encode` call.
+
+    `fused(raw, bias)`, where a chooser has it, works on the bias-free product raw = pre - bias
+    and returns the positions with their values (pre there), or None to decline; `encode`
+    uses it on the CPU when the compiled kernels (`saescope.native`) are there, which saves
+    adding the bias to all N x M entries and one or two more passes over them."""
+
+    def __call__(self, pre: Tensor) -> Pattern:
+        raise NotImplementedError
+
+    def fused(self, raw: Tensor, bias: Tensor) -> tuple[Pattern, Tensor] | None:
+        return None
 
 
-def topk(k: int) -> Chooser:
+@dataclass(frozen=True)
+class TopK(Chooser):
     """The k largest entries of each row."""
 
-    def choose(pre: Tensor) -> Pattern:
-        idx = pre.topk(k, dim=-1, sorted=False).indices.sort(dim=-1).values
+    k: int
+
+    def __call__(self, pre: Tensor) -> Pattern:
+        idx = pre.topk(self.k, dim=-1, sorted=False).indices.sort(dim=-1).values
         return Pattern.fixed(idx, pre.shape[1])
 
-    return choose
+    def fused(self, raw: Tensor, bias: Tensor) -> tuple[Pattern, Tensor] | None:
+        out = native.topk_bias(raw, bias, self.k)
+        if out is None:  # a NaN or an infinity: torch's top-k decides, as on the dense path
+            return None
+        idx, val = out
+        return Pattern.fixed(idx, raw.shape[1]), val.view(-1)
 
 
-def batch_topk(n_keep: int, stride: int = 61, margin: float = 1.5) -> Chooser:
+@dataclass(frozen=True)
+class BatchTopK(Chooser):
     """The n_keep largest entries of the whole batch.
 
     Exact, without a top-k over all N * M entries (~10x slower on CPU): every stride-th entry
@@ -174,50 +200,94 @@ def batch_topk(n_keep: int, stride: int = 61, margin: float = 1.5) -> Chooser:
     fewer than n_keep entries clear the cut (a sample far off), the whole batch is searched.
     """
 
-    def choose(pre: Tensor) -> Pattern:
+    n_keep: int
+    stride: int = 61
+    margin: float = 1.5
+
+    def _cut(self, sample: Tensor, total: int) -> Tensor | None:
+        keep = min(self.n_keep, total)
+        q = int(keep / self.stride * self.margin) + 16  # sample entries above the cut + slack
+        return sample.topk(q, sorted=False).values.min() if q < sample.numel() else None
+
+    def __call__(self, pre: Tensor) -> Pattern:
         n, m = pre.shape
         flat = pre.reshape(-1)
-        keep = min(n_keep, n * m)
-        sample = flat[::stride]
-        q = int(keep / stride * margin) + 16  # sample entries expected above the cut, plus slack
-        if q < sample.numel():
-            cut = sample.topk(q, sorted=False).values.min()
+        keep = min(self.n_keep, n * m)
+        cut = self._cut(flat[:: self.stride], n * m)
+        if cut is not None:
             cand = (flat >= cut).nonzero().squeeze(1)
             if cand.numel() >= keep:  # so the n_keep-th largest value is >= cut: none missed
                 top = flat[cand].topk(keep, sorted=False).indices
                 return Pattern.from_flat(cand[top].sort().values, n, m)
         return Pattern.from_flat(flat.topk(keep, sorted=False).indices.sort().values, n, m)
 
-    return choose
+    def fused(self, raw: Tensor, bias: Tensor) -> tuple[Pattern, Tensor] | None:
+        n, m = raw.shape
+        keep = min(self.n_keep, n * m)
+        pos = torch.arange(0, n * m, self.stride)
+        cut = self._cut(raw.reshape(-1)[pos] + bias[pos % m], n * m)
+        if cut is None or not bool(torch.isfinite(cut)):
+            return None
+        crow, col, val = native.above_bias(raw, bias, float(cut), inclusive=True)
+        if val.numel() < keep:
+            return None
+        top = val.topk(keep, sorted=False).indices.sort().values  # ascending flat order
+        rows = torch.searchsorted(crow, top, right=True) - 1
+        p = Pattern.from_flat(rows * m + col[top], n, m)
+        return p, val[top]
 
 
-def above(threshold: Tensor | float) -> Chooser:
+@dataclass(frozen=True)
+class Above(Chooser):
     """Entries strictly above the threshold, a scalar or one value per latent (M,)."""
 
-    def choose(pre: Tensor) -> Pattern:
+    threshold: Tensor | float
+
+    def __call__(self, pre: Tensor) -> Pattern:
         n, m = pre.shape
-        flat = (pre > threshold).view(-1).nonzero().squeeze(1)
+        flat = (pre > self.threshold).view(-1).nonzero().squeeze(1)
         return Pattern.from_flat(flat, n, m)
 
-    return choose
+    def fused(self, raw: Tensor, bias: Tensor) -> tuple[Pattern, Tensor] | None:
+        crow, col, val = native.above_bias(raw, bias, self.threshold)
+        return Pattern(crow, col, raw.shape[1]), val
 
 
-def aux_topk(dead: Tensor, k_aux: int) -> Chooser:
+@dataclass(frozen=True)
+class AuxTopK(Chooser):
     """The k_aux largest entries of each row among the `dead` (M,) latents (AuxK). When at
     most half the latents are dead it searches their gathered columns; otherwise it masks
     pre in place, so it must be the last chooser."""
 
-    def choose(pre: Tensor) -> Pattern:
-        k = min(k_aux, int(dead.sum()))
-        dead_idx = dead.nonzero().squeeze(1)
+    dead: Tensor
+    k_aux: int
+
+    def __call__(self, pre: Tensor) -> Pattern:
+        k = min(self.k_aux, int(self.dead.sum()))
+        dead_idx = self.dead.nonzero().squeeze(1)
         if 2 * dead_idx.numel() <= pre.shape[1]:
             sub = pre.index_select(1, dead_idx)  # (N, n_dead)
             idx = dead_idx[sub.topk(k, dim=-1, sorted=False).indices]
         else:
-            idx = pre.masked_fill_(~dead, float("-inf")).topk(k, dim=-1, sorted=False).indices
+            masked = pre.masked_fill_(~self.dead, float("-inf"))
+            idx = masked.topk(k, dim=-1, sorted=False).indices
         return Pattern.fixed(idx.sort(dim=-1).values, pre.shape[1])
 
-    return choose
+
+def topk(k: int) -> Chooser:
+    return TopK(k)
+
+
+def batch_topk(n_keep: int, stride: int = 61, margin: float = 1.5) -> Chooser:
+    return BatchTopK(n_keep, stride, margin)
+
+
+def above(threshold: Tensor | float) -> Chooser:
+    return Above(threshold)
+
+
+def aux_topk(dead: Tensor, k_aux: int) -> Chooser:
+    return AuxTopK(dead, k_aux)
 
 
 # ----- the pre-activation buffer -------------------------------------------------------------
@@ -245,6 +315,31 @@ def release_buffers() -> None:
     _WORKSPACE.clear()
 
 
+def _choose(
+    xc: Tensor, W_enc: Tensor, b_enc: Tensor, choosers: Sequence[Chooser]
+) -> list[tuple[Pattern, Tensor]]:
+    """One encoder product, then each chooser's positions and the values of pre there. The
+    bias joins the product only when a chooser cannot take it fused."""
+    out = _pre_buffer(xc.shape[0], W_enc.shape[1], xc)
+    fusing = native.usable(xc, W_enc, b_enc) and type(choosers[0]).fused is not Chooser.fused
+    if not fusing:
+        pre = torch.addmm(b_enc, xc, W_enc, out=out)
+    else:
+        pre = torch.mm(xc, W_enc, out=out)
+    chosen: list[tuple[Pattern, Tensor]] = []
+    biased = not fusing
+    for choose in choosers:
+        got = None if biased else choose.fused(pre, b_enc)
+        if got is None:
+            if not biased:
+                pre.add_(b_enc)
+                biased = True
+            p = choose(pre)
+            got = p, pre.view(-1)[p.flat] if p.nnz else pre.new_zeros(0)
+        chosen.append(got)
+    return chosen
+
+
 # ----- autograd Functions -------------------------------------------------------------------
 
 
@@ -263,13 +358,10 @@ class _Encode(torch.autograd.Function):
         patterns_out: list[Pattern],
     ) -> tuple[Tensor, ...]:
         xc = x if b_dec is None else x - b_dec
-        pre = torch.addmm(b_enc, xc, W_enc, out=_pre_buffer(x.shape[0], W_enc.shape[1], xc))
         zs = []
-        for choose in choosers:
-            p = choose(pre)
-            zs.append(pre.view(-1)[p.flat] if p.nnz else pre.new_zeros(0))
+        for p, z in _choose(xc, W_enc, b_enc, choosers):
+            zs.append(z)
             patterns_out.append(p)
-        del pre
         ctx.save_for_backward(xc, W_enc)
         ctx.patterns = list(patterns_out)  # type: ignore[attr-defined]
         ctx.set_materialize_grads(False)
@@ -323,8 +415,12 @@ class _Decode(torch.autograd.Function):
         p = ctx.pattern
         grad_out = grad_out.contiguous()
         need_vals, need_W, need_b = ctx.needs_input_grad[:3]
-        grad_vals = _gather_dot(p, grad_out, W_dec) if need_vals else None
-        grad_W = _scatter_rows(p, vals, grad_out) if need_W else None
+        if need_vals and need_W and p.nnz and native.usable(vals, grad_out, W_dec):
+            tcrow, order = p.by_latent  # one pass over grad_out for both gradients
+            grad_vals, grad_W = native.decode_backward(tcrow, order, p.rows, vals, grad_out, W_dec)
+        else:
+            grad_vals = _gather_dot(p, grad_out, W_dec) if need_vals else None
+            grad_W = _scatter_rows(p, vals, grad_out) if need_W else None
         grad_b = grad_out.sum(0) if need_b else None
         return grad_vals, grad_W, grad_b, None
 

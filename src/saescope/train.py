@@ -23,6 +23,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor
+from torch.optim.adam import adam as adam_functional
 from tqdm.auto import tqdm
 
 from saescope import metrics, ops, sparse
@@ -233,7 +234,7 @@ def _step(
     lr = cfg.lr_for(sae) * cfg.lr_factor(step)
     for group in opt.param_groups:
         group["lr"] = lr
-    opt.step()
+    adam_step(opt)
     if sae.cfg.unit_norm_decoder:
         sae.normalise_decoder()
     sae.after_step(out)
@@ -419,6 +420,65 @@ class _Position:
     step: int
     tokens: int
     dead_tokens: int
+
+
+def _same_memory_view(ts: Sequence[Tensor]) -> list[Tensor] | None:
+    """The tensors as contiguous views of their memory, when all share one layout: as they
+    are, or all transposed (W_enc is stored latent-major); else None."""
+    if any(t.stride() != ts[0].stride() for t in ts):
+        return None
+    if ts[0].is_contiguous():
+        return list(ts)
+    if ts[0].dim() == 2 and ts[0].t().is_contiguous():
+        return [t.t() for t in ts]
+    return None
+
+
+def adam_step(opt: torch.optim.Adam) -> None:
+    """opt.step() for a fused Adam, with each transposed tensor handed to the fused kernel as
+    its contiguous transpose. Adam is elementwise, so the result is the same, but the kernel
+    would otherwise copy such a tensor (W_enc, its gradient and its moments) to contiguous
+    memory and back, ~6 ms a step at d_in 512 x d_sae 8192. Falls back to opt.step() for the
+    first step (which creates the state) and any setting the shortcut does not cover."""
+    lists: list[list[list[Tensor]]] = []
+    for group in opt.param_groups:
+        if not group.get("fused") or group["amsgrad"] or group.get("capturable"):
+            return opt.step()  # type: ignore[func-returns-value]
+        if group.get("differentiable") or group.get("decoupled_weight_decay"):
+            return opt.step()  # type: ignore[func-returns-value]
+        ps, gs, ms, vs, steps = [], [], [], [], []
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            st = opt.state.get(p, {})
+            if "exp_avg" not in st or p.grad.is_sparse:
+                return opt.step()  # type: ignore[func-returns-value]
+            views = _same_memory_view([p, p.grad, st["exp_avg"], st["exp_avg_sq"]])
+            if views is None:
+                return opt.step()  # type: ignore[func-returns-value]
+            for acc, v in zip((ps, gs, ms, vs), views, strict=True):
+                acc.append(v)
+            steps.append(st["step"])
+        lists.append([ps, gs, ms, vs, steps])
+    for group, (ps, gs, ms, vs, steps) in zip(opt.param_groups, lists, strict=True):
+        beta1, beta2 = group["betas"]
+        adam_functional(  # the functional form opt.step() itself calls
+            ps,
+            gs,
+            ms,
+            vs,
+            [],
+            steps,
+            fused=True,
+            amsgrad=False,
+            beta1=beta1,
+            beta2=beta2,
+            lr=group["lr"],
+            weight_decay=group["weight_decay"],
+            eps=group["eps"],
+            maximize=group["maximize"],
+        )
+    return None
 
 
 def _make_slots(saes: Sequence[SAE], cfg: TrainConfig) -> list[_Slot]:

@@ -224,7 +224,7 @@ class SAE(nn.Module, abc.ABC):
 
     def mse(self, y: Tensor, y_hat: Tensor) -> Tensor:
         """Squared error summed over the output dimension, mean over tokens."""
-        return (y_hat - y).pow(2).sum(-1).mean()
+        return ops.squared_error(y_hat, y)
 
     # ----- helpers for training ---------------------------------------------------------------
 
