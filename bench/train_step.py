@@ -41,7 +41,14 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 PEER_PINS = ("sae-lens==6.54.12", "eai-sparsify==1.3.3", "dictionary-learning==0.1.0")
 TORCH_PIN = "torch==2.13.0"
-OURS = ("saescope-topk", "saescope-batchtopk", "saescope-relu", "saescope-jumprelu")
+OURS = (
+    "saescope-topk",
+    "saescope-batchtopk",
+    "saescope-relu",
+    "saescope-jumprelu",
+    "saescope-topk-torch",
+)
+"""saescope's rows; "-torch": the same step with the compiled kernels off (SAESCOPE_NATIVE=0)."""
 BASELINES = ("naive-topk", "roofline")
 AUXK_IMPLS = ("saescope-topk", "saelens-topk-fast", "sparsify-auxk", "dictlearn-topk")
 """The TopK rows timed again with dead latents, so every library runs its AuxK."""
@@ -86,10 +93,11 @@ def _set_l0(sae, x, l0: int) -> None:
 def _saescope_step(impl: str, s: Shape, l0: int, bandwidth: float, dead_frac: float):
     import torch
 
+    from saescope import native
     from saescope import train as tr
     from saescope.saes import make_sae
 
-    arch = impl.removeprefix("saescope-")
+    arch = impl.removeprefix("saescope-").removesuffix("-torch")
     cfg: dict = {"architecture": arch, "d_in": s.d_in, "d_sae": s.d_sae}
     if arch in ("topk", "batchtopk"):
         cfg["k"] = s.k
@@ -113,6 +121,7 @@ def _saescope_step(impl: str, s: Shape, l0: int, bandwidth: float, dead_frac: fl
         holder["out"] = tr._step(slot, x, x, 10**5, tcfg, window)
 
     setting = "the training loop's _step: fused Adam, decoder projection, dead-latent counts"
+    setting += "; compiled kernels " + ("on" if native.available() else "off (plain torch)")
     if n_dead:
         setting += f"; {n_dead} dead latents, AuxK on"
     if arch == "jumprelu":
@@ -179,6 +188,8 @@ def worker(a: argparse.Namespace) -> None:
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     s = Shape(a.d_in, a.d_sae, a.k, a.batch)
+    if a.worker.endswith("-torch"):
+        os.environ["SAESCOPE_NATIVE"] = "0"
     if a.worker in OURS:
         step, l0, setting = _saescope_step(a.worker, s, a.l0, a.bandwidth, a.dead_frac)
         library, version = "saescope", _version("saescope")

@@ -82,3 +82,23 @@ def test_unit_rows_in_place():
     out = ops.unit_rows_(w)
     assert out is w
     torch.testing.assert_close(w.norm(dim=1), torch.ones(6))
+
+
+def test_squared_error_matches_the_composed_ops_and_their_gradients():
+    g = torch.Generator().manual_seed(0)
+    y_hat = torch.randn(3, 7, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(3, 7, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    ref_hat, ref_y = (t.detach().clone().requires_grad_() for t in (y_hat, y))
+    got = ops.squared_error(y_hat, y)
+    want = (ref_hat - ref_y).pow(2).sum(-1).mean()
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
+    got.backward(torch.tensor(1.7, dtype=torch.float64))
+    want.backward(torch.tensor(1.7, dtype=torch.float64))
+    torch.testing.assert_close(y_hat.grad, ref_hat.grad, rtol=1e-12, atol=0)
+    torch.testing.assert_close(y.grad, ref_y.grad, rtol=1e-12, atol=0)
+    try:
+        ops.squared_error(y_hat, y[0])
+    except ValueError as e:
+        assert "one shape" in str(e)
+    else:
+        raise AssertionError("shapes that differ must be refused")

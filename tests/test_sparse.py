@@ -14,6 +14,14 @@ F64 = torch.float64
 TOL = {"rtol": 1e-9, "atol": 1e-12}
 
 
+@pytest.fixture(autouse=True, params=["kernels", "torch"])
+def _path(request, monkeypatch):
+    """Every test twice: with the compiled kernels (where they build) and in plain torch."""
+    if request.param == "torch":
+        monkeypatch.setenv("SAESCOPE_NATIVE", "0")
+    return request.param
+
+
 def _leaf(*shape: int, scale: float = 1.0) -> torch.Tensor:
     return (torch.randn(*shape, dtype=F64) * scale).requires_grad_(True)
 
