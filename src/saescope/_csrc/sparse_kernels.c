@@ -61,7 +61,7 @@ DEFINE_KTH(double, f64)
 
 /* One row, in two passes over it (it stays in L1/L2 between them). Pass 1 takes the maximum
  * of each group of g consecutive entries; the k-th largest group maximum is a value that at
- * least k entries reach, so the k best are among the entries >= it. With about 4k groups
+ * least k entries reach, so the k best are among the entries >= it. With about 2k groups
  * only a few more than k entries clear that cut on typical rows. Pass 2 collects them and
  * the quickselect keeps the k best. Returns 1 when an entry is not finite. */
 #ifdef __AVX2__
@@ -176,11 +176,11 @@ static inline void block_take_f32(const float *a, const float *b, int64_t *jp, i
 DEFINE_ROW(float, f32)
 DEFINE_ROW(double, f64)
 
-/* g: the group length, a multiple of the vector width near M / (4k) */
+/* g: the group length, a multiple of the vector width near M / (2k) */
 #define DEFINE_TOPK(T, S)                                                                    \
     int64_t topk_bias_##S(const T *a, int64_t lda, const T *b, int64_t r0, int64_t r1,       \
                           int64_t m, int64_t k, int64_t *idx, T *val, int nt) {             \
-        int64_t w = VECTOR_##S, g = (m / (4 * k) + w - 1) / w * w;                           \
+        int64_t w = VECTOR_##S, g = (m / (2 * k) + w - 1) / w * w;                           \
         if (g < w) g = w;                                                                    \
         int64_t bad = 0;                                                                     \
         int fail = 0;                                                                        \
