@@ -168,3 +168,19 @@ def test_off_switch_runs_the_torch_path(monkeypatch):
     monkeypatch.setenv("SAESCOPE_NATIVE", "0")
     assert not native.available()
     assert not native.usable(torch.zeros(2))
+
+
+@needs_kernels
+@pytest.mark.parametrize("d", [300, 256, 7])  # 128-column register blocks, then the rest
+@pytest.mark.parametrize("bias", [True, False])
+def test_decode_error_matches_torch_in_float32(d, bias):
+    p, g = _pattern(64, 50, 6)
+    vals = torch.randn(p.nnz, generator=g)
+    W_dec = torch.randn(50, d, generator=g)
+    b_dec = torch.randn(d, generator=g) if bias else None
+    y = torch.randn(64, d, generator=g)
+    y_hat, e, sq = native.decode_error(p.crow, p.col, vals, W_dec, b_dec, y)
+    ref = p.dense(vals) @ W_dec + (b_dec if bias else 0)
+    torch.testing.assert_close(y_hat, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(e, ref - y, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(sq, (ref - y).pow(2).sum(1), rtol=1e-5, atol=1e-4)

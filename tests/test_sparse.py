@@ -48,6 +48,24 @@ def _random_pattern(n: int, m: int, density: float) -> Pattern:
 # ----- primitives ----------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(("n", "m", "d", "density"), [(7, 5, 3, 0.3), (33, 40, 6, 0.1)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_decode_error_matches_decode_and_mse(n, m, d, density, bias):
+    p = _random_pattern(n, m, density)
+    vals, W_dec, y = _leaf(p.nnz), _leaf(m, d), _leaf(n, d)
+    b_dec = _leaf(d) if bias else None
+    y_hat, mse = sparse.decode_error(p, vals, W_dec, b_dec, y)
+    leaves = [vals, W_dec, y] + ([b_dec] if bias else [])
+    ref_leaves = _twins(*leaves)
+    ref_hat = p.dense(ref_leaves[0]) @ ref_leaves[1] + (ref_leaves[3] if bias else 0)
+    ref = (ref_hat - ref_leaves[2]).pow(2).sum(-1).mean()
+    torch.testing.assert_close(y_hat, ref_hat.detach(), **TOL)
+    torch.testing.assert_close(mse, ref, **TOL)
+    assert not y_hat.requires_grad
+    names = ["vals", "W_dec", "y", "b_dec"]
+    _assert_same_grads(3.0 * mse, leaves, 3.0 * ref, ref_leaves, names)
+
+
 @pytest.mark.parametrize(
     ("n", "m", "d", "density"),
     [(7, 5, 3, 0.3), (33, 40, 6, 0.1), (20, 16, 10, 1.0), (9, 12, 4, 0.0)],

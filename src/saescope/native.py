@@ -96,7 +96,11 @@ def _declare(lib: ctypes.CDLL) -> None:
         f.argtypes += [_PTR, _PTR, _PTR, _INT]
         f = getattr(lib, f"decode_backward_{s}")
         f.restype = None
-        f.argtypes = [_PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _I64, _I64, _I64, _PTR, _PTR, _INT]
+        f.argtypes = [_PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _I64, ctypes.c_double, _I64, _I64]
+        f.argtypes += [_PTR, _PTR, _INT]
+        f = getattr(lib, f"decode_error_{s}")
+        f.restype = None
+        f.argtypes = [_PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _I64, _I64, _I64, _PTR, _PTR, _PTR, _INT]
         f = getattr(lib, f"remove_parallel_{s}")
         f.restype = None
         f.argtypes = [_PTR, _PTR, _I64, _I64, _I64, ctypes.c_double, _INT]
@@ -233,11 +237,18 @@ def pattern_dot(crow: Tensor, col: Tensor, y: Tensor, table: Tensor) -> Tensor:
 
 
 def decode_backward(
-    tcrow: Tensor, order: Tensor, rows: Tensor, vals: Tensor, grad_out: Tensor, W_dec: Tensor
+    tcrow: Tensor,
+    order: Tensor,
+    rows: Tensor,
+    vals: Tensor,
+    grad_out: Tensor,
+    W_dec: Tensor,
+    scale: float = 1.0,
 ) -> tuple[Tensor, Tensor]:
     """Both gradients of out = f W_dec, f given by a by-latent CSR (tcrow (M + 1,), order
-    (nnz,)), each non-zero's token `rows` and `vals`: (grad_vals (nnz,), grad_W_dec (M, D)),
-    reading each row of grad_out (N, D) once."""
+    (nnz,)), each non-zero's token `rows` and `vals`, for an upstream gradient
+    scale * grad_out (N, D): (grad_vals (nnz,), grad_W_dec (M, D)), reading each row of
+    grad_out once."""
     lib = library()
     assert lib is not None
     m, d = W_dec.shape
@@ -247,8 +258,28 @@ def decode_backward(
     ptrs = [_ptr(t) for t in args]
     f = getattr(lib, f"decode_backward_{_DTYPES[W_dec.dtype]}")
     pv, pw = _ptr(gvals), _ptr(gw)
-    _run_rows(m, lambda r0, r1, t: f(*ptrs, d, r0, r1, pv, pw, t), offsets=args[0])
+    _run_rows(m, lambda r0, r1, t: f(*ptrs, d, scale, r0, r1, pv, pw, t), offsets=args[0])
     return gvals, gw
+
+
+def decode_error(
+    crow: Tensor, col: Tensor, vals: Tensor, W_dec: Tensor, b_dec: Tensor | None, y: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The sparse decode and its error in one pass: (y_hat, e = y_hat - y, |e|^2 per row),
+    y_hat[n] = b_dec + sum over row n's non-zeros j of vals[j] W_dec[col[j]]."""
+    lib = library()
+    assert lib is not None
+    n, d = y.shape
+    y_hat, e = torch.empty(n, d, dtype=y.dtype), torch.empty(n, d, dtype=y.dtype)
+    sq = torch.empty(n, dtype=y.dtype)
+    args = [t.contiguous() for t in (crow, col, vals, W_dec)]
+    b = None if b_dec is None else b_dec.detach().contiguous()
+    yc = y.detach().contiguous()
+    ptrs = [_ptr(t) for t in args] + [None if b is None else _ptr(b), _ptr(yc)]
+    f = getattr(lib, f"decode_error_{_DTYPES[y.dtype]}")
+    po = [_ptr(y_hat), _ptr(e), _ptr(sq)]
+    _run_rows(n, lambda r0, r1, t: f(*ptrs, d, r0, r1, *po, t), offsets=args[0])
+    return y_hat, e, sq
 
 
 def remove_parallel_(grad: Tensor, w: Tensor, eps2: float) -> Tensor:

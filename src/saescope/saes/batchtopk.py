@@ -75,8 +75,8 @@ class BatchTopKSAE(SAE):
         if self.use_sparse(self.cfg.k / self.cfg.d_sae):
             n_keep = ops.batch_topk_count(self.cfg.k, x.shape[0], self.cfg.d_sae)
             chooser = sparse.batch_topk(n_keep)
-            y_hat, codes, aux = sparse_topk_loss(self, x, y, ctx, chooser)
-            terms = {"mse": self.mse(y, y_hat), "auxk": self.cfg.aux_coef * aux}
+            y_hat, mse, codes, aux = sparse_topk_loss(self, x, y, ctx, chooser)
+            terms = {"mse": mse, "auxk": self.cfg.aux_coef * aux}
             min_kept = ops.smallest_positive(codes.vals)
             return LossOutput(y_hat, None, terms, {"min_kept": min_kept}, codes)
         pre = self.pre_acts(x)

@@ -99,10 +99,10 @@ class JumpReLUSAE(SAE):
         ((p, z),) = sparse.encode(x, self.W_enc, self.b_enc, self.centring_bias(), [band])
         theta_at = theta[p.col]
         f = ops.jumprelu(z, theta_at, eps)  # type: ignore[arg-type]
-        y_hat = sparse.decode(p, f, self.W_dec, self.b_dec)
+        y_hat, mse = sparse.decode_error(p, f, self.W_dec, self.b_dec, y)
         l0 = ops.step(z, theta_at, eps).sum() / x.shape[0]  # type: ignore[arg-type]
         self.live_density = p.density
-        terms = {"mse": self.mse(y, y_hat), "l0": coef * l0}
+        terms = {"mse": mse, "l0": coef * l0}
         return LossOutput(y_hat, None, terms, codes=SparseCodes(p, f.detach()))
 
     def to_file_tensors(self) -> dict[str, Tensor]:

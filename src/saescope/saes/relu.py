@@ -90,11 +90,11 @@ class ReLUSAE(SAE):
         ((p, z),) = sparse.encode(
             x, self.W_enc, self.b_enc, self.centring_bias(), [sparse.above(0.0)]
         )
-        y_hat = sparse.decode(p, z, self.W_dec, self.b_dec)  # z > 0 there, so ReLU(z) = z
+        y_hat, mse = sparse.decode_error(p, z, self.W_dec, self.b_dec, y)  # ReLU(z) = z there
         if self.cfg.l1_mode == "unit":
             l1 = z.sum() / x.shape[0]
         else:
             l1 = (z * self.W_dec.norm(dim=1)[p.col]).sum() / x.shape[0]
         self.live_density = p.density
-        terms = {"mse": self.mse(y, y_hat), "l1": coef * l1}
+        terms = {"mse": mse, "l1": coef * l1}
         return LossOutput(y_hat, None, terms, codes=SparseCodes(p, z.detach()))

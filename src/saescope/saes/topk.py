@@ -57,22 +57,23 @@ def auxk_loss(sae: SAE, pre: Tensor, y: Tensor, y_hat: Tensor, ctx: LossContext)
 
 def sparse_topk_loss(
     sae: SAE, x: Tensor, y: Tensor, ctx: LossContext, chooser: sparse.Chooser
-) -> tuple[Tensor, SparseCodes, Tensor]:
-    """The TopK family's forward on the sparse path: (y_hat, codes, unweighted AuxK loss).
-    Same values and gradients as the dense path, AuxK's gradient to the encoder included."""
+) -> tuple[Tensor, Tensor, SparseCodes, Tensor]:
+    """The TopK family's forward on the sparse path: (y_hat without a gradient, MSE term,
+    codes, unweighted AuxK loss). Same values and gradients as the dense path, AuxK's
+    gradient to the encoder included."""
     dead = ctx.dead
     use_aux = dead is not None and bool(dead.any())
     choosers = [chooser, sparse.aux_topk(dead, sae.cfg.k_aux)] if use_aux else [chooser]  # type: ignore[arg-type,attr-defined]
     coded = sparse.encode(x, sae.W_enc, sae.b_enc, sae.centring_bias(), choosers)
     p, z = coded[0]
     vals = z.relu()
-    y_hat = sparse.decode(p, vals, sae.W_dec, sae.b_dec)
+    y_hat, mse = sparse.decode_error(p, vals, sae.W_dec, sae.b_dec, y)
     aux = y_hat.new_zeros(())
     if use_aux:
         aux_p, aux_z = coded[1]
         e = (y - y_hat).detach()
         aux = ops.normalised_mse(e - sparse.decode(aux_p, aux_z.relu(), sae.W_dec, None), e)
-    return y_hat, SparseCodes(p, vals.detach()), aux
+    return y_hat, mse, SparseCodes(p, vals.detach()), aux
 
 
 @final
@@ -97,8 +98,8 @@ class TopKSAE(SAE):
         ctx = ctx or LossContext()
         x = self._flat(x)
         if self.use_sparse(self.cfg.k / self.cfg.d_sae):
-            y_hat, codes, aux = sparse_topk_loss(self, x, y, ctx, sparse.topk(self.cfg.k))
-            terms = {"mse": self.mse(y, y_hat), "auxk": self.cfg.aux_coef * aux}
+            y_hat, mse, codes, aux = sparse_topk_loss(self, x, y, ctx, sparse.topk(self.cfg.k))
+            terms = {"mse": mse, "auxk": self.cfg.aux_coef * aux}
             return LossOutput(y_hat, None, terms, codes=codes)
         pre = self.pre_acts(x)
         f = ops.topk_activation(pre, self.cfg.k)
