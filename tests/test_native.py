@@ -184,3 +184,15 @@ def test_decode_error_matches_torch_in_float32(d, bias):
     torch.testing.assert_close(y_hat, ref, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(e, ref - y, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(sq, (ref - y).pow(2).sum(1), rtol=1e-5, atol=1e-4)
+
+
+@needs_kernels
+@pytest.mark.parametrize("d", [300, 7])
+def test_segment_sum_matches_embedding_bag(d):
+    p, g = _pattern(70, 40, 5)
+    tcrow, order = p.by_latent
+    w = torch.randn(p.nnz, generator=g)
+    y = torch.randn(70, d, generator=g)
+    got = native.segment_sum(tcrow, order, p.rows, w, y)
+    want = p.dense(w).t() @ y
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

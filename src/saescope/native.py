@@ -98,6 +98,9 @@ def _declare(lib: ctypes.CDLL) -> None:
         f.restype = None
         f.argtypes = [_PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _I64, ctypes.c_double, _I64, _I64]
         f.argtypes += [_PTR, _PTR, _INT]
+        f = getattr(lib, f"segment_sum_{s}")
+        f.restype = None
+        f.argtypes = [_PTR, _PTR, _PTR, _PTR, _PTR, _I64, _I64, _I64, _PTR, _INT]
         f = getattr(lib, f"decode_error_{s}")
         f.restype = None
         f.argtypes = [_PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _I64, _I64, _I64, _PTR, _PTR, _PTR, _INT]
@@ -292,3 +295,18 @@ def remove_parallel_(grad: Tensor, w: Tensor, eps2: float) -> Tensor:
     pg, pw = _ptr(grad), _ptr(w)
     _run_rows(m, lambda r0, r1, t: f(pg, pw, d, r0, r1, eps2, t))
     return grad
+
+
+def segment_sum(seg: Tensor, perm: Tensor, src: Tensor, w: Tensor, table: Tensor) -> Tensor:
+    """out[r] = sum over j in [seg[r], seg[r + 1]) of w[q] table[src[q]], q = perm[j]:
+    (len(seg) - 1, D), rows with no entries zero."""
+    lib = library()
+    assert lib is not None
+    n, d = seg.shape[0] - 1, table.shape[1]
+    out = torch.empty(n, d, dtype=table.dtype)
+    args = [t.contiguous() for t in (seg, perm, src, w, table)]
+    ptrs = [_ptr(t) for t in args]
+    f = getattr(lib, f"segment_sum_{_DTYPES[table.dtype]}")
+    po = _ptr(out)
+    _run_rows(n, lambda r0, r1, t: f(*ptrs, d, r0, r1, po, t), offsets=args[0])
+    return out

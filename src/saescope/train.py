@@ -208,7 +208,8 @@ def _step(
     slot: _Slot, x: Tensor, y: Tensor, step: int, cfg: TrainConfig, dead_tokens: int
 ) -> LossOutput:
     sae, opt = slot.sae, slot.opt
-    x_n, y_n = x * slot.scale_in, y * slot.scale_out
+    x_n = x * slot.scale_in
+    y_n = x_n if y is x and slot.scale_out == slot.scale_in else y * slot.scale_out
     ctx = LossContext(cfg.sparsity_factor(step), _dead_mask(slot, dead_tokens))
     out = sae.loss(x_n, y_n, ctx)
     total = out.total

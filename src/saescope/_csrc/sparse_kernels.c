@@ -260,6 +260,57 @@ DEFINE_ABOVE(double, f64)
 DEFINE_PATTERN_DOT(float, f32)
 DEFINE_PATTERN_DOT(double, f64)
 
+/* segment_sum_*: out[r] = sum over j in [seg[r], seg[r + 1]) of w[q] table[src[q]], q = perm[j],
+ * for rows r in [r0, r1); out (R, d) is written whole: the encoder's weight gradient, with
+ * segments = latents of the by-latent order and src = tokens. With AVX-512, float rows are
+ * built 128 columns at a time in registers. */
+#if defined(__AVX512F__)
+static inline int64_t segment_sum_blocks_f32(const int64_t *seg, const int64_t *perm,
+                                             const int64_t *src, const float *w,
+                                             const float *table, int64_t d, int64_t r,
+                                             float *out) {
+    int64_t c0 = 0;
+    for (; c0 + 128 <= d; c0 += 128) {
+        __m512 o[8];
+        for (int u = 0; u < 8; u++) o[u] = _mm512_setzero_ps();
+        for (int64_t j = seg[r]; j < seg[r + 1]; j++) {
+            int64_t q = perm[j];
+            const float *t = table + src[q] * d + c0;
+            __m512 v = _mm512_set1_ps(w[q]);
+            for (int u = 0; u < 8; u++) o[u] = _mm512_fmadd_ps(v, _mm512_loadu_ps(t + 16 * u), o[u]);
+        }
+        for (int u = 0; u < 8; u++) _mm512_storeu_ps(out + r * d + c0 + 16 * u, o[u]);
+    }
+    return c0;
+}
+#define SEGMENT_SUM_BLOCKS_f32 c0 = segment_sum_blocks_f32(seg, perm, src, w, table, d, r, out);
+#else
+#define SEGMENT_SUM_BLOCKS_f32
+#endif
+#define SEGMENT_SUM_BLOCKS_f64
+
+#define DEFINE_SEGMENT_SUM(T, S)                                                             \
+    void segment_sum_##S(const int64_t *seg, const int64_t *perm, const int64_t *src,       \
+                         const T *w, const T *table, int64_t d, int64_t r0, int64_t r1,      \
+                         T *out, int nt) {                                                   \
+        _Pragma("omp parallel for num_threads(nt) schedule(dynamic, 64)")                    \
+        for (int64_t r = r0; r < r1; r++) {                                                  \
+            int64_t c0 = 0;                                                                  \
+            SEGMENT_SUM_BLOCKS_##S                                                           \
+            T *restrict o = out + r * d;                                                     \
+            for (int64_t c = c0; c < d; c++) o[c] = 0;                                       \
+            for (int64_t j = seg[r]; j < seg[r + 1] && c0 < d; j++) {                        \
+                int64_t q = perm[j];                                                         \
+                const T *restrict t = table + src[q] * d;                                    \
+                T v = w[q];                                                                  \
+                for (int64_t c = c0; c < d; c++) o[c] += v * t[c];                           \
+            }                                                                                \
+        }                                                                                    \
+    }
+
+DEFINE_SEGMENT_SUM(float, f32)
+DEFINE_SEGMENT_SUM(double, f64)
+
 /* decode_error_*: the sparse decode and its error in one pass over each token's row:
  *   y_hat[n] = b + sum_j vals[j] W[col[j]]   e[n] = y_hat[n] - y[n]   sq[n] = |e[n]|^2
  * (b may be NULL) for rows [r0, r1) of a CSR by row (crow, col). With AVX-512, float rows
@@ -329,28 +380,70 @@ DEFINE_DECODE_ERROR(double, f64)
  * row of grad_out = scale * gout is read once for both:
  *   grad_vals[q] = grad_out[rows[q]] . W_dec[l]    grad_W_dec[l] = sum_q vals[q] grad_out[rows[q]]
  * for latents l in [l0, l1); grad_W_dec (M, d) is written whole. */
+#if defined(__AVX512F__)
+/* latent l's rows, 128 columns at a time: W_dec's and the gradient's blocks stay in registers;
+ * the dot products build up in gvals (zeroed by the caller). Returns the columns done. */
+static inline int64_t decode_backward_blocks_f32(const int64_t *tcrow, const int64_t *order,
+                                                 const int64_t *rows, const float *vals,
+                                                 const float *gout, const float *wdec,
+                                                 int64_t d, int64_t l, float scale,
+                                                 float *gvals, float *gw) {
+    int64_t c0 = 0;
+    for (; c0 + 128 <= d; c0 += 128) {
+        __m512 w[8], o[8];
+        for (int u = 0; u < 8; u++) {
+            w[u] = _mm512_loadu_ps(wdec + l * d + c0 + 16 * u);
+            o[u] = _mm512_setzero_ps();
+        }
+        for (int64_t j = tcrow[l]; j < tcrow[l + 1]; j++) {
+            int64_t q = order[j];
+            const float *g = gout + rows[q] * d + c0;
+            __m512 v = _mm512_set1_ps(vals[q]), dot = _mm512_setzero_ps();
+            for (int u = 0; u < 8; u++) {
+                __m512 gu = _mm512_loadu_ps(g + 16 * u);
+                dot = _mm512_fmadd_ps(gu, w[u], dot);
+                o[u] = _mm512_fmadd_ps(v, gu, o[u]);
+            }
+            gvals[q] += _mm512_reduce_add_ps(dot);
+        }
+        __m512 sc = _mm512_set1_ps(scale);
+        for (int u = 0; u < 8; u++) _mm512_storeu_ps(gw + l * d + c0 + 16 * u, _mm512_mul_ps(o[u], sc));
+    }
+    return c0;
+}
+#define DECODE_BACKWARD_BLOCKS_f32                                                           \
+    c0 = decode_backward_blocks_f32(tcrow, order, rows, vals, gout, wdec, d, l, (float)scale, \
+                                    gvals, gw);
+#else
+#define DECODE_BACKWARD_BLOCKS_f32
+#endif
+#define DECODE_BACKWARD_BLOCKS_f64
+
 #define DEFINE_DECODE_BACKWARD(T, S)                                                         \
     void decode_backward_##S(const int64_t *tcrow, const int64_t *order, const int64_t *rows, \
                              const T *vals, const T *gout, const T *wdec, int64_t d,         \
                              double scale, int64_t l0, int64_t l1, T *gvals, T *gw, int nt) { \
         _Pragma("omp parallel for num_threads(nt) schedule(dynamic, 64)")                    \
         for (int64_t l = l0; l < l1; l++) {                                                  \
+            int64_t c0 = 0;                                                                  \
+            for (int64_t j = tcrow[l]; j < tcrow[l + 1]; j++) gvals[order[j]] = 0;           \
+            DECODE_BACKWARD_BLOCKS_##S                                                       \
             const T *restrict w = wdec + l * d;                                              \
             T *restrict o = gw + l * d;                                                      \
-            for (int64_t c = 0; c < d; c++) o[c] = 0;                                        \
-            for (int64_t j = tcrow[l]; j < tcrow[l + 1]; j++) {                              \
+            for (int64_t c = c0; c < d; c++) o[c] = 0;                                       \
+            for (int64_t j = tcrow[l]; j < tcrow[l + 1] && c0 < d; j++) {                    \
                 int64_t q = order[j];                                                        \
                 const T *restrict g = gout + rows[q] * d;                                    \
                 T v = vals[q], s = 0;                                                        \
                 _Pragma("omp simd reduction(+ : s)")                                         \
-                for (int64_t c = 0; c < d; c++) {                                            \
+                for (int64_t c = c0; c < d; c++) {                                           \
                     s += g[c] * w[c];                                                        \
                     o[c] += v * g[c];                                                        \
                 }                                                                            \
-                gvals[q] = (T)scale * s;                                                     \
+                gvals[q] += s;                                                               \
             }                                                                                \
-            if (scale != 1.0)                                                                \
-                for (int64_t c = 0; c < d; c++) o[c] *= (T)scale;                            \
+            for (int64_t c = c0; c < d; c++) o[c] *= (T)scale;                               \
+            for (int64_t j = tcrow[l]; j < tcrow[l + 1]; j++) gvals[order[j]] *= (T)scale;   \
         }                                                                                    \
     }
 
