@@ -88,6 +88,14 @@ def test_above_bias_matches_torch(dtype, inclusive, per_latent):
     assert torch.equal(val, pre[mask])
 
 
+@needs_kernels
+def test_above_bias_refuses_a_threshold_of_the_wrong_length():
+    with pytest.raises(ValueError, match="threshold of shape"):
+        native.above_bias(torch.randn(4, 6), torch.zeros(6), torch.zeros(5))
+    crow, _, _ = native.above_bias(torch.randn(4, 6), torch.zeros(6), torch.zeros(1))
+    assert crow.shape == (5,)  # one value counts as a scalar
+
+
 def _pattern(n: int, m: int, k: int):
     from saescope.sparse import Pattern
 

@@ -1,15 +1,20 @@
 """saescope's CPU kernels (`_csrc/sparse_kernels.c`): compiled on first use, called via ctypes.
 
-The sparse path's two scans over the (N, d_sae) encoder product, the per-token top-k and the
-"entries above a threshold" of ReLU, JumpReLU and BatchTopK, cost more in torch than all the
-rest of a step but the matmul (torch's top-k reads each row several times). The kernels fuse
-the encoder bias into one read of each row. They are compiled once per machine with the
-system C compiler (`cc`, or `$CC`) into the user cache folder (`$SAESCOPE_CACHE`, else
-`$XDG_CACHE_HOME/saescope`, else `~/.cache/saescope`), keyed by the source, the flags and
-the CPU, and written atomically. Without a compiler, or with `SAESCOPE_NATIVE=0`, the sparse
-path runs in plain torch with the same results (`available()` says which).
+What the sparse path spends outside the encoder matmul, in C: the per-token top-k and the
+"entries above a threshold" (ReLU, JumpReLU, BatchTopK) as one scan of each row of the bias-free
+encoder product with the bias added on the fly; the decode with its error; the decoder's two
+gradients in one pass; the encoder's weight gradient; the decoder-gradient projection. Each is
+checked against torch in the tests (float32 and float64).
 
-Rows are split among `torch.get_num_threads()` worker threads; ctypes releases the GIL.
+The source is compiled once per machine with the system C compiler (`$CC`, else `cc`) into the
+user cache folder (`$SAESCOPE_CACHE`, else `$XDG_CACHE_HOME/saescope`, else
+`~/.cache/saescope`), keyed by the source, the flags and the CPU, and written atomically.
+Without a compiler, or with `SAESCOPE_NATIVE=0`, the sparse path runs in plain torch with the
+same results (`available()` says which).
+
+Threads: built with OpenMP, the kernels run in the process's OpenMP pool, which is torch's own
+(both load libgomp.so.1), with torch's thread count; otherwise rows are split among Python
+worker threads (ctypes releases the GIL).
 """
 
 from __future__ import annotations
@@ -209,6 +214,10 @@ def above_bias(
     n, m = a.shape
     b = b.contiguous()
     tt = torch.as_tensor(t).detach().to(a.dtype).contiguous()
+    if tt.numel() == 1:
+        tt = tt.reshape(())
+    elif tt.shape != (m,):
+        raise ValueError(f"threshold of shape {tuple(tt.shape)} for {m} latents: give one or {m}")
     ts = 1 if tt.dim() == 1 else 0
     s = _DTYPES[a.dtype]
     count, take = getattr(lib, f"count_above_{s}"), getattr(lib, f"take_above_{s}")

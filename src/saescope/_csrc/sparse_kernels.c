@@ -1,21 +1,19 @@
-/* saescope's CPU kernels for the sparse path (see saescope/native.py, which compiles this file
- * with the system C compiler on first use and calls it through ctypes).
+/* saescope's CPU kernels for the sparse path (saescope/native.py compiles this file with the
+ * system C compiler on first use and calls it through ctypes; tests/test_native.py checks
+ * every function against torch).
  *
- * Each function works on a range of rows [r0, r1) so that Python can run several ranges at
- * once on worker threads (ctypes releases the GIL). Nothing here allocates per row.
+ * Every function takes a range of rows [r0, r1) and a thread count nt: built with OpenMP it
+ * splits the range among nt threads of the process's pool (torch's own); without OpenMP the
+ * caller runs several ranges at once on Python threads. Scratch memory is per thread.
  *
- * topk_bias_*: for each row of the encoder product a (N, M) and the bias b (M,), the k largest
- * of a[n, j] + b[j], written as ascending latent indices (int64) with their values. The scan
- * keeps a min-heap of the k best so far and compares eight entries at a time against its
- * root, so almost every entry costs one vector compare: the heap is touched about
- * k log(M / k) times per row for inputs in random order. Exact: ties keep the lower index.
- * Rows holding a NaN or an infinity are counted in the return value (the caller then falls
- * back to torch, whose ordering of NaN it must match).
- *
- * count_above_* / take_above_*: the entries with a[n, j] + b[j] > t[j] (or >= t[j] when
- * inclusive), in two passes (count per row, then fill at the caller's offsets): CSR by row,
- * ascending latents, with their values. t is one value per latent, or a scalar when t_stride
- * is 0.
+ * topk_bias_*: the k largest of a[n, j] + b[j] per row of the bias-free encoder product a,
+ *   as ascending latents with their values. Exact, ties to the lower latent; rows holding a
+ *   NaN or an infinity are counted in the return value and left to the caller.
+ * count_above_* / take_above_*: the entries with a[n, j] + b[j] > t[j] (>= when inclusive),
+ *   CSR by row in two passes (count, then fill at the caller's offsets).
+ * pattern_dot_*, segment_sum_*, decode_error_*, decode_backward_*: the gathers of the sparse
+ *   decode and of the weight gradients (see each function).
+ * remove_parallel_*: the decoder-gradient projection.
  */
 #include <math.h>
 #include <stdint.h>
