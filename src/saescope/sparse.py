@@ -8,16 +8,21 @@ N x M is kept for the backward pass.
 
 `encode` returns the pre-activations z at the chosen positions, differentiable in x, W_enc,
 b_enc and b_dec; each architecture applies its activation (ReLU, JumpReLU) to z elementwise
-with ordinary autograd, and `decode` maps (pattern, values) back through W_dec. Choosers:
-`topk` (per token), `batch_topk` (per batch), `above` (z > threshold: ReLU and the JumpReLU
-band where the threshold's pseudo-gradient lives) and `aux_topk` (AuxK among dead latents).
+with ordinary autograd, and `decode` maps (pattern, values) back through W_dec (`decode_error`
+also returns the MSE term, in fewer passes). Choosers: `topk` (per token), `batch_topk` (per
+batch), `above` (z > threshold: ReLU and the JumpReLU band where the threshold's
+pseudo-gradient lives) and `aux_topk` (AuxK among dead latents).
+
+On the CPU the compiled kernels (`saescope.native`) do the scans and gathers when they are
+there: the choosers then read the bias-free product, adding the bias on the fly. Otherwise
+each step below is plain torch, with the same results.
 
 Backward pieces, with G (N, M) the sparse gradient of pre:
-- grad W_enc = xc^T G and grad W_dec = f^T grad_out: a CSR (M, N) times a dense (N, D)
-  (`_scatter_rows`), O(nnz D); the by-latent sort that builds the CSR is made once per
-  pattern and shared by the encoder's and decoder's gradients.
-- grad of the values through the decoder = (grad_out W_dec^T) at the pattern: a sampled
-  dense-dense product (`torch.sparse.sampled_addmm`), O(nnz D), no (nnz, D) gather.
+- grad W_enc = xc^T G and grad W_dec = f^T grad_out: gather-sums over the non-zeros sorted by
+  latent (`_scatter_rows`), O(nnz D); the by-latent sort is made once per pattern and shared
+  by the encoder's and decoder's gradients.
+- grad of the values through the decoder = (grad_out W_dec^T) at the pattern, O(nnz D); with
+  the kernels it comes from the same pass over grad_out as grad W_dec.
 - grad b_enc = the column sums of G; the encoder's part of grad b_dec is -W_enc colsum(G),
   one matrix-vector product instead of -sum_n G[n] W_enc^T.
 - grad x (only when asked) = G W_enc^T, a gather-sum (embedding_bag).
