@@ -435,6 +435,7 @@ def _same_memory_view(ts: Sequence[Tensor]) -> list[Tensor] | None:
     return None
 
 
+@torch.no_grad()
 def adam_step(opt: torch.optim.Adam) -> None:
     """opt.step() for a fused Adam, with each transposed tensor handed to the fused kernel as
     its contiguous transpose. Adam is elementwise, so the result is the same, but the kernel
