@@ -22,6 +22,7 @@ from saescope.data import ActivationFile, SeedTask, SeedTaskConfig
 from saescope.data.stream import HELD_OUT_SEED_OFFSET
 from saescope.errors import ConfigError, SaescopeError
 from saescope.evaluate import evaluate
+from saescope.models import MODELS, describe_hooks, load_model
 from saescope.saes import ARCHITECTURES, SAE, load, make_sae
 from saescope.saes.io import CFG_FILE
 from saescope.text import table as _table
@@ -270,6 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="print one JSON object")
     add_config_args(e.add_argument_group("synthetic data options"), SeedTaskConfig)
 
+    h = sub.add_parser("hooks", help="list a model's hook points and their output shapes")
+    h.add_argument("model", help=f"an embedded model: {', '.join(sorted(MODELS))}")
+
     d = sub.add_parser(
         "demo", help="run every experiment of the seed and write runs/demo/report.html"
     )
@@ -288,10 +292,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def cmd_hooks(ns: argparse.Namespace) -> int:
+    model, _ = load_model(ns.model)
+    ids = torch.zeros(1, 8, dtype=torch.long)  # any short context: shapes per token
+    cols = ["hook point", "module", "output shape (1 context of 8 tokens)"]
+    rows = []
+    for path, kind, shape in describe_hooks(model, ids):
+        size = "-" if shape is None else " x ".join(map(str, shape))
+        rows.append({cols[0]: path, cols[1]: kind, cols[2]: size})
+    print(_table(rows, cols))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     ns = parser.parse_args(argv)
-    commands = {"train": cmd_train, "eval": cmd_eval, "demo": cmd_demo}
+    commands = {"train": cmd_train, "eval": cmd_eval, "demo": cmd_demo, "hooks": cmd_hooks}
     try:
         return commands[ns.command](ns)
     except SaescopeError as e:

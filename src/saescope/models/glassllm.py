@@ -1,0 +1,145 @@
+"""GlassLM as a hookable torch module: the 0.85M-parameter, 4-layer decoder-only language
+model of the PyPI package `glassllm` (MIT), trained on Lewis Carroll, whose weights ship inside
+the package (no download). The package's own forward is NumPy; this port reads the same
+weights and matches its logits (tests/test_models.py checks <= 1e-4).
+
+Architecture (glassllm 0.1.0): token embedding E (vocab 1024, d_model 128), tied to the output;
+4 pre-norm blocks, each x + attn(RMSNorm(x)) then x + mlp(RMSNorm(x)); attention with 4 query
+heads sharing 2 key/value heads (GQA) and rotary position embeddings on interleaved pairs;
+SwiGLU MLP (hidden int(8 d / 3) = 341); RMSNorm eps 1e-6; contexts of at most 128 tokens.
+
+Hook points are module paths: `layers.2` (the residual stream after block 2), `layers.2.attn`
+and `layers.2.mlp` (the attention and MLP outputs that block 2 adds to it; the MLP's input is
+`layers.2.norm2`'s output).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, d: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotary embedding on interleaved pairs (x[2i], x[2i + 1]); x (B, H, T, d_k)."""
+    even, odd = x[..., 0::2], x[..., 1::2]
+    return torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1).flatten(-2)
+
+
+class Attention(nn.Module):
+    def __init__(self, d: int, n_heads: int, n_kv_heads: int, max_len: int, base: float) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.d_k = n_heads, n_kv_heads, d // n_heads
+        self.W_Q = nn.Parameter(torch.empty(d, n_heads * self.d_k))
+        self.W_K = nn.Parameter(torch.empty(d, n_kv_heads * self.d_k))
+        self.W_V = nn.Parameter(torch.empty(d, n_kv_heads * self.d_k))
+        self.W_O = nn.Parameter(torch.empty(n_heads * self.d_k, d))
+        theta = base ** (-2.0 * torch.arange(self.d_k // 2, dtype=torch.float64) / self.d_k)
+        angles = torch.outer(torch.arange(max_len, dtype=torch.float64), theta)
+        self.register_buffer("cos", angles.cos().float(), persistent=False)
+        self.register_buffer("sin", angles.sin().float(), persistent=False)
+
+    def _heads(self, x: Tensor, heads: int) -> Tensor:
+        b, t, _ = x.shape
+        return x.view(b, t, heads, self.d_k).transpose(1, 2)  # (B, H, T, d_k)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, t, _ = x.shape
+        cos, sin = self.cos[:t], self.sin[:t]
+        q = _rotate(self._heads(x @ self.W_Q, self.n_heads), cos, sin)
+        k = _rotate(self._heads(x @ self.W_K, self.n_kv_heads), cos, sin)
+        v = self._heads(x @ self.W_V, self.n_kv_heads)
+        repeats = self.n_heads // self.n_kv_heads  # each key/value head serves `repeats` queries
+        k, v = k.repeat_interleave(repeats, dim=1), v.repeat_interleave(repeats, dim=1)
+        scale = 1 / math.sqrt(self.d_k)
+        mixed = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+        return mixed.transpose(1, 2).reshape(b, t, -1) @ self.W_O
+
+
+class MLP(nn.Module):
+    """SwiGLU: (silu(x W1) * x W3) W2."""
+
+    def __init__(self, d: int, hidden: int) -> None:
+        super().__init__()
+        self.W1 = nn.Parameter(torch.empty(d, hidden))
+        self.W3 = nn.Parameter(torch.empty(d, hidden))
+        self.W2 = nn.Parameter(torch.empty(hidden, d))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (F.silu(x @ self.W1) * (x @ self.W3)) @ self.W2
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: Any) -> None:
+        super().__init__()
+        d = cfg.d_model
+        self.norm1 = RMSNorm(d, cfg.eps)
+        self.attn = Attention(d, cfg.n_heads, cfg.n_kv_heads, cfg.max_len, cfg.rope_base)
+        self.norm2 = RMSNorm(d, cfg.eps)
+        self.mlp = MLP(d, int(8 * d / 3))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class GlassLM(nn.Module):
+    """ids (B, T) -> next-token logits (B, T, vocab); T <= max_len (128)."""
+
+    def __init__(self, cfg: Any) -> None:
+        super().__init__()
+        self.max_len = cfg.max_len
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm_f = RMSNorm(cfg.d_model, cfg.eps)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        if ids.dim() != 2 or ids.shape[1] > self.max_len:
+            raise ValueError(
+                f"ids must be (batch, positions) with at most {self.max_len} positions, "
+                f"got {tuple(ids.shape)}; split the text into shorter contexts"
+            )
+        x = self.embed(ids)
+        for block in self.layers:
+            x = block(x)
+        return self.norm_f(x) @ self.embed.weight.t()  # tied embeddings
+
+
+# the package's parameter names -> this module's
+_RENAME = {"E": "embed.weight", "norm_f.gamma": "norm_f.weight"}
+_PARTS = {"norm1.gamma": "norm1.weight", "norm2.gamma": "norm2.weight", "ffn.": "mlp."}
+
+
+def _our_name(name: str) -> str:
+    if name in _RENAME:
+        return _RENAME[name]
+    name = name.replace("blocks.", "layers.", 1)
+    for old, new in _PARTS.items():
+        name = name.replace(old, new)
+    return name
+
+
+def load(lang: str = "en") -> tuple[GlassLM, Any]:
+    """(model in eval mode, the package's tokenizer) for glassllm's `lang` weights ("en":
+    Lewis Carroll; "pt": Machado de Assis)."""
+    import glassllm
+
+    ref, tokenizer = glassllm.load_pretrained(lang)
+    model = GlassLM(ref.cfg)
+    params = ref.named_parameters().items()
+    state = {_our_name(k): torch.from_numpy(p.data).float() for k, p in params}
+    model.load_state_dict(state, strict=True)
+    return model.eval(), tokenizer

@@ -1,0 +1,79 @@
+"""Real networks by name: the glassllm port against the package's own NumPy forward, hook
+points, and the errors for wrong names."""
+
+import numpy as np
+import pytest
+import torch
+
+from saescope.cli import main
+from saescope.errors import ConfigError
+from saescope.models import describe_hooks, find_module, hook_points, load_model
+
+TEXT = (
+    "Alice was beginning to get very tired of sitting by her sister on the bank, and of "
+    "having nothing to do: once or twice she had peeped into the book her sister was reading, "
+    "but it had no pictures or conversations in it"
+)
+
+
+@pytest.fixture(scope="module")
+def glass():
+    return load_model("glassllm")
+
+
+def test_glassllm_matches_the_package_forward(glass):
+    import glassllm
+
+    model, tok = glass
+    ids = tok.encode(TEXT)
+    batch = np.array([ids[:40], ids[-40:]])
+    ref, _ = glassllm.load_pretrained("en")
+    with glassllm.no_grad():
+        want = ref.forward(batch).data
+    with torch.no_grad():
+        got = model(torch.from_numpy(batch)).double().numpy()
+    assert got.shape == want.shape == (2, 40, 1024)
+    assert np.abs(got - want).max() <= 1e-4
+
+
+def test_hook_points_are_module_paths_with_the_residual_stream(glass):
+    model, tok = glass
+    points = hook_points(model)
+    for i in range(4):
+        assert {f"layers.{i}", f"layers.{i}.attn", f"layers.{i}.mlp"} <= set(points)
+    ids = torch.tensor([tok.encode(TEXT)[:20]])
+    seen = {}
+    handle = find_module(model, "layers.2").register_forward_hook(
+        lambda _m, _i, out: seen.setdefault("out", out)
+    )
+    with torch.no_grad():
+        model(ids)
+        handle.remove()
+        x = model.embed(ids)
+        for block in model.layers[:3]:
+            x = block(x)
+    torch.testing.assert_close(seen["out"], x)
+    shapes = {p: s for p, _, s in describe_hooks(model, ids)}
+    assert shapes["layers.2.mlp"] == (1, 20, 128)
+
+
+def test_wrong_names_get_close_matches(glass):
+    model, _ = glass
+    with pytest.raises(ConfigError, match=r"did you mean layers\.2\.mlp"):
+        find_module(model, "layers.2.mpl")
+    with pytest.raises(ConfigError, match="did you mean glassllm"):
+        load_model("glasslm")
+
+
+def test_contexts_longer_than_the_model_takes_are_refused(glass):
+    model, _ = glass
+    with pytest.raises(ValueError, match="at most 128 positions"):
+        model(torch.zeros(1, 129, dtype=torch.long))
+
+
+def test_cli_lists_hooks(capsys):
+    assert main(["hooks", "glassllm"]) == 0
+    out = capsys.readouterr().out
+    assert "layers.2.mlp" in out and "1 x 8 x 128" in out
+    assert main(["hooks", "gpt5"]) == 2
+    assert "unknown model 'gpt5'" in capsys.readouterr().err
