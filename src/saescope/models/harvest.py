@@ -1,0 +1,121 @@
+"""Activations from a running model: text packed into fixed-length contexts, batched through
+the model without gradients, one or several hook points collected in one forward pass, and
+the pass stopped once the last of them has fired (early exit: the layers above are never run).
+
+A hook point is a module path (`layers.2`), its output; `layers.2.mlp:in` is the module's
+input (a transcoder's x, with `layers.2.mlp` its y). The first position of every context is
+dropped by default: it has no left context (and is where a BOS token would sit).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from saescope.errors import InputError
+from saescope.models import find_module
+
+
+def pack(ids: Sequence[int], context: int) -> Tensor:
+    """Token ids cut into whole contexts of `context` tokens: (n_contexts, context). The
+    remainder shorter than a context is dropped (no padding)."""
+    n = len(ids) // context
+    if n == 0:
+        raise InputError(
+            f"the text has {len(ids)} tokens, fewer than one context of {context}; "
+            "give more text or a shorter --context"
+        )
+    return torch.tensor(list(ids[: n * context]), dtype=torch.long).view(n, context)
+
+
+@dataclass(frozen=True)
+class HookPoint:
+    """A module path and which side of the module: its output, or its input (":in")."""
+
+    path: str
+    side: str = "out"
+
+    @classmethod
+    def parse(cls, spec: str) -> HookPoint:
+        path, _, side = spec.partition(":")
+        if side not in ("", "in", "out"):
+            raise InputError(f"hook {spec!r}: the part after ':' must be 'in' or 'out'")
+        return cls(path, side or "out")
+
+    def __str__(self) -> str:
+        return self.path if self.side == "out" else f"{self.path}:in"
+
+
+class _Stop(Exception):
+    """Raised inside the last hook to end the forward pass early."""
+
+
+class Harvester:
+    """Hooks on a model that collect the given points in one forward pass, then stop it."""
+
+    def __init__(self, model: nn.Module, hooks: Sequence[str]) -> None:
+        if not hooks:
+            raise InputError("no hook points given; name at least one (saescope hooks MODEL)")
+        self.model = model
+        self.points = [HookPoint.parse(h) for h in hooks]
+        self._modules = [find_module(model, p.path) for p in self.points]
+        self._got: dict[HookPoint, Tensor] = {}
+
+    def _hook(self, point: HookPoint) -> Any:
+        def grab(_module: nn.Module, inputs: Any, output: Any = None) -> None:
+            value = inputs[0] if point.side == "in" else output
+            if not isinstance(value, Tensor):
+                raise InputError(f"hook {point}: the module's {point.side}put is not a tensor")
+            self._got[point] = value.detach()
+            if len(self._got) == len(self.points):
+                raise _Stop
+
+        return grab
+
+    @torch.no_grad()
+    def __call__(self, ids: Tensor) -> dict[str, Tensor]:
+        """{hook spec: (B, T, d)} for one batch of contexts ids (B, T)."""
+        self._got = {}
+        handles = [
+            m.register_forward_pre_hook(self._hook(p))
+            if p.side == "in"
+            else m.register_forward_hook(self._hook(p))
+            for p, m in zip(self.points, self._modules, strict=True)
+        ]
+        try:
+            self.model(ids)
+        except _Stop:
+            pass
+        finally:
+            for h in handles:
+                h.remove()
+        missing = [str(p) for p in self.points if p not in self._got]
+        if missing:
+            raise InputError(f"hook points never reached in the forward pass: {missing}")
+        return {str(p): self._got[p] for p in self.points}
+
+
+def harvest(
+    model: nn.Module,
+    contexts: Tensor,
+    hooks: Sequence[str],
+    batch_size: int = 32,
+    drop_first: bool = True,
+) -> Iterator[dict[str, Tensor]]:
+    """Batches of activations: per batch of contexts, {hook spec: (n, d)} plus "tokens" and
+    "positions" (n,), one row per kept token (the first position of each context dropped
+    when drop_first)."""
+    grab = Harvester(model, hooks)
+    start = 1 if drop_first else 0
+    for i in range(0, contexts.shape[0], batch_size):
+        ids = contexts[i : i + batch_size]
+        acts = grab(ids)
+        b, t = ids.shape
+        out = {k: v[:, start:].reshape(b * (t - start), -1) for k, v in acts.items()}
+        out["tokens"] = ids[:, start:].reshape(-1)
+        out["positions"] = torch.arange(start, t).repeat(b)
+        yield out
