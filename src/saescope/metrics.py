@@ -100,3 +100,11 @@ def firing_f1(f: Tensor, c: Tensor, latent_of_feature: Tensor) -> dict[str, Tens
     recall = tp / active.sum(0).clamp_min(1)
     f1 = 2 * precision * recall / (precision + recall).clamp_min(1e-12)
     return {"precision": precision, "recall": recall, "f1": f1}
+
+
+def ce_loss_recovered(ce_clean: float, ce_spliced: float, ce_zero: float) -> float:
+    """(CE_zero - CE_spliced) / (CE_zero - CE_clean): 1 when splicing the reconstruction in
+    costs nothing, 0 when it is as bad as zero-ablating the hook point. NaN when zero
+    ablation costs nothing either."""
+    gap = ce_zero - ce_clean
+    return (ce_zero - ce_spliced) / gap if gap != 0 else float("nan")

@@ -1,0 +1,90 @@
+"""Downstream evaluation: next-token cross-entropy with a hook point's activations replaced
+(by an SAE's reconstruction, or by zeros), and the KL divergence to the clean predictions.
+
+`replace` maps a hook spec to a function of the activation there. For a module's output
+(`layers.2`) the function's value becomes that output; for a module's input
+(`layers.2.mlp:in`) the function replaces the whole module, its value becoming the module's
+output: a transcoder substituted for the MLP (the function must not call the hooked module
+itself). The model is any module mapping ids (B, T) to logits (B, T, vocab).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from saescope import metrics
+from saescope.models import find_module
+from saescope.models.harvest import HookPoint
+
+Replacement = Callable[[Tensor], Tensor]
+
+
+@contextmanager
+def spliced(model: nn.Module, replace: dict[str, Replacement]) -> Iterator[None]:
+    """Within the block, the model runs with each hook point's activation replaced."""
+    handles = []
+    for spec, fn in replace.items():
+        point = HookPoint.parse(spec)
+        module = find_module(model, point.path)
+        if point.side == "out":
+
+            def swap_out(_m: nn.Module, _i: Any, out: Tensor, fn: Replacement = fn) -> Tensor:
+                return fn(out).to(out.dtype)
+
+            handles.append(module.register_forward_hook(swap_out))
+        else:
+
+            def swap_module(_m: nn.Module, args: Any, out: Tensor, fn: Replacement = fn) -> Tensor:
+                return fn(args[0]).to(out.dtype)
+
+            handles.append(module.register_forward_hook(swap_module))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _ce(logits: Tensor, ids: Tensor) -> Tensor:
+    """Summed next-token cross-entropy: position t predicts ids[:, t + 1]."""
+    pred = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
+    return F.cross_entropy(pred, ids[:, 1:].reshape(-1), reduction="sum")
+
+
+@torch.no_grad()
+def downstream(
+    model: nn.Module,
+    contexts: Tensor,
+    hook: str,
+    reconstruct: Replacement,
+    batch_size: int = 32,
+) -> dict[str, float]:
+    """Mean next-token CE clean, with `reconstruct` spliced in at `hook`, and with the hook
+    zero-ablated; CE loss recovered; and the mean KL(clean || spliced) per predicted token."""
+    sums = {"ce_clean": 0.0, "ce_spliced": 0.0, "ce_zero": 0.0, "kl_div": 0.0}
+    n = 0
+    for i in range(0, contexts.shape[0], batch_size):
+        ids = contexts[i : i + batch_size]
+        clean = model(ids)
+        with spliced(model, {hook: reconstruct}):
+            patched = model(ids)
+        with spliced(model, {hook: torch.zeros_like}):
+            zero = model(ids)
+        sums["ce_clean"] += float(_ce(clean, ids))
+        sums["ce_spliced"] += float(_ce(patched, ids))
+        sums["ce_zero"] += float(_ce(zero, ids))
+        logp = F.log_softmax(clean[:, :-1].float(), -1)
+        logq = F.log_softmax(patched[:, :-1].float(), -1)
+        sums["kl_div"] += float((logp.exp() * (logp - logq)).sum())
+        n += ids.shape[0] * (ids.shape[1] - 1)
+    out = {k: v / max(n, 1) for k, v in sums.items()}
+    out["ce_loss_recovered"] = metrics.ce_loss_recovered(
+        out["ce_clean"], out["ce_spliced"], out["ce_zero"]
+    )
+    return out
