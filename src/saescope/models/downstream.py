@@ -31,19 +31,11 @@ def spliced(model: nn.Module, replace: dict[str, Replacement]) -> Iterator[None]
     handles = []
     for spec, fn in replace.items():
         point = HookPoint.parse(spec)
-        module = find_module(model, point.path)
-        if point.side == "out":
 
-            def swap_out(_m: nn.Module, _i: Any, out: Tensor, fn: Replacement = fn) -> Tensor:
-                return fn(out).to(out.dtype)
+        def swap(_m: nn.Module, args: Any, out: Tensor, fn: Replacement = fn, p=point) -> Tensor:
+            return fn(args[0] if p.side == "in" else out).to(out.dtype)
 
-            handles.append(module.register_forward_hook(swap_out))
-        else:
-
-            def swap_module(_m: nn.Module, args: Any, out: Tensor, fn: Replacement = fn) -> Tensor:
-                return fn(args[0]).to(out.dtype)
-
-            handles.append(module.register_forward_hook(swap_module))
+        handles.append(find_module(model, point.path).register_forward_hook(swap))
     try:
         yield
     finally:
