@@ -165,6 +165,8 @@ def _run_rows(
         return [fn(0, n, threads)]
     with _lock:
         if _pool is None or _pool_size < threads:
+            if _pool is not None:  # a bigger pool replaces it; its idle threads end
+                _pool.shutdown(wait=False)
             _pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="saescope-native")
             _pool_size = threads
         pool = _pool
@@ -198,7 +200,7 @@ def topk_bias(a: Tensor, b: Tensor, k: int) -> tuple[Tensor, Tensor] | None:
     bad = _run_rows(n, lambda r0, r1, t: f(pa, lda, pb, r0, r1, m, k, pi, pv, t))
     if any(int(x) != 0 for x in bad):  # type: ignore[call-overload]
         if any(int(x) < 0 for x in bad):  # type: ignore[call-overload]
-            raise MemoryError("saescope's top-k kernel could not allocate its heap")
+            raise MemoryError("saescope's top-k kernel could not allocate its scratch memory")
         return None
     return idx, val
 
