@@ -9,6 +9,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "saescope"
 LAYERS = {
     "native": -1,
     "errors": 0,
+    "atomic": 0,
     "ops": 0,
     "sparse": 0,
     "metrics": 0,

@@ -27,9 +27,9 @@ from torch.optim.adam import adam as adam_functional
 from tqdm.auto import tqdm
 
 from saescope import metrics, ops, sparse
+from saescope.atomic import atomic_save_tensors
 from saescope.errors import ConfigError, FormatError, InputError
 from saescope.saes import SAE, LossContext, LossOutput, save
-from saescope.saes.io import atomic_save_tensors
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
 METRICS_FILE = "metrics.jsonl"

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
+from saescope.atomic import atomic_save_tensors, atomic_write_bytes
 from saescope.errors import ConfigError, FormatError
 from saescope.saes.base import SAE, SAEConfig
 
@@ -54,36 +53,6 @@ def make_sae(cfg: SAEConfig | dict[str, Any]) -> SAE:
     if isinstance(cfg, dict):
         cfg = config_from_dict(cfg)
     return architecture(cfg.name)(cfg)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write a file so a reader sees the old or the new content, never a mix."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
-    """safetensors `save_file` to a temp file, fsync, then rename over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=meta)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save(sae: SAE, path: str | Path, metadata: dict[str, Any] | None = None) -> Path:
