@@ -5,7 +5,8 @@
 (`layers.2`) the function's value becomes that output; for a module's input
 (`layers.2.mlp:in`) the function replaces the whole module, its value becoming the module's
 output: a transcoder substituted for the MLP (the function must not call the hooked module
-itself). The model is any module mapping ids (B, T) to logits (B, T, vocab).
+itself). The model is any module mapping ids (B, T) to logits (B, T, vocab), or to an
+output whose `.logits` they are (Hugging Face causal LMs).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from saescope import metrics
+from saescope.errors import ConfigError
 from saescope.models import find_module
 from saescope.models.harvest import HookPoint
 
@@ -43,6 +45,19 @@ def spliced(model: nn.Module, replace: dict[str, Replacement]) -> Iterator[None]
             h.remove()
 
 
+def _logits(model: nn.Module, ids: Tensor) -> Tensor:
+    """The model's logits (B, T, vocab) for ids: its output, or a Hugging Face output's
+    `.logits`."""
+    out = model(ids)
+    logits = out if isinstance(out, Tensor) else getattr(out, "logits", None)
+    if not isinstance(logits, Tensor):
+        raise ConfigError(
+            f"{type(model).__name__} gives no logits (an encoder?); downstream CE needs a "
+            "causal language model, such as glassllm or smollm2"
+        )
+    return logits
+
+
 def _ce(logits: Tensor, ids: Tensor) -> Tensor:
     """Summed next-token cross-entropy: position t predicts ids[:, t + 1]."""
     pred = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
@@ -63,11 +78,11 @@ def downstream(
     n = 0
     for i in range(0, contexts.shape[0], batch_size):
         ids = contexts[i : i + batch_size]
-        clean = model(ids)
+        clean = _logits(model, ids)
         with spliced(model, {hook: reconstruct}):
-            patched = model(ids)
+            patched = _logits(model, ids)
         with spliced(model, {hook: torch.zeros_like}):
-            zero = model(ids)
+            zero = _logits(model, ids)
         sums["ce_clean"] += float(_ce(clean, ids))
         sums["ce_spliced"] += float(_ce(patched, ids))
         sums["ce_zero"] += float(_ce(zero, ids))

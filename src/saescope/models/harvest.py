@@ -55,12 +55,14 @@ class _Stop(Exception):
 
 
 class Harvester:
-    """Hooks on a model that collect the given points in one forward pass, then stop it."""
+    """Hooks on a model that collect the given points in one forward pass, then stop it
+    (unless early_exit is False: then the whole forward pass runs, as for timing it)."""
 
-    def __init__(self, model: nn.Module, hooks: Sequence[str]) -> None:
+    def __init__(self, model: nn.Module, hooks: Sequence[str], early_exit: bool = True) -> None:
         if not hooks:
             raise InputError("no hook points given; name at least one (saescope hooks MODEL)")
         self.model = model
+        self.early_exit = early_exit
         self.points = [HookPoint.parse(h) for h in hooks]
         self._modules = [find_module(model, p.path) for p in self.points]
         self._got: dict[HookPoint, Tensor] = {}
@@ -71,7 +73,7 @@ class Harvester:
             if not isinstance(value, Tensor):
                 raise InputError(f"hook {point}: the module's {point.side}put is not a tensor")
             self._got[point] = value.detach()
-            if len(self._got) == len(self.points):
+            if self.early_exit and len(self._got) == len(self.points):
                 raise _Stop
 
         return grab
@@ -105,11 +107,12 @@ def harvest(
     hooks: Sequence[str],
     batch_size: int = 32,
     drop_first: bool = True,
+    early_exit: bool = True,
 ) -> Iterator[dict[str, Tensor]]:
     """Batches of activations: per batch of contexts, {hook spec: (n, d)} plus "tokens" and
     "positions" (n,), one row per kept token (the first position of each context dropped
-    when drop_first)."""
-    grab = Harvester(model, hooks)
+    when drop_first). early_exit=False runs every forward pass to the end."""
+    grab = Harvester(model, hooks, early_exit)
     start = 1 if drop_first else 0
     for i in range(0, contexts.shape[0], batch_size):
         ids = contexts[i : i + batch_size]
