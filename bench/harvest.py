@@ -9,6 +9,10 @@ gradients. In each of --rounds rounds every batch goes through the three modes i
 order rotating), so bursts of other work on the machine hit all modes alike; a mode's time is
 the sum over batches of each batch's best round (every round's total is listed too).
 
+One torch thread by default (--threads): on a shared 2-core machine a two-thread pass stalls
+whenever other work takes a core (its rounds ran 0.7 to 4.3 s here), while one thread keeps
+its rounds within a few percent; the ratios are what this bench is for.
+
 - forward: `model(ids)`, no hooks.
 - harvest, early exit: `saescope.models.harvest.harvest` on the hook points; the pass stops
   once the last of them has fired, so the layers above never run.
@@ -120,6 +124,7 @@ def write_results(
     exit_gain = best["harvest, no early exit"] / best["harvest, early exit"]
     overhead = best["harvest, no early exit"] / best["forward"]
     skipped = info["n_layers"] - info["layers_run"]
+    threads = torch.get_num_threads()
     ideal = info["n_layers"] / info["layers_run"]
     lines = [
         "# Harvest speed",
@@ -133,9 +138,10 @@ def write_results(
         "layers run.",
         f"- Text: standard-library docstrings, {tokens:,} tokens in {info['contexts']} "
         f"contexts of {a.context}, batches of {a.batch}; float32, no gradients.",
-        f"- Machine: {_cpu_name()}, torch {torch.__version__} with {torch.get_num_threads()} "
-        f"threads, Python {platform.python_version()}; best of {a.rounds} rounds per batch, modes "
-        f"interleaved; load average (1 min) {info['load_before']:.1f} before, "
+        f"- Machine: {_cpu_name()}, torch {torch.__version__} with {threads} "
+        f"thread{'s' if threads > 1 else ''}, Python {platform.python_version()}; "
+        f"best of {a.rounds} rounds per batch, modes interleaved; load average (1 min) "
+        f"{info['load_before']:.1f} before, "
         f"{os.getloadavg()[0]:.1f} after (other work on the machine slows every mode alike).",
         "",
         "| mode | seconds (best) | tokens/s | speed vs forward | each round's total (s) |",
@@ -159,8 +165,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--hooks", nargs="+", default=["encoder.layer.2", "encoder.layer.4"])
     p.add_argument("--tokens", type=int, default=4096, help="tokens per pass (whole contexts)")
     p.add_argument("--context", type=int, default=128)
-    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--batch", type=int, default=4, help="contexts per batch (small: more samples)")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     p.add_argument("--out", type=Path, default=HERE / "HARVEST.md")
     return p.parse_args(argv)
 
@@ -183,6 +190,8 @@ def _layer_of(hook: str, paths: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     a = parse(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
     load_before = os.getloadavg()[0]
     start = time.perf_counter()
     model, tok = load_model(a.model)
