@@ -142,5 +142,7 @@ def test_smollm2_builds_its_cache_then_reloads_fast(tmp_path, monkeypatch, capfd
         assert ran == [0, 1, 2, 3]
         rows = next(harvest(model, ctx, ["model.layers.3"]))
         assert rows["model.layers.3"].shape == (7, 576)
+        same = downstream(model, ctx, "model.layers.3", lambda a: a)  # CE from `.logits`
+        assert same["ce_spliced"] == same["ce_clean"] < same["ce_zero"]
     finally:
         shutil.rmtree(tmp_path, ignore_errors=True)  # 538 MB
