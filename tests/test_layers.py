@@ -21,6 +21,7 @@ LAYERS = {
     "models": 1,
     "train": 2,
     "evaluate": 2,
+    "activations": 2,
     "steer": 3,
     "analysis": 3,
     "interop": 3,

@@ -18,10 +18,12 @@ from typing import Any
 
 import torch
 
+from saescope.activations import ModelBatches, harvest_to_cache, split, text_contexts
 from saescope.data import ActivationFile, SeedTask, SeedTaskConfig
+from saescope.data.cache import ActivationCache, CacheBatches, is_cache
 from saescope.data.stream import HELD_OUT_SEED_OFFSET
 from saescope.errors import ConfigError, SaescopeError
-from saescope.evaluate import evaluate
+from saescope.evaluate import evaluate, evaluate_in_model, plot_density
 from saescope.models import MODELS, describe_hooks, load_model
 from saescope.saes import ARCHITECTURES, SAE, load, make_sae
 from saescope.saes.io import CFG_FILE
@@ -113,15 +115,54 @@ def _arch_fields() -> dict[str, list[str]]:
 
 
 def _data_source(ns: argparse.Namespace, batch_size: int, seed: int):
-    """('synthetic', SeedTask) or ('file', ActivationFile) from --data."""
+    """The training stream: the synthetic task, an activation file or cache (--data), or a
+    model run on the fly (--model)."""
+    if getattr(ns, "model", None):
+        if ns.data != "synthetic":
+            raise ConfigError("give --model (harvest on the fly) or --data, not both")
+        model, tok = load_model(ns.model)
+        contexts, _ = text_contexts(model, tok, ns.text, ns.context)
+        return ModelBatches(model, split(contexts, "train"), _hook(ns), ns.target, batch_size, seed)
     if ns.data == "synthetic":
         return SeedTask(SeedTaskConfig(**_given(ns, SeedTaskConfig)), batch_size, seed)
+    if is_cache(ns.data):
+        return CacheBatches(ns.data, _hook(ns), ns.target, batch_size, seed)
     return ActivationFile(ns.data, batch_size, seed)
 
 
-def _data_meta(source: SeedTask | ActivationFile) -> dict[str, Any]:
+def _abs(paths: list[str] | None) -> list[str] | None:
+    """Text paths made absolute, so a run's evaluation finds them from any folder."""
+    return [str(Path(p).resolve()) for p in paths] if paths else None
+
+
+def _hook(ns: argparse.Namespace) -> str:
+    if not ns.hook:
+        raise ConfigError("give --hook, the hook point to train on (saescope hooks MODEL)")
+    return ns.hook
+
+
+def _data_meta(source: Any, ns: argparse.Namespace) -> dict[str, Any]:
     if isinstance(source, SeedTask):
         return {"kind": "synthetic", "task": dataclasses.asdict(source.cfg), "seed": source.seed}
+    if isinstance(source, ModelBatches | CacheBatches):
+        meta: dict[str, Any] = {"hook": ns.hook, "target": ns.target, "seed": source.seed}
+        if isinstance(source, CacheBatches):
+            src = source.cache.source
+            return {
+                "kind": "cache",
+                "path": str(source.cache.path),
+                **meta,
+                "model": src.get("model"),
+                "text": src.get("text"),
+                "context": src.get("context"),
+            }
+        return {
+            "kind": "model",
+            "model": ns.model,
+            "text": _abs(ns.text),
+            "context": ns.context,
+            **meta,
+        }
     return {"kind": "file", "path": str(source.path), "seed": source.seed}
 
 
@@ -139,11 +180,18 @@ def cmd_train(ns: argparse.Namespace) -> int:
             raise ConfigError(
                 f"--{name.replace('_', '-')} applies to {', '.join(archs)}, not {arch}"
             )
-    tcfg = TrainConfig(**_given(ns, TrainConfig))
-    source = _data_source(ns, ns.batch_size, tcfg.seed)
+    given = _given(ns, TrainConfig)
+    source = _data_source(ns, ns.batch_size, given.get("seed", 0))
+    if ns.tokens is not None:
+        if "steps" in given:
+            raise ConfigError("give --tokens or --steps, not both")
+        given["steps"] = max(1, -(-ns.tokens // _batch_tokens(source)))
+    tcfg = TrainConfig(**given)
     d_in = source.cfg.d_in if isinstance(source, SeedTask) else source.d_in
     d_out = d_in if isinstance(source, SeedTask) else source.d_out
-    transcoder = isinstance(source, ActivationFile) and source.y is not None
+    transcoder = (isinstance(source, ActivationFile) and source.y is not None) or bool(
+        getattr(ns, "target", None)
+    )
     sae_kw = _given(ns, cfg_cls, SAE_SHAPE_FIELDS)
     if isinstance(sae_kw.get("k"), float) and str(_field(cfg_cls, "k").type) == "int":
         if not sae_kw["k"].is_integer():
@@ -162,7 +210,7 @@ def cmd_train(ns: argparse.Namespace) -> int:
             **sae_kw,
         }
     )
-    meta = {"data": _data_meta(source)}
+    meta = {"data": _data_meta(source, ns)}
     result = train(sae, source, tcfg, ns.out, ns.resume, meta, overwrite=ns.overwrite)
     print(
         _table(
@@ -172,6 +220,13 @@ def cmd_train(ns: argparse.Namespace) -> int:
     )
     print(f"saved to {ns.out}")
     return 0
+
+
+def _batch_tokens(source: Any) -> int:
+    """Tokens per batch of a stream (a model's batches are whole contexts)."""
+    if isinstance(source, ModelBatches):
+        return source.contexts_per_batch * (source.contexts.shape[1] - 1)
+    return int(source.batch_size)
 
 
 def _run_saes(run: Path) -> list[tuple[str, Path]]:
@@ -185,14 +240,39 @@ def _run_saes(run: Path) -> list[tuple[str, Path]]:
     return [(p.name, p) for p in subs]
 
 
+def _eval_in_model(sae: SAE, meta: dict[str, Any], path: Path, ns) -> dict[str, Any]:
+    """Core metrics on held-out contexts of the run's text, plus CE loss recovered and KL."""
+    if not meta.get("model"):
+        raise ConfigError(f"{path}: the run does not name its model; evaluate with --data FILE")
+    model, tok = load_model(meta["model"])
+    contexts, _ = text_contexts(model, tok, meta.get("text"), meta["context"])
+    out = evaluate_in_model(
+        sae, model, split(contexts, "test"), meta["hook"], meta.get("target"), ns.tokens
+    )
+    density = out.pop("density")
+    out["density_plot"] = str(plot_density(density, path / "feature_density.png", path.name))
+    return out
+
+
 def _eval_one(sae: SAE, path: Path, ns: argparse.Namespace) -> dict[str, Any]:
     meta = json.loads((path / CFG_FILE).read_text()).get("metadata", {}).get("data", {})
+    if meta.get("kind") in ("model", "cache") and ns.data == "synthetic":
+        return _eval_in_model(sae, meta, path, ns)
     if ns.data == "synthetic":
         task_cfg = SeedTaskConfig(**{**meta.get("task", {}), **_given(ns, SeedTaskConfig)})
         source = SeedTask(
             task_cfg, min(ns.tokens, 8192), meta.get("seed", 0) + HELD_OUT_SEED_OFFSET
         )
         return evaluate(sae, source, ns.tokens, features=source.features)
+    if is_cache(ns.data):
+        hook = ns.hook or meta.get("hook")
+        if not hook:
+            raise ConfigError("give --hook, the cache's hook point to evaluate on")
+        cache = ActivationCache(ns.data)
+        target = ns.target or meta.get("target")
+        x = cache.head(hook, ns.tokens).float()
+        y = cache.head(target, ns.tokens).float() if target else x
+        return evaluate(sae, [(x, y)], ns.tokens)
     return evaluate(sae, [ActivationFile(ns.data).head(ns.tokens)], ns.tokens)
 
 
@@ -211,8 +291,12 @@ def cmd_eval(ns: argparse.Namespace) -> int:
             "dead_fraction",
             "relative_reconstruction_bias",
         ]
-        cols += [c for c in ("mmcs", "min_feature_cosine") if c in rows[0]]
+        extra = ("mmcs", "min_feature_cosine", "ce_loss_recovered", "kl_div")
+        cols += [c for c in extra if c in rows[0]]
         print(_table(rows, cols))
+        for row in rows:
+            if "density_plot" in row:
+                print(f"feature density histogram: {row['density_plot']}")
     return 0
 
 
@@ -237,9 +321,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--data",
         default="synthetic",
-        help="'synthetic' (the seed's ground-truth task) or a .npy/.safetensors file (N, d_in)",
+        help="'synthetic' (the seed's ground-truth task), a .npy/.safetensors file (N, d_in), "
+        "or an activation cache folder from saescope harvest (with --hook)",
     )
     t.add_argument("--out", required=True, type=Path, help="run folder (metrics, checkpoint, SAE)")
+    _model_args(t)
+    t.add_argument(
+        "--tokens", type=int, default=None, help="training tokens (sets --steps from the batch)"
+    )
     t.add_argument("--batch-size", type=int, default=1024, help="tokens per batch")
     t.add_argument(
         "--resume", action="store_true", help="continue from the run folder's checkpoint"
@@ -266,10 +355,33 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="evaluate a trained SAE")
     e.add_argument("run", help="run folder written by saescope train")
-    e.add_argument("--data", default="synthetic", help="'synthetic' or a .npy/.safetensors file")
+    e.add_argument(
+        "--data",
+        default="synthetic",
+        help="'synthetic', a .npy/.safetensors file or an activation cache folder; a run "
+        "trained on a model is evaluated on its held-out text (with CE loss recovered) by default",
+    )
+    e.add_argument("--hook", default=None, help="the cache's hook point (default: the run's)")
+    e.add_argument("--target", default=None, help="the cache's target hook for a transcoder")
     e.add_argument("--tokens", type=int, default=65_536, help="tokens to evaluate on")
     e.add_argument("--json", action="store_true", help="print one JSON object")
     add_config_args(e.add_argument_group("synthetic data options"), SeedTaskConfig)
+
+    hv = sub.add_parser(
+        "harvest", help="harvest a model's activations on text into an on-disk cache"
+    )
+    hv.add_argument("--model", required=True, help=_MODEL_HELP)
+    hv.add_argument(
+        "--hooks", nargs="+", required=True, help="hook points (PATH = output, PATH:in = input)"
+    )
+    hv.add_argument("--out", required=True, type=Path, help="cache folder (resumed if present)")
+    hv.add_argument("--text", nargs="+", default=None, help=_TEXT_HELP)
+    hv.add_argument("--context", type=int, default=128, help="tokens per context")
+    hv.add_argument(
+        "--tokens", type=int, default=None, help="tokens to harvest (default: all the text)"
+    )
+    hv.add_argument("--batch-size", type=int, default=32, help="contexts per forward pass")
+    hv.add_argument("--shard-contexts", type=int, default=256, help="contexts per shard file")
 
     h = sub.add_parser("hooks", help="list a model's hook points and their output shapes")
     h.add_argument("model", help=f"an embedded model: {', '.join(sorted(MODELS))}")
@@ -292,6 +404,42 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+_MODEL_HELP = (
+    f"an embedded model ({', '.join(sorted(MODELS))}) or a local Hugging Face model folder"
+)
+_TEXT_HELP = 'text files, folders or .jsonl ("text" per line); default: the installed corpus'
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("real model options (train on the fly, or from a cache with --data)")
+    g.add_argument("--model", default=None, help=_MODEL_HELP + "; harvests on the fly")
+    g.add_argument("--hook", default=None, help="hook point: PATH (output) or PATH:in (input)")
+    g.add_argument("--target", default=None, help="a transcoder's target hook (y); default: y = x")
+    g.add_argument("--text", nargs="+", default=None, help=_TEXT_HELP)
+    g.add_argument("--context", type=int, default=128, help="tokens per context")
+
+
+def cmd_harvest(ns: argparse.Namespace) -> int:
+    model, tok = load_model(ns.model)
+    contexts, fp = text_contexts(model, tok, ns.text, ns.context)
+    train_ctx = split(contexts, "train")
+    available = train_ctx.shape[0] * (ns.context - 1)
+    if ns.tokens is not None:
+        if ns.tokens > available:
+            print(f"note: the text gives {available} training tokens; harvesting all of them")
+        train_ctx = train_ctx[: -(-ns.tokens // (ns.context - 1))]
+    source = {"model": ns.model, "context": ns.context, "text": _abs(ns.text), "fingerprint": fp}
+    writer = harvest_to_cache(
+        model, train_ctx, ns.hooks, ns.out, source, ns.batch_size, ns.shard_contexts
+    )
+    cache = ActivationCache(ns.out)
+    print(
+        f"{cache.n_rows} tokens x {', '.join(f'{h} ({d})' for h, d in cache.hooks.items())} "
+        f"in {len(cache.shards)} shards at {ns.out} ({writer.contexts_done} contexts)"
+    )
+    return 0
+
+
 def cmd_hooks(ns: argparse.Namespace) -> int:
     model, _ = load_model(ns.model)
     ids = torch.zeros(1, 8, dtype=torch.long)  # any short context: shapes per token
@@ -307,7 +455,13 @@ def cmd_hooks(ns: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     ns = parser.parse_args(argv)
-    commands = {"train": cmd_train, "eval": cmd_eval, "demo": cmd_demo, "hooks": cmd_hooks}
+    commands = {
+        "train": cmd_train,
+        "eval": cmd_eval,
+        "demo": cmd_demo,
+        "hooks": cmd_hooks,
+        "harvest": cmd_harvest,
+    }
     try:
         return commands[ns.command](ns)
     except SaescopeError as e:

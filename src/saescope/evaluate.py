@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -10,6 +11,8 @@ from torch import Tensor
 
 from saescope import metrics
 from saescope.errors import InputError
+from saescope.models.downstream import downstream
+from saescope.models.harvest import Harvester, HookPoint
 from saescope.saes import SAE
 
 
@@ -19,6 +22,7 @@ def evaluate(
     batches: Iterable[tuple[Tensor, Tensor]],
     max_tokens: int = 65_536,
     features: Tensor | None = None,
+    keep_density: bool = False,
 ) -> dict[str, Any]:
     """Metrics over up to `max_tokens` tokens of (x, y) batches, with the SAE in eval mode.
 
@@ -61,8 +65,89 @@ def evaluate(
         "dead_fraction": metrics.dead_fraction(counts),
         "dense_fraction": metrics.dense_fraction(counts, n),
     }
+    if keep_density:
+        out["density"] = counts.float().cpu() / n
     if features is not None:
         best = metrics.max_cosine_per_feature(sae.W_dec.detach().cpu(), features.cpu())
         out["mmcs"] = float(best.mean())
         out["min_feature_cosine"] = float(best.min())
+    return out
+
+
+def plot_density(density: Tensor, path: str | Path, title: str = "") -> Path:
+    """A histogram of log10 feature density (dead latents counted apart) saved as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    live = density[density > 0]
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    if live.numel():
+        ax.hist(torch.log10(live).numpy(), bins=50, color="#3a6ea5")
+    dead = int((density == 0).sum())
+    ax.set_xlabel("log10 firing frequency (fraction of held-out tokens)")
+    ax.set_ylabel("latents")
+    ax.set_title(f"{title}  ({dead} of {density.numel()} latents never fired)".strip())
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def _held_out_batches(
+    model: torch.nn.Module, contexts: Tensor, x_hook: str, y_hook: str | None, max_tokens: int
+) -> Iterable[tuple[Tensor, Tensor]]:
+    grab = Harvester(model, [x_hook] + ([y_hook] if y_hook else []))
+    n = 0
+    for i in range(0, contexts.shape[0], 32):
+        acts = grab(contexts[i : i + 32])
+        x = acts[x_hook][:, 1:].reshape(-1, acts[x_hook].shape[-1])
+        y = acts[y_hook][:, 1:].reshape(-1, acts[y_hook].shape[-1]) if y_hook else x
+        yield x, y
+        n += x.shape[0]
+        if n >= max_tokens:
+            return
+
+
+@torch.no_grad()
+def evaluate_in_model(
+    sae: SAE,
+    model: torch.nn.Module,
+    contexts: Tensor,
+    x_hook: str,
+    y_hook: str | None = None,
+    max_tokens: int = 65_536,
+) -> dict[str, Any]:
+    """The core metrics over up to `max_tokens` held-out tokens of `contexts`, plus the
+    downstream numbers with the SAE's reconstruction spliced in at the hook (for a
+    transcoder, x_hook `M:in` and y_hook `M`: the SAE replaces module M): ce_clean,
+    ce_spliced, ce_zero (the hook zero-ablated), ce_loss_recovered and kl_div, over the
+    contexts that hold those tokens. Also `density` (see `evaluate`)."""
+    out = evaluate(
+        sae,
+        _held_out_batches(model, contexts, x_hook, y_hook, max_tokens),
+        max_tokens,
+        keep_density=True,
+    )
+    if y_hook is not None and HookPoint.parse(x_hook) != HookPoint(
+        HookPoint.parse(y_hook).path, "in"
+    ):
+        out["downstream"] = "skipped: a transcoder spliced in needs x_hook M:in and y_hook M"
+        return out
+    n_ctx = -(-out["n_tokens"] // (contexts.shape[1] - 1))
+    was_training = sae.training
+    sae.eval()
+
+    def reconstruct(x: Tensor) -> Tensor:
+        return sae(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], sae.cfg.d_out)
+
+    try:
+        out.update(downstream(model, contexts[:n_ctx], x_hook, reconstruct, keep_first=True))
+    finally:
+        sae.train(was_training)
     return out

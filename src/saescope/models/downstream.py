@@ -28,14 +28,21 @@ Replacement = Callable[[Tensor], Tensor]
 
 
 @contextmanager
-def spliced(model: nn.Module, replace: dict[str, Replacement]) -> Iterator[None]:
-    """Within the block, the model runs with each hook point's activation replaced."""
+def spliced(
+    model: nn.Module, replace: dict[str, Replacement], keep_first: bool = False
+) -> Iterator[None]:
+    """Within the block, the model runs with each hook point's activation replaced; with
+    keep_first, position 0 keeps its clean value (it has no left context, and is dropped
+    from harvested activations, so an SAE never saw it)."""
     handles = []
     for spec, fn in replace.items():
         point = HookPoint.parse(spec)
 
         def swap(_m: nn.Module, args: Any, out: Tensor, fn: Replacement = fn, p=point) -> Tensor:
-            return fn(args[0] if p.side == "in" else out).to(out.dtype)
+            new = fn(args[0] if p.side == "in" else out).to(out.dtype)
+            if keep_first:
+                new = torch.cat((out[:, :1], new[:, 1:]), dim=1)
+            return new
 
         handles.append(find_module(model, point.path).register_forward_hook(swap))
     try:
@@ -71,17 +78,19 @@ def downstream(
     hook: str,
     reconstruct: Replacement,
     batch_size: int = 32,
+    keep_first: bool = False,
 ) -> dict[str, float]:
     """Mean next-token CE clean, with `reconstruct` spliced in at `hook`, and with the hook
-    zero-ablated; CE loss recovered; and the mean KL(clean || spliced) per predicted token."""
+    zero-ablated; CE loss recovered; and the mean KL(clean || spliced) per predicted token.
+    keep_first: position 0 stays clean in both (see `spliced`)."""
     sums = {"ce_clean": 0.0, "ce_spliced": 0.0, "ce_zero": 0.0, "kl_div": 0.0}
     n = 0
     for i in range(0, contexts.shape[0], batch_size):
         ids = contexts[i : i + batch_size]
         clean = _logits(model, ids)
-        with spliced(model, {hook: reconstruct}):
+        with spliced(model, {hook: reconstruct}, keep_first):
             patched = _logits(model, ids)
-        with spliced(model, {hook: torch.zeros_like}):
+        with spliced(model, {hook: torch.zeros_like}, keep_first):
             zero = _logits(model, ids)
         sums["ce_clean"] += float(_ce(clean, ids))
         sums["ce_spliced"] += float(_ce(patched, ids))

@@ -108,10 +108,12 @@ def harvest(
     batch_size: int = 32,
     drop_first: bool = True,
     early_exit: bool = True,
+    first_context: int = 0,
 ) -> Iterator[dict[str, Tensor]]:
-    """Batches of activations: per batch of contexts, {hook spec: (n, d)} plus "tokens" and
-    "positions" (n,), one row per kept token (the first position of each context dropped
-    when drop_first). early_exit=False runs every forward pass to the end."""
+    """Batches of activations: per batch of contexts, {hook spec: (n, d)} plus "tokens",
+    "positions" and "contexts" (n,), one row per kept token (the first position of each
+    context dropped when drop_first; a row's context index counts from `first_context`).
+    early_exit=False runs every forward pass to the end."""
     grab = Harvester(model, hooks, early_exit)
     start = 1 if drop_first else 0
     for i in range(0, contexts.shape[0], batch_size):
@@ -121,4 +123,6 @@ def harvest(
         out = {k: v[:, start:].reshape(b * (t - start), -1) for k, v in acts.items()}
         out["tokens"] = ids[:, start:].reshape(-1)
         out["positions"] = torch.arange(start, t).repeat(b)
+        first = first_context + i
+        out["contexts"] = torch.arange(first, first + b).repeat_interleave(t - start)
         yield out

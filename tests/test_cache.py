@@ -1,0 +1,223 @@
+"""The activation cache: shards and manifest, memory-mapped reads, the shuffling reader, a
+harvest killed and resumed, the held-out split, and the text sources."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from saescope.activations import ModelBatches, harvest_to_cache, split, text_contexts
+from saescope.data.cache import MANIFEST, ActivationCache, CacheBatches, CacheWriter
+from saescope.data.corpus import read_texts
+from saescope.errors import ConfigError, InputError
+from saescope.models import load_model
+from saescope.models.harvest import harvest
+
+TEXT = (
+    "Alice was beginning to get very tired of sitting by her sister on the bank, and of having "
+    "nothing to do: once or twice she had peeped into the book her sister was reading, but it "
+    "had no pictures or conversations in it, 'and what is the use of a book,' thought Alice "
+    "'without pictures or conversations?' "
+) * 30
+
+
+@pytest.fixture(scope="module")
+def glass():
+    return load_model("glassllm")
+
+
+@pytest.fixture
+def text_file(tmp_path):
+    p = tmp_path / "alice.txt"
+    p.write_text(TEXT)
+    return p
+
+
+def _contexts(glass, text_file, context=32):
+    model, tok = glass
+    return text_contexts(model, tok, [text_file], context)
+
+
+def test_cache_holds_what_harvest_gives_and_maps_it(glass, text_file, tmp_path):
+    model, _ = glass
+    contexts, fp = _contexts(glass, text_file)
+    hooks = ["layers.1", "layers.1.mlp:in"]
+    harvest_to_cache(model, contexts, hooks, tmp_path / "c", {"fingerprint": fp}, 4, 6, False)
+    cache = ActivationCache(tmp_path / "c")
+    assert cache.hooks == {"layers.1": 128, "layers.1.mlp:in": 128}
+    assert cache.n_rows == contexts.shape[0] * 31
+    assert len(cache.shards) == -(-contexts.shape[0] // 8)  # 6 contexts fill at the 2nd batch
+    direct = next(harvest(model, contexts, hooks, batch_size=contexts.shape[0]))
+    got = torch.cat([torch.from_numpy(np.array(cache.rows("layers.1", s))) for s in range(3)])
+    assert isinstance(cache.rows("layers.1", 0), np.memmap)
+    torch.testing.assert_close(got, direct["layers.1"][: got.shape[0]])
+    assert torch.equal(cache.head("tokens", 100), direct["tokens"][:100])
+    assert torch.equal(
+        cache.head("positions", 40)[:32], torch.cat([torch.arange(1, 32), torch.tensor([1])])
+    )
+    ctx_of_row = cache.head("contexts", cache.n_rows)
+    assert torch.equal(ctx_of_row, torch.arange(contexts.shape[0]).repeat_interleave(31))
+
+
+def test_shuffling_reader_covers_each_row_once_per_epoch_and_is_a_function_of_i(
+    glass, text_file, tmp_path
+):
+    model, _ = glass
+    contexts, fp = _contexts(glass, text_file)
+    harvest_to_cache(
+        model, contexts, ["layers.0"], tmp_path / "c", {"fingerprint": fp}, 4, 4, False
+    )
+    cache = ActivationCache(tmp_path / "c")
+    all_rows = cache.head("layers.0", cache.n_rows)
+    # Tiny chunks and windows so an epoch spans many windows and batches cross them.
+    rd = CacheBatches(cache, "layers.0", batch_size=31, seed=3, buffer_mb=0.05, chunk_rows=50)
+    assert rd.window_rows < cache.n_rows // 4
+    epoch = torch.cat([rd.batch(i)[0] for i in range(rd.per_epoch)])
+    assert epoch.shape[0] == rd.per_epoch * 31 == cache.n_rows  # 31 divides the row count
+    key = lambda t: sorted(map(tuple, t[:, :4].tolist()))  # noqa: E731
+    assert key(epoch) == key(all_rows)  # every row exactly once
+    assert not torch.equal(epoch, all_rows)  # and shuffled
+    again = CacheBatches(cache, "layers.0", batch_size=31, seed=3, buffer_mb=0.05, chunk_rows=50)
+    for i in (rd.per_epoch + 5, 7, 0):  # any order, across an epoch boundary
+        assert torch.equal(again.batch(i)[0], rd.batch(i)[0])
+    nxt = torch.cat([rd.batch(rd.per_epoch + i)[0] for i in range(rd.per_epoch)])
+    assert not torch.equal(nxt, epoch) and key(nxt) == key(epoch)  # epoch 2: a new order
+
+
+def test_transcoder_pairs_stay_aligned(glass, text_file, tmp_path):
+    model, _ = glass
+    contexts, fp = _contexts(glass, text_file)
+    hooks = ["layers.2.mlp:in", "layers.2.mlp"]
+    harvest_to_cache(model, contexts, hooks, tmp_path / "c", {"fingerprint": fp}, 8, 8, False)
+    rd = CacheBatches(tmp_path / "c", *hooks, batch_size=64, buffer_mb=0.1, chunk_rows=40)
+    x, y = rd.batch(3)
+    with torch.no_grad():
+        torch.testing.assert_close(model.layers[2].mlp(x), y, atol=1e-5, rtol=1e-5)
+
+
+def test_a_different_source_is_refused_and_missing_hooks_are_named(glass, text_file, tmp_path):
+    model, _ = glass
+    contexts, fp = _contexts(glass, text_file)
+    harvest_to_cache(model, contexts[:8], ["layers.0"], tmp_path / "c", {"f": fp}, 4, 4, False)
+    with pytest.raises(ConfigError, match="holds a cache of"):
+        harvest_to_cache(model, contexts, ["layers.1"], tmp_path / "c", {"f": fp}, 4, 4, False)
+    with pytest.raises(ConfigError, match=r"not in the cache .* it holds layers.0"):
+        CacheBatches(tmp_path / "c", "layers.3")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "x.txt").write_text("x")
+    with pytest.raises(ConfigError, match="not an activation cache"):
+        CacheWriter(tmp_path / "other", {})
+
+
+def test_growing_a_cache_appends_only_the_new_contexts(glass, text_file, tmp_path):
+    model, _ = glass
+    contexts, fp = _contexts(glass, text_file)
+    src = {"fingerprint": fp}
+    harvest_to_cache(model, contexts[:8], ["layers.0"], tmp_path / "c", src, 4, 4, False)
+    first = (tmp_path / "c" / "shard-000000.safetensors").stat().st_mtime_ns
+    w = harvest_to_cache(model, contexts, ["layers.0"], tmp_path / "c", src, 4, 4, False)
+    assert w.contexts_done == contexts.shape[0]
+    assert (tmp_path / "c" / "shard-000000.safetensors").stat().st_mtime_ns == first
+    whole = next(harvest(model, contexts, ["layers.0"], batch_size=contexts.shape[0]))
+    torch.testing.assert_close(
+        ActivationCache(tmp_path / "c").head("layers.0", 10**6), whole["layers.0"]
+    )
+
+
+def test_a_killed_harvest_resumes_and_never_reads_a_half_written_shard(tmp_path):
+    """SIGKILL `saescope harvest` mid-way, leave a torn shard file behind, resume: the cache
+    equals an uninterrupted harvest."""
+    text = tmp_path / "t.txt"
+    text.write_text(TEXT * 6)
+    cmd = [
+        sys.executable,
+        "-m",
+        "saescope.cli",
+        "harvest",
+        "--model",
+        "glassllm",
+        "--hooks",
+        "layers.1",
+        "--text",
+        str(text),
+        "--context",
+        "16",
+        "--batch-size",
+        "2",
+        "--shard-contexts",
+        "4",
+    ]
+    proc = subprocess.Popen(
+        [*cmd, "--out", str(tmp_path / "k")], stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL
+    )
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        m = tmp_path / "k" / MANIFEST
+        if m.is_file() and len(json.loads(m.read_text())["shards"]) >= 3:
+            break
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = json.loads((tmp_path / "k" / MANIFEST).read_text())["shards"]
+    assert 3 <= len(done) and done[-1]["n_contexts"] == 4
+    torn = tmp_path / "k" / f"shard-{len(done):06d}.safetensors"
+    torn.write_bytes(b'\x10\x00\x00\x00\x00\x00\x00\x00{"a')  # what a crash could leave
+    cache = ActivationCache(tmp_path / "k")  # reads only the listed shards
+    assert len(cache.shards) == len(done)
+    CacheBatches(cache, "layers.1", batch_size=16).batch(0)
+    subprocess.run([*cmd, "--out", str(tmp_path / "k")], check=True, capture_output=True)
+    subprocess.run([*cmd, "--out", str(tmp_path / "ref")], check=True, capture_output=True)
+    a, b = ActivationCache(tmp_path / "k"), ActivationCache(tmp_path / "ref")
+    assert a.n_rows == b.n_rows and len(a.shards) == len(b.shards)
+    for s in range(len(a.shards)):
+        ta = load_file(tmp_path / "k" / a.shards[s]["file"])
+        tb = load_file(tmp_path / "ref" / b.shards[s]["file"])
+        assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
+
+
+def test_split_holds_out_every_twentieth_context():
+    ctx = torch.arange(100).view(50, 2)
+    train, test = split(ctx, "train"), split(ctx, "test")
+    assert test[:, 0].tolist() == [38, 78] and train.shape[0] == 48
+    assert not set(train[:, 0].tolist()) & set(test[:, 0].tolist())
+    with pytest.raises(InputError, match="too few for a test split"):
+        split(ctx[:10], "test")
+
+
+def test_model_batches_are_whole_training_contexts(glass, text_file):
+    model, _ = glass
+    contexts, _ = _contexts(glass, text_file)
+    mb = ModelBatches(model, contexts, "layers.2", batch_size=100, seed=1)
+    assert mb.contexts_per_batch == 3 and mb.d_in == 128
+    x, y = mb.batch(1)
+    assert x.shape == (93, 128) and y is x
+    torch.testing.assert_close(mb.batch(1)[0], x)
+
+
+def test_text_sources_files_folders_jsonl_and_errors(tmp_path):
+    (tmp_path / "d" / "sub").mkdir(parents=True)
+    (tmp_path / "d" / "a.txt").write_text("one")
+    (tmp_path / "d" / "sub" / "b.md").write_text("two")
+    (tmp_path / "d" / "c.jsonl").write_text('{"text": "three"}\n\n{"text": "four"}\n')
+    assert read_texts([tmp_path / "d"]) == ["one", "three", "four", "two"]
+    (tmp_path / "bad.jsonl").write_text('{"body": 1}\n')
+    with pytest.raises(InputError, match=r'bad.jsonl:1: expected an object with a "text"'):
+        read_texts([tmp_path / "bad.jsonl"])
+    (tmp_path / "empty.txt").write_text("  \n")
+    with pytest.raises(InputError, match="the corpus is empty"):
+        read_texts([tmp_path / "empty.txt"])
+    with pytest.raises(InputError, match="no such file or folder"):
+        read_texts([tmp_path / "nope.txt"])
+
+
+def test_default_corpus_is_installed_with_its_licence():
+    docs = read_texts(None)
+    assert len(docs) >= 40 and sum(map(len, docs)) > 5_000_000
+    assert any("To be, or not to be" in d for d in docs)
