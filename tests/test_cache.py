@@ -169,12 +169,15 @@ def test_a_killed_harvest_resumes_and_never_reads_a_half_written_shard(tmp_path)
     assert 3 <= len(done) and done[-1]["n_contexts"] == 4
     torn = tmp_path / "k" / f"shard-{len(done):06d}.safetensors"
     torn.write_bytes(b'\x10\x00\x00\x00\x00\x00\x00\x00{"a')  # what a crash could leave
+    stale = tmp_path / "k" / f".{torn.name}.x1.tmp"
+    stale.write_bytes(b"partial")
     cache = ActivationCache(tmp_path / "k")  # reads only the listed shards
     assert len(cache.shards) == len(done)
     CacheBatches(cache, "layers.1", batch_size=16).batch(0)
     subprocess.run([*cmd, "--out", str(tmp_path / "k")], check=True, capture_output=True)
     subprocess.run([*cmd, "--out", str(tmp_path / "ref")], check=True, capture_output=True)
     a, b = ActivationCache(tmp_path / "k"), ActivationCache(tmp_path / "ref")
+    assert not stale.exists()
     assert a.n_rows == b.n_rows and len(a.shards) == len(b.shards)
     for s in range(len(a.shards)):
         ta = load_file(tmp_path / "k" / a.shards[s]["file"])

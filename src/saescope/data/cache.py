@@ -86,6 +86,8 @@ class CacheWriter:
                 "shards": [],
             }
         self.shard_contexts = int(self.manifest["shard_contexts"])
+        for leftover in self.path.glob(".shard-*.tmp"):  # a write a kill interrupted
+            leftover.unlink(missing_ok=True)
         self._parts: list[dict[str, Tensor]] = []
         self._pending = 0
 
