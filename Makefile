@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Dev installs pin the CPU build of torch; the library itself declares a range.
 TORCH_PIN := torch==2.13.0
 
-.PHONY: demo test lint bench bench-harvest clean corpus
+.PHONY: demo test lint bench bench-harvest bench-cache clean corpus
 
 $(BIN)/saescope: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -37,6 +37,12 @@ bench: $(BIN)/saescope
 # writes bench/HARVEST.md. About a minute.
 bench-harvest: $(BIN)/saescope
 	$(BIN)/python bench/harvest.py
+
+# Peak RSS of the shuffling cache reader (CacheBatches) on a ~200 MB and a ~2 GB cache of
+# random rows built in a temp folder (removed after; DIR=... to put it elsewhere), against a
+# naive memmap reader and loading everything; writes bench/CACHE.md. About a minute.
+bench-cache: $(BIN)/saescope
+	$(BIN)/python bench/cache_rss.py $(if $(DIR),--dir $(DIR))
 
 lint: $(BIN)/saescope
 	$(BIN)/ruff check .
