@@ -324,13 +324,12 @@ def write_results(path: Path, a: argparse.Namespace, info: dict, results: list[d
         )
     if ("windowed", "large") in by:
         lines.append(
-            "- So `CacheBatches` holds two windows between loads, as its docstring says, but "
-            "peaks at about four while loading one: `_window` evicts the oldest cached window "
-            "only after the new one is stored, and `_load` holds the chunk reads and their "
-            "np.concatenate at once (then `x[perm]` holds the concatenation and its permuted "
-            "copy). A window also overshoots `buffer_mb` by up to one chunk when the epoch's "
-            "chunk order puts a shard's short last chunk in it. None of this grows with the "
-            "cache."
+            "- `CacheBatches` frees the oldest window before reading a new one into one array, "
+            "keeps at most two, and gathers each batch through the window's permutation (the "
+            "peaks above also count the batches in flight). A window "
+            "overshoots `buffer_mb` by up "
+            "to one chunk when the epoch's chunk order puts a shard's short last chunk in it. "
+            "None of this grows with the cache."
         )
     if ("memmap", "small") in by and ("memmap", "large") in by:
         s, g = by[("memmap", "small")], by[("memmap", "large")]

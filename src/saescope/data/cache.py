@@ -13,16 +13,15 @@ it: ask for more tokens.
 Reading: `ActivationCache.rows` memory-maps one shard's tensor (the safetensors header gives
 its offset; nothing is unpickled). `CacheBatches` is the shuffling reader for training: each
 epoch permutes fixed-size chunks of rows across all shards, reads a window of chunks (about
-`buffer_mb` of rows) into memory at a time and permutes the rows inside it, so memory is
-bounded by two windows whatever the cache's size; batch i is a pure function of (seed, i), so
-training resumes anywhere.
+`buffer_mb` of rows) into memory at a time and draws each batch through a permutation of
+the rows inside it, so memory is bounded by two windows whatever the cache's size; batch i
+is a pure function of (seed, i), so training resumes anywhere.
 """
 
 from __future__ import annotations
 
 import bisect
 import json
-import math
 import struct
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -213,15 +212,22 @@ class ActivationCache:
         path = self.path / self.shards[shard]["file"]
         return np.memmap(path, dtype=e.dtype, mode="r", offset=e.offset, shape=e.shape)
 
-    def read(self, name: str, shard: int, start: int, stop: int) -> np.ndarray:
+    def read(
+        self, name: str, shard: int, start: int, stop: int, out: np.ndarray | None = None
+    ) -> np.ndarray:
         """Rows [start, stop) of one shard's tensor, read into private memory (no mapping
-        stays behind, so the process's memory does not grow with the pages read)."""
+        stays behind, so the process's memory does not grow with the pages read); into `out`
+        (C-contiguous, the tensor's dtype) when given."""
         e = self._entry(shard, name)
-        width = math.prod(e.shape[1:])
-        with open(self.path / self.shards[shard]["file"], "rb") as fh:
-            fh.seek(e.offset + start * width * e.dtype.itemsize)
-            out = np.fromfile(fh, dtype=e.dtype, count=(stop - start) * width)
-        return out.reshape(stop - start, *e.shape[1:])
+        if out is None:
+            out = np.empty((stop - start, *e.shape[1:]), dtype=e.dtype)
+        path = self.path / self.shards[shard]["file"]
+        with open(path, "rb") as fh:
+            fh.seek(e.offset + start * out[:1].nbytes)
+            got = fh.readinto(memoryview(out).cast("B"))
+        if got != out.nbytes:
+            raise FormatError(f"{path}: truncated ({got} of {out.nbytes} bytes); harvest again")
+        return out
 
     def head(self, name: str, n: int) -> Tensor:
         """The first n rows of a tensor across shards, in order."""
@@ -271,7 +277,9 @@ class CacheBatches(IndexedBatches):
         ]
         row_bytes = 4 * (self.d_in + (self.d_out if y_hook else 0))
         self.window_rows = max(batch_size, int(buffer_mb * 2**20 / row_bytes))
-        self._windows: OrderedDict[tuple[int, int], tuple[Tensor, Tensor | None]] = OrderedDict()
+        self._windows: OrderedDict[tuple[int, int], tuple[Tensor, Tensor | None, Tensor]] = (
+            OrderedDict()
+        )
         self._plans: OrderedDict[int, tuple[list[list[int]], list[int]]] = OrderedDict()
 
     @property
@@ -303,20 +311,26 @@ class CacheBatches(IndexedBatches):
         return self._plans[epoch]
 
     def _load(self, name: str, chunk_ids: Sequence[int]) -> Tensor:
-        parts = [self.cache.read(name, *self.chunks[c]) for c in chunk_ids]
-        return torch.from_numpy(np.concatenate(parts)).float()
+        """The chunks' rows, read one after another into one array."""
+        sizes = [self.chunks[c][2] - self.chunks[c][1] for c in chunk_ids]
+        out = np.empty((sum(sizes), self.cache.d(name)), dtype=np.float32)
+        at = 0
+        for c, n in zip(chunk_ids, sizes, strict=True):
+            self.cache.read(name, *self.chunks[c], out=out[at : at + n])
+            at += n
+        return torch.from_numpy(out)
 
-    def _window(self, epoch: int, w: int) -> tuple[Tensor, Tensor | None]:
+    def _window(self, epoch: int, w: int) -> tuple[Tensor, Tensor | None, Tensor]:
+        """Window w of an epoch: its rows (x, y) in chunk order and their permutation."""
         key = (epoch, w)
         if key not in self._windows:
+            while len(self._windows) >= 2:  # room first: never more than two windows held
+                self._windows.popitem(last=False)
             chunk_ids = self._plan(epoch)[0][w]
             x = self._load(self.x_hook, chunk_ids)
+            y = self._load(self.y_hook, chunk_ids) if self.y_hook else None
             gen = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 1_000_003 + w)
-            perm = torch.randperm(x.shape[0], generator=gen)
-            y = self._load(self.y_hook, chunk_ids)[perm] if self.y_hook else None
-            self._windows[key] = (x[perm], y)
-            while len(self._windows) > 2:
-                self._windows.popitem(last=False)
+            self._windows[key] = (x, y, torch.randperm(x.shape[0], generator=gen))
         return self._windows[key]
 
     def batch(self, i: int) -> tuple[Tensor, Tensor]:
@@ -326,11 +340,12 @@ class CacheBatches(IndexedBatches):
         xs, ys = [], []
         w = bisect.bisect_right(starts, lo) - 1
         while lo < hi:
-            x, y = self._window(epoch, w)
+            x, y, perm = self._window(epoch, w)
             a = lo - starts[w]
             b = min(hi - starts[w], x.shape[0])
-            xs.append(x[a:b])
-            ys.append(y[a:b] if y is not None else None)
+            idx = perm[a:b]
+            xs.append(x[idx])
+            ys.append(y[idx] if y is not None else None)
             lo += b - a
             w += 1
         x = xs[0] if len(xs) == 1 else torch.cat(xs)
