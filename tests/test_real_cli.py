@@ -191,3 +191,21 @@ def test_train_needs_a_source_and_refuses_both(tmp_path, capsys, argv):
         ],
     )
     assert "not both" in msg
+
+
+def test_an_encoder_trains_on_the_fly_and_evaluates_without_downstream(tmp_path, capsys):
+    text = tmp_path / "t.txt"
+    text.write_text(
+        "The Caterpillar and Alice looked at each other for some time in silence. " * 60
+    )
+    run = tmp_path / "mini"
+    argv = ["train", "--arch", "topk", "--k", "8", "--model", "minilm", "--hook",
+            "encoder.layer.2", "--text", str(text), "--context", "32", "--batch-size", "124",
+            "--steps", "4", "--out", str(run), "--progress", "false"]  # fmt: skip
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main(["eval", str(run), "--tokens", "124", "--json"]) == 0
+    m = _json(capsys)
+    assert m["n_tokens"] == 31 and m["l0"] <= 8  # the held-out split: 1 context of 31 tokens
+    assert m["downstream"].startswith("skipped: BertModel gives no next-token logits")
+    assert "ce_loss_recovered" not in m

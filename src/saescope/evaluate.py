@@ -11,7 +11,7 @@ from torch import Tensor
 
 from saescope import metrics
 from saescope.errors import InputError
-from saescope.models.downstream import downstream
+from saescope.models.downstream import downstream, gives_logits
 from saescope.models.harvest import Harvester, HookPoint
 from saescope.saes import SAE
 
@@ -134,6 +134,9 @@ def evaluate_in_model(
         max_tokens,
         keep_density=True,
     )
+    if not gives_logits(model, contexts):
+        out["downstream"] = f"skipped: {type(model).__name__} gives no next-token logits"
+        return out
     if y_hook is not None and HookPoint.parse(x_hook) != HookPoint(
         HookPoint.parse(y_hook).path, "in"
     ):

@@ -65,6 +65,16 @@ def _logits(model: nn.Module, ids: Tensor) -> Tensor:
     return logits
 
 
+@torch.no_grad()
+def gives_logits(model: nn.Module, ids: Tensor) -> bool:
+    """Whether the model maps ids to next-token logits (a causal LM, not an encoder)."""
+    try:
+        _logits(model, ids[:1, :2])
+    except ConfigError:
+        return False
+    return True
+
+
 def _ce(logits: Tensor, ids: Tensor) -> Tensor:
     """Summed next-token cross-entropy: position t predicts ids[:, t + 1]."""
     pred = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
