@@ -224,3 +224,45 @@ def test_default_corpus_is_installed_with_its_licence():
     docs = read_texts(None)
     assert len(docs) >= 40 and sum(map(len, docs)) > 5_000_000
     assert any("To be, or not to be" in d for d in docs)
+
+
+class _Interrupted:
+    """A stream that dies after `n` batches (as a killed run would), then resumes whole."""
+
+    def __init__(self, stream, n):
+        self.stream, self.n = stream, n
+
+    def iter_from(self, start):
+        for i, b in enumerate(self.stream.iter_from(start)):
+            if self.n is not None and i == self.n:
+                self.n = None
+                raise KeyboardInterrupt
+            yield b
+
+
+@pytest.mark.parametrize("source", ["cache", "model"])
+def test_training_on_a_cache_or_a_model_resumes_bitwise(glass, text_file, tmp_path, source):
+    from saescope.saes import make_sae
+    from saescope.train import TrainConfig, train
+
+    model, _ = glass
+    contexts, fp = _contexts(glass, text_file)
+    if source == "cache":
+        harvest_to_cache(model, contexts, ["layers.1"], tmp_path / "c", {"f": fp}, 4, 4, False)
+        stream = CacheBatches(
+            tmp_path / "c", "layers.1", batch_size=62, buffer_mb=0.1, chunk_rows=50
+        )
+    else:
+        stream = ModelBatches(model, contexts, "layers.1", batch_size=62)
+    cfg = TrainConfig(steps=30, checkpoint_every=10, init_samples=124, progress=False)
+    runs = {}
+    for name, n in (("whole", None), ("killed", 17)):
+        torch.manual_seed(0)
+        sae = make_sae({"architecture": "topk", "d_in": 128, "d_sae": 256, "k": 8})
+        wrapped = _Interrupted(stream, n)
+        try:
+            train(sae, wrapped, cfg, tmp_path / name)
+        except KeyboardInterrupt:
+            train(sae, wrapped, cfg, tmp_path / name, resume=True)
+        runs[name] = load_file(tmp_path / name / "sae_weights.safetensors")
+    assert all(torch.equal(runs["whole"][k], runs["killed"][k]) for k in runs["whole"])

@@ -384,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     hv.add_argument("--shard-contexts", type=int, default=256, help="contexts per shard file")
 
     h = sub.add_parser("hooks", help="list a model's hook points and their output shapes")
-    h.add_argument("model", help=f"an embedded model: {', '.join(sorted(MODELS))}")
+    h.add_argument("model", help=_MODEL_HELP)
 
     d = sub.add_parser(
         "demo", help="run every experiment of the seed and write runs/demo/report.html"
