@@ -22,7 +22,7 @@ import os, signal, sys, time, torch
 from saescope.data import SeedTask, SeedTaskConfig
 from saescope.saes import make_sae
 from saescope.train import TrainConfig, train
-import saescope.saes.io as io
+import saescope.atomic as io
 
 out, mode = sys.argv[1], sys.argv[2]
 torch.manual_seed(0)

@@ -135,6 +135,11 @@ def _abs(paths: list[str] | None) -> list[str] | None:
     return [str(Path(p).resolve()) for p in paths] if paths else None
 
 
+def _model_ref(name: str) -> str:
+    """A model's name, or its folder made absolute (for a later eval from anywhere)."""
+    return name if name in MODELS else str(Path(name).expanduser().resolve())
+
+
 def _hook(ns: argparse.Namespace) -> str:
     if not ns.hook:
         raise ConfigError("give --hook, the hook point to train on (saescope hooks MODEL)")
@@ -158,7 +163,7 @@ def _data_meta(source: Any, ns: argparse.Namespace) -> dict[str, Any]:
             }
         return {
             "kind": "model",
-            "model": ns.model,
+            "model": _model_ref(ns.model),
             "text": _abs(ns.text),
             "context": ns.context,
             **meta,
@@ -428,7 +433,12 @@ def cmd_harvest(ns: argparse.Namespace) -> int:
         if ns.tokens > available:
             print(f"note: the text gives {available} training tokens; harvesting all of them")
         train_ctx = train_ctx[: -(-ns.tokens // (ns.context - 1))]
-    source = {"model": ns.model, "context": ns.context, "text": _abs(ns.text), "fingerprint": fp}
+    source = {
+        "model": _model_ref(ns.model),
+        "context": ns.context,
+        "text": _abs(ns.text),
+        "fingerprint": fp,
+    }
     writer = harvest_to_cache(
         model, train_ctx, ns.hooks, ns.out, source, ns.batch_size, ns.shard_contexts
     )
