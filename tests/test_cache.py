@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from saescope.activations import ModelBatches, harvest_to_cache, split, text_contexts
 from saescope.data.cache import MANIFEST, ActivationCache, CacheBatches, CacheWriter
-from saescope.data.corpus import read_texts
+from saescope.data.corpus import default_dir, read_texts
 from saescope.errors import ConfigError, InputError
 from saescope.models import load_model
 from saescope.models.harvest import harvest
@@ -222,6 +222,7 @@ def test_text_sources_files_folders_jsonl_and_errors(tmp_path):
 
 def test_default_corpus_is_installed_with_its_licence():
     docs = read_texts(None)
+    assert "public domain" in (default_dir() / "LICENCE.txt").read_text()
     assert len(docs) >= 40 and sum(map(len, docs)) > 5_000_000
     assert any("To be, or not to be" in d for d in docs)
 

