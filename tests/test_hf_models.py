@@ -131,12 +131,15 @@ def test_smollm2_builds_its_cache_then_reloads_fast(tmp_path, monkeypatch, capfd
         model, tok = load_model("smollm2")
         seconds = time.perf_counter() - start
         assert len(from_gguf) == 1 and seconds < 2.0, f"reload took {seconds:.2f} s"
-        assert type(model).__name__ == "LlamaForCausalLM" and max_context(model) == 8192
-        ids = torch.tensor([tok.encode("def add(a, b):\n    return a + b  # the sum")])
+        assert type(model).__name__ == "Llama" and max_context(model) == 8192
+        assert "transformers" not in type(model).__module__  # saescope's own port
+        text = "def add(a, b):\n    return a + b  # the sum. 'Off with her head!'"
+        assert tok.encode(text) == from_gguf[0][1].encode(text, add_special_tokens=False)
+        ids = torch.tensor([tok.encode(text)])
         with torch.no_grad():
             want = from_gguf[0][0](ids).logits
-            got = model(ids).logits
-        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+            got = model(ids)
+        torch.testing.assert_close(got, want, atol=3e-4, rtol=0)  # logits up to ~40
         ctx = ids[:, :8]
         ran = _ran(model, model.model.layers, lambda: next(harvest(model, ctx, ["model.layers.3"])))
         assert ran == [0, 1, 2, 3]
