@@ -478,8 +478,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"saescope: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("saescope: interrupted; resume with --resume", file=sys.stderr)
+        again = "run it again" if ns.command == "harvest" else "resume with --resume"
+        print(f"saescope: interrupted; {again}", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":
