@@ -13,7 +13,7 @@ reading the same number of batches of 4096 rows on both caches (at least one ful
 small cache and several windows of the large one) and summing every batch:
 
 - windowed: `CacheBatches(cache, "resid", batch_size=4096, buffer_mb=64)`, the library's
-  shuffling reader (np.fromfile into private memory, a window of about buffer_mb at a time).
+  shuffling reader (file reads into private memory, a window of about buffer_mb at a time).
 - memmap: the naive reader: `ActivationCache.rows` (np.memmap) over every shard, an epoch-long
   permutation of all rows, each batch gathered from the maps by fancy indexing.
 - load-all: the other naive reader: `ActivationCache.head` of every row into memory, then
@@ -345,7 +345,8 @@ def write_results(path: Path, a: argparse.Namespace, info: dict, results: list[d
         )
     lines += [
         "- RSS counts the file-backed pages a process has mapped as well as its own memory. "
-        "`CacheBatches` reads with np.fromfile into private memory, so no mapping stays behind "
+        "`CacheBatches` reads with plain file reads into private memory, so no mapping stays "
+        "behind "
         "and its growth is its own buffers (anon); the page cache the kernel keeps of files "
         "read but not mapped is in no process's RSS. The file RSS of about 80 MiB in every "
         "run is the mapped Python, numpy and torch libraries.",

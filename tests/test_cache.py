@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from saescope.activations import ModelBatches, harvest_to_cache, split, text_contexts
 from saescope.data.cache import MANIFEST, ActivationCache, CacheBatches, CacheWriter
 from saescope.data.corpus import default_dir, read_texts
-from saescope.errors import ConfigError, InputError
+from saescope.errors import ConfigError, FormatError, InputError
 from saescope.models import load_model
 from saescope.models.harvest import harvest
 
@@ -267,3 +267,42 @@ def test_training_on_a_cache_or_a_model_resumes_bitwise(glass, text_file, tmp_pa
             train(sae, wrapped, cfg, tmp_path / name, resume=True)
         runs[name] = load_file(tmp_path / name / "sae_weights.safetensors")
     assert all(torch.equal(runs["whole"][k], runs["killed"][k]) for k in runs["whole"])
+
+
+def test_a_harvest_killed_before_its_first_manifest_resumes(glass, text_file, tmp_path):
+    model, _ = glass
+    contexts, fp = _contexts(glass, text_file)
+    out = tmp_path / "c"
+    out.mkdir()
+    (out / ".shard-000000.safetensors.k2j3.tmp").write_bytes(b"torn")  # killed mid-write
+    (out / "shard-000000.safetensors").write_bytes(b"renamed, never listed")
+    harvest_to_cache(model, contexts, ["layers.0"], out, {"f": fp}, 4, 4, False)
+    cache = ActivationCache(out)
+    assert cache.n_rows == contexts.shape[0] * 31 and not list(out.glob(".*.tmp"))
+    CacheBatches(cache, "layers.0", batch_size=31).batch(0)
+
+
+def test_a_missing_or_torn_shard_is_named(glass, text_file, tmp_path):
+    model, _ = glass
+    contexts, fp = _contexts(glass, text_file)
+    harvest_to_cache(model, contexts, ["layers.0"], tmp_path / "c", {"f": fp}, 4, 4, False)
+    (tmp_path / "c" / "shard-000001.safetensors").unlink()
+    with pytest.raises(FormatError, match=r"shard shard-000001\.safetensors of the manifest is"):
+        ActivationCache(tmp_path / "c")
+    with pytest.raises(FormatError, match="is missing"):
+        harvest_to_cache(model, contexts, ["layers.0"], tmp_path / "c", {"f": fp}, 4, 4, False)
+    (tmp_path / "c" / "shard-000001.safetensors").write_bytes(b"\x01")
+    with pytest.raises(FormatError, match="missing or unreadable shard"):
+        CacheBatches(tmp_path / "c", "layers.0", batch_size=31, chunk_rows=31).batch(7)
+
+
+def test_huge_seeds_do_not_overflow(glass, text_file, tmp_path):
+    model, _ = glass
+    contexts, fp = _contexts(glass, text_file)
+    harvest_to_cache(model, contexts, ["layers.0"], tmp_path / "c", {"f": fp}, 4, 4, False)
+    x, _ = CacheBatches(tmp_path / "c", "layers.0", batch_size=31, seed=2**31 - 1).batch(5)
+    assert x.shape == (31, 128)
+    assert (
+        ModelBatches(model, contexts, "layers.0", batch_size=62, seed=2**62).batch(3)[0].shape[0]
+        == 62
+    )

@@ -38,9 +38,21 @@ def test_identity_recovers_everything_and_zeros_nothing(glass):
 def test_substituting_a_module_by_its_input(glass):
     model, ctx = glass
     twin = copy.deepcopy(model.layers[1].mlp)  # a perfect "transcoder"
-    out = downstream(model, ctx, "layers.1.mlp:in", twin)
+    out = downstream(model, ctx, "layers.1.mlp:in", twin, whole_module=True)
     assert out["ce_loss_recovered"] == pytest.approx(1.0, abs=1e-6)
     assert out["kl_div"] == pytest.approx(0.0, abs=1e-6)
+    wrong = downstream(model, ctx, "layers.1.mlp:in", lambda x: x, whole_module=True)
+    assert wrong["kl_div"] > 0.01  # the MLP's input passed off as its output
+
+
+def test_replacing_a_module_input_keeps_the_module(glass):
+    """An SAE on `M:in` (no transcoder) reconstructs M's input; M then runs on it."""
+    model, ctx = glass
+    same = downstream(model, ctx, "layers.0.mlp:in", lambda x: x, keep_first=True)
+    assert same["ce_loss_recovered"] == pytest.approx(1.0, abs=1e-6)
+    assert same["kl_div"] == pytest.approx(0.0, abs=1e-7)
+    half = downstream(model, ctx, "layers.0.mlp:in", lambda x: 0.5 * x, keep_first=True)
+    assert 0 < half["kl_div"] and half["ce_spliced"] != half["ce_clean"]
 
 
 def test_ce_loss_recovered_formula():

@@ -149,3 +149,12 @@ def test_smollm2_builds_its_cache_then_reloads_fast(tmp_path, monkeypatch, capfd
         assert same["ce_spliced"] == same["ce_clean"] < same["ce_zero"]
     finally:
         shutil.rmtree(tmp_path, ignore_errors=True)  # 538 MB
+
+
+def test_a_module_called_with_keywords_gives_its_input(minilm):
+    """BertLayer calls its attention with keyword arguments only: `:in` still finds the
+    hidden states (the previous layer's output)."""
+    model, tok = minilm
+    ids = torch.tensor([tok.encode("The Queen said 'Off with her head!' and nobody moved.")])
+    got = Harvester(model, ["encoder.layer.2.attention:in", "encoder.layer.1"])(ids)
+    assert torch.equal(got["encoder.layer.2.attention:in"], got["encoder.layer.1"])

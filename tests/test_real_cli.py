@@ -209,3 +209,38 @@ def test_an_encoder_trains_on_the_fly_and_evaluates_without_downstream(tmp_path,
     assert m["n_tokens"] == 31 and m["l0"] <= 8  # the held-out split: 1 context of 31 tokens
     assert m["downstream"].startswith("skipped: BertModel gives no next-token logits")
     assert "ce_loss_recovered" not in m
+
+
+def test_more_bad_input_one_line_each(tmp_path, capsys):
+    out = str(tmp_path / "o")
+    msg = _err(capsys, ["harvest", "--model", "glassllm", "--hooks", "layers.0", "--tokens",
+                        "0", "--out", out])  # fmt: skip
+    assert "--tokens must be at least 1" in msg
+    msg = _err(capsys, ["harvest", "--model", "glassllm", "--hooks", "layers.0",
+                        "--batch-size", "0", "--out", out])  # fmt: skip
+    assert "--batch-size and --shard-contexts must be at least 1" in msg
+    a_file = tmp_path / "f.txt"
+    a_file.write_text("x")
+    msg = _err(capsys, ["harvest", "--model", "glassllm", "--hooks", "layers.0", "--tokens",
+                        "500", "--out", str(a_file)])  # fmt: skip
+    assert "is a file; give a folder" in msg
+    msg = _err(capsys, ["train", "--arch", "topk", "--hook", "layers.2", "--out", out])
+    assert "--hook apply to --model or a cache, not --data synthetic" in msg
+
+
+def test_eval_refuses_a_changed_text_and_scores_an_sae_on_a_module_input(tmp_path, capsys):
+    text = tmp_path / "t.txt"
+    text.write_text("'Who are you?' said the Caterpillar, and Alice replied shyly. " * 400)
+    run = tmp_path / "r"
+    argv = ["train", "--arch", "topk", "--k", "16", "--model", "glassllm", "--hook",
+            "layers.0.mlp:in", "--text", str(text), "--context", "64", "--tokens", "20000",
+            "--lr", "0.004", "--out", str(run), "--progress", "false"]  # fmt: skip
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main(["eval", str(run), "--json"]) == 0
+    m = _json(capsys)
+    # the SAE replaces the MLP's input and the MLP still runs (spliced as its output: -0.4)
+    assert m["explained_variance"] > 0.8 and m["ce_loss_recovered"] > 0.9, m  # 0.93, 0.99
+    text.write_text("Something else entirely, and longer than before. " * 400)
+    msg = _err(capsys, ["eval", str(run)])
+    assert "changed since training" in msg

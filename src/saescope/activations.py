@@ -96,6 +96,7 @@ class ModelBatches(IndexedBatches):
         seed: int = 0,
     ) -> None:
         self.contexts, self.seed = contexts, seed
+        self.fingerprint: str | None = None  # of the text, when the caller knows it
         self.hooks = [x_hook] + ([y_hook] if y_hook else [])
         self.grab = Harvester(model, self.hooks)
         per_context = contexts.shape[1] - 1

@@ -9,6 +9,7 @@ import dataclasses
 import inspect
 import itertools
 import json
+import math
 import sys
 import textwrap
 from collections.abc import Sequence
@@ -121,12 +122,19 @@ def _data_source(ns: argparse.Namespace, batch_size: int, seed: int):
         if ns.data != "synthetic":
             raise ConfigError("give --model (harvest on the fly) or --data, not both")
         model, tok = load_model(ns.model)
-        contexts, _ = text_contexts(model, tok, ns.text, ns.context)
-        return ModelBatches(model, split(contexts, "train"), _hook(ns), ns.target, batch_size, seed)
-    if ns.data == "synthetic":
-        return SeedTask(SeedTaskConfig(**_given(ns, SeedTaskConfig)), batch_size, seed)
+        contexts, fp = text_contexts(model, tok, ns.text, ns.context)
+        batches = ModelBatches(
+            model, split(contexts, "train"), _hook(ns), ns.target, batch_size, seed
+        )
+        batches.fingerprint = fp
+        return batches
     if is_cache(ns.data):
         return CacheBatches(ns.data, _hook(ns), ns.target, batch_size, seed)
+    given = [f"--{n}" for n in ("hook", "target", "text") if getattr(ns, n, None)]
+    if given:
+        raise ConfigError(f"{', '.join(given)} apply to --model or a cache, not --data {ns.data}")
+    if ns.data == "synthetic":
+        return SeedTask(SeedTaskConfig(**_given(ns, SeedTaskConfig)), batch_size, seed)
     return ActivationFile(ns.data, batch_size, seed)
 
 
@@ -159,12 +167,14 @@ def _data_meta(source: Any, ns: argparse.Namespace) -> dict[str, Any]:
                 **meta,
                 "model": src.get("model"),
                 "text": src.get("text"),
+                "fingerprint": src.get("fingerprint"),
                 "context": src.get("context"),
             }
         return {
             "kind": "model",
             "model": _model_ref(ns.model),
             "text": _abs(ns.text),
+            "fingerprint": source.fingerprint,
             "context": ns.context,
             **meta,
         }
@@ -186,6 +196,7 @@ def cmd_train(ns: argparse.Namespace) -> int:
                 f"--{name.replace('_', '-')} applies to {', '.join(archs)}, not {arch}"
             )
     given = _given(ns, TrainConfig)
+    _check_tokens(ns.tokens)
     source = _data_source(ns, ns.batch_size, given.get("seed", 0))
     if ns.tokens is not None:
         if "steps" in given:
@@ -194,8 +205,8 @@ def cmd_train(ns: argparse.Namespace) -> int:
     tcfg = TrainConfig(**given)
     d_in = source.cfg.d_in if isinstance(source, SeedTask) else source.d_in
     d_out = d_in if isinstance(source, SeedTask) else source.d_out
-    transcoder = (isinstance(source, ActivationFile) and source.y is not None) or bool(
-        getattr(ns, "target", None)
+    transcoder = (isinstance(source, ActivationFile) and source.y is not None) or (
+        isinstance(source, ModelBatches | CacheBatches) and bool(ns.target)
     )
     sae_kw = _given(ns, cfg_cls, SAE_SHAPE_FIELDS)
     if isinstance(sae_kw.get("k"), float) and str(_field(cfg_cls, "k").type) == "int":
@@ -250,7 +261,12 @@ def _eval_in_model(sae: SAE, meta: dict[str, Any], path: Path, ns) -> dict[str, 
     if not meta.get("model"):
         raise ConfigError(f"{path}: the run does not name its model; evaluate with --data FILE")
     model, tok = load_model(meta["model"])
-    contexts, _ = text_contexts(model, tok, meta.get("text"), meta["context"])
+    contexts, fp = text_contexts(model, tok, meta.get("text"), meta["context"])
+    if meta.get("fingerprint") and fp != meta["fingerprint"]:
+        raise ConfigError(
+            f"{path}: the text {meta.get('text') or 'of the default corpus'} changed since "
+            "training, so its held-out contexts are not the ones set aside; restore it"
+        )
     out = evaluate_in_model(
         sae, model, split(contexts, "test"), meta["hook"], meta.get("target"), ns.tokens
     )
@@ -277,14 +293,17 @@ def _eval_one(sae: SAE, path: Path, ns: argparse.Namespace) -> dict[str, Any]:
         target = ns.target or meta.get("target")
         x = cache.head(hook, ns.tokens).float()
         y = cache.head(target, ns.tokens).float() if target else x
-        return evaluate(sae, [(x, y)], ns.tokens)
+        out = evaluate(sae, [(x, y)], ns.tokens)
+        out["held_out"] = False  # a cache holds the training split of its text
+        return out
     return evaluate(sae, [ActivationFile(ns.data).head(ns.tokens)], ns.tokens)
 
 
 def cmd_eval(ns: argparse.Namespace) -> int:
     results = {name: _eval_one(load(path), path, ns) for name, path in _run_saes(Path(ns.run))}
     if ns.json:
-        print(json.dumps(next(iter(results.values())) if len(results) == 1 else results))
+        out = next(iter(results.values())) if len(results) == 1 else results
+        print(json.dumps(_finite(out)))
     else:
         rows = [{"sae": k, **v} for k, v in results.items()]
         cols = [
@@ -303,6 +322,15 @@ def cmd_eval(ns: argparse.Namespace) -> int:
             if "density_plot" in row:
                 print(f"feature density histogram: {row['density_plot']}")
     return 0
+
+
+def _finite(value: Any) -> Any:
+    """NaN and infinities as null: JSON has no such numbers."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def cmd_demo(ns: argparse.Namespace) -> int:
@@ -363,8 +391,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--data",
         default="synthetic",
-        help="'synthetic', a .npy/.safetensors file or an activation cache folder; a run "
-        "trained on a model is evaluated on its held-out text (with CE loss recovered) by default",
+        help="'synthetic', a .npy/.safetensors file or an activation cache folder (its training "
+        "rows: held_out false); a run trained on a model is evaluated on its held-out text "
+        "(with CE loss recovered) by default",
     )
     e.add_argument("--hook", default=None, help="the cache's hook point (default: the run's)")
     e.add_argument("--target", default=None, help="the cache's target hook for a transcoder")
@@ -424,7 +453,15 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--context", type=int, default=128, help="tokens per context")
 
 
+def _check_tokens(tokens: int | None) -> None:
+    if tokens is not None and tokens < 1:
+        raise ConfigError(f"--tokens must be at least 1, got {tokens}")
+
+
 def cmd_harvest(ns: argparse.Namespace) -> int:
+    _check_tokens(ns.tokens)
+    if ns.batch_size < 1 or ns.shard_contexts < 1:
+        raise ConfigError("--batch-size and --shard-contexts must be at least 1")
     model, tok = load_model(ns.model)
     contexts, fp = text_contexts(model, tok, ns.text, ns.context)
     train_ctx = split(contexts, "train")

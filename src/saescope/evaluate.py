@@ -124,10 +124,11 @@ def evaluate_in_model(
     max_tokens: int = 65_536,
 ) -> dict[str, Any]:
     """The core metrics over up to `max_tokens` held-out tokens of `contexts`, plus the
-    downstream numbers with the SAE's reconstruction spliced in at the hook (for a
-    transcoder, x_hook `M:in` and y_hook `M`: the SAE replaces module M): ce_clean,
-    ce_spliced, ce_zero (the hook zero-ablated), ce_loss_recovered and kl_div, over the
-    contexts that hold those tokens. Also `density` (see `evaluate`)."""
+    downstream numbers with the SAE's reconstruction spliced in at the hook (an SAE on `M:in`
+    replaces M's input; a transcoder, x_hook `M:in` and y_hook `M`, replaces module M):
+    ce_clean, ce_spliced, ce_zero (the hook zero-ablated), ce_loss_recovered and kl_div, over
+    the contexts that hold those tokens, position 0 left clean and its prediction left out.
+    Also `density` (see `evaluate`)."""
     out = evaluate(
         sae,
         _held_out_batches(model, contexts, x_hook, y_hook, max_tokens),
@@ -136,6 +137,9 @@ def evaluate_in_model(
     )
     if not gives_logits(model, contexts):
         out["downstream"] = f"skipped: {type(model).__name__} gives no next-token logits"
+        return out
+    if contexts.shape[1] < 3:
+        out["downstream"] = "skipped: contexts of 2 tokens leave no prediction past position 0"
         return out
     if y_hook is not None and HookPoint.parse(x_hook) != HookPoint(
         HookPoint.parse(y_hook).path, "in"
@@ -150,7 +154,16 @@ def evaluate_in_model(
         return sae(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], sae.cfg.d_out)
 
     try:
-        out.update(downstream(model, contexts[:n_ctx], x_hook, reconstruct, keep_first=True))
+        out.update(
+            downstream(
+                model,
+                contexts[:n_ctx],
+                x_hook,
+                reconstruct,
+                keep_first=True,
+                whole_module=y_hook is not None,
+            )
+        )
     finally:
         sae.train(was_training)
     return out

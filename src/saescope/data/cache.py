@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import re
 import struct
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -64,6 +65,11 @@ class CacheWriter:
             raise ConfigError(f"shard_contexts must be >= 1, got {shard_contexts}")
         self.path = Path(path)
         self.source = json.loads(json.dumps(source))  # as it reads back from JSON
+        if self.path.exists() and not self.path.is_dir():
+            raise ConfigError(f"{self.path} is a file; give a folder for the cache")
+        if self.path.is_dir():  # writes a kill interrupted: never listed, so never read
+            for leftover in self.path.glob(".*.tmp"):
+                leftover.unlink(missing_ok=True)
         if is_cache(self.path):
             self.manifest = _read_manifest(self.path)
             if self.manifest["source"] != self.source:
@@ -71,11 +77,13 @@ class CacheWriter:
                     f"{self.path} holds a cache of {_describe(self.manifest['source'])}, not "
                     f"{_describe(self.source)}; give a new --out folder or the same options"
                 )
-        elif self.path.exists() and any(self.path.iterdir()):
-            raise ConfigError(
-                f"{self.path} exists and is not an activation cache; use a new folder"
-            )
+            _check_shards(self.path, self.manifest["shards"])
         else:
+            others = [p for p in self.path.glob("*") if not _SHARD.fullmatch(p.name)]
+            if others:
+                raise ConfigError(
+                    f"{self.path} holds files and is not an activation cache; use a new folder"
+                )
             self.manifest = {
                 "format": FORMAT,
                 "version": VERSION,
@@ -85,8 +93,6 @@ class CacheWriter:
                 "shards": [],
             }
         self.shard_contexts = int(self.manifest["shard_contexts"])
-        for leftover in self.path.glob(".shard-*.tmp"):  # a write a kill interrupted
-            leftover.unlink(missing_ok=True)
         self._parts: list[dict[str, Tensor]] = []
         self._pending = 0
 
@@ -131,6 +137,18 @@ class CacheWriter:
         atomic_write_bytes(self.path / MANIFEST, text)
 
 
+_SHARD = re.compile(r"shard-\d{6}\.safetensors")  # unlisted ones a kill left: overwritten
+
+
+def _check_shards(path: Path, shards: list[dict[str, Any]]) -> None:
+    missing = [s["file"] for s in shards if not (path / s["file"]).is_file()]
+    if missing:
+        raise FormatError(
+            f"{path}: shard {missing[0]} of the manifest is missing ({len(missing)} in all); "
+            "harvest again into a new folder"
+        )
+
+
 def _describe(source: dict[str, Any]) -> str:
     keys = ("model", "hooks", "context")
     return ", ".join(f"{k}={source.get(k)}" for k in keys if k in source) or str(source)
@@ -157,9 +175,12 @@ class _Entry:
 
 def _header(path: Path) -> dict[str, _Entry]:
     """The tensors of a safetensors file: 8-byte little-endian header size, JSON header."""
-    with open(path, "rb") as fh:
-        (size,) = struct.unpack("<Q", fh.read(8))
-        header = json.loads(fh.read(size))
+    try:
+        with open(path, "rb") as fh:
+            (size,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(size))
+    except (OSError, struct.error, ValueError) as e:
+        raise FormatError(f"{path}: missing or unreadable shard ({e}); harvest again") from None
     out = {}
     for name, info in header.items():
         if name == "__metadata__":
@@ -187,6 +208,7 @@ class ActivationCache:
             raise InputError(f"{self.path}: the cache has no complete shard yet")
         self.hooks: dict[str, int] = self.manifest["hooks"]
         self.source: dict[str, Any] = self.manifest["source"]
+        _check_shards(self.path, self.shards)
         self.shard_rows = [int(s["rows"]) for s in self.shards]
         self.n_rows = sum(self.shard_rows)
         self._headers: dict[int, dict[str, _Entry]] = {}
@@ -203,7 +225,15 @@ class ActivationCache:
 
     def _entry(self, shard: int, name: str) -> _Entry:
         if shard not in self._headers:
-            self._headers[shard] = _header(self.path / self.shards[shard]["file"])
+            path = self.path / self.shards[shard]["file"]
+            header = _header(path)
+            rows = {e.shape[0] for e in header.values()}
+            if rows != {self.shard_rows[shard]}:
+                raise FormatError(
+                    f"{path}: holds {sorted(rows)} rows, the manifest says "
+                    f"{self.shard_rows[shard]}; harvest again into a new folder"
+                )
+            self._headers[shard] = header
         return self._headers[shard][name]
 
     def rows(self, name: str, shard: int) -> np.memmap:
@@ -329,7 +359,8 @@ class CacheBatches(IndexedBatches):
             chunk_ids = self._plan(epoch)[0][w]
             x = self._load(self.x_hook, chunk_ids)
             y = self._load(self.y_hook, chunk_ids) if self.y_hook else None
-            gen = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 1_000_003 + w)
+            mixed = ((self.seed * 1_000_003 + epoch) * 1_000_003 + w) % 2**63
+            gen = torch.Generator().manual_seed(mixed)
             self._windows[key] = (x, y, torch.randperm(x.shape[0], generator=gen))
         return self._windows[key]
 

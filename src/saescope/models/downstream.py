@@ -3,10 +3,11 @@
 
 `replace` maps a hook spec to a function of the activation there. For a module's output
 (`layers.2`) the function's value becomes that output; for a module's input
-(`layers.2.mlp:in`) the function replaces the whole module, its value becoming the module's
-output: a transcoder substituted for the MLP (the function must not call the hooked module
-itself). The model is any module mapping ids (B, T) to logits (B, T, vocab), or to an
-output whose `.logits` they are (Hugging Face causal LMs).
+(`layers.2.mlp:in`) it becomes that input, or, with `whole_module`, the function replaces the
+whole module, its value becoming the module's output: a transcoder substituted for the MLP
+(the function must not call the hooked module itself). The model is any module mapping ids
+(B, T) to logits (B, T, vocab), or to an output whose `.logits` they are (Hugging Face causal
+LMs).
 """
 
 from __future__ import annotations
@@ -22,29 +23,54 @@ from torch import Tensor, nn
 from saescope import metrics
 from saescope.errors import ConfigError
 from saescope.models import find_module
-from saescope.models.harvest import HookPoint
+from saescope.models.harvest import HookPoint, module_input
 
 Replacement = Callable[[Tensor], Tensor]
 
 
 @contextmanager
 def spliced(
-    model: nn.Module, replace: dict[str, Replacement], keep_first: bool = False
+    model: nn.Module,
+    replace: dict[str, Replacement],
+    keep_first: bool = False,
+    whole_module: bool = False,
 ) -> Iterator[None]:
-    """Within the block, the model runs with each hook point's activation replaced; with
-    keep_first, position 0 keeps its clean value (it has no left context, and is dropped
-    from harvested activations, so an SAE never saw it)."""
+    """Within the block, the model runs with each hook point's activation replaced: a
+    module's output (`M`), or its input (`M:in`; the module then runs on the replacement).
+    whole_module: an `M:in` function's value becomes M's output instead, M itself skipped (a
+    transcoder substituted for M). keep_first: position 0 keeps its clean value (it has no
+    left context, and is dropped from harvested activations, so an SAE never saw it)."""
+
+    def first_clean(clean: Tensor, new: Tensor) -> Tensor:
+        new = new.to(clean.dtype)
+        return torch.cat((clean[:, :1], new[:, 1:]), dim=1) if keep_first else new
+
+    def on_output(fn: Replacement) -> Any:
+        return lambda _m, _args, out: first_clean(out, fn(out))
+
+    def on_module(fn: Replacement, p: HookPoint) -> Any:
+        return lambda _m, args, kwargs, out: first_clean(out, fn(module_input(p, args, kwargs)[1]))
+
+    def on_input(fn: Replacement, p: HookPoint) -> Any:
+        def swap(_m: nn.Module, args: tuple, kwargs: dict[str, Any]) -> Any:
+            where, x = module_input(p, args, kwargs)
+            new = first_clean(x, fn(x))
+            if where == 0:
+                return (new, *args[1:]), kwargs
+            return args, {**kwargs, where: new}
+
+        return swap
+
     handles = []
     for spec, fn in replace.items():
         point = HookPoint.parse(spec)
-
-        def swap(_m: nn.Module, args: Any, out: Tensor, fn: Replacement = fn, p=point) -> Tensor:
-            new = fn(args[0] if p.side == "in" else out).to(out.dtype)
-            if keep_first:
-                new = torch.cat((out[:, :1], new[:, 1:]), dim=1)
-            return new
-
-        handles.append(find_module(model, point.path).register_forward_hook(swap))
+        module = find_module(model, point.path)
+        if point.side == "out":
+            handles.append(module.register_forward_hook(on_output(fn)))
+        elif whole_module:
+            handles.append(module.register_forward_hook(on_module(fn, point), with_kwargs=True))
+        else:
+            handles.append(module.register_forward_pre_hook(on_input(fn, point), with_kwargs=True))
     try:
         yield
     finally:
@@ -89,27 +115,37 @@ def downstream(
     reconstruct: Replacement,
     batch_size: int = 32,
     keep_first: bool = False,
+    whole_module: bool = False,
 ) -> dict[str, float]:
     """Mean next-token CE clean, with `reconstruct` spliced in at `hook`, and with the hook
     zero-ablated; CE loss recovered; and the mean KL(clean || spliced) per predicted token.
-    keep_first: position 0 stays clean in both (see `spliced`)."""
+    keep_first: position 0 stays clean in both (see `spliced`), and the prediction made at
+    position 0, which no splice can change, is left out of every mean. whole_module: see
+    `spliced` (a transcoder replacing the module of an `M:in` hook)."""
+    start = 1 if keep_first else 0
+    if contexts.shape[1] - 1 - start < 1:
+        raise ConfigError(
+            f"contexts of {contexts.shape[1]} tokens leave no prediction to score; "
+            "use a longer --context"
+        )
     sums = {"ce_clean": 0.0, "ce_spliced": 0.0, "ce_zero": 0.0, "kl_div": 0.0}
     n = 0
     for i in range(0, contexts.shape[0], batch_size):
         ids = contexts[i : i + batch_size]
-        clean = _logits(model, ids)
-        with spliced(model, {hook: reconstruct}, keep_first):
-            patched = _logits(model, ids)
-        with spliced(model, {hook: torch.zeros_like}, keep_first):
-            zero = _logits(model, ids)
-        sums["ce_clean"] += float(_ce(clean, ids))
-        sums["ce_spliced"] += float(_ce(patched, ids))
-        sums["ce_zero"] += float(_ce(zero, ids))
+        clean = _logits(model, ids)[:, start:]
+        with spliced(model, {hook: reconstruct}, keep_first, whole_module):
+            patched = _logits(model, ids)[:, start:]
+        with spliced(model, {hook: torch.zeros_like}, keep_first, whole_module):
+            zero = _logits(model, ids)[:, start:]
+        targets = ids[:, start:]
+        sums["ce_clean"] += float(_ce(clean, targets))
+        sums["ce_spliced"] += float(_ce(patched, targets))
+        sums["ce_zero"] += float(_ce(zero, targets))
         logp = F.log_softmax(clean[:, :-1].float(), -1)
         logq = F.log_softmax(patched[:, :-1].float(), -1)
         sums["kl_div"] += float((logp.exp() * (logp - logq)).sum())
-        n += ids.shape[0] * (ids.shape[1] - 1)
-    out = {k: v / max(n, 1) for k, v in sums.items()}
+        n += targets.shape[0] * (targets.shape[1] - 1)
+    out = {k: v / n for k, v in sums.items()}
     out["ce_loss_recovered"] = metrics.ce_loss_recovered(
         out["ce_clean"], out["ce_spliced"], out["ce_zero"]
     )

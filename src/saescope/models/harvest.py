@@ -50,6 +50,19 @@ class HookPoint:
         return self.path if self.side == "out" else f"{self.path}:in"
 
 
+def module_input(point: HookPoint, args: tuple, kwargs: dict[str, Any]) -> tuple[Any, Tensor]:
+    """(where, tensor): the input a module was called with, its first positional argument
+    (where = 0), else its `hidden_states` keyword, else its first tensor keyword (where =
+    the keyword): Hugging Face modules are often called with keywords only."""
+    if args and isinstance(args[0], Tensor):
+        return 0, args[0]
+    names = ["hidden_states", *kwargs]
+    for name in names:
+        if isinstance(kwargs.get(name), Tensor):
+            return name, kwargs[name]
+    raise InputError(f"hook {point}: the module was called without a tensor input")
+
+
 class _Stop(Exception):
     """Raised inside the last hook to end the forward pass early."""
 
@@ -67,23 +80,28 @@ class Harvester:
         self._modules = [find_module(model, p.path) for p in self.points]
         self._got: dict[HookPoint, Tensor] = {}
 
-    def _hook(self, point: HookPoint) -> Any:
-        def grab(_module: nn.Module, inputs: Any, output: Any = None) -> None:
-            value = inputs[0] if point.side == "in" else output
-            if not isinstance(value, Tensor):
-                raise InputError(f"hook {point}: the module's {point.side}put is not a tensor")
-            self._got[point] = value.detach()
-            if self.early_exit and len(self._got) == len(self.points):
-                raise _Stop
+    def _keep(self, point: HookPoint, value: Any) -> None:
+        if not isinstance(value, Tensor):
+            raise InputError(f"hook {point}: the module's output is not a tensor")
+        self._got[point] = value.detach()
+        if self.early_exit and len(self._got) == len(self.points):
+            raise _Stop
 
-        return grab
+    def _hook(self, point: HookPoint) -> Any:
+        def grab_out(_module: nn.Module, _args: Any, output: Any) -> None:
+            self._keep(point, output)
+
+        def grab_in(_module: nn.Module, args: Any, kwargs: dict[str, Any]) -> None:
+            self._keep(point, module_input(point, args, kwargs)[1])
+
+        return grab_in if point.side == "in" else grab_out
 
     @torch.no_grad()
     def __call__(self, ids: Tensor) -> dict[str, Tensor]:
         """{hook spec: (B, T, d)} for one batch of contexts ids (B, T)."""
         self._got = {}
         handles = [
-            m.register_forward_pre_hook(self._hook(p))
+            m.register_forward_pre_hook(self._hook(p), with_kwargs=True)
             if p.side == "in"
             else m.register_forward_hook(self._hook(p))
             for p, m in zip(self.points, self._modules, strict=True)
