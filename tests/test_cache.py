@@ -306,3 +306,21 @@ def test_huge_seeds_do_not_overflow(glass, text_file, tmp_path):
         ModelBatches(model, contexts, "layers.0", batch_size=62, seed=2**62).batch(3)[0].shape[0]
         == 62
     )
+
+
+def test_resuming_on_a_grown_cache_is_refused(glass, text_file, tmp_path):
+    from saescope.saes import make_sae
+    from saescope.train import TrainConfig, train
+
+    model, _ = glass
+    contexts, fp = _contexts(glass, text_file)
+    harvest_to_cache(model, contexts[:8], ["layers.1"], tmp_path / "c", {"f": fp}, 4, 4, False)
+    cfg = TrainConfig(steps=30, checkpoint_every=10, init_samples=62, progress=False)
+    stream = CacheBatches(tmp_path / "c", "layers.1", batch_size=31)
+    sae = make_sae({"architecture": "topk", "d_in": 128, "d_sae": 256, "k": 8})
+    with pytest.raises(KeyboardInterrupt):
+        train(sae, _Interrupted(stream, 15), cfg, tmp_path / "r", metadata={"rows": 248})
+    harvest_to_cache(model, contexts, ["layers.1"], tmp_path / "c", {"f": fp}, 4, 4, False)
+    grown = CacheBatches(tmp_path / "c", "layers.1", batch_size=31)
+    with pytest.raises(ConfigError, match="other data or settings"):
+        train(sae, grown, cfg, tmp_path / "r", resume=True, metadata={"rows": grown.cache.n_rows})

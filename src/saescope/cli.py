@@ -163,7 +163,8 @@ def _data_meta(source: Any, ns: argparse.Namespace) -> dict[str, Any]:
             src = source.cache.source
             return {
                 "kind": "cache",
-                "path": str(source.cache.path),
+                "path": str(source.cache.path.resolve()),
+                "rows": source.cache.n_rows,
                 **meta,
                 "model": src.get("model"),
                 "text": src.get("text"),

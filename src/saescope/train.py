@@ -531,6 +531,7 @@ def _start_resumed(
     cfg: TrainConfig,
     out_path: Path | None,
     gen: torch.Generator,
+    metadata: dict[str, Any] | None = None,
 ) -> tuple[_Position, Iterator[tuple[Tensor, Tensor]]]:
     ckpt = out_path / CHECKPOINT_FILE if out_path else None
     if ckpt is None or not ckpt.is_file():
@@ -541,13 +542,20 @@ def _start_resumed(
             "checkpoint was made with other training settings; resume with the same ones "
             f"(checkpoint: {meta['train']})"
         )
+    if "run" in meta and meta["run"] != _jsonable(metadata or {}):
+        raise ConfigError(
+            "checkpoint was made on other data or settings; resume with the same ones "
+            f"(checkpoint: {meta['run']})"
+        )
     _restore(slots, tensors, meta, gen, cfg.device)
     _truncate_log(ckpt.parent / METRICS_FILE, meta["step"])
     pos = _Position(meta["step"], meta["tokens"], meta["dead_tokens"])
     return pos, _stream(batches, pos.step)
 
 
-def _checkpoint_meta(cfg: TrainConfig, slots: Sequence[_Slot], pos: _Position) -> dict[str, Any]:
+def _checkpoint_meta(
+    cfg: TrainConfig, slots: Sequence[_Slot], pos: _Position, metadata: dict[str, Any] | None
+) -> dict[str, Any]:
     saes = [
         {"cfg": _jsonable(s.sae.cfg.to_dict()), "scale_in": s.scale_in, "scale_out": s.scale_out}
         for s in slots
@@ -557,6 +565,7 @@ def _checkpoint_meta(cfg: TrainConfig, slots: Sequence[_Slot], pos: _Position) -
         **dataclasses.asdict(pos),
         "train": _jsonable(dataclasses.asdict(cfg)),
         "saes": saes,
+        "run": _jsonable(metadata or {}),  # what the caller says the run is (its data)
     }
 
 
@@ -622,7 +631,7 @@ def train(
     out_path = Path(out_dir) if out_dir is not None else None
     gen = torch.Generator().manual_seed(cfg.seed)
     if resume:
-        pos, stream = _start_resumed(slots, batches, cfg, out_path, gen)
+        pos, stream = _start_resumed(slots, batches, cfg, out_path, gen, metadata)
     else:
         pos, stream = _start_fresh(slots, batches, cfg, out_path, overwrite)
     every = cfg.resample_every if cfg.resample_every is not None else max(1, cfg.steps // 6)
@@ -652,7 +661,7 @@ def train(
             bar.update(1)
             due = cfg.checkpoint_every and pos.step % cfg.checkpoint_every == 0
             if out_path and (due or pos.step == cfg.steps):
-                _write_checkpoint(out_path, slots, gen, _checkpoint_meta(cfg, slots, pos))
+                _write_checkpoint(out_path, slots, gen, _checkpoint_meta(cfg, slots, pos, metadata))
     finally:
         bar.close()
         sparse.release_buffers()
