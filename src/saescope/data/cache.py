@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import os
 import re
 import struct
 from collections import OrderedDict
@@ -178,6 +179,8 @@ def _header(path: Path) -> dict[str, _Entry]:
     try:
         with open(path, "rb") as fh:
             (size,) = struct.unpack("<Q", fh.read(8))
+            if size > os.fstat(fh.fileno()).st_size:  # torn: never allocate what is not there
+                raise ValueError(f"header of {size} bytes in a shorter file")
             header = json.loads(fh.read(size))
     except (OSError, struct.error, ValueError) as e:
         raise FormatError(f"{path}: missing or unreadable shard ({e}); harvest again") from None
