@@ -211,7 +211,9 @@ def _save_atomically(model: nn.Module, tokenizer: Any, folder: Path) -> None:
 
 
 def _complete(folder: Path) -> bool:
-    return all((folder / f).is_file() for f in ("config.json", "model.safetensors"))
+    return all(
+        (folder / f).is_file() for f in ("config.json", "model.safetensors", "tokenizer.json")
+    )
 
 
 def build_smollm2_cache(folder: Path) -> None:
