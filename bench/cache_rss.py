@@ -40,6 +40,8 @@ import time
 from datetime import date
 from pathlib import Path
 
+from machine import cpu_name  # bench/machine.py: this file runs as a script
+
 HERE = Path(__file__).resolve().parent
 HOOK = "resid"
 D = 512
@@ -241,16 +243,6 @@ def _sh(cmd: list[str]) -> str:
         return "(unavailable)"
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def write_results(path: Path, a: argparse.Namespace, info: dict, results: list[dict]) -> None:
     window_mib = info["window_rows"] * 4 * D / MIB
     lines = [
@@ -259,7 +251,7 @@ def write_results(path: Path, a: argparse.Namespace, info: dict, results: list[d
         f"Written by `bench/cache_rss.py` (`make bench-cache`) on {date.today().isoformat()}; "
         f"the whole bench ran {info['bench_s']:.0f} s.",
         "",
-        f"- Machine: {_cpu_name()}, `nproc` {info['nproc']}, Linux {platform.release()}, "
+        f"- Machine: {cpu_name()}, `nproc` {info['nproc']}, Linux {platform.release()}, "
         f"Python {platform.python_version()}, torch {results[0]['torch']} with 1 thread; "
         f"load average (1 min) {info['load_before']:.1f} before, {info['load_after']:.1f} "
         "after (the machine is shared: rows/s is indicative, memory is not affected).",

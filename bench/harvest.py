@@ -33,6 +33,7 @@ from datetime import date
 from pathlib import Path
 
 import torch
+from machine import cpu_name  # bench/machine.py: this file runs as a script
 from torch import Tensor
 
 from saescope.models import load_model
@@ -102,16 +103,6 @@ def measure(
     return totals, {mode: sum(best[mode]) for mode in names}
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def write_results(
     path: Path, a: argparse.Namespace, info: dict, times: dict[str, list[float]], best: dict
 ) -> None:
@@ -138,7 +129,7 @@ def write_results(
         "layers run.",
         f"- Text: standard-library docstrings, {tokens:,} tokens in {info['contexts']} "
         f"contexts of {a.context}, batches of {a.batch}; float32, no gradients.",
-        f"- Machine: {_cpu_name()}, torch {torch.__version__} with {threads} "
+        f"- Machine: {cpu_name()}, torch {torch.__version__} with {threads} "
         f"thread{'s' if threads > 1 else ''}, Python {platform.python_version()}; "
         f"best of {a.rounds} rounds per batch, modes interleaved; load average (1 min) "
         f"{info['load_before']:.1f} before, "

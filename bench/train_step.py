@@ -38,6 +38,8 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
+from machine import cpu_name  # bench/machine.py: this file runs as a script
+
 HERE = Path(__file__).resolve().parent
 PEER_PINS = ("sae-lens==6.54.12", "eai-sparsify==1.3.3", "dictionary-learning==0.1.0")
 TORCH_PIN = "torch==2.13.0"
@@ -350,16 +352,6 @@ def plot_sweep(rows: list[dict], path: Path, d_in: int) -> None:
     plt.close(fig)
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def checks(rows: dict[str, dict]) -> list[tuple[str, str, bool | None]]:
     """Issue 4's acceptance points, each (what, measured, held); None when not measurable."""
 
@@ -412,7 +404,7 @@ def write_results(
     lines = [
         f"# Training-step benchmark, {date.today()}",
         "",
-        f"Machine: {_cpu_name()}, {os.cpu_count()} cores, {a.threads} torch threads; "
+        f"Machine: {cpu_name()}, {os.cpu_count()} cores, {a.threads} torch threads; "
         f"Python {platform.python_version()}, torch {torch.__version__} (the same build in the "
         "peers' venv). Shape: "
         f"d_in {a.d_in}, d_sae {a.d_sae}, k {a.k}, batch {a.batch}, fp32. Each row: a fresh "

@@ -22,7 +22,7 @@ from saescope.data.corpus import fingerprint, read_texts
 from saescope.data.stream import IndexedBatches
 from saescope.errors import ConfigError, InputError
 from saescope.models import max_context
-from saescope.models.harvest import Harvester, harvest, pack
+from saescope.models.harvest import harvest, pack
 
 HELD_OUT_EVERY = 20
 
@@ -97,14 +97,18 @@ class ModelBatches(IndexedBatches):
     ) -> None:
         self.contexts, self.seed = contexts, seed
         self.fingerprint: str | None = None  # of the text, when the caller knows it
+        self.model, self.x_hook, self.y_hook = model, x_hook, y_hook
         self.hooks = [x_hook] + ([y_hook] if y_hook else [])
-        self.grab = Harvester(model, self.hooks)
         per_context = contexts.shape[1] - 1
         self.contexts_per_batch = max(1, min(batch_size // per_context, contexts.shape[0]))
         self.per_epoch = contexts.shape[0] // self.contexts_per_batch
-        probe = self.grab(contexts[:1])
-        self.d_in = probe[x_hook].shape[-1]
-        self.d_out = probe[y_hook].shape[-1] if y_hook else self.d_in
+        x, y = self._rows(contexts[:1])
+        self.d_in, self.d_out = x.shape[-1], y.shape[-1]
+
+    def _rows(self, ids: Tensor) -> tuple[Tensor, Tensor]:
+        rows = next(harvest(self.model, ids, self.hooks, batch_size=ids.shape[0]))
+        x = rows[self.x_hook]
+        return x, (rows[self.y_hook] if self.y_hook else x)
 
     @functools.lru_cache(maxsize=2)  # noqa: B019 - two permutations, freed with the object
     def _perm(self, epoch: int) -> Tensor:
@@ -113,8 +117,4 @@ class ModelBatches(IndexedBatches):
     def batch(self, i: int) -> tuple[Tensor, Tensor]:
         epoch, j = divmod(i, self.per_epoch)
         n = self.contexts_per_batch
-        ids = self.contexts[self._perm(epoch)[j * n : (j + 1) * n]]
-        acts = self.grab(ids)
-        x = acts[self.hooks[0]][:, 1:].reshape(-1, self.d_in)
-        y = acts[self.hooks[-1]][:, 1:].reshape(-1, self.d_out) if len(self.hooks) > 1 else x
-        return x, y
+        return self._rows(self.contexts[self._perm(epoch)[j * n : (j + 1) * n]])

@@ -12,7 +12,7 @@ from torch import Tensor
 from saescope import metrics
 from saescope.errors import InputError
 from saescope.models.downstream import downstream, gives_logits
-from saescope.models.harvest import Harvester, HookPoint
+from saescope.models.harvest import HookPoint, harvest
 from saescope.saes import SAE
 
 
@@ -102,13 +102,10 @@ def plot_density(density: Tensor, path: str | Path, title: str = "") -> Path:
 def _held_out_batches(
     model: torch.nn.Module, contexts: Tensor, x_hook: str, y_hook: str | None, max_tokens: int
 ) -> Iterable[tuple[Tensor, Tensor]]:
-    grab = Harvester(model, [x_hook] + ([y_hook] if y_hook else []))
     n = 0
-    for i in range(0, contexts.shape[0], 32):
-        acts = grab(contexts[i : i + 32])
-        x = acts[x_hook][:, 1:].reshape(-1, acts[x_hook].shape[-1])
-        y = acts[y_hook][:, 1:].reshape(-1, acts[y_hook].shape[-1]) if y_hook else x
-        yield x, y
+    for rows in harvest(model, contexts, [x_hook] + ([y_hook] if y_hook else [])):
+        x = rows[x_hook]
+        yield x, (rows[y_hook] if y_hook else x)
         n += x.shape[0]
         if n >= max_tokens:
             return

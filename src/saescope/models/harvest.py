@@ -76,6 +76,7 @@ class Harvester:
             raise InputError("no hook points given; name at least one (saescope hooks MODEL)")
         self.model = model
         self.early_exit = early_exit
+        self.specs = list(hooks)
         self.points = [HookPoint.parse(h) for h in hooks]
         self._modules = [find_module(model, p.path) for p in self.points]
         self._got: dict[HookPoint, Tensor] = {}
@@ -116,7 +117,7 @@ class Harvester:
         missing = [str(p) for p in self.points if p not in self._got]
         if missing:
             raise InputError(f"hook points never reached in the forward pass: {missing}")
-        return {str(p): self._got[p] for p in self.points}
+        return {s: self._got[p] for s, p in zip(self.specs, self.points, strict=True)}
 
 
 def harvest(

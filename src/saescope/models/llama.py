@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from saescope.errors import ConfigError
+from saescope.models.glassllm import RMSNorm  # the same norm: x / rms(x) * weight
 
 
 class Linear(nn.Module):
@@ -42,16 +43,6 @@ class Embedding(nn.Module):
 
     def forward(self, ids: Tensor) -> Tensor:
         return F.embedding(ids, self.weight)
-
-
-class RMSNorm(nn.Module):
-    def __init__(self, d: int, eps: float) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(d))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps))
 
 
 def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
