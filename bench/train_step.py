@@ -8,7 +8,7 @@ training steps (forward, loss, backward, optimiser, decoder-norm work) on one fi
 the median of --reps steps after --warmup untimed ones, best median over --rounds rounds
 (rounds interleave the implementations, so machine noise hits all alike).
 
-- saescope: the training loop's own step (`saescope.train._step`), TopK, BatchTopK, ReLU-L1
+- saescope: the training loop's own step (`saescope.training.optim.step`), TopK, BatchTopK, ReLU-L1
   and JumpReLU. ReLU and JumpReLU are set to the L0 a trained SAE has (--l0): their encoder
   bias / threshold is put at each latent's (1 - l0/d_sae) quantile on the batch.
 - naive: a plain PyTorch TopK SAE (dense scatter, dense decode, autograd, Adam).
@@ -96,8 +96,8 @@ def _saescope_step(impl: str, s: Shape, l0: int, bandwidth: float, dead_frac: fl
     import torch
 
     from saescope import native
-    from saescope import train as tr
     from saescope.saes import make_sae
+    from saescope.training import TrainConfig, optim
 
     arch = impl.removeprefix("saescope-").removesuffix("-torch")
     cfg: dict = {"architecture": arch, "d_in": s.d_in, "d_sae": s.d_sae}
@@ -113,16 +113,16 @@ def _saescope_step(impl: str, s: Shape, l0: int, bandwidth: float, dead_frac: fl
     with torch.no_grad():  # as peer_step.py: zero encoder, bias -1, never fire
         sae.W_enc[:, :n_dead] = 0.0
         sae.b_enc[:n_dead] = -1.0
-    tcfg = tr.TrainConfig(steps=10**6, lr=1e-5, progress=False)
-    (slot,) = tr._make_slots([sae], tcfg)
+    tcfg = TrainConfig(steps=10**6, lr=1e-5, progress=False)
+    (slot,) = optim.make_slots([sae], tcfg)
     window = 10**9
     slot.since_fired[:n_dead] = window  # type: ignore[index]
     holder: dict = {}
 
     def step() -> None:
-        holder["out"] = tr._step(slot, x, x, 10**5, tcfg, window)
+        holder["out"] = optim.step(slot, x, x, 10**5, tcfg, window)
 
-    setting = "the training loop's _step: fused Adam, decoder projection, dead-latent counts"
+    setting = "the training loop's optim.step: fused Adam, decoder projection, dead-latent counts"
     setting += "; compiled kernels " + ("on" if native.available() else "off (plain torch)")
     if n_dead:
         setting += f"; {n_dead} dead latents, AuxK on"

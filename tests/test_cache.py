@@ -139,7 +139,7 @@ def test_a_killed_harvest_resumes_and_never_reads_a_half_written_shard(tmp_path)
     cmd = [
         sys.executable,
         "-m",
-        "saescope.cli",
+        "saescope",
         "harvest",
         "--model",
         "glassllm",
@@ -244,7 +244,7 @@ class _Interrupted:
 @pytest.mark.parametrize("source", ["cache", "model"])
 def test_training_on_a_cache_or_a_model_resumes_bitwise(glass, text_file, tmp_path, source):
     from saescope.saes import make_sae
-    from saescope.train import TrainConfig, train
+    from saescope.training import TrainConfig, train
 
     model, _ = glass
     contexts, fp = _contexts(glass, text_file)
@@ -310,7 +310,7 @@ def test_huge_seeds_do_not_overflow(glass, text_file, tmp_path):
 
 def test_resuming_on_a_grown_cache_is_refused(glass, text_file, tmp_path):
     from saescope.saes import make_sae
-    from saescope.train import TrainConfig, train
+    from saescope.training import TrainConfig, train
 
     model, _ = glass
     contexts, fp = _contexts(glass, text_file)

@@ -8,9 +8,10 @@ import torch
 from safetensors.torch import save_file
 
 import saescope
-from saescope.cli import field_docs, main
+from saescope.cli import main
+from saescope.cli.options import field_docs
 from saescope.saes import TopKConfig
-from saescope.train import TrainConfig
+from saescope.training import TrainConfig
 
 
 def test_train_then_eval_synthetic(tmp_path, capsys):

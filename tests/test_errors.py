@@ -10,9 +10,9 @@ from safetensors.torch import load_file
 import saescope
 from saescope import ConfigError, FormatError, InputError
 from saescope.cli import main
-from saescope.data import SeedTask, SeedTaskConfig
+from saescope.data import ArticleTask, ArticleTaskConfig
 from saescope.saes import make_sae
-from saescope.train import CHECKPOINT_FILE, BadBatchError, TrainConfig, train
+from saescope.training import CHECKPOINT_FILE, BadBatchError, TrainConfig, train
 
 
 def _one_line_error(capsys, argv) -> str:
@@ -48,7 +48,7 @@ def test_wrong_d_in():
     sae = make_sae({"architecture": "topk", "d_in": 4, "d_sae": 8, "k": 2})
     with pytest.raises(InputError, match=r"takes d_in=4"):
         sae(torch.randn(3, 5))
-    task = SeedTask(SeedTaskConfig(d_in=6), batch_size=64)
+    task = ArticleTask(ArticleTaskConfig(d_in=6), batch_size=64)
     with pytest.raises(InputError, match=r"expects d_in=4"):
         train(sae, task, TrainConfig(steps=5, progress=False))
 
@@ -82,7 +82,7 @@ class _PoisonAt:
     """The seed task with NaN in one batch."""
 
     def __init__(self, step: int) -> None:
-        self.task, self.step = SeedTask(SeedTaskConfig(), batch_size=128), step
+        self.task, self.step = ArticleTask(ArticleTaskConfig(), batch_size=128), step
 
     def iter_from(self, start):
         for i, (x, _) in enumerate(self.task.iter_from(start), start):
@@ -103,7 +103,7 @@ def test_nan_batch_names_step_and_keeps_weights_and_checkpoint(tmp_path):
     # The same run on 45 clean batches stops at the same place: the NaN batch changed nothing.
     torch.manual_seed(1)
     clean = make_sae({"architecture": "relu", "d_in": 4, "d_sae": 16})
-    first_45 = [SeedTask(SeedTaskConfig(), batch_size=128).batch(i) for i in range(45)]
+    first_45 = [ArticleTask(ArticleTaskConfig(), batch_size=128).batch(i) for i in range(45)]
     with pytest.raises(InputError, match="ended after 45 batches"):
         train(clean, first_45, cfg)
     for (name, a), b in zip(sae.named_parameters(), clean.parameters(), strict=True):

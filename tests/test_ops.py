@@ -72,9 +72,9 @@ def test_auxk_uses_only_dead_latents():
     assert ops.auxk_topk(pre, torch.zeros(4, dtype=torch.bool), 3).abs().sum() == 0
 
 
-def test_normalised_mse():
+def test_fvu():
     t = torch.tensor([[1.0], [3.0]])
-    assert math.isclose(float(ops.normalised_mse(t - t.mean(), t)), 1.0)
+    assert math.isclose(float(ops.fvu(t - t.mean(), t)), 1.0)
 
 
 def test_unit_rows_in_place():

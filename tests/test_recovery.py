@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from saescope.data import SeedTask, SeedTaskConfig
+from saescope.data import ArticleTask, ArticleTaskConfig
 from saescope.evaluate import evaluate
-from saescope.experiments.recovery import SEED_TASK, SEPARABLE_TASK, run_task
+from saescope.experiments.recovery import ARTICLE_TASK, SEPARABLE_TASK, run_task
 from saescope.saes import make_sae
-from saescope.train import TrainConfig, train
+from saescope.training import TrainConfig, train
 
 
 def test_in_4d_the_true_dictionary_is_not_the_loss_minimum():
@@ -15,8 +15,8 @@ def test_in_4d_the_true_dictionary_is_not_the_loss_minimum():
     features reconstructs worse than one whose decoder may tilt away from them, so training
     drifts off the truth and best-match cosines of 0.99 are out of reach for any
     linear-threshold encoder. (docs/RESULTS.md has the numbers.)"""
-    task = SeedTask(SeedTaskConfig(), batch_size=1024)
-    held = SeedTask(task.cfg, batch_size=8192, seed=77)
+    task = ArticleTask(ArticleTaskConfig(), batch_size=1024)
+    held = ArticleTask(task.cfg, batch_size=8192, seed=77)
     cfg = TrainConfig(steps=1500, b_dec_init="zeros", progress=False)
     scores = {}
     for frozen in (True, False):
@@ -54,12 +54,12 @@ def test_every_architecture_recovers_every_feature(separable):
 
 @pytest.fixture(scope="module")
 def seed_task():
-    return run_task(SEED_TASK, None, seed=0, progress=False)
+    return run_task(ARTICLE_TASK, None, seed=0, progress=False)
 
 
 def test_seed_task_reaches_the_true_l0(seed_task):
     """On the seed's own 4-D task every architecture reaches L0 within 0.5 of the true 2.0
     (the seed's printed code stays near 18 of 32)."""
     for row in seed_task:
-        assert abs(row["l0"] - SEED_TASK.task.mean_active) <= 0.5, row
+        assert abs(row["l0"] - ARTICLE_TASK.task.mean_active) <= 0.5, row
         assert row["explained_variance"] > 0.8, row

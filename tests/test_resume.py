@@ -14,14 +14,14 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from saescope.train import CHECKPOINT_FILE
+from saescope.training import CHECKPOINT_FILE
 
 STEPS = 120
 CHILD = r"""
 import os, signal, sys, time, torch
-from saescope.data import SeedTask, SeedTaskConfig
+from saescope.data import ArticleTask, ArticleTaskConfig
 from saescope.saes import make_sae
-from saescope.train import TrainConfig, train
+from saescope.training import TrainConfig, train
 import saescope.atomic as io
 
 out, mode = sys.argv[1], sys.argv[2]
@@ -33,7 +33,7 @@ saes = [make_sae(c) for c in [
     {"architecture": "gated", "d_in": 6, "d_sae": 24},
     {"architecture": "jumprelu", "d_in": 6, "d_sae": 24},
 ]]
-task = SeedTask(SeedTaskConfig(d_in=6, n_features=16), batch_size=256)
+task = ArticleTask(ArticleTaskConfig(d_in=6, n_features=16), batch_size=256)
 
 class Slow:
     # The same stream, slowed so that the parent can kill the run part-way.

@@ -6,16 +6,16 @@ import pytest
 import torch
 
 from saescope import metrics
-from saescope.data import SeedTask, SeedTaskConfig
+from saescope.data import ArticleTask, ArticleTaskConfig
 from saescope.saes import make_sae
-from saescope.train import TrainConfig, train
+from saescope.training import TrainConfig, train
 from tests.conftest import small_config
 
 
 def test_folded_sae_takes_raw_activations(arch):
     """Trained on scaled data, the returned SAE on raw x equals the live SAE on scaled x,
     scaled back."""
-    task = SeedTask(SeedTaskConfig(d_in=6, coef_low=5.0, coef_high=20.0), batch_size=256)
+    task = ArticleTask(ArticleTaskConfig(d_in=6, coef_low=5.0, coef_high=20.0), batch_size=256)
     live = make_sae(small_config(arch))
     result = train(live, task, TrainConfig(steps=30, progress=False))
     folded = result.saes[0]
@@ -47,7 +47,7 @@ def _dead_after(sae, cfg, task) -> float:
 
 def test_resampling_revives_dead_latents():
     """Half the latents start dead (a large negative bias): resampling brings them back."""
-    task = SeedTask(SeedTaskConfig(n_features=16), batch_size=512)
+    task = ArticleTask(ArticleTaskConfig(n_features=16), batch_size=512)
     dead = {}
     for every in (0, 50):
         torch.manual_seed(0)
@@ -62,7 +62,7 @@ def test_resampling_revives_dead_latents():
 
 def test_auxk_revives_dead_latents():
     """Half the latents start too weak to win the top-k: AuxK trains many of them back."""
-    task = SeedTask(SeedTaskConfig(d_in=16, n_features=64), batch_size=512)
+    task = ArticleTask(ArticleTaskConfig(d_in=16, n_features=64), batch_size=512)
     dead = {}
     for coef in (0.0, 1 / 32):
         torch.manual_seed(0)
@@ -76,7 +76,7 @@ def test_auxk_revives_dead_latents():
 
 
 def test_sweep_in_one_pass_matches_separate_runs():
-    task = SeedTask(SeedTaskConfig(), batch_size=256)
+    task = ArticleTask(ArticleTaskConfig(), batch_size=256)
     cfg = TrainConfig(steps=40, progress=False)
     configs = [{"architecture": "topk", "d_in": 4, "d_sae": 16, "k": k} for k in (1, 2, 3)]
     torch.manual_seed(0)
@@ -90,7 +90,7 @@ def test_sweep_in_one_pass_matches_separate_runs():
 
 
 def test_metrics_log(tmp_path):
-    task = SeedTask(SeedTaskConfig(), batch_size=128)
+    task = ArticleTask(ArticleTaskConfig(), batch_size=128)
     train(
         make_sae(small_config("gated", d_in=4)),
         task,
@@ -115,7 +115,7 @@ def test_metrics_log(tmp_path):
 
 
 def test_grad_clip_limits_update():
-    task = SeedTask(SeedTaskConfig(), batch_size=128)
+    task = ArticleTask(ArticleTaskConfig(), batch_size=128)
     torch.manual_seed(0)
     a = make_sae(small_config("relu", d_in=4))
     torch.manual_seed(0)
@@ -138,7 +138,7 @@ def test_sparse_path_leaves_loss_curves_unchanged(tmp_path, arch, extra):
     """The seed's synthetic task (40 features in 32-D), trained on the sparse and on the dense
     path from the same start: the logged loss, L0 and explained-variance curves agree (rtol
     1e-3; the paths differ only in float32 summation order)."""
-    task = SeedTask(SeedTaskConfig(d_in=32, n_features=40, max_active=3), batch_size=256)
+    task = ArticleTask(ArticleTaskConfig(d_in=32, n_features=40, max_active=3), batch_size=256)
     cfg = TrainConfig(steps=300, log_every=10, dead_tokens=2000, progress=False)
     curves = {}
     for mode in ("sparse", "dense"):
@@ -155,7 +155,7 @@ def test_sparse_path_leaves_loss_curves_unchanged(tmp_path, arch, extra):
 def test_adam_step_on_transposed_views_equals_adam():
     """adam_step hands latent-major tensors to the fused kernel as contiguous transposes:
     bitwise the same as opt.step(), moments included."""
-    from saescope.train import adam_step
+    from saescope.training import adam_step
 
     g = torch.Generator().manual_seed(0)
     W = torch.randn(48, 20, generator=g).t()  # (20, 48) stored latent-major, as W_enc

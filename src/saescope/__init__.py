@@ -1,19 +1,45 @@
-"""saescope: sparse autoencoders, the microscope for neural networks."""
+"""saescope: sparse autoencoders, the microscope for neural networks.
 
-__version__ = "0.1.0"
+The public API: the SAE family and its file format, the one training loop, and the errors a
+user can fix. Everything else is reached through its module (`saescope.runs`,
+`saescope.models`, `saescope.data`, ...). Importing saescope changes no global state.
+"""
 
 from saescope.errors import ConfigError, FormatError, InputError, SaescopeError
-from saescope.saes import ARCHITECTURES, SAE, load, make_sae, save
+from saescope.saes import (
+    ARCHITECTURES,
+    SAE,
+    BatchTopKConfig,
+    GatedConfig,
+    JumpReLUConfig,
+    ReLUConfig,
+    SAEConfig,
+    TopKConfig,
+    load,
+    make_sae,
+    save,
+)
+from saescope.training import TrainConfig, TrainResult, train
+from saescope.version import __version__
 
 __all__ = [
     "ARCHITECTURES",
     "SAE",
+    "BatchTopKConfig",
     "ConfigError",
     "FormatError",
+    "GatedConfig",
     "InputError",
+    "JumpReLUConfig",
+    "ReLUConfig",
+    "SAEConfig",
     "SaescopeError",
+    "TopKConfig",
+    "TrainConfig",
+    "TrainResult",
     "__version__",
     "load",
     "make_sae",
     "save",
+    "train",
 ]

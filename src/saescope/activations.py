@@ -23,6 +23,7 @@ from saescope.data.stream import IndexedBatches
 from saescope.errors import ConfigError, InputError
 from saescope.models import max_context
 from saescope.models.harvest import harvest, pack
+from saescope.models.hooks import HookPair
 
 HELD_OUT_EVERY = 20
 
@@ -97,18 +98,28 @@ class ModelBatches(IndexedBatches):
     ) -> None:
         self.contexts, self.seed = contexts, seed
         self.fingerprint: str | None = None  # of the text, when the caller knows it
-        self.model, self.x_hook, self.y_hook = model, x_hook, y_hook
-        self.hooks = [x_hook] + ([y_hook] if y_hook else [])
+        self.model, self.hooks = model, HookPair(x_hook, y_hook)
         per_context = contexts.shape[1] - 1
         self.contexts_per_batch = max(1, min(batch_size // per_context, contexts.shape[0]))
+        self.batch_size = self.contexts_per_batch * per_context
         self.per_epoch = contexts.shape[0] // self.contexts_per_batch
         x, y = self._rows(contexts[:1])
-        self.d_in, self.d_out = x.shape[-1], y.shape[-1]
+        self._d_in, self._d_out = x.shape[-1], y.shape[-1]
+
+    @property
+    def d_in(self) -> int:
+        return self._d_in
+
+    @property
+    def d_out(self) -> int:
+        return self._d_out
+
+    @property
+    def y_is_x(self) -> bool:
+        return self.hooks.y is None
 
     def _rows(self, ids: Tensor) -> tuple[Tensor, Tensor]:
-        rows = next(harvest(self.model, ids, self.hooks, batch_size=ids.shape[0]))
-        x = rows[self.x_hook]
-        return x, (rows[self.y_hook] if self.y_hook else x)
+        return self.hooks.pick(next(harvest(self.model, ids, self.hooks.specs, ids.shape[0])))
 
     @functools.lru_cache(maxsize=2)  # noqa: B019 - two permutations, freed with the object
     def _perm(self, epoch: int) -> Tensor:

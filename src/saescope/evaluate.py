@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +12,9 @@ from torch import Tensor
 from saescope import metrics
 from saescope.errors import InputError
 from saescope.models.downstream import downstream, gives_logits
-from saescope.models.harvest import HookPoint, harvest
+from saescope.models.harvest import harvest
+from saescope.models.hooks import HookPair
+from saescope.report import save_figure, subplots
 from saescope.saes import SAE
 
 
@@ -75,14 +77,10 @@ def evaluate(
 
 
 def plot_density(density: Tensor, path: str | Path, title: str = "") -> Path:
-    """A histogram of log10 feature density (dead latents counted apart) saved as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """A histogram of log10 feature density (dead latents counted apart), saved atomically as a
+    PNG."""
     live = density[density > 0]
-    fig, ax = plt.subplots(figsize=(6, 3.2))
+    fig, ax = subplots(figsize=(6, 3.2))
     if live.numel():
         ax.hist(torch.log10(live).numpy(), bins=50, color="#3a6ea5")
     dead = int((density == 0).sum())
@@ -90,22 +88,17 @@ def plot_density(density: Tensor, path: str | Path, title: str = "") -> Path:
     ax.set_ylabel("latents")
     ax.set_title(f"{title}  ({dead} of {density.numel()} latents never fired)".strip())
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path)
 
 
-def _held_out_batches(
-    model: torch.nn.Module, contexts: Tensor, x_hook: str, y_hook: str | None, max_tokens: int
-) -> Iterable[tuple[Tensor, Tensor]]:
+def model_batches(
+    model: torch.nn.Module, contexts: Tensor, hooks: HookPair, max_tokens: int
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """(x, y) batches harvested from `contexts`, until `max_tokens` rows have been given."""
     n = 0
-    for rows in harvest(model, contexts, [x_hook] + ([y_hook] if y_hook else [])):
-        x = rows[x_hook]
-        yield x, (rows[y_hook] if y_hook else x)
+    for rows in harvest(model, contexts, hooks.specs):
+        x, y = hooks.pick(rows)
+        yield x, y
         n += x.shape[0]
         if n >= max_tokens:
             return
@@ -126,21 +119,16 @@ def evaluate_in_model(
     ce_clean, ce_spliced, ce_zero (the hook zero-ablated), ce_loss_recovered and kl_div, over
     the contexts that hold those tokens, position 0 left clean and its prediction left out.
     Also `density` (see `evaluate`)."""
-    out = evaluate(
-        sae,
-        _held_out_batches(model, contexts, x_hook, y_hook, max_tokens),
-        max_tokens,
-        keep_density=True,
-    )
+    hooks = HookPair(x_hook, y_hook)
+    batches = model_batches(model, contexts, hooks, max_tokens)
+    out = evaluate(sae, batches, max_tokens, keep_density=True)
     if not gives_logits(model, contexts):
         out["downstream"] = f"skipped: {type(model).__name__} gives no next-token logits"
         return out
     if contexts.shape[1] < 3:
         out["downstream"] = "skipped: contexts of 2 tokens leave no prediction past position 0"
         return out
-    if y_hook is not None and HookPoint.parse(x_hook) != HookPoint(
-        HookPoint.parse(y_hook).path, "in"
-    ):
+    if y_hook is not None and not hooks.replaces_module():
         out["downstream"] = "skipped: a transcoder spliced in needs x_hook M:in and y_hook M"
         return out
     n_ctx = -(-out["n_tokens"] // (contexts.shape[1] - 1))

@@ -159,9 +159,9 @@ def auxk_topk(pre: Tensor, dead: Tensor, k_aux: int) -> Tensor:
     return torch.zeros_like(pre).scatter(-1, idx, vals.relu())
 
 
-def normalised_mse(residual: Tensor, target: Tensor) -> Tensor:
-    """Sum of squared residuals over the target's total variance (fraction of variance
-    unexplained); 0 when the target has no variance."""
+def fvu(residual: Tensor, target: Tensor) -> Tensor:
+    """The fraction of variance unexplained: the sum of squared residuals over the target's
+    total variance (its squared deviation from its mean); 0 when the residual is 0."""
     var = (target - target.mean(0)).pow(2).sum()
     return residual.pow(2).sum() / var.clamp_min(1e-12)
 

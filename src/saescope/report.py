@@ -10,17 +10,16 @@ from __future__ import annotations
 import base64
 import html
 import io
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
+
+from saescope.atomic import atomic_write_bytes
+
+_FIGURE_KEYS = ("figsize", "dpi", "constrained_layout", "layout")
 
 
 @dataclass
@@ -44,12 +43,31 @@ class Section:
     tables: list[tuple[str, list[dict[str, Any]]]] = field(default_factory=list)
 
 
-def figure_uri(fig: Figure, dpi: int = 110) -> str:
-    """A PNG data URI of the figure; the figure is closed."""
+def subplots(nrows: int = 1, ncols: int = 1, **kw: Any) -> tuple[Figure, Any]:
+    """`pyplot.subplots` without pyplot: a `Figure` of its own (figsize, dpi, layout keywords)
+    and its axes. No backend is selected and no global figure list grows, so importing or
+    plotting changes nothing outside the figure."""
+    fig = Figure(**{k: kw.pop(k) for k in _FIGURE_KEYS if k in kw})
+    return fig, fig.subplots(nrows, ncols, **kw)
+
+
+def figure_png(fig: Figure, dpi: int = 110) -> bytes:
+    """The figure as PNG bytes."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    return buf.getvalue()
+
+
+def save_figure(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
+    """Write the figure as a PNG file, atomically."""
+    path = Path(path)
+    atomic_write_bytes(path, figure_png(fig, dpi))
+    return path
+
+
+def figure_uri(fig: Figure, dpi: int = 110) -> str:
+    """A PNG data URI of the figure."""
+    return "data:image/png;base64," + base64.b64encode(figure_png(fig, dpi)).decode("ascii")
 
 
 def _cell(v: Any) -> str:
@@ -123,10 +141,7 @@ def render(sections: Sequence[Section], path: Path, title: str, intro: str = "")
         f"<p><strong>{held} of {total} claims hold.</strong></p><nav>{nav}</nav>"
         f"{body}</body></html>"
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_bytes(path, page.encode("utf-8"))
     return path
 
 

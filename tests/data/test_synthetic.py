@@ -4,19 +4,19 @@ import pytest
 import torch
 
 from saescope.data import (
+    ArticleTask,
+    ArticleTaskConfig,
     CorrelatedTask,
     CorrelatedTaskConfig,
     HierarchicalTask,
     HierarchicalTaskConfig,
-    SeedTask,
-    SeedTaskConfig,
 )
 from saescope.data.stream import HELD_OUT_SEED_OFFSET
 from saescope.errors import ConfigError
 
 
 def test_seed_task_matches_its_recipe():
-    task = SeedTask(SeedTaskConfig(), batch_size=4096)
+    task = ArticleTask(ArticleTaskConfig(), batch_size=4096)
     x, c = task.sample(20_000, torch.Generator().manual_seed(0))
     active = (c > 0).sum(1)
     assert set(active.unique().tolist()) == {1, 2, 3}

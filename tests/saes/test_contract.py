@@ -4,9 +4,9 @@ import pytest
 import torch
 
 import saescope
-from saescope.data import SeedTask, SeedTaskConfig
+from saescope.data import ArticleTask, ArticleTaskConfig
 from saescope.saes import ARCHITECTURES, LossContext, make_sae
-from saescope.train import TrainConfig, train
+from saescope.training import TrainConfig, train
 from tests.conftest import small_config
 from tests.reference import REFERENCE
 
@@ -53,7 +53,7 @@ def test_transcoder_shapes(arch):
 
 
 def test_save_load_roundtrip(arch, tmp_path):
-    task = SeedTask(SeedTaskConfig(d_in=6), batch_size=128)
+    task = ArticleTask(ArticleTaskConfig(d_in=6), batch_size=128)
     sae = train(make_sae(small_config(arch)), task, TrainConfig(steps=30, progress=False)).saes[0]
     saescope.save(sae, tmp_path / "sae")
     loaded = saescope.load(tmp_path / "sae")
@@ -65,7 +65,7 @@ def test_save_load_roundtrip(arch, tmp_path):
 
 
 def test_loss_falls_within_100_steps(arch):
-    task = SeedTask(SeedTaskConfig(d_in=6, n_features=12), batch_size=256)
+    task = ArticleTask(ArticleTaskConfig(d_in=6, n_features=12), batch_size=256)
     result = train(
         make_sae(small_config(arch)),
         task,
@@ -81,7 +81,7 @@ def test_loss_falls_within_100_steps(arch):
 
 def test_decoder_norms_stay_unit_where_required(arch):
     sae = make_sae(small_config(arch))
-    task = SeedTask(SeedTaskConfig(d_in=6), batch_size=128)
+    task = ArticleTask(ArticleTaskConfig(d_in=6), batch_size=128)
     # train() returns folded copies; inspect the live module it trained instead.
     train(sae, task, TrainConfig(steps=40, progress=False))
     norms = sae.W_dec.detach().norm(dim=1)

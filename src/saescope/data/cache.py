@@ -323,6 +323,10 @@ class CacheBatches(IndexedBatches):
     def d_out(self) -> int:
         return self.cache.d(self.y_hook) if self.y_hook else self.d_in
 
+    @property
+    def y_is_x(self) -> bool:
+        return self.y_hook is None
+
     def _plan(self, epoch: int) -> tuple[list[list[int]], list[int]]:
         """The epoch's windows (lists of chunk indices) and each window's first row."""
         if epoch not in self._plans:

@@ -91,6 +91,10 @@ class ActivationFile(IndexedBatches):
     def d_out(self) -> int:
         return self.d_in if self.y is None else self.y.shape[1]
 
+    @property
+    def y_is_x(self) -> bool:
+        return self.y is None
+
     @functools.lru_cache(maxsize=2)  # noqa: B019 - a few permutations, freed with the object
     def _perm(self, epoch: int) -> Tensor:
         return torch.randperm(self.x.shape[0], generator=self.generator(epoch))

@@ -14,9 +14,34 @@ HELD_OUT_SEED_OFFSET = 1_000_003
 
 
 class IndexedBatches(abc.ABC):
-    """A stream of (x, y) batches defined by `batch(i)`; `iter_from(start)` resumes it."""
+    """A stream of (x, y) batches defined by `batch(i)`; `iter_from(start)` resumes it.
+
+    Every stream says what it gives the same way: `d_in` (x's width), `d_out` (y's), `y_is_x`
+    (False when y is another tensor, a transcoder's target) and `tokens_per_batch` (rows per
+    batch)."""
 
     seed: int
+    batch_size: int
+
+    @property
+    @abc.abstractmethod
+    def d_in(self) -> int:
+        """Width of x."""
+
+    @property
+    def d_out(self) -> int:
+        """Width of y (d_in when y is x)."""
+        return self.d_in
+
+    @property
+    def y_is_x(self) -> bool:
+        """Whether y is x (an SAE's data) rather than another tensor (a transcoder's)."""
+        return True
+
+    @property
+    def tokens_per_batch(self) -> int:
+        """Rows (tokens) in each batch."""
+        return self.batch_size
 
     def generator(self, i: int) -> torch.Generator:
         """The random generator for draw number i of this stream (a batch, or an epoch)."""
@@ -27,7 +52,25 @@ class IndexedBatches(abc.ABC):
         """Batch number i (0-based), the same every time it is asked for."""
 
     def iter_from(self, start: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """Batches start, start + 1, ... without computing the ones before."""
         return (self.batch(i) for i in itertools.count(start))
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         return self.iter_from(0)
+
+
+class RowBatches(IndexedBatches):
+    """Batches of rows of one matrix (N, d), drawn with replacement; batch i is fixed by
+    (seed, i)."""
+
+    def __init__(self, rows: Tensor, batch_size: int, seed: int = 0) -> None:
+        self.rows, self.batch_size, self.seed = rows, batch_size, seed
+
+    @property
+    def d_in(self) -> int:
+        return self.rows.shape[1]
+
+    def batch(self, i: int) -> tuple[Tensor, Tensor]:
+        idx = torch.randint(self.rows.shape[0], (self.batch_size,), generator=self.generator(i))
+        x = self.rows[idx]
+        return x, x

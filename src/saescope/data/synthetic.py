@@ -1,13 +1,17 @@
-"""Synthetic data with known ground truth.
+"""Synthetic data with known ground truth: `GroundTruthTask` streams.
 
-The seed's task: n_features random unit vectors in d_in dimensions; each sample is a sparse
-non-negative combination of between min_active and max_active of them (uniformly many),
-with coefficients drawn from U(coef_low, coef_high). 8 features in 4-D, 1-3 active, U(0.5, 2).
+`ArticleTask`, the seed article's task: n_features random unit vectors in d_in dimensions; each
+sample is a sparse non-negative combination of between min_active and max_active of them
+(uniformly many), with coefficients drawn from U(coef_low, coef_high); the article's own
+setting is 8 features in 4-D, 1-3 active, U(0.5, 2). `CorrelatedTask`, the correlated
+generator of Sharkey et al. (2022); `HierarchicalTask`, parents and children (absorption).
 """
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -16,8 +20,47 @@ from saescope.data.stream import IndexedBatches
 from saescope.errors import ConfigError
 
 
+class GroundTruthTask(IndexedBatches):
+    """Synthetic activations with known true features: `features` (G, d_in) unit rows, and
+    `sample(n, generator)` giving x (n, d_in) and the true coefficients c (n, G), x = c @
+    features. Batch i depends only on (seed, i), so a stream can restart anywhere."""
+
+    cfg: Any
+
+    def __init__(self, cfg: Any, batch_size: int = 1024, seed: int = 0) -> None:
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        self.cfg, self.batch_size, self.seed = cfg, batch_size, seed
+        self.features = self._make_features(torch.Generator().manual_seed(cfg.feature_seed))
+
+    @abc.abstractmethod
+    def _make_features(self, g: torch.Generator) -> Tensor:
+        """The true feature directions (G, d_in), unit rows, drawn from g."""
+
+    @abc.abstractmethod
+    def sample(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """n samples: x (n, d_in) and the true coefficients c (n, G)."""
+
+    @property
+    def d_in(self) -> int:
+        return self.cfg.d_in
+
+    def batch_with_truth(self, i: int) -> tuple[Tensor, Tensor]:
+        """Batch i as (x, c): the data and its true coefficients."""
+        return self.sample(self.batch_size, self.generator(i))
+
+    def batch(self, i: int) -> tuple[Tensor, Tensor]:
+        x, _ = self.batch_with_truth(i)
+        return x, x
+
+
+def _unit_rows(n: int, d: int, g: torch.Generator, dtype: torch.dtype = torch.float32) -> Tensor:
+    feats = torch.randn(n, d, generator=g, dtype=dtype)
+    return feats / feats.norm(dim=1, keepdim=True)
+
+
 @dataclass(frozen=True)
-class SeedTaskConfig:
+class ArticleTaskConfig:
     """The seed article's ground-truth task."""
 
     d_in: int = 4
@@ -49,17 +92,13 @@ class SeedTaskConfig:
         return (self.min_active + self.max_active) / 2
 
 
-class SeedTask(IndexedBatches):
-    """A reproducible stream of batches from the seed's task. Batch i depends only on
-    (seed, i), so a stream can restart anywhere (`iter_from`)."""
+class ArticleTask(GroundTruthTask):
+    """A reproducible stream of batches from the seed article's task."""
 
-    def __init__(self, cfg: SeedTaskConfig, batch_size: int = 1024, seed: int = 0) -> None:
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-        self.cfg, self.batch_size, self.seed = cfg, batch_size, seed
-        g = torch.Generator().manual_seed(cfg.feature_seed)
-        feats = torch.randn(cfg.n_features, cfg.d_in, generator=g)
-        self.features = feats / feats.norm(dim=1, keepdim=True)  # (n_features, d_in)
+    cfg: ArticleTaskConfig
+
+    def _make_features(self, g: torch.Generator) -> Tensor:
+        return _unit_rows(self.cfg.n_features, self.cfg.d_in, g)  # (n_features, d_in)
 
     def sample(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """n samples: x (n, d_in) and the true coefficients c (n, n_features); x = c @ features."""
@@ -75,10 +114,6 @@ class SeedTask(IndexedBatches):
         )
         c = coefs * active
         return c @ self.features, c
-
-    def batch(self, i: int) -> tuple[Tensor, Tensor]:
-        x, _ = self.sample(self.batch_size, self.generator(i))
-        return x, x
 
 
 @dataclass(frozen=True)
@@ -103,24 +138,24 @@ class CorrelatedTaskConfig:
             raise ConfigError("need d_in >= 1, n_features >= 1, 0 < mean_active <= n_features")
 
 
-class CorrelatedTask(IndexedBatches):
+class CorrelatedTask(GroundTruthTask):
     """Batches from the correlated generator; batch i depends only on (seed, i)."""
 
-    def __init__(self, cfg: CorrelatedTaskConfig, batch_size: int = 1024, seed: int = 0) -> None:
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-        self.cfg, self.batch_size, self.seed = cfg, batch_size, seed
-        g = torch.Generator().manual_seed(cfg.feature_seed)
-        G = cfg.n_features
-        feats = torch.randn(G, cfg.d_in, generator=g, dtype=torch.float64)
-        self.features = (feats / feats.norm(dim=1, keepdim=True)).float()  # (G, d_in)
+    cfg: CorrelatedTaskConfig
+
+    def _make_features(self, g: torch.Generator) -> Tensor:
+        """The features, then (from the same generator) the firing correlation's Cholesky
+        factor and the per-feature decay."""
+        G = self.cfg.n_features
+        features = _unit_rows(G, self.cfg.d_in, g, torch.float64).float()  # (G, d_in)
         r = torch.rand(G, G, generator=g, dtype=torch.float64)
         cov = (r + r.T) / 2
         lam_min = float(torch.linalg.eigvalsh(cov)[0])
         if lam_min < 0:  # make it positive definite
             cov -= 1.001 * lam_min * torch.eye(G, dtype=torch.float64)
         self._chol = torch.linalg.cholesky(cov)  # (G, G)
-        self._decay = cfg.decay ** torch.arange(G, dtype=torch.float64)
+        self._decay = self.cfg.decay ** torch.arange(G, dtype=torch.float64)
+        return features
 
     def probabilities(self, generator: torch.Generator) -> Tensor:
         """Firing probabilities for one batch: Phi(z_i) decay^i with z ~ N(0, cov), rescaled
@@ -142,10 +177,6 @@ class CorrelatedTask(IndexedBatches):
         c[empty, pick[empty]] = 1.0
         c = c * torch.rand(n, G, generator=generator)
         return c @ self.features, c
-
-    def batch(self, i: int) -> tuple[Tensor, Tensor]:
-        x, _ = self.sample(self.batch_size, self.generator(i))
-        return x, x
 
 
 @dataclass(frozen=True)
@@ -207,29 +238,21 @@ class HierarchicalTaskConfig:
         )
 
 
-class HierarchicalTask(IndexedBatches):
+class HierarchicalTask(GroundTruthTask):
     """Batches from the hierarchical task; batch i depends only on (seed, i).
 
     Feature order: parents 0 .. P-1, then the children of parent 0, of parent 1, ..., then the
     independent features. `batch(i)` gives (x, x); `batch_with_truth(i)` gives (x, c), the true
     coefficients c (n, n_total) with x = c @ features."""
 
-    def __init__(self, cfg: HierarchicalTaskConfig, batch_size: int = 1024, seed: int = 0) -> None:
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-        self.cfg, self.batch_size, self.seed = cfg, batch_size, seed
-        g = torch.Generator().manual_seed(cfg.feature_seed)
-        feats = torch.randn(cfg.n_total, cfg.d_in, generator=g)
-        self._features = feats / feats.norm(dim=1, keepdim=True)
-        P, C = cfg.n_parents, cfg.n_children
-        parent_of = torch.full((cfg.n_total,), -1, dtype=torch.long)
+    cfg: HierarchicalTaskConfig
+
+    def _make_features(self, g: torch.Generator) -> Tensor:
+        P, C = self.cfg.n_parents, self.cfg.n_children
+        parent_of = torch.full((self.cfg.n_total,), -1, dtype=torch.long)
         parent_of[P : P + P * C] = torch.arange(P).repeat_interleave(C)
         self._parent_of = parent_of
-
-    @property
-    def features(self) -> Tensor:
-        """(n_total, d_in) unit-norm true feature directions."""
-        return self._features
+        return _unit_rows(self.cfg.n_total, self.cfg.d_in, g)
 
     @property
     def parent_of(self) -> Tensor:
@@ -263,12 +286,4 @@ class HierarchicalTask(IndexedBatches):
             n, cfg.n_total, generator=generator
         )
         c = coefs * active
-        return c @ self._features, c
-
-    def batch_with_truth(self, i: int) -> tuple[Tensor, Tensor]:
-        """Batch i as (x, c): the data and its true coefficients (n, n_total)."""
-        return self.sample(self.batch_size, self.generator(i))
-
-    def batch(self, i: int) -> tuple[Tensor, Tensor]:
-        x, _ = self.batch_with_truth(i)
-        return x, x
+        return c @ self.features, c

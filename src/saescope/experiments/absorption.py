@@ -29,10 +29,10 @@ from saescope import metrics
 from saescope.data import HierarchicalTask, HierarchicalTaskConfig
 from saescope.data.stream import HELD_OUT_SEED_OFFSET
 from saescope.errors import ConfigError
-from saescope.experiments.common import sae_label, torch_threads
-from saescope.report import Claim, Section
-from saescope.saes import SAE, make_sae
-from saescope.train import TrainConfig, train
+from saescope.experiments.common import make_saes, sae_label, torch_threads
+from saescope.report import Claim, Section, subplots
+from saescope.saes import SAE
+from saescope.training import TrainConfig, train
 
 
 @dataclass(frozen=True)
@@ -189,21 +189,14 @@ def measure(
     )
 
 
-def _make_saes(cfg: AbsorptionConfig, task_cfg: HierarchicalTaskConfig, seed: int) -> list[SAE]:
-    saes = []
-    for i, spec in enumerate(cfg.saes):
-        torch.manual_seed(seed * 1000 + i)  # each SAE's init is independent of the others
-        saes.append(make_sae({"d_in": task_cfg.d_in, "d_sae": task_cfg.n_total, **spec}))
-    return saes
-
-
 def run(seed: int = 0, progress: bool = False, cfg: AbsorptionConfig = DEFAULT) -> AbsorptionResult:
     """Train the SAEs on the hierarchical task and measure absorption on held-out samples."""
     task_cfg = HierarchicalTaskConfig(**{**asdict(cfg.task), "feature_seed": seed})
     task = HierarchicalTask(task_cfg, batch_size=cfg.batch_size, seed=seed)
     train_cfg = TrainConfig(**{**asdict(cfg.train), "seed": seed, "progress": progress})
     with torch_threads(cfg.threads):
-        trained = train(_make_saes(cfg, task_cfg, seed), task, train_cfg).saes
+        saes = make_saes(cfg.saes, seed, d_in=task_cfg.d_in, d_sae=task_cfg.n_total)
+        trained = train(saes, task, train_cfg).saes
         held_out = HierarchicalTask(task_cfg, cfg.eval_samples, seed + HELD_OUT_SEED_OFFSET)
         x, c = held_out.batch_with_truth(0)
         measured = [
@@ -282,11 +275,9 @@ def _strip(ax: Any, x: float, values: list[float], color: str, rng: torch.Genera
 def figure(results: list[AbsorptionResult]) -> Figure:
     """Left: parent-latent recall by condition; right: child-decoder cosine with its own
     parent vs unrelated parents. Each point is one parent (left) or child (right) of a seed."""
-    import matplotlib.pyplot as plt
-
     rng = torch.Generator().manual_seed(0)
     n = len(results[0].saes)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (left, right) = subplots(1, 2, figsize=(11, 4))
     conds = [
         ("recall_alone", "no child", "tab:blue"),
         ("recall_with_child", "own child", "tab:red"),

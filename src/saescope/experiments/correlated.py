@@ -17,17 +17,16 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import matplotlib.pyplot as plt
 import torch
 from torch import Tensor
 
 from saescope import metrics
 from saescope.data import CorrelatedTask, CorrelatedTaskConfig
 from saescope.data.stream import HELD_OUT_SEED_OFFSET
-from saescope.experiments.common import sae_label
-from saescope.report import Claim, Section
-from saescope.saes import SAE, make_sae
-from saescope.train import TrainConfig, train
+from saescope.experiments.common import make_saes, sae_label
+from saescope.report import Claim, Section, subplots
+from saescope.saes import SAE
+from saescope.training import TrainConfig, train
 
 
 @dataclass(frozen=True)
@@ -119,10 +118,7 @@ def run(
     cfg = cfg or CorrelatedConfig()
     task_cfg = CorrelatedTaskConfig(**{**asdict(cfg.task), "feature_seed": seed})
     task = CorrelatedTask(task_cfg, batch_size=cfg.batch_size, seed=seed)
-    saes = []
-    for i, spec in enumerate(cfg.saes):
-        torch.manual_seed(seed * 1000 + i)
-        saes.append(make_sae({"d_in": task_cfg.d_in, "d_sae": cfg.d_sae, **spec}))
+    saes = make_saes(cfg.saes, seed, d_in=task_cfg.d_in, d_sae=cfg.d_sae)
     tcfg = TrainConfig(**{**asdict(cfg.train), "seed": seed, "progress": progress})
     trained = train(saes, task, tcfg, None).saes
     held_out = CorrelatedTask(task_cfg, seed=seed + HELD_OUT_SEED_OFFSET)
@@ -150,7 +146,7 @@ def _fmt(values: list[float]) -> str:
 
 def recovery_section(results: list[CorrelatedResult], threshold: float = 0.95) -> Section:
     r = results[0]
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    fig, ax = subplots(figsize=(6, 3.6))
     for s in r.scores:
         ax.scatter(r.frequency, s.best_cos, s=5, alpha=0.5, label=s.label)
     ax.set_xscale("log")
@@ -186,7 +182,7 @@ def recovery_section(results: list[CorrelatedResult], threshold: float = 0.95) -
 def shrinkage_section(results: list[CorrelatedResult]) -> Section:
     r = results[0]
     topk, l1 = r.scores[0], r.scores[1]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig, axes = subplots(1, 3, figsize=(13, 3.6))
     top = max(float(topk.true_coef.max()), float(l1.true_coef.max()))
     for ax, s in zip(axes[:2], (topk, l1), strict=True):
         n = min(4000, s.true_coef.numel())

@@ -52,7 +52,7 @@ def _geometry(seeds: list[int], quick: bool) -> Section:
 
 def _recovery(seeds: list[int], quick: bool) -> Section:
     steps = _steps(3000, quick) if quick else None
-    results = [recovery.seed_tasks(s, steps=steps) for s in seeds]
+    results = [recovery.article_tasks(s, steps=steps) for s in seeds]
     sweep = recovery.sweep(seeds[0], steps=_steps(recovery.SWEEP_TASK.train.steps, quick))
     return recovery.recovery_section(results, sweep)
 

@@ -23,11 +23,11 @@ from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from saescope import metrics
-from saescope.data.stream import IndexedBatches
+from saescope.data.stream import RowBatches
 from saescope.experiments.common import torch_threads
-from saescope.report import Claim, Section
+from saescope.report import Claim, Section, subplots
 from saescope.saes import make_sae
-from saescope.train import TrainConfig, train
+from saescope.training import TrainConfig, train
 
 N_EXAMPLES = 4
 
@@ -141,19 +141,6 @@ def train_classifier(
     return model.eval()
 
 
-class RowBatches(IndexedBatches):
-    """Minibatches of rows of a fixed matrix, sampled with replacement; batch i is fixed by
-    (seed, i)."""
-
-    def __init__(self, data: Tensor, batch_size: int, seed: int) -> None:
-        self.data, self.batch_size, self.seed = data, batch_size, seed
-
-    def batch(self, i: int) -> tuple[Tensor, Tensor]:
-        idx = torch.randint(self.data.shape[0], (self.batch_size,), generator=self.generator(i))
-        x = self.data[idx]
-        return x, x
-
-
 def class_means(acts: Tensor, labels: Tensor, n_classes: int) -> Tensor:
     """(d, n_classes): the mean of each column of acts (N, d) over each class."""
     return torch.stack([acts[labels == c].mean(0) for c in range(n_classes)], dim=1)
@@ -242,12 +229,10 @@ def _row_normalised(means: Tensor) -> Tensor:
 def heatmaps(r: MonoResult) -> Figure:
     """Neuron x class and alive-feature x class mean activations, each row scaled to max 1;
     features sorted by dominant class, their purity in the row label."""
-    import matplotlib.pyplot as plt  # after saescope.report, which selected the Agg backend
-
     dom = r.feature_class_means.argmax(1).tolist()
     order = sorted(range(len(dom)), key=lambda i: (dom[i], -r.feature_purity[i]))
     n_feat = len(order)
-    fig, (a, b) = plt.subplots(
+    fig, (a, b) = subplots(
         1, 2, figsize=(10, max(4.5, 0.2 * n_feat + 1.5)), constrained_layout=True
     )
     n_classes = r.neuron_class_means.shape[1]
@@ -277,9 +262,7 @@ def heatmaps(r: MonoResult) -> Figure:
 
 def purity_histogram(results: list[MonoResult], pure: float) -> Figure:
     """Purities of the alive features of every seed."""
-    import matplotlib.pyplot as plt  # after saescope.report, which selected the Agg backend
-
-    fig, ax = plt.subplots(figsize=(6, 3.5), constrained_layout=True)
+    fig, ax = subplots(figsize=(6, 3.5), constrained_layout=True)
     bins = [i / 20 for i in range(21)]
     ax.hist(
         [r.feature_purity for r in results],

@@ -13,15 +13,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import matplotlib.pyplot as plt
-import torch
-
-from saescope.data import SeedTask, SeedTaskConfig
-from saescope.data.stream import HELD_OUT_SEED_OFFSET
+from saescope.data import ArticleTaskConfig
 from saescope.evaluate import evaluate
-from saescope.report import Claim, Section
-from saescope.saes import make_sae
-from saescope.train import TrainConfig, train
+from saescope.experiments.common import make_saes
+from saescope.report import Claim, Section, subplots
+from saescope.runs import DataSpec, train_run
+from saescope.training import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -29,14 +26,14 @@ class RecoveryTask:
     """One ground-truth setting and the SAEs trained on it."""
 
     name: str
-    task: SeedTaskConfig
+    task: ArticleTaskConfig
     saes: tuple[dict[str, Any], ...]
     train: TrainConfig
 
 
-SEED_TASK = RecoveryTask(
+ARTICLE_TASK = RecoveryTask(
     "seed",
-    SeedTaskConfig(d_in=4, n_features=8),
+    ArticleTaskConfig(d_in=4, n_features=8),
     (
         {"architecture": "relu", "d_sae": 8, "l1_coef": 1.0},
         {"architecture": "topk", "d_sae": 8, "k": 2},
@@ -49,7 +46,7 @@ SEED_TASK = RecoveryTask(
 
 SEPARABLE_TASK = RecoveryTask(
     "separable",
-    SeedTaskConfig(d_in=32, n_features=40),
+    ArticleTaskConfig(d_in=32, n_features=40),
     (
         {"architecture": "relu", "d_sae": 60, "l1_coef": 4.0},
         {"architecture": "topk", "d_sae": 60, "k": 2},
@@ -69,12 +66,10 @@ def run_task(
     steps: int | None = None,
 ) -> list[dict[str, Any]]:
     """Train the spec's SAEs together on its task and evaluate them on held-out samples."""
-    task_cfg = SeedTaskConfig(**{**asdict(spec.task), "feature_seed": seed})
-    task = SeedTask(task_cfg, batch_size=1024, seed=seed)
-    saes = []
-    for i, c in enumerate(spec.saes):
-        torch.manual_seed(seed * 1000 + i)  # each SAE's init is independent of the others
-        saes.append(make_sae({"d_in": task_cfg.d_in, **c}))
+    task_cfg = ArticleTaskConfig(**{**asdict(spec.task), "feature_seed": seed})
+    data = DataSpec.synthetic(task_cfg, seed)
+    task = data.open(batch_size=1024)
+    saes = make_saes(spec.saes, seed, d_in=task_cfg.d_in)
     cfg = TrainConfig(
         **{
             **asdict(spec.train),
@@ -83,10 +78,9 @@ def run_task(
             **({"steps": steps} if steps else {}),
         }
     )
-    meta = {"data": {"kind": "synthetic", "task": asdict(task_cfg), "seed": seed}}
-    result = train(saes, task, cfg, out, metadata=meta, overwrite=True)
-    held_out = SeedTask(task_cfg, batch_size=8192, seed=seed + HELD_OUT_SEED_OFFSET)
-    return [evaluate(s, held_out, 32_768, features=task.features) for s in result.saes]
+    result = train_run(saes, data, task, cfg, out, overwrite=True)
+    held = data.held_out(32_768)  # (batches of 8192 from another seed)
+    return [evaluate(s, held.batches, 32_768, features=held.features) for s in result.saes]
 
 
 SWEEP_L1 = (0.01, 0.1, 1.0, 4.0, 16.0, 64.0)
@@ -101,13 +95,13 @@ SWEEP_TASK = RecoveryTask(
 )
 
 
-def seed_tasks(
+def article_tasks(
     seed: int = 0, steps: int | None = None, progress: bool = False
 ) -> dict[str, list[dict[str, Any]]]:
     """Every architecture on the seed's 4-D task and on the separable one (40 in 32-D)."""
     return {
         spec.name: run_task(spec, None, seed, progress=progress, steps=steps)
-        for spec in (SEED_TASK, SEPARABLE_TASK)
+        for spec in (ARTICLE_TASK, SEPARABLE_TASK)
     }
 
 
@@ -120,7 +114,7 @@ def sweep(seed: int = 0, steps: int | None = None, progress: bool = False) -> li
 
 
 def _sweep_figure(rows: list[dict[str, Any]]):
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    fig, axes = subplots(1, 2, figsize=(10, 3.4))
     for ax, arch, xlabel in ((axes[0], "relu", "L1 coefficient λ"), (axes[1], "topk", "k")):
         sel = [r for r in rows if r["architecture"] == arch]
         xs = [r["setting"] for r in sel]
@@ -140,7 +134,7 @@ def _sweep_figure(rows: list[dict[str, Any]]):
 def recovery_section(
     results: list[dict[str, list[dict[str, Any]]]], sweep_rows: list[dict[str, Any]]
 ) -> Section:
-    """results: seed_tasks() per seed; sweep_rows: sweep() for one seed."""
+    """results: article_tasks() per seed; sweep_rows: sweep() for one seed."""
     sep = [r["separable"] for r in results]
     archs = [row["architecture"] for row in sep[0]]
     true_l0 = SEPARABLE_TASK.task.mean_active

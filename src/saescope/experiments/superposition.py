@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import matplotlib.pyplot as plt
 import torch
 from matplotlib.axes import Axes
 from matplotlib.colors import ListedColormap
 from matplotlib.patches import Patch
 from torch import Tensor
 
-from saescope.report import Claim, Section
+from saescope.report import Claim, Section, subplots
 from saescope.toy import (
     ToyConfig,
     ToyTrainConfig,
@@ -225,7 +224,7 @@ def _arrows(ax: Axes, W: Tensor, title: str) -> None:
 
 def intro_section(results: list[IntroResult]) -> Section:
     r = results[0]
-    fig, axes = plt.subplots(1, len(r.density), figsize=(2 * len(r.density), 2.3))
+    fig, axes = subplots(1, len(r.density), figsize=(2 * len(r.density), 2.3))
     for ax, W, p in zip(axes, r.W, r.density, strict=True):
         _arrows(ax, W, f"density {p:.3g}")
         ax.set_xticks([])
@@ -272,7 +271,7 @@ def intro_section(results: list[IntroResult]) -> Section:
 
 def five_in_two_section(results: list[FiveInTwoResult]) -> Section:
     r = results[0]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(6, 3))
+    fig, (a1, a2) = subplots(1, 2, figsize=(6, 3))
     _arrows(a1, r.W_linear, "linear model (the seed's)")
     _arrows(a2, r.W_relu, "ReLU output")
     poly = [all(len(n) >= 2 for n in res.neurons_relu) for res in results]
@@ -324,7 +323,7 @@ def five_in_two_section(results: list[FiveInTwoResult]) -> Section:
 
 def phase_section(results: list[PhaseResult]) -> Section:
     r = results[0]
-    fig, ax = plt.subplots(figsize=(5, 4))
+    fig, ax = subplots(figsize=(5, 4))
     cmap = ListedColormap(["#dddddd", "#4c72b0", "#dd8452"])
     ax.pcolormesh(r.density, r.importance, r.phase.numpy(), cmap=cmap, vmin=0, vmax=2)
     ax.set_xscale("log")
@@ -381,7 +380,7 @@ def phase_section(results: list[PhaseResult]) -> Section:
 
 def geometry_section(results: list[GeometryResult]) -> Section:
     r = results[0]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, (a1, a2) = subplots(1, 2, figsize=(10, 3.6))
     inv = [1 / p for p in r.density]
     for s, res in enumerate(results):
         a1.plot(inv, res.dims_per_feature, "o-", ms=3, label=f"seed {s}")

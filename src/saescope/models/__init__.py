@@ -1,5 +1,5 @@
 """Real networks by name or local folder, as hookable torch modules (hook points are module
-paths)."""
+paths: `hooks.py`)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 
 from saescope.errors import ConfigError
 from saescope.models import glassllm, hf
+from saescope.models.hooks import describe_hooks, find_module, hook_points
+
+__all__ = [
+    "MODELS",
+    "describe_hooks",
+    "find_module",
+    "hook_points",
+    "load_model",
+    "max_context",
+]
 
 MODELS: dict[str, Callable[[], tuple[nn.Module, Any]]] = {
     "glassllm": glassllm.load,
@@ -50,43 +59,3 @@ def max_context(model: nn.Module) -> int | None:
             if isinstance(value, int):
                 return value
     return None
-
-
-def hook_points(model: nn.Module) -> list[str]:
-    """Every module path of the model: the names a hook can attach to."""
-    return [name for name, _ in model.named_modules() if name]
-
-
-def find_module(model: nn.Module, path: str) -> nn.Module:
-    """The module at `path`; a wrong path gets the close matches."""
-    modules = dict(model.named_modules())
-    if path not in modules or not path:
-        close = difflib.get_close_matches(path, hook_points(model), n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ConfigError(
-            f"no module {path!r} in {type(model).__name__}{hint} "
-            "(`saescope hooks MODEL` lists them)"
-        )
-    return modules[path]
-
-
-def describe_hooks(model: nn.Module, ids: Tensor) -> list[tuple[str, str, tuple[int, ...] | None]]:
-    """(path, module type, output shape or None when not a tensor) for every hook point, from
-    one forward pass on `ids`."""
-    shapes: dict[str, tuple[int, ...] | None] = {}
-
-    def record(path: str) -> Callable[..., None]:
-        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
-            shapes[path] = tuple(output.shape) if isinstance(output, Tensor) else None
-
-        return hook
-
-    modules = dict(model.named_modules())
-    handles = [modules[p].register_forward_hook(record(p)) for p in hook_points(model)]
-    try:
-        with torch.no_grad():
-            model(ids)
-    finally:
-        for h in handles:
-            h.remove()
-    return [(p, type(modules[p]).__name__, shapes.get(p)) for p in hook_points(model)]

@@ -1,20 +1,14 @@
 """Downstream evaluation: next-token cross-entropy with a hook point's activations replaced
 (by an SAE's reconstruction, or by zeros), and the KL divergence to the clean predictions.
 
-`replace` maps a hook spec to a function of the activation there. For a module's output
-(`layers.2`) the function's value becomes that output; for a module's input
-(`layers.2.mlp:in`) it becomes that input, or, with `whole_module`, the function replaces the
-whole module, its value becoming the module's output: a transcoder substituted for the MLP
-(the function must not call the hooked module itself). The model is any module mapping ids
-(B, T) to logits (B, T, vocab), or to an output whose `.logits` they are (Hugging Face causal
-LMs).
+The reconstruction goes in through `hooks.spliced`: at a module's output (`layers.2`), at its
+input (`layers.2.mlp:in`), or, with `whole_module`, in place of the whole module (a transcoder
+substituted for the MLP; the function must not call the hooked module itself). The model is
+any module mapping ids (B, T) to logits (B, T, vocab), or to an output whose `.logits` they
+are (Hugging Face causal LMs).
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -22,60 +16,7 @@ from torch import Tensor, nn
 
 from saescope import metrics
 from saescope.errors import ConfigError
-from saescope.models import find_module
-from saescope.models.harvest import HookPoint, module_input
-
-Replacement = Callable[[Tensor], Tensor]
-
-
-@contextmanager
-def spliced(
-    model: nn.Module,
-    replace: dict[str, Replacement],
-    keep_first: bool = False,
-    whole_module: bool = False,
-) -> Iterator[None]:
-    """Within the block, the model runs with each hook point's activation replaced: a
-    module's output (`M`), or its input (`M:in`; the module then runs on the replacement).
-    whole_module: an `M:in` function's value becomes M's output instead, M itself skipped (a
-    transcoder substituted for M). keep_first: position 0 keeps its clean value (it has no
-    left context, and is dropped from harvested activations, so an SAE never saw it)."""
-
-    def first_clean(clean: Tensor, new: Tensor) -> Tensor:
-        new = new.to(clean.dtype)
-        return torch.cat((clean[:, :1], new[:, 1:]), dim=1) if keep_first else new
-
-    def on_output(fn: Replacement) -> Any:
-        return lambda _m, _args, out: first_clean(out, fn(out))
-
-    def on_module(fn: Replacement, p: HookPoint) -> Any:
-        return lambda _m, args, kwargs, out: first_clean(out, fn(module_input(p, args, kwargs)[1]))
-
-    def on_input(fn: Replacement, p: HookPoint) -> Any:
-        def swap(_m: nn.Module, args: tuple, kwargs: dict[str, Any]) -> Any:
-            where, x = module_input(p, args, kwargs)
-            new = first_clean(x, fn(x))
-            if where == 0:
-                return (new, *args[1:]), kwargs
-            return args, {**kwargs, where: new}
-
-        return swap
-
-    handles = []
-    for spec, fn in replace.items():
-        point = HookPoint.parse(spec)
-        module = find_module(model, point.path)
-        if point.side == "out":
-            handles.append(module.register_forward_hook(on_output(fn)))
-        elif whole_module:
-            handles.append(module.register_forward_hook(on_module(fn, point), with_kwargs=True))
-        else:
-            handles.append(module.register_forward_pre_hook(on_input(fn, point), with_kwargs=True))
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
+from saescope.models.hooks import Replacement, spliced
 
 
 def _logits(model: nn.Module, ids: Tensor) -> Tensor:

@@ -2,22 +2,21 @@
 the model without gradients, one or several hook points collected in one forward pass, and
 the pass stopped once the last of them has fired (early exit: the layers above are never run).
 
-A hook point is a module path (`layers.2`), its output; `layers.2.mlp:in` is the module's
-input (a transcoder's x, with `layers.2.mlp` its y). The first position of every context is
-dropped by default: it has no left context (and is where a BOS token would sit).
+Hook points are module paths (`hooks.py`): `layers.2` is the module's output, `layers.2.mlp:in`
+its input. The first position of every context is dropped by default: it has no left context
+(and is where a BOS token would sit).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from saescope.errors import InputError
-from saescope.models import find_module
+from saescope.models.hooks import HookPoint, find_module, module_input
 
 
 def pack(ids: Sequence[int], context: int) -> Tensor:
@@ -30,37 +29,6 @@ def pack(ids: Sequence[int], context: int) -> Tensor:
             "give more text or a shorter --context"
         )
     return torch.tensor(list(ids[: n * context]), dtype=torch.long).view(n, context)
-
-
-@dataclass(frozen=True)
-class HookPoint:
-    """A module path and which side of the module: its output, or its input (":in")."""
-
-    path: str
-    side: str = "out"
-
-    @classmethod
-    def parse(cls, spec: str) -> HookPoint:
-        path, _, side = spec.partition(":")
-        if side not in ("", "in", "out"):
-            raise InputError(f"hook {spec!r}: the part after ':' must be 'in' or 'out'")
-        return cls(path, side or "out")
-
-    def __str__(self) -> str:
-        return self.path if self.side == "out" else f"{self.path}:in"
-
-
-def module_input(point: HookPoint, args: tuple, kwargs: dict[str, Any]) -> tuple[Any, Tensor]:
-    """(where, tensor): the input a module was called with, its first positional argument
-    (where = 0), else its `hidden_states` keyword, else its first tensor keyword (where =
-    the keyword): Hugging Face modules are often called with keywords only."""
-    if args and isinstance(args[0], Tensor):
-        return 0, args[0]
-    names = ["hidden_states", *kwargs]
-    for name in names:
-        if isinstance(kwargs.get(name), Tensor):
-            return name, kwargs[name]
-    raise InputError(f"hook {point}: the module was called without a tensor input")
 
 
 class _Stop(Exception):

@@ -1,25 +1,48 @@
-"""The SAE family: one file per architecture, and the table that names them.
+"""The SAE family: one file per architecture, each final class entering `ARCHITECTURES` when
+its module is imported here.
 
 Adding an architecture: one new file (a frozen config with a class-level `name` and one final
-SAE class) plus one entry in ARCHITECTURES.
+SAE class) plus its name in the import of architecture modules below.
 """
 
-from saescope.saes.base import SAE, LossContext, LossOutput, SAEConfig
+from pathlib import Path
+from typing import Any
+
+# Each module's final class enters ARCHITECTURES on import, in this order (the order of help
+# texts and docs): the seed's L1 SAE, the TopK family, then the gated and threshold ones.
+# isort: off
+from saescope.saes import relu, topk, batchtopk, gated, jumprelu  # noqa: F401
+
+# isort: on
+from saescope.saes.auxk import AuxKConfig
+from saescope.saes.base import (
+    ARCHITECTURES,
+    SAE,
+    LossContext,
+    LossOutput,
+    SAEConfig,
+    architecture,
+    config_from_dict,
+    make_sae,
+)
 from saescope.saes.batchtopk import BatchTopKConfig, BatchTopKSAE
 from saescope.saes.gated import GatedConfig, GatedSAE
 from saescope.saes.jumprelu import JumpReLUConfig, JumpReLUSAE
 from saescope.saes.relu import ReLUConfig, ReLUSAE
 from saescope.saes.topk import TopKConfig, TopKSAE
 
-ARCHITECTURES: dict[str, type[SAE]] = {
-    cls.config_cls.name: cls for cls in (ReLUSAE, TopKSAE, BatchTopKSAE, GatedSAE, JumpReLUSAE)
-}
+load = SAE.load
 
-from saescope.saes.io import config_from_dict, load, make_sae, save  # noqa: E402
+
+def save(sae: SAE, path: str | Path, metadata: dict[str, Any] | None = None) -> Path:
+    """Save an SAE as a folder (cfg.json + sae_weights.safetensors), each file atomically."""
+    return sae.save(path, metadata)
+
 
 __all__ = [
     "ARCHITECTURES",
     "SAE",
+    "AuxKConfig",
     "BatchTopKConfig",
     "BatchTopKSAE",
     "GatedConfig",
@@ -33,6 +56,7 @@ __all__ = [
     "SAEConfig",
     "TopKConfig",
     "TopKSAE",
+    "architecture",
     "config_from_dict",
     "load",
     "make_sae",

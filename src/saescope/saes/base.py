@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import inspect
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from saescope import metrics, ops
-from saescope.errors import ConfigError, InputError
+from saescope.errors import ConfigError, FormatError, InputError, check_keys
+from saescope.saes import io
 from saescope.sparse import SparseCodes
 
 SPARSE_MODES = ("auto", "sparse", "dense")
@@ -67,6 +70,34 @@ class SAEConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {"architecture": self.name, **dataclasses.asdict(self)}
+
+
+ARCHITECTURES: dict[str, type[SAE]] = {}
+"""Every architecture by name. A final SAE class enters itself when its module is imported
+(`saes/__init__.py` imports each one); a second class under a taken name is an error."""
+
+
+def architecture(name: str) -> type[SAE]:
+    """The SAE class registered under `name`."""
+    if name not in ARCHITECTURES:
+        raise ConfigError(f"unknown architecture {name!r}; known: {', '.join(ARCHITECTURES)}")
+    return ARCHITECTURES[name]
+
+
+def config_from_dict(d: dict[str, Any]) -> SAEConfig:
+    """An architecture's config from a dict with an `architecture` key and that config's
+    fields; any other key is an error that names it (a misspelt field never passes silently)."""
+    cls = architecture(str(d.get("architecture"))).config_cls
+    fields = {k: v for k, v in d.items() if k != "architecture"}
+    check_keys(fields, [f.name for f in dataclasses.fields(cls)], f"a {cls.name} SAE")
+    return cls(**fields)
+
+
+def make_sae(cfg: SAEConfig | dict[str, Any]) -> SAE:
+    """A freshly initialised SAE for a config (or a dict with an `architecture` key)."""
+    if isinstance(cfg, dict):
+        cfg = config_from_dict(cfg)
+    return architecture(cfg.name)(cfg)
 
 
 @dataclass
@@ -125,13 +156,24 @@ class SAE(nn.Module, abc.ABC):
 
     cfg: SAEConfig
     config_cls: ClassVar[type[SAEConfig]]
-    latent_axes: ClassVar[dict[str, int]] = {"W_enc": 1, "W_dec": 0}
-    """For each parameter, the axis that indexes latents (used by resampling)."""
+    latent_axes: ClassVar[dict[str, int]] = {"W_enc": 1, "W_dec": 0, "b_enc": 0}
+    """For each parameter, the axis that indexes latents (resampling resets these entries)."""
+    has_b_enc: ClassVar[bool] = True
+    """Whether the encoder has the bias b_enc (d_sae,) (the gated SAE has its own two)."""
     decoder_init_norm: ClassVar[float] = 1.0
     sparse_mode: str = "auto"
     """How `loss` computes: "sparse" (saescope.sparse: work only on live codes), "dense"
     (plain autograd) or "auto" (sparse when the live density and the size make it faster).
     Both give the same values and gradients; an attribute, not part of the config or files."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if inspect.isabstract(cls):
+            return
+        name = cls.config_cls.name
+        if name in ARCHITECTURES:
+            raise TypeError(f"architecture {name!r} is taken by {ARCHITECTURES[name].__name__}")
+        ARCHITECTURES[name] = cls
 
     def __init__(self, cfg: SAEConfig) -> None:
         super().__init__()
@@ -146,11 +188,14 @@ class SAE(nn.Module, abc.ABC):
         self.W_enc = nn.Parameter(torch.empty(d_sae, d_in).t())
         self.W_dec = nn.Parameter(torch.empty(d_sae, d_out))  # type: ignore[arg-type]
         self.b_dec = nn.Parameter(torch.zeros(d_out))  # type: ignore[arg-type]
+        if self.has_b_enc:
+            self.b_enc = nn.Parameter(torch.zeros(d_sae))
         self._extra_params()
         self.reset_parameters()
 
     def _extra_params(self) -> None:
-        """Create architecture-specific parameters and buffers."""
+        """Create architecture-specific parameters and buffers (each per-latent one listed in
+        `latent_axes`, with its initial value in `_initial`)."""
 
     # ----- initialisation -------------------------------------------------------------------
 
@@ -164,10 +209,16 @@ class SAE(nn.Module, abc.ABC):
         else:
             self.W_enc.copy_(torch.randn_like(self.W_enc) / self.cfg.d_in**0.5)
         self.b_dec.zero_()
-        self._reset_extra()
+        for name in self._per_latent_vectors():
+            getattr(self, name).fill_(self._initial(name))
 
-    def _reset_extra(self) -> None:
-        """Initialise architecture-specific parameters."""
+    def _initial(self, name: str) -> float:
+        """The initial value of every entry of the per-latent vector `name` (b_enc, ...)."""
+        return 0.0
+
+    def _per_latent_vectors(self) -> list[str]:
+        """Names of the one-dimensional per-latent parameters (biases, thresholds, scales)."""
+        return [n for n in self.latent_axes if getattr(self, n).dim() == 1]
 
     # ----- the forward pass -----------------------------------------------------------------
 
@@ -183,6 +234,10 @@ class SAE(nn.Module, abc.ABC):
                 "in the last dimension; use activations from the hook it was trained on"
             )
         return x.reshape(-1, self.cfg.d_in)
+
+    def pre_acts(self, x: Tensor) -> Tensor:
+        """x (N, d_in) -> pre (N, d_sae) = (x - b_dec) W_enc + b_enc (no b_dec for transcoders)."""
+        return self._centre(x) @ self.W_enc + self.b_enc
 
     def encode(self, x: Tensor) -> Tensor:
         """x (..., d_in) -> f (..., d_sae)."""
@@ -244,10 +299,8 @@ class SAE(nn.Module, abc.ABC):
         dec_norm = 1.0 if self.cfg.unit_norm_decoder else self.decoder_init_norm
         self.W_dec[idx] = ops.unit_rows(dec_dirs) * dec_norm
         self.W_enc[:, idx] = (ops.unit_rows(enc_dirs) * 0.2 * enc_norm).T
-        self._reset_latents(idx)
-
-    def _reset_latents(self, idx: Tensor) -> None:
-        """Reset architecture-specific per-latent parameters of resampled latents."""
+        for name in self._per_latent_vectors():
+            getattr(self, name)[idx] = self._initial(name)
 
     @torch.no_grad()
     def fold_scale(self, scale_in: float, scale_out: float) -> None:
@@ -268,6 +321,38 @@ class SAE(nn.Module, abc.ABC):
     def from_file_tensors(self, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
         """Inverse of `to_file_tensors`: a state dict for `load_state_dict`."""
         return dict(tensors)
+
+    # ----- files ---------------------------------------------------------------------------
+
+    def save(self, path: str | Path, metadata: dict[str, Any] | None = None) -> Path:
+        """Save as a folder (cfg.json + sae_weights.safetensors), each file atomically."""
+        return io.write(path, self.cfg.to_dict(), self.to_file_tensors(), metadata or {})
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> SAE:
+        """Load a saved SAE in eval mode: `SAE.load` takes any architecture, `TopKSAE.load`
+        only its own. Never unpickles: JSON + safetensors only."""
+        cfg = io.read_cfg(path)
+        try:
+            config = config_from_dict(io.config_part(cfg))
+        except ConfigError as e:
+            raise FormatError(f"{Path(path) / io.CFG_FILE}: {e}") from None
+        if cls is not SAE and config.name != cls.config_cls.name:
+            raise FormatError(
+                f"{path} holds a {config.name} SAE, not {cls.config_cls.name}; use SAE.load"
+            )
+        sae = make_sae(config)
+        state = sae.from_file_tensors(io.read_weights(path, device))
+        expected = {k: tuple(v.shape) for k, v in sae.state_dict().items()}
+        got = {k: tuple(v.shape) for k, v in state.items()}
+        if expected != got:
+            diff = sorted(set(expected.items()) ^ set(got.items()))
+            raise FormatError(
+                f"{Path(path) / io.WEIGHTS_FILE} does not match its {config.name} config: "
+                f"tensors {diff}; re-save the SAE"
+            )
+        sae.load_state_dict(state)
+        return sae.to(device).eval()
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.cfg.to_dict().items())

@@ -2,7 +2,7 @@
 
 Training keeps the N*k largest ReLU'd pre-activations of the whole batch, so k is an average
 per token. Inference is a JumpReLU with one global threshold: a running average of the
-smallest activation kept in each training batch. AuxK as for TopK.
+smallest activation kept in each training batch. AuxK as for TopK (`auxk.py`).
 """
 
 from __future__ import annotations
@@ -11,24 +11,20 @@ from dataclasses import dataclass
 from typing import ClassVar, final
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from saescope import ops, sparse
 from saescope.errors import ConfigError
-from saescope.saes.base import SAE, LossContext, LossOutput, SAEConfig
-from saescope.saes.topk import auxk_loss, sparse_topk_loss
+from saescope.saes.auxk import AuxKConfig, auxk_loss, sparse_topk_loss
+from saescope.saes.base import SAE, LossContext, LossOutput
 
 
 @dataclass(frozen=True)
-class BatchTopKConfig(SAEConfig):
+class BatchTopKConfig(AuxKConfig):
     name: ClassVar[str] = "batchtopk"
 
     k: float = 32
     """Mean active latents per token over a batch."""
-    k_aux: int | None = None
-    """Dead latents used by the AuxK loss; default d_in // 2."""
-    aux_coef: float = 1 / 32
-    """Weight of the AuxK loss."""
     threshold_rate: float = 0.01
     """Rate of the running average that sets the inference threshold."""
 
@@ -36,38 +32,24 @@ class BatchTopKConfig(SAEConfig):
         super().__post_init__()
         if isinstance(self.k, bool) or not 0 < self.k <= self.d_sae:
             raise ConfigError(f"k must be in (0, d_sae={self.d_sae}], got {self.k}")
-        if self.k_aux is None:
-            object.__setattr__(self, "k_aux", max(1, self.d_in // 2))
         if not 0 < self.threshold_rate <= 1:
             raise ConfigError(f"threshold_rate must be in (0, 1], got {self.threshold_rate}")
-
-    @property
-    def dead_latent_strategy(self) -> str:
-        return "auxk"
 
 
 @final
 class BatchTopKSAE(SAE):
     config_cls = BatchTopKConfig
     cfg: BatchTopKConfig
-    latent_axes: ClassVar[dict[str, int]] = {"W_enc": 1, "W_dec": 0, "b_enc": 0}
 
     def _extra_params(self) -> None:
-        self.b_enc = nn.Parameter(torch.zeros(self.cfg.d_sae))
         # (d_sae,) all equal; -1 until training has estimated it.
         self.register_buffer("threshold", torch.full((self.cfg.d_sae,), -1.0))
-
-    def pre_acts(self, x: Tensor) -> Tensor:
-        return self._centre(x) @ self.W_enc + self.b_enc  # (N, d_sae)
 
     def _encode(self, x: Tensor) -> Tensor:
         pre = self.pre_acts(x)
         if self.training or bool((self.threshold < 0).any()):
             return ops.batch_topk_activation(pre, self.cfg.k)[0]
         return pre * (pre > self.threshold)  # JumpReLU; threshold > 0 implies ReLU
-
-    def _reset_latents(self, idx: Tensor) -> None:
-        self.b_enc.data[idx] = 0.0
 
     def loss(self, x: Tensor, y: Tensor, ctx: LossContext | None = None) -> LossOutput:
         ctx = ctx or LossContext()

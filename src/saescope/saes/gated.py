@@ -47,6 +47,7 @@ class GatedSAE(SAE):
         "b_mag": 0,
         "r_mag": 0,
     }
+    has_b_enc: ClassVar[bool] = False  # b_gate and b_mag instead
 
     def _extra_params(self) -> None:
         m = self.cfg.d_sae
@@ -54,18 +55,13 @@ class GatedSAE(SAE):
         self.b_mag = nn.Parameter(torch.zeros(m))
         self.r_mag = nn.Parameter(torch.zeros(m))
 
-    def _reset_extra(self) -> None:
-        for p in (self.b_gate, self.b_mag, self.r_mag):
-            p.data.zero_()
-
-    def _reset_latents(self, idx: Tensor) -> None:
-        for p in (self.b_gate, self.b_mag, self.r_mag):
-            p.data[idx] = 0.0
+    def pre_acts(self, x: Tensor) -> Tensor:
+        """The gate's pre-activations pi_gate (N, d_sae)."""
+        return self._centre(x) @ self.W_enc + self.b_gate
 
     def _gate_mag(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        xc = self._centre(x)
-        pi_gate = xc @ self.W_enc + self.b_gate  # (N, d_sae)
-        pi_mag = xc @ (self.W_enc * self.r_mag.exp()) + self.b_mag  # (N, d_sae)
+        pi_gate = self.pre_acts(x)  # (N, d_sae)
+        pi_mag = self._centre(x) @ (self.W_enc * self.r_mag.exp()) + self.b_mag  # (N, d_sae)
         return pi_gate, pi_mag
 
     def _encode(self, x: Tensor) -> Tensor:

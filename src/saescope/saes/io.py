@@ -3,11 +3,13 @@
 Tensor names and shapes follow SAELens (W_enc (d_in, d_sae), b_enc, W_dec (d_sae, d_out), b_dec;
 `threshold` for jumprelu and batchtopk; b_gate, b_mag, r_mag for gated) and so does the
 `architecture` key. Loading never unpickles. Writes are atomic: temp file, fsync, rename.
+
+This module reads and writes the two files; it knows no SAE class (`SAE.load` and `SAE.save`
+in `base.py` build on it).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -17,58 +19,37 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from saescope.atomic import atomic_save_tensors, atomic_write_bytes
-from saescope.errors import ConfigError, FormatError
-from saescope.saes.base import SAE, SAEConfig
+from saescope.errors import FormatError
+from saescope.version import __version__
 
 FORMAT_VERSION = 1
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
 REQUIRED_KEYS = ("format_version", "architecture", "d_in", "d_sae")
+FILE_KEYS = ("format_version", "saescope_version", "dtype", "normalize_activations", "metadata")
+"""Keys of cfg.json that describe the file, not the SAE's config."""
 
 
-def _architectures() -> dict[str, type[SAE]]:
-    from saescope.saes import ARCHITECTURES
-
-    return ARCHITECTURES
-
-
-def architecture(name: str) -> type[SAE]:
-    """The SAE class registered under `name`."""
-    archs = _architectures()
-    if name not in archs:
-        raise ConfigError(f"unknown architecture {name!r}; known: {', '.join(archs)}")
-    return archs[name]
+def is_saved(path: str | Path) -> bool:
+    """Whether `path` is a folder holding a saved SAE."""
+    return (Path(path) / CFG_FILE).is_file()
 
 
-def config_from_dict(d: dict[str, Any]) -> SAEConfig:
-    """Build an architecture's config from a dict with an `architecture` key; keys that are
-    not fields of that config are ignored (they are metadata)."""
-    cls = architecture(str(d.get("architecture")))
-    names = {f.name for f in dataclasses.fields(cls.config_cls)}
-    return cls.config_cls(**{k: v for k, v in d.items() if k in names})
-
-
-def make_sae(cfg: SAEConfig | dict[str, Any]) -> SAE:
-    """A freshly initialised SAE for a config (or a dict with an `architecture` key)."""
-    if isinstance(cfg, dict):
-        cfg = config_from_dict(cfg)
-    return architecture(cfg.name)(cfg)
-
-
-def save(sae: SAE, path: str | Path, metadata: dict[str, Any] | None = None) -> Path:
-    """Save an SAE as a folder: weights first, then cfg.json, each atomically."""
-    from saescope import __version__
-
+def write(
+    path: str | Path, config: dict[str, Any], tensors: dict[str, torch.Tensor], metadata: dict
+) -> Path:
+    """Write an SAE folder: weights first, then cfg.json (config + file keys), each atomically,
+    so a folder with a cfg.json always has the weights it describes."""
     path = Path(path)
-    tensors = {k: v.detach().cpu() for k, v in sae.to_file_tensors().items()}
+    tensors = {k: v.detach().cpu() for k, v in tensors.items()}
     dtype = str(next(iter(tensors.values())).dtype).removeprefix("torch.")
     cfg = {
         "format_version": FORMAT_VERSION,
         "saescope_version": __version__,
-        **sae.cfg.to_dict(),
+        **config,
         "dtype": dtype,
         "normalize_activations": "none",
-        "metadata": metadata or {},
+        "metadata": metadata,
     }
     atomic_save_tensors(path / WEIGHTS_FILE, tensors, {"format": "pt"})
     atomic_write_bytes(path / CFG_FILE, json.dumps(cfg, indent=2).encode())
@@ -98,24 +79,18 @@ def read_cfg(path: str | Path) -> dict[str, Any]:
     return cfg
 
 
-def load(path: str | Path, device: str | torch.device = "cpu") -> SAE:
-    """Load a saved SAE (in eval mode). Never unpickles: JSON + safetensors only."""
-    path = Path(path)
-    cfg = read_cfg(path)
-    sae = make_sae(cfg)
-    file = path / WEIGHTS_FILE
+def config_part(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The SAE's config in a cfg.json: everything but the file's own keys."""
+    return {k: v for k, v in cfg.items() if k not in FILE_KEYS}
+
+
+def read_weights(path: str | Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """The tensors of a saved SAE (safetensors: nothing is unpickled)."""
+    file = Path(path) / WEIGHTS_FILE
     if not file.is_file():
         raise FormatError(f"{file} not found; the save is incomplete, re-save the SAE")
     try:
-        tensors = load_file(file, device=str(device))
+        return load_file(file, device=str(device))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise FormatError(f"{file} is truncated or corrupt ({msg}); re-save the SAE") from None
-    state = sae.from_file_tensors(tensors)
-    expected = {k: tuple(v.shape) for k, v in sae.state_dict().items()}
-    got = {k: tuple(v.shape) for k, v in state.items()}
-    if expected != got:
-        diff = sorted(set(expected.items()) ^ set(got.items()))
-        raise FormatError(f"{file} does not match {cfg['architecture']} {cfg}: tensors {diff}")
-    sae.load_state_dict(state)
-    return sae.to(device).eval()

@@ -54,24 +54,14 @@ class JumpReLUSAE(SAE):
     latent_axes: ClassVar[dict[str, int]] = {"W_enc": 1, "W_dec": 0, "b_enc": 0, "log_threshold": 0}
 
     def _extra_params(self) -> None:
-        m = self.cfg.d_sae
-        self.b_enc = nn.Parameter(torch.zeros(m))
-        self.log_threshold = nn.Parameter(torch.full((m,), math.log(self.cfg.threshold_init)))
+        self.log_threshold = nn.Parameter(torch.empty(self.cfg.d_sae))
 
-    def _reset_extra(self) -> None:
-        self.b_enc.data.zero_()
-        self.log_threshold.data.fill_(math.log(self.cfg.threshold_init))
-
-    def _reset_latents(self, idx: Tensor) -> None:
-        self.b_enc.data[idx] = 0.0
-        self.log_threshold.data[idx] = math.log(self.cfg.threshold_init)
+    def _initial(self, name: str) -> float:
+        return math.log(self.cfg.threshold_init) if name == "log_threshold" else 0.0  # type: ignore[arg-type]
 
     @property
     def threshold(self) -> Tensor:
         return self.log_threshold.exp()
-
-    def pre_acts(self, x: Tensor) -> Tensor:
-        return self._centre(x) @ self.W_enc + self.b_enc  # (N, d_sae)
 
     def _encode(self, x: Tensor) -> Tensor:
         return ops.jumprelu(self.pre_acts(x), self.threshold, self.cfg.bandwidth)

@@ -10,8 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar, final
 
-import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from saescope import sparse
 from saescope.errors import ConfigError
@@ -49,26 +48,13 @@ class ReLUConfig(SAEConfig):
 class ReLUSAE(SAE):
     config_cls = ReLUConfig
     cfg: ReLUConfig
-    latent_axes: ClassVar[dict[str, int]] = {"W_enc": 1, "W_dec": 0, "b_enc": 0}
-
-    def _extra_params(self) -> None:
-        self.b_enc = nn.Parameter(torch.zeros(self.cfg.d_sae))
 
     @property
     def decoder_init_norm(self) -> float:  # type: ignore[override]
         return 1.0 if self.cfg.unit_norm_decoder else 0.1
 
-    def pre_acts(self, x: Tensor) -> Tensor:
-        return self._centre(x) @ self.W_enc + self.b_enc  # (N, d_sae)
-
     def _encode(self, x: Tensor) -> Tensor:
         return self.pre_acts(x).relu()
-
-    def _reset_extra(self) -> None:
-        self.b_enc.data.zero_()
-
-    def _reset_latents(self, idx: Tensor) -> None:
-        self.b_enc.data[idx] = 0.0
 
     def loss(self, x: Tensor, y: Tensor, ctx: LossContext | None = None) -> LossOutput:
         ctx = ctx or LossContext()

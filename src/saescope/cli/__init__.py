@@ -1,0 +1,43 @@
+"""The `saescope` command line: one short module per command, each with `add_parser(sub)` and
+`run(ns) -> int`. A command parses, calls the library, prints; errors a user can fix are
+printed as one line (exit status 2)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from saescope.cli import demo, eval, harvest, hooks, train
+from saescope.errors import SaescopeError
+
+COMMANDS = (train, eval, harvest, hooks, demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="saescope", description="Sparse autoencoders: train, evaluate."
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    for command in COMMANDS:
+        command.add_parser(sub).set_defaults(handler=command.run)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ns = build_parser().parse_args(argv)
+    try:
+        return ns.handler(ns)
+    except SaescopeError as e:
+        print(f"saescope: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        again = "run it again" if ns.command == "harvest" else "resume with --resume"
+        print(f"saescope: interrupted; {again}", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0
+
+
+__all__ = ["build_parser", "main"]

@@ -1,0 +1,77 @@
+"""`saescope eval`: the metrics of a trained run, on its held-out data or on other data."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+from typing import Any
+
+from saescope.cli import options
+from saescope.data import ArticleTaskConfig, is_cache
+from saescope.runs import DataSpec, Run
+from saescope.text import table
+
+COLUMNS = ["sae", "architecture", "l0", "mse", "explained_variance", "dead_fraction"]
+COLUMNS += ["relative_reconstruction_bias"]
+EXTRA = ("mmcs", "min_feature_cosine", "ce_loss_recovered", "kl_div")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    e = sub.add_parser("eval", help="evaluate a trained SAE")
+    e.add_argument("run", help="run folder written by saescope train")
+    e.add_argument(
+        "--data",
+        default="synthetic",
+        help="'synthetic', a .npy/.safetensors file or an activation cache folder (its training "
+        "rows: held_out false); a run trained on a model is evaluated on its held-out text "
+        "(with CE loss recovered) by default",
+    )
+    e.add_argument("--hook", default=None, help="the cache's hook point (default: the run's)")
+    e.add_argument("--target", default=None, help="the cache's target hook for a transcoder")
+    e.add_argument("--tokens", type=int, default=65_536, help="tokens to evaluate on")
+    e.add_argument("--json", action="store_true", help="print one JSON object")
+    options.add_config_args(e.add_argument_group("synthetic data options"), ArticleTaskConfig)
+    return e
+
+
+def eval_data(ns: argparse.Namespace, run: Run) -> DataSpec | None:
+    """The data --data names, or None for the run's own held-out data."""
+    own = run.data
+    if ns.data == "synthetic":
+        task = options.given(ns, ArticleTaskConfig)
+        if own is not None and own.kind in ("model", "cache"):
+            return None  # the held-out text of the run's model
+        if own is not None and own.kind == "synthetic":
+            return dataclasses.replace(own, task=dataclasses.replace(own.task, **task))
+        return DataSpec.synthetic(ArticleTaskConfig(**task)) if task or own is None else None
+    if is_cache(ns.data):
+        hook = ns.hook or (own.hook if own else None)
+        target = ns.target or (own.target if own else None)
+        return DataSpec.cache(ns.data, hook, target)
+    return DataSpec.at(ns.data, ns.hook, ns.target)
+
+
+def finite(value: Any) -> Any:
+    """NaN and infinities as null: JSON has no such numbers."""
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def run(ns: argparse.Namespace) -> int:
+    r = Run.open(ns.run)
+    results = r.evaluate(ns.tokens, eval_data(ns, r))
+    if ns.json:
+        out = next(iter(results.values())) if len(results) == 1 else results
+        print(json.dumps(finite(out)))
+        return 0
+    rows = [{"sae": k, **v} for k, v in results.items()]
+    print(table(rows, COLUMNS + [c for c in EXTRA if c in rows[0]]))
+    for row in rows:
+        if "density_plot" in row:
+            print(f"feature density histogram: {row['density_plot']}")
+    return 0

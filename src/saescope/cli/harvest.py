@@ -1,0 +1,38 @@
+"""`saescope harvest`: a model's activations on text, into an on-disk cache."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from saescope.cli import options
+from saescope.runs import DataSpec, harvest
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    hv = sub.add_parser("harvest", help="harvest a model's activations on text into a cache")
+    hv.add_argument("--model", required=True, help=options.MODEL_HELP)
+    hv.add_argument(
+        "--hooks", nargs="+", required=True, help="hook points (PATH = output, PATH:in = input)"
+    )
+    hv.add_argument("--out", required=True, type=Path, help="cache folder (resumed if present)")
+    hv.add_argument("--text", nargs="+", default=None, help=options.TEXT_HELP)
+    hv.add_argument("--context", type=int, default=128, help="tokens per context")
+    hv.add_argument("--tokens", type=int, help="tokens to harvest (default: all the text)")
+    hv.add_argument("--batch-size", type=int, default=32, help="contexts per forward pass")
+    hv.add_argument("--shard-contexts", type=int, default=256, help="contexts per shard file")
+    return hv
+
+
+def run(ns: argparse.Namespace) -> int:
+    data = DataSpec.for_model(ns.model, text=ns.text, context=ns.context)
+    cache, available = harvest(data, ns.hooks, ns.out, ns.tokens, ns.batch_size, ns.shard_contexts)
+    if ns.tokens is not None and ns.tokens > available:
+        print(f"note: the text gives {available} training tokens; harvested all of them")
+    hooks = ", ".join(f"{h} ({d})" for h, d in cache.hooks.items())
+    contexts = sum(s["n_contexts"] for s in cache.shards)
+    print(
+        f"{cache.n_rows} tokens x {hooks} in {len(cache.shards)} shards at {ns.out} "
+        f"({contexts} contexts)"
+    )
+    return 0

@@ -1,0 +1,171 @@
+"""Hook points and splicing: the one place saescope reaches into a running model.
+
+A hook point is a module path (`layers.2`), meaning the module's output; `layers.2.mlp:in` is
+the module's input (a transcoder's x, with `layers.2.mlp` its y). `spliced` runs the model with
+functions applied at hook points: a module's output replaced, its input replaced (the module
+then runs on the replacement), or the whole module replaced by a function of its input (a
+transcoder substituted for it). Harvest, downstream evaluation and steering all build on it.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from saescope.errors import ConfigError, InputError
+
+Replacement = Callable[[Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class HookPoint:
+    """A module path and which side of the module: its output, or its input (":in")."""
+
+    path: str
+    side: str = "out"
+
+    @classmethod
+    def parse(cls, spec: str) -> HookPoint:
+        path, _, side = spec.partition(":")
+        if side not in ("", "in", "out"):
+            raise InputError(f"hook {spec!r}: the part after ':' must be 'in' or 'out'")
+        return cls(path, side or "out")
+
+    def __str__(self) -> str:
+        return self.path if self.side == "out" else f"{self.path}:in"
+
+
+@dataclass(frozen=True)
+class HookPair:
+    """The hook points of an SAE's data: x, and y for a transcoder (None: y is x)."""
+
+    x: str
+    y: str | None = None
+
+    @property
+    def specs(self) -> list[str]:
+        """The hook points to collect: x, then y when it is another one."""
+        return [self.x] + ([self.y] if self.y else [])
+
+    def pick(self, rows: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """(x, y) from activations collected under each hook's name."""
+        x = rows[self.x]
+        return x, (rows[self.y] if self.y else x)
+
+    def replaces_module(self) -> bool:
+        """Whether this is a transcoder pair `M:in` -> `M`, which can stand in for module M."""
+        return self.y is not None and HookPoint.parse(self.x) == HookPoint(
+            HookPoint.parse(self.y).path, "in"
+        )
+
+
+def hook_points(model: nn.Module) -> list[str]:
+    """Every module path of the model: the names a hook can attach to."""
+    return [name for name, _ in model.named_modules() if name]
+
+
+def find_module(model: nn.Module, path: str) -> nn.Module:
+    """The module at `path`; a wrong path gets the close matches."""
+    modules = dict(model.named_modules())
+    if path not in modules or not path:
+        close = difflib.get_close_matches(path, hook_points(model), n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ConfigError(
+            f"no module {path!r} in {type(model).__name__}{hint} "
+            "(`saescope hooks MODEL` lists them)"
+        )
+    return modules[path]
+
+
+def describe_hooks(model: nn.Module, ids: Tensor) -> list[tuple[str, str, tuple[int, ...] | None]]:
+    """(path, module type, output shape or None when not a tensor) for every hook point, from
+    one forward pass on `ids`."""
+    shapes: dict[str, tuple[int, ...] | None] = {}
+
+    def record(path: str) -> Callable[..., None]:
+        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+            shapes[path] = tuple(output.shape) if isinstance(output, Tensor) else None
+
+        return hook
+
+    modules = dict(model.named_modules())
+    handles = [modules[p].register_forward_hook(record(p)) for p in hook_points(model)]
+    try:
+        with torch.no_grad():
+            model(ids)
+    finally:
+        for h in handles:
+            h.remove()
+    return [(p, type(modules[p]).__name__, shapes.get(p)) for p in hook_points(model)]
+
+
+def module_input(point: HookPoint, args: tuple, kwargs: dict[str, Any]) -> tuple[Any, Tensor]:
+    """(where, tensor): the input a module was called with, its first positional argument
+    (where = 0), else its `hidden_states` keyword, else its first tensor keyword (where =
+    the keyword): Hugging Face modules are often called with keywords only."""
+    if args and isinstance(args[0], Tensor):
+        return 0, args[0]
+    names = ["hidden_states", *kwargs]
+    for name in names:
+        if isinstance(kwargs.get(name), Tensor):
+            return name, kwargs[name]
+    raise InputError(f"hook {point}: the module was called without a tensor input")
+
+
+@contextmanager
+def spliced(
+    model: nn.Module,
+    replace: dict[str, Replacement],
+    keep_first: bool = False,
+    whole_module: bool = False,
+) -> Iterator[None]:
+    """Within the block, the model runs with each hook point's activation replaced: a
+    module's output (`M`), or its input (`M:in`; the module then runs on the replacement).
+    whole_module: an `M:in` function's value becomes M's output instead, M itself skipped (a
+    transcoder substituted for M). keep_first: position 0 keeps its clean value (it has no
+    left context, and is dropped from harvested activations, so an SAE never saw it). The
+    hooks are removed when the block ends, also on an exception."""
+
+    def first_clean(clean: Tensor, new: Tensor) -> Tensor:
+        new = new.to(clean.dtype)
+        return torch.cat((clean[:, :1], new[:, 1:]), dim=1) if keep_first else new
+
+    def on_output(fn: Replacement) -> Any:
+        return lambda _m, _args, out: first_clean(out, fn(out))
+
+    def on_module(fn: Replacement, p: HookPoint) -> Any:
+        return lambda _m, args, kwargs, out: first_clean(out, fn(module_input(p, args, kwargs)[1]))
+
+    def on_input(fn: Replacement, p: HookPoint) -> Any:
+        def swap(_m: nn.Module, args: tuple, kwargs: dict[str, Any]) -> Any:
+            where, x = module_input(p, args, kwargs)
+            new = first_clean(x, fn(x))
+            if where == 0:
+                return (new, *args[1:]), kwargs
+            return args, {**kwargs, where: new}
+
+        return swap
+
+    handles = []
+    try:
+        for spec, fn in replace.items():
+            point = HookPoint.parse(spec)
+            module = find_module(model, point.path)
+            if point.side == "out":
+                handles.append(module.register_forward_hook(on_output(fn)))
+            elif whole_module:
+                hook = on_module(fn, point)
+                handles.append(module.register_forward_hook(hook, with_kwargs=True))
+            else:
+                hook = on_input(fn, point)
+                handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+        yield
+    finally:
+        for h in handles:
+            h.remove()

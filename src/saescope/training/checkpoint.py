@@ -1,0 +1,181 @@
+"""Checkpoints and resume: everything a run needs to continue bitwise where it stopped (raw
+weights, Adam moments, dead-latent counters, the trainer's RNG, the position in the stream),
+in one safetensors file written atomically, plus the checks that refuse to resume a run with
+other settings or on other data."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
+from torch import Tensor
+
+from saescope.atomic import atomic_save_tensors, atomic_write_bytes
+from saescope.errors import ConfigError, FormatError
+from saescope.training.config import TrainConfig
+from saescope.training.optim import Slot
+
+CHECKPOINT_FILE = "checkpoint.safetensors"
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINT_VERSION = 1
+
+
+@dataclass
+class Position:
+    """Where a run is: steps done, tokens seen, and the dead-latent window in tokens."""
+
+    step: int
+    tokens: int
+    dead_tokens: int
+
+
+def jsonable(d: Any) -> Any:
+    """d as it reads back from JSON (tuples become lists, and so on)."""
+    return json.loads(json.dumps(d))
+
+
+def _tensors(slots: Sequence[Slot], gen: torch.Generator) -> dict[str, Tensor]:
+    t: dict[str, Tensor] = {"trainer_rng": gen.get_state()}
+    for i, s in enumerate(slots):
+        for name, v in s.sae.state_dict().items():
+            t[f"sae{i}.{name}"] = v.detach().cpu().clone()
+        t[f"sae{i}.since_fired"] = s.since_fired.cpu().clone()  # type: ignore[union-attr]
+        for name, p in s.sae.named_parameters():
+            for key, v in s.opt.state.get(p, {}).items():
+                t[f"opt{i}.{name}.{key}"] = v.detach().cpu().clone()
+    return t
+
+
+def meta(
+    cfg: TrainConfig, slots: Sequence[Slot], pos: Position, metadata: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The checkpoint's JSON: position, training config, each SAE's config and scales, and
+    what the caller says the run is (its data)."""
+    saes = [
+        {"cfg": jsonable(s.sae.cfg.to_dict()), "scale_in": s.scale_in, "scale_out": s.scale_out}
+        for s in slots
+    ]
+    return {
+        "version": CHECKPOINT_VERSION,
+        **dataclasses.asdict(pos),
+        "train": jsonable(dataclasses.asdict(cfg)),
+        "saes": saes,
+        "run": jsonable(metadata or {}),
+    }
+
+
+def write(out_dir: Path, slots: Sequence[Slot], gen: torch.Generator, meta: dict) -> None:
+    """Write the checkpoint: temp file, fsync, rename (a kill leaves the previous one)."""
+    atomic_save_tensors(
+        out_dir / CHECKPOINT_FILE, _tensors(slots, gen), {"saescope_checkpoint": json.dumps(meta)}
+    )
+
+
+def read(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """The checkpoint's tensors and its JSON."""
+    try:
+        with safe_open(str(path), "pt") as fh:
+            meta = json.loads((fh.metadata() or {})["saescope_checkpoint"])
+        tensors = load_file(path)
+    except (SafetensorError, OSError, KeyError, ValueError) as e:
+        raise FormatError(
+            f"{path} is not a readable saescope checkpoint ({e}); start afresh"
+        ) from None
+    if meta.get("version", 0) > CHECKPOINT_VERSION:
+        raise FormatError(f"{path} was written by a newer saescope; upgrade saescope")
+    return tensors, meta
+
+
+def read_meta(out_dir: str | Path) -> dict[str, Any] | None:
+    """The JSON of a run folder's checkpoint (None when it has none)."""
+    path = Path(out_dir) / CHECKPOINT_FILE
+    return read(path)[1] if path.is_file() else None
+
+
+def check_same_run(meta: dict, cfg: TrainConfig, metadata: dict[str, Any] | None) -> None:
+    """Refuse to resume with other training settings or on other data."""
+    if meta["train"] != jsonable(dataclasses.asdict(cfg)):
+        raise ConfigError(
+            "checkpoint was made with other training settings; resume with the same ones "
+            f"(checkpoint: {meta['train']})"
+        )
+    if "run" in meta and meta["run"] != jsonable(metadata or {}):
+        raise ConfigError(
+            "checkpoint was made on other data or settings; resume with the same ones "
+            f"(checkpoint: {meta['run']})"
+        )
+
+
+def restore(
+    slots: Sequence[Slot], tensors: dict[str, Tensor], meta: dict, gen: torch.Generator
+) -> None:
+    """Put the checkpoint's weights, moments, counters, scales and RNG into the slots."""
+    if len(meta["saes"]) != len(slots):
+        raise ConfigError(
+            f"checkpoint holds {len(meta['saes'])} SAEs, this run trains {len(slots)}"
+        )
+    for i, (s, m) in enumerate(zip(slots, meta["saes"], strict=True)):
+        if m["cfg"] != jsonable(s.sae.cfg.to_dict()):
+            raise ConfigError(
+                f"checkpoint SAE {i} has config {m['cfg']}, this run {s.sae.cfg.to_dict()}; "
+                "resume with the same SAE settings or start a new run"
+            )
+        prefix = f"sae{i}."
+        s.sae.load_state_dict(
+            {
+                k[len(prefix) :]: v
+                for k, v in tensors.items()
+                if k.startswith(prefix) and k != f"{prefix}since_fired"
+            }
+        )
+        s.since_fired = tensors[f"{prefix}since_fired"].to(s.sae.W_dec.device)
+        s.scale_in, s.scale_out = m["scale_in"], m["scale_out"]
+        for name, p in s.sae.named_parameters():
+            state = {
+                key: _like(p, tensors[f"opt{i}.{name}.{key}"], key)
+                for key in ("step", "exp_avg", "exp_avg_sq")
+                if f"opt{i}.{name}.{key}" in tensors
+            }
+            if state:
+                s.opt.state[p] = state
+    gen.set_state(tensors["trainer_rng"])
+
+
+def _like(p: Tensor, v: Tensor, key: str) -> Tensor:
+    """An Adam moment in its parameter's memory layout (files hold contiguous tensors; the
+    fused kernel wants the parameter's strides). The step counter stays as it is."""
+    if key == "step":
+        return v.to(p.device)
+    return torch.empty_like(p).copy_(v)
+
+
+def truncate_log(path: Path, step: int) -> None:
+    """Drop metric rows written after the checkpoint a run resumes from (atomically)."""
+    if path.is_file():
+        rows = [r for r in path.read_text().splitlines() if r and json.loads(r)["step"] <= step]
+        atomic_write_bytes(path, "".join(r + "\n" for r in rows).encode())
+
+
+def resume(
+    slots: Sequence[Slot],
+    cfg: TrainConfig,
+    out_path: Path | None,
+    gen: torch.Generator,
+    metadata: dict[str, Any] | None = None,
+) -> Position:
+    """Restore the slots from out_path's checkpoint and say where the run stands."""
+    ckpt = out_path / CHECKPOINT_FILE if out_path else None
+    if ckpt is None or not ckpt.is_file():
+        raise FormatError(f"nothing to resume: no {CHECKPOINT_FILE} in {out_path}; drop --resume")
+    tensors, meta = read(ckpt)
+    check_same_run(meta, cfg, metadata)
+    restore(slots, tensors, meta, gen)
+    truncate_log(ckpt.parent / METRICS_FILE, meta["step"])
+    return Position(meta["step"], meta["tokens"], meta["dead_tokens"])

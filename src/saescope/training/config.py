@@ -1,0 +1,98 @@
+"""How to train: `TrainConfig`, its schedules (learning rate, sparsity warm-up) and defaults
+that follow from the SAE or the data."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from saescope.errors import ConfigError, InputError
+from saescope.saes import SAE
+
+
+class BadBatchError(InputError):
+    """A batch (or the loss it produced) held NaN or Inf; nothing was updated."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train. Everything about the SAE itself lives in its own config."""
+
+    steps: int = 3000
+    """Optimiser steps (one batch each)."""
+    lr: float | None = None
+    """Adam learning rate; default 2e-4 / sqrt(d_sae / 2^14) (Gao et al. 2024 scaling)."""
+    beta1: float = 0.9
+    """Adam beta1."""
+    beta2: float = 0.999
+    """Adam beta2."""
+    lr_warmup: float = 0.01
+    """Fraction of steps over which the learning rate rises linearly from 0."""
+    lr_decay_start: float = 0.8
+    """Fraction of steps after which the learning rate decays linearly to 0."""
+    sparsity_warmup: float = 0.05
+    """Fraction of steps over which the sparsity coefficient rises linearly from 0."""
+    grad_clip: float | None = None
+    """Clip the gradient norm to this value (None: no clipping)."""
+    normalise: bool = True
+    """Scale activations to E||x|| = sqrt(d_in) while training; folded into the saved weights."""
+    init_samples: int = 4096
+    """Tokens from the first batches used for the normalisation and the b_dec init."""
+    b_dec_init: str = "geometric_median"
+    """Initial b_dec: "geometric_median", "mean" or "zeros"."""
+    dead_tokens: int | None = None
+    """A latent is dead after this many tokens without firing; default min(10M, tokens/10)."""
+    resample_every: int | None = None
+    """Resample dead latents every this many steps (L1 SAEs); default steps/6, 0 disables.
+    Resampling stops after 60% of training so the schedule can settle."""
+    log_every: int = 50
+    """Write metrics every this many steps."""
+    checkpoint_every: int = 500
+    """Write a checkpoint every this many steps (0: only at the end) when out_dir is given."""
+    seed: int = 0
+    """Seed of the trainer's own randomness (resampling)."""
+    device: str = "cpu"
+    """Device to train on."""
+    progress: bool = True
+    """Show a progress bar."""
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ConfigError(f"steps must be >= 1, got {self.steps}")
+        if self.lr is not None and not self.lr > 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if self.b_dec_init not in ("geometric_median", "mean", "zeros"):
+            raise ConfigError(
+                f"b_dec_init must be geometric_median, mean or zeros, got {self.b_dec_init!r}"
+            )
+        for key in ("lr_warmup", "lr_decay_start", "sparsity_warmup"):
+            if not 0 <= getattr(self, key) <= 1:
+                raise ConfigError(f"{key} must be a fraction in [0, 1], got {getattr(self, key)}")
+        for key in ("log_every", "init_samples"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
+
+    def lr_for(self, sae: SAE) -> float:
+        return self.lr if self.lr is not None else 2e-4 / math.sqrt(sae.cfg.d_sae / 2**14)
+
+    def lr_factor(self, step: int) -> float:
+        """Warm-up then constant then linear decay to 0; step counts from 0."""
+        warm = self.lr_warmup * self.steps
+        if step < warm:
+            return (step + 1) / warm
+        decay_from = self.lr_decay_start * self.steps
+        if step >= decay_from:
+            return max(0.0, (self.steps - step) / max(1.0, self.steps - decay_from))
+        return 1.0
+
+    def sparsity_factor(self, step: int) -> float:
+        warm = self.sparsity_warmup * self.steps
+        return min(1.0, (step + 1) / warm) if warm > 0 else 1.0
+
+    def dead_window(self, batch_tokens: int) -> int:
+        """Tokens without firing after which a latent counts as dead."""
+        return self.dead_tokens or min(10_000_000, max(1, self.steps * batch_tokens // 10))
+
+    def resample_period(self) -> int:
+        """Steps between resamplings (0: never)."""
+        return self.resample_every if self.resample_every is not None else max(1, self.steps // 6)

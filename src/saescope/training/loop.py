@@ -1,0 +1,285 @@
+"""The one training loop, for every architecture and for several SAEs on one batch stream.
+
+It sees only an iterable of (x, y) batches, never a language model. Per step and per SAE
+(`optim.step`): normalise the batch (E||x|| = sqrt(d_in)), compute the loss terms, backward,
+remove the decoder gradient parallel to each unit-norm decoder row, clip, Adam, renormalise,
+update running stats and dead-latent counters; resample dead latents (L1 SAEs) or feed them to
+AuxK (TopK family); log; checkpoint atomically (`checkpoint`). `resume=True` continues
+bitwise-identically from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import itertools
+import json
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from saescope import metrics, ops, sparse
+from saescope.errors import ConfigError, InputError
+from saescope.saes import SAE, LossOutput, save
+from saescope.training import checkpoint, optim
+from saescope.training.checkpoint import METRICS_FILE, Position
+from saescope.training.config import BadBatchError, TrainConfig
+from saescope.training.optim import Slot
+
+
+@dataclass
+class TrainResult:
+    """What training returns: the trained SAEs (taking raw activations) and the last metrics."""
+
+    saes: list[SAE]
+    final_metrics: list[dict[str, Any]]
+    out_dir: Path | None = None
+
+
+def folded_copy(sae: SAE, scale_in: float, scale_out: float) -> SAE:
+    """A copy of the SAE that takes raw activations (normalisation folded into the weights)."""
+    out = copy.deepcopy(sae)
+    out.fold_scale(scale_in, scale_out)
+    return out.eval()
+
+
+def sae_dirs(out_dir: Path, n: int) -> list[Path]:
+    """Where each SAE of a run is saved: the run folder itself for one SAE, else sae_{i}/."""
+    return [out_dir] if n == 1 else [out_dir / f"sae_{i}" for i in range(n)]
+
+
+# ----- batches ------------------------------------------------------------------------------
+
+
+def _as_batch(item: Any) -> tuple[Tensor, Tensor]:
+    if isinstance(item, Tensor):
+        return item, item
+    if isinstance(item, (tuple, list)) and len(item) == 2:
+        return item[0], item[1]
+    raise InputError("batches must be tensors x or pairs (x, y) of tensors")
+
+
+def _stream(batches: Iterable[Any], start: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """Batches from position `start`: a direct jump where the stream supports it."""
+    if hasattr(batches, "iter_from"):
+        it: Iterator[Any] = batches.iter_from(start)  # type: ignore[attr-defined]
+    else:
+        it = itertools.islice(iter(batches), start, None)
+    return (_as_batch(b) for b in it)
+
+
+def _check_batch(x: Tensor, y: Tensor, slots: Sequence[Slot], step: int) -> None:
+    if x.ndim != 2 or y.ndim != 2 or x.shape[0] != y.shape[0]:
+        raise InputError(
+            f"batch at step {step}: x {tuple(x.shape)} and y {tuple(y.shape)} must be (N, d) "
+            "with the same N"
+        )
+    for cfg in (s.sae.cfg for s in slots):
+        if x.shape[1] != cfg.d_in or y.shape[1] != cfg.d_out:
+            raise InputError(
+                f"batch at step {step} has d_in={x.shape[1]}, d_out={y.shape[1]} but the SAE "
+                f"expects d_in={cfg.d_in}, d_out={cfg.d_out}; build the SAE for this data"
+            )
+    if not (torch.isfinite(x).all() and torch.isfinite(y).all()):
+        raise BadBatchError(
+            f"batch at step {step} contains NaN or Inf; weights and checkpoint are untouched. "
+            "Clean the data (or drop that batch) and resume"
+        )
+
+
+# ----- a fresh start: initialisation from data ------------------------------------------------
+
+
+def _take_init(stream: Iterator[tuple[Tensor, Tensor]], n: int) -> list[tuple[Tensor, Tensor]]:
+    """The first batches covering >= n tokens (they are trained on afterwards, too)."""
+    taken: list[tuple[Tensor, Tensor]] = []
+    tokens = 0
+    while tokens < n:
+        try:
+            b = next(stream)
+        except StopIteration:
+            break
+        taken.append(b)
+        tokens += b[0].shape[0]
+    if not taken:
+        raise InputError("the batch stream is empty; give it at least one batch")
+    return taken
+
+
+@torch.no_grad()
+def _init_from_data(slot: Slot, x: Tensor, y: Tensor, cfg: TrainConfig) -> None:
+    sae = slot.sae
+    if cfg.normalise:
+        slot.scale_in = math.sqrt(sae.cfg.d_in) / float(x.norm(dim=1).mean().clamp_min(1e-12))
+        slot.scale_out = (
+            slot.scale_in
+            if sae.cfg.apply_b_dec_to_input
+            else math.sqrt(sae.cfg.d_out) / float(y.norm(dim=1).mean().clamp_min(1e-12))  # type: ignore[arg-type]
+        )
+    y_n = y * slot.scale_out
+    if cfg.b_dec_init == "geometric_median":
+        sae.b_dec.copy_(ops.geometric_median(y_n).to(sae.b_dec.dtype))
+    elif cfg.b_dec_init == "mean":
+        sae.b_dec.copy_(y_n.mean(0))
+
+
+def _start_fresh(
+    slots: list[Slot],
+    batches: Iterable[Any],
+    cfg: TrainConfig,
+    out_path: Path | None,
+    overwrite: bool,
+) -> tuple[Position, Iterator[tuple[Tensor, Tensor]]]:
+    """Normalisation scales and b_dec from the first batches (which are then trained on)."""
+    if out_path and (out_path / checkpoint.CHECKPOINT_FILE).is_file() and not overwrite:
+        raise ConfigError(
+            f"{out_path} already holds a run; resume it (--resume), choose another folder, "
+            "or pass --overwrite"
+        )
+    stream = _stream(batches, 0)
+    first = _take_init(stream, cfg.init_samples)
+    x0 = torch.cat([b[0] for b in first]).to(cfg.device)
+    y0 = torch.cat([b[1] for b in first]).to(cfg.device)
+    for s in slots:
+        _check_batch(x0, y0, [s], 0)
+        _init_from_data(s, x0, y0, cfg)
+    if out_path:
+        out_path.mkdir(parents=True, exist_ok=True)
+        (out_path / METRICS_FILE).unlink(missing_ok=True)
+    pos = Position(0, 0, cfg.dead_window(first[0][0].shape[0]))
+    return pos, itertools.chain(first, stream)
+
+
+# ----- logging and saving --------------------------------------------------------------------
+
+
+@torch.no_grad()
+def _log_row(slot: Slot, y: Tensor, out: LossOutput, pos: Position) -> dict[str, Any]:
+    y_n = y * slot.scale_out
+    row: dict[str, Any] = {"step": pos.step, "tokens": pos.tokens}
+    row.update({f"loss_{k}": float(v) for k, v in out.terms.items()})
+    row["loss"] = float(out.total)
+    row["l0"] = out.l0()
+    row["mse"] = metrics.mse(y_n, out.y_hat)
+    row["explained_variance"] = metrics.explained_variance(y_n, out.y_hat)
+    row["dead_fraction"] = float(slot.dead(pos.dead_tokens).float().mean())
+    return row
+
+
+def _log(
+    slots: Sequence[Slot],
+    outs: Sequence[LossOutput],
+    y: Tensor,
+    pos: Position,
+    log_file: Any,
+    bar: tqdm,
+) -> None:
+    for i, (s, out) in enumerate(zip(slots, outs, strict=True)):
+        s.last_log = {"sae": i, **_log_row(s, y, out, pos)}
+        if log_file:
+            log_file.write(json.dumps(s.last_log) + "\n")
+    if log_file:
+        log_file.flush()
+    head = slots[0].last_log or {}
+    bar.set_postfix(
+        loss=f"{head.get('loss', 0):.4g}",
+        l0=f"{head.get('l0', 0):.3g}",
+        ev=f"{head.get('explained_variance', 0):.3f}",
+    )
+
+
+def _save_final(
+    slots: Sequence[Slot], cfg: TrainConfig, out_path: Path | None, metadata: dict[str, Any] | None
+) -> list[SAE]:
+    final = [folded_copy(s.sae, s.scale_in, s.scale_out) for s in slots]
+    if out_path:
+        for s, sae, path in zip(slots, final, sae_dirs(out_path, len(slots)), strict=True):
+            meta = {
+                "training": checkpoint.jsonable(dataclasses.asdict(cfg)),
+                "normalisation": {"scale_in": s.scale_in, "scale_out": s.scale_out, "folded": True},
+                "final_metrics": s.last_log,
+                **(metadata or {}),
+            }
+            save(sae, path, meta)
+    return final
+
+
+# ----- the loop -----------------------------------------------------------------------------
+
+
+def _resample_due(cfg: TrainConfig, step: int) -> bool:
+    every = cfg.resample_period()
+    return bool(every) and step % every == 0 and step < 0.6 * cfg.steps
+
+
+def train(
+    saes: SAE | Sequence[SAE],
+    batches: Iterable[Any],
+    cfg: TrainConfig | None = None,
+    out_dir: str | Path | None = None,
+    resume: bool = False,
+    metadata: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> TrainResult:
+    """Train one SAE, or several on the same batch stream in one pass (a sweep over k or l1).
+
+    batches: an iterable of (x, y) pairs (or tensors x, meaning y = x), x (N, d_in).
+    out_dir: where metrics.jsonl, checkpoints and the final SAE folder(s) go.
+    resume: continue from out_dir's checkpoint; the result is bitwise what an uninterrupted
+    run gives (on CPU) when the stream is deterministic. Refused when `metadata` (what the
+    caller says the run is, e.g. `runs.DataSpec.to_dict()` of its data) differs from the
+    checkpoint's.
+    overwrite: start afresh in an out_dir that already holds a run (otherwise an error).
+    """
+    cfg = cfg or TrainConfig()
+    slots = optim.make_slots([saes] if isinstance(saes, SAE) else list(saes), cfg)
+    if not slots:
+        raise ConfigError("train needs at least one SAE")
+    out_path = Path(out_dir) if out_dir is not None else None
+    gen = torch.Generator().manual_seed(cfg.seed)
+    if resume:
+        pos = checkpoint.resume(slots, cfg, out_path, gen, metadata)
+        stream = _stream(batches, pos.step)
+    else:
+        pos, stream = _start_fresh(slots, batches, cfg, out_path, overwrite)
+
+    bar = tqdm(
+        total=cfg.steps, initial=pos.step, disable=not cfg.progress, desc="train", unit="step"
+    )
+    log_file = open(out_path / METRICS_FILE, "a") if out_path else None
+    try:
+        for step in range(pos.step, cfg.steps):
+            batch = next(stream, None)
+            if batch is None:
+                raise InputError(
+                    f"the batch stream ended after {step} batches but steps={cfg.steps}; "
+                    "give more data or fewer steps"
+                )
+            x, y = batch[0].to(cfg.device), batch[1].to(cfg.device)
+            _check_batch(x, y, slots, step)
+            outs = [optim.step(s, x, y, step, cfg, pos.dead_tokens) for s in slots]
+            pos.step, pos.tokens = step + 1, pos.tokens + x.shape[0]
+            if _resample_due(cfg, pos.step):
+                for s, out in zip(slots, outs, strict=True):
+                    if s.sae.cfg.dead_latent_strategy == "resample":
+                        optim.resample(s, x, y, out, s.dead(pos.dead_tokens), gen)
+            if pos.step % cfg.log_every == 0 or pos.step == cfg.steps:
+                _log(slots, outs, y, pos, log_file, bar)
+            bar.update(1)
+            due = cfg.checkpoint_every and pos.step % cfg.checkpoint_every == 0
+            if out_path and (due or pos.step == cfg.steps):
+                meta = checkpoint.meta(cfg, slots, pos, metadata)
+                checkpoint.write(out_path, slots, gen, meta)
+    finally:
+        bar.close()
+        sparse.release_buffers()
+        if log_file:
+            log_file.close()
+    final = _save_final(slots, cfg, out_path, metadata)
+    return TrainResult(final, [s.last_log or {} for s in slots], out_path)
