@@ -17,6 +17,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from saescope.atomic import atomic_write_bytes
 from saescope.experiments import absorption, correlated, monosemanticity, recovery, superposition
 from saescope.report import Section, render, summary_rows
 from saescope.text import table
@@ -117,7 +118,6 @@ def run(out: Path, seeds: int = 3, quick: bool = False, all_seeds: bool = False)
     print(table(rows, ["section", "claim", "measured", "holds"], max_width=60))
     held = sum(r["holds"] == "yes" for r in rows)
     print(f"\n{held} of {len(rows)} claims hold. Report: {page}")
-    (out / "demo.json").write_text(
-        json.dumps({"timings_s": timings, "claims": rows}, indent=2), encoding="utf-8"
-    )
+    summary = {"timings_s": timings, "claims": rows}
+    atomic_write_bytes(out / "demo.json", json.dumps(summary, indent=2).encode())
     return sections
