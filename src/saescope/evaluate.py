@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from saescope import metrics
+from saescope.data.stream import as_pair
 from saescope.errors import InputError
 from saescope.models.downstream import downstream, gives_logits
 from saescope.models.harvest import harvest
@@ -18,24 +19,14 @@ from saescope.report import save_figure, subplots
 from saescope.saes import SAE
 
 
-@torch.no_grad()
-def evaluate(
-    sae: SAE,
-    batches: Iterable[tuple[Tensor, Tensor]],
-    max_tokens: int = 65_536,
-    features: Tensor | None = None,
-    keep_density: bool = False,
-) -> dict[str, Any]:
-    """Metrics over up to `max_tokens` tokens of (x, y) batches, with the SAE in eval mode.
-
-    features: true feature directions (G, d_out) when the data has a ground truth; adds
-    `mmcs` and `min_feature_cosine` (best-match cosine of the worst-recovered true feature).
-    """
-    was_training = sae.training
-    sae.eval()
+def _encode_all(
+    sae: SAE, batches: Iterable[Any], max_tokens: int
+) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+    """y, y_hat and f of each batch, up to max_tokens rows in all."""
     ys, y_hats, fs = [], [], []
     n = 0
-    for x, y in batches:
+    for item in batches:
+        x, y = as_pair(item)
         if x.shape[-1] != sae.cfg.d_in or y.shape[-1] != sae.cfg.d_out:
             raise InputError(
                 f"data has d_in={x.shape[-1]}, d_out={y.shape[-1]} but the SAE expects "
@@ -50,7 +41,30 @@ def evaluate(
         n += take
         if n >= max_tokens:
             break
-    sae.train(was_training)
+    return ys, y_hats, fs
+
+
+@torch.no_grad()
+def evaluate(
+    sae: SAE,
+    batches: Iterable[Any],
+    max_tokens: int = 65_536,
+    features: Tensor | None = None,
+    keep_density: bool = False,
+) -> dict[str, Any]:
+    """Metrics over up to `max_tokens` tokens of (x, y) batches (a bare tensor x means y = x),
+    with the SAE in eval mode.
+
+    features: true feature directions (G, d_out) when the data has a ground truth; adds
+    `mmcs` and `min_feature_cosine` (best-match cosine of the worst-recovered true feature).
+    """
+    was_training = sae.training
+    sae.eval()
+    try:
+        ys, y_hats, fs = _encode_all(sae, batches, max_tokens)
+    finally:
+        sae.train(was_training)
+    n = sum(y.shape[0] for y in ys)
     if n == 0:
         raise InputError("no evaluation data: give at least one batch")
     y, y_hat, f = torch.cat(ys), torch.cat(y_hats), torch.cat(fs)

@@ -128,8 +128,9 @@ nav a{margin-right:1em}
 """
 
 
-def render(sections: Sequence[Section], path: Path, title: str, intro: str = "") -> Path:
+def render(sections: Sequence[Section], path: str | Path, title: str, intro: str = "") -> Path:
     """Write the page atomically to `path` and return it."""
+    path = Path(path)
     nav = " ".join(f'<a href="#{html.escape(s.key)}">{html.escape(s.title)}</a>' for s in sections)
     held = sum(c.holds for s in sections for c in s.claims)
     total = sum(len(s.claims) for s in sections)

@@ -5,12 +5,24 @@ from __future__ import annotations
 import abc
 import itertools
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from saescope.errors import InputError
+
 HELD_OUT_SEED_OFFSET = 1_000_003
 """Added to a training stream's seed to get held-out data from the same source."""
+
+
+def as_pair(item: Any) -> tuple[Tensor, Tensor]:
+    """A batch as (x, y): a pair as it is, a bare tensor x as (x, x)."""
+    if isinstance(item, Tensor):
+        return item, item
+    if isinstance(item, (tuple, list)) and len(item) == 2:
+        return item[0], item[1]
+    raise InputError("batches must be tensors x or pairs (x, y) of tensors")
 
 
 class IndexedBatches(abc.ABC):

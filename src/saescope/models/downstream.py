@@ -2,7 +2,7 @@
 (by an SAE's reconstruction, or by zeros), and the KL divergence to the clean predictions.
 
 The reconstruction goes in through `hooks.spliced`: at a module's output (`layers.2`), at its
-input (`layers.2.mlp:in`), or, with `whole_module`, in place of the whole module (a transcoder
+input (`layers.2.mlp:in`), or, with `whole_module`, in place of the module's output (a transcoder
 substituted for the MLP; the function must not call the hooked module itself). The model is
 any module mapping ids (B, T) to logits (B, T, vocab), or to an output whose `.logits` they
 are (Hugging Face causal LMs).

@@ -3,7 +3,7 @@
 A hook point is a module path (`layers.2`), meaning the module's output; `layers.2.mlp:in` is
 the module's input (a transcoder's x, with `layers.2.mlp` its y). `spliced` runs the model with
 functions applied at hook points: a module's output replaced, its input replaced (the module
-then runs on the replacement), or the whole module replaced by a function of its input (a
+then runs on the replacement), or the module's output replaced by a function of its input (a
 transcoder substituted for it). Harvest, downstream evaluation and steering all build on it.
 """
 
@@ -60,9 +60,10 @@ class HookPair:
 
     def replaces_module(self) -> bool:
         """Whether this is a transcoder pair `M:in` -> `M`, which can stand in for module M."""
-        return self.y is not None and HookPoint.parse(self.x) == HookPoint(
-            HookPoint.parse(self.y).path, "in"
-        )
+        if self.y is None:
+            return False
+        x, y = HookPoint.parse(self.x), HookPoint.parse(self.y)
+        return y.side == "out" and x == HookPoint(y.path, "in")
 
 
 def hook_points(model: nn.Module) -> list[str]:
@@ -127,10 +128,11 @@ def spliced(
 ) -> Iterator[None]:
     """Within the block, the model runs with each hook point's activation replaced: a
     module's output (`M`), or its input (`M:in`; the module then runs on the replacement).
-    whole_module: an `M:in` function's value becomes M's output instead, M itself skipped (a
-    transcoder substituted for M). keep_first: position 0 keeps its clean value (it has no
-    left context, and is dropped from harvested activations, so an SAE never saw it). The
-    hooks are removed when the block ends, also on an exception."""
+    whole_module: an `M:in` function's value, a function of M's input, becomes M's output (a
+    transcoder substituted for M; M still runs, its own output is discarded). keep_first:
+    position 0 keeps its clean value (it has no left context, and is dropped from harvested
+    activations, so an SAE never saw it). The hooks are removed when the block ends, also on
+    an exception."""
 
     def first_clean(clean: Tensor, new: Tensor) -> Tensor:
         new = new.to(clean.dtype)

@@ -25,6 +25,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from saescope import metrics, ops, sparse
+from saescope.data.stream import as_pair
 from saescope.errors import ConfigError, InputError
 from saescope.saes import SAE, LossOutput, save
 from saescope.training import checkpoint, optim
@@ -57,21 +58,13 @@ def sae_dirs(out_dir: Path, n: int) -> list[Path]:
 # ----- batches ------------------------------------------------------------------------------
 
 
-def _as_batch(item: Any) -> tuple[Tensor, Tensor]:
-    if isinstance(item, Tensor):
-        return item, item
-    if isinstance(item, (tuple, list)) and len(item) == 2:
-        return item[0], item[1]
-    raise InputError("batches must be tensors x or pairs (x, y) of tensors")
-
-
 def _stream(batches: Iterable[Any], start: int) -> Iterator[tuple[Tensor, Tensor]]:
     """Batches from position `start`: a direct jump where the stream supports it."""
     if hasattr(batches, "iter_from"):
         it: Iterator[Any] = batches.iter_from(start)  # type: ignore[attr-defined]
     else:
         it = itertools.islice(iter(batches), start, None)
-    return (_as_batch(b) for b in it)
+    return (as_pair(b) for b in it)
 
 
 def _check_batch(x: Tensor, y: Tensor, slots: Sequence[Slot], step: int) -> None:

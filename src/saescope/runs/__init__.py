@@ -1,0 +1,109 @@
+"""Runs: what an SAE was trained on (`DataSpec`) and the one way to open a run folder (`Run`).
+
+A `DataSpec` names a data source completely: the seed article's synthetic task, an activation
+file, an activation cache, or a model harvested on the fly (with its hook points, text,
+context length and the text's token fingerprint). It is saved with every run (cfg.json's
+`metadata.data`, and the checkpoint, where resume compares it), and it opens the source again:
+`open(batch_size, seed)` gives the training stream, `held_out(tokens)` the data set aside for
+evaluation (held-out contexts of the text, or held-out draws of a synthetic task).
+
+`Run.open(path)` gives a trained run's SAEs, its DataSpec and training config, and loads its
+model only when asked. `train` (CLI and library), `eval` and every later command go through
+here, so a run is described and opened in one place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from saescope.activations import harvest_to_cache
+from saescope.data import ActivationCache
+from saescope.data.stream import IndexedBatches
+from saescope.errors import ConfigError
+from saescope.runs.data import KINDS, DataSpec, HeldOut
+from saescope.runs.run import Run
+from saescope.saes import SAE, architecture, make_sae
+from saescope.training import TrainConfig, TrainResult, sae_dirs, train
+
+
+def run_metadata(data: DataSpec) -> dict[str, Any]:
+    """What a run says it is, saved in cfg.json and the checkpoint (resume compares it)."""
+    return {"data": data.to_dict()}
+
+
+def build_sae(arch: str, stream: IndexedBatches, **fields: Any) -> SAE:
+    """An SAE of architecture `arch` shaped for the stream: d_in and d_out from it, a
+    transcoder (no pre-centring) when y is not x; d_sae 8 x d_in and, where the architecture
+    has one, k = min(32, d_in // 2) unless given. Seed torch first for a reproducible init."""
+    cfg = {"architecture": arch, "d_in": stream.d_in, "d_out": stream.d_out, **fields}
+    cfg["apply_b_dec_to_input"] = stream.y_is_x
+    cfg.setdefault("d_sae", 8 * stream.d_in)
+    if "k" in {f.name for f in dataclasses.fields(architecture(arch).config_cls)}:
+        cfg.setdefault("k", max(1, min(32, stream.d_in // 2)))
+    return make_sae(cfg)
+
+
+def steps_for_tokens(tokens: int, stream: IndexedBatches) -> int:
+    """Optimiser steps that cover `tokens` tokens of the stream (at least one)."""
+    if tokens < 1:
+        raise ConfigError(f"--tokens must be at least 1, got {tokens}")
+    return max(1, -(-tokens // stream.tokens_per_batch))
+
+
+def train_run(
+    saes: SAE | Sequence[SAE],
+    data: DataSpec,
+    stream: IndexedBatches,
+    cfg: TrainConfig,
+    out_dir: str | Path | None,
+    resume: bool = False,
+    overwrite: bool = False,
+) -> TrainResult:
+    """`training.train` on a stream opened from `data`, which the run records (so that
+    `Run.open` finds it and resume refuses other data)."""
+    return train(saes, stream, cfg, out_dir, resume, run_metadata(data), overwrite)
+
+
+def harvest(
+    data: DataSpec,
+    hooks: Sequence[str],
+    out: str | Path,
+    tokens: int | None = None,
+    batch_size: int = 32,
+    shard_contexts: int = 256,
+    progress: bool = True,
+) -> tuple[ActivationCache, int]:
+    """Harvest the training contexts of a model spec's text at `hooks` into the cache at
+    `out` (resumed, or grown when asked for more): all of them, or enough for `tokens`.
+    Returns the cache and the training tokens the text has."""
+    if data.kind != "model":
+        raise ConfigError("harvest takes a model's data (DataSpec.for_model)")
+    if batch_size < 1 or shard_contexts < 1:
+        raise ConfigError("--batch-size and --shard-contexts must be at least 1")
+    model, _ = data.load_model()
+    train_ctx = all_train = data.contexts("train")
+    per_context = train_ctx.shape[1] - 1
+    if tokens is not None:
+        if tokens < 1:
+            raise ConfigError(f"--tokens must be at least 1, got {tokens}")
+        train_ctx = train_ctx[: -(-tokens // per_context)]
+    source = {k: data.to_dict()[k] for k in ("model", "context", "text", "fingerprint")}
+    harvest_to_cache(model, train_ctx, hooks, out, source, batch_size, shard_contexts, progress)
+    return ActivationCache(out), all_train.shape[0] * per_context
+
+
+__all__ = [
+    "KINDS",
+    "DataSpec",
+    "HeldOut",
+    "Run",
+    "build_sae",
+    "harvest",
+    "run_metadata",
+    "sae_dirs",
+    "steps_for_tokens",
+    "train_run",
+]

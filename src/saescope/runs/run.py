@@ -1,0 +1,93 @@
+"""`Run`: a trained run folder opened in one call: its SAEs, the data they were trained on
+(a `DataSpec`), the training config, the model on first use, and evaluation."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from saescope.errors import ConfigError, check_keys
+from saescope.evaluate import evaluate, evaluate_in_model, plot_density
+from saescope.runs.data import DataSpec, HeldOut
+from saescope.saes import SAE
+from saescope.saes.io import is_saved
+from saescope.training import TrainConfig
+
+
+@dataclass
+class Run:
+    """A trained run folder: its SAEs by name (the folder's own name for a single SAE, else
+    sae_0, sae_1, ...), the data they were trained on and the training config."""
+
+    path: Path
+    saes: dict[str, SAE]
+    dirs: dict[str, Path]
+    data: DataSpec | None
+    train: TrainConfig | None
+    metadata: dict[str, Any]
+
+    @classmethod
+    def open(cls, path: str | Path, device: str | torch.device = "cpu") -> Run:
+        path = Path(path)
+        found = [path] if is_saved(path) else sorted(p for p in path.glob("sae_*") if is_saved(p))
+        if not found:
+            raise ConfigError(
+                f"{path} holds no saved SAE (cfg.json); give a folder made by saescope train"
+            )
+        names = [path.name] if found == [path] else [p.name for p in found]
+        saes = {n: SAE.load(p, device) for n, p in zip(names, found, strict=True)}
+        meta = json.loads((found[0] / "cfg.json").read_text()).get("metadata") or {}
+        data = DataSpec.from_dict(meta["data"]) if meta.get("data") else None
+        train_cfg = meta.get("training")
+        if train_cfg is not None:
+            check_keys(train_cfg, [f.name for f in dataclasses.fields(TrainConfig)], "training")
+            train_cfg = TrainConfig(**train_cfg)
+        return cls(path, saes, dict(zip(names, found, strict=True)), data, train_cfg, meta)
+
+    @property
+    def model(self) -> nn.Module:
+        """The run's model, loaded on first use."""
+        if self.data is None:
+            raise ConfigError(f"{self.path}: the run does not say what it was trained on")
+        return self.data.load_model()[0]
+
+    def evaluate(
+        self, tokens: int = 65_536, data: DataSpec | None = None, plot: bool = True
+    ) -> dict[str, dict[str, Any]]:
+        """Metrics of every SAE of the run: on the run's held-out data by default (with CE
+        loss recovered and KL for a model, and `feature_density.png` in each SAE's folder),
+        or on `data`: the first rows of a file or cache, or a synthetic task."""
+        if data is None and self.data is None:
+            raise ConfigError(f"{self.path}: the run does not name its data; give --data FILE")
+        spec = data or self.data
+        assert spec is not None
+        held = spec.head(tokens) if data is not None and spec.kind in ("file", "cache") else None
+        out = {}
+        for name, sae in self.saes.items():
+            if held is None:  # fresh batches per SAE: held-out streams are single-use
+                got = _evaluate(sae, spec.held_out(tokens), tokens)
+            else:
+                got = _evaluate(sae, held, tokens)
+            if "density" in got:
+                density = got.pop("density")
+                if plot:
+                    png = self.dirs[name] / "feature_density.png"
+                    got["density_plot"] = str(plot_density(density, png, name))
+            out[name] = got
+        return out
+
+
+def _evaluate(sae: SAE, data: HeldOut, tokens: int) -> dict[str, Any]:
+    if data.model is not None and data.contexts is not None and data.hooks is not None:
+        hooks = data.hooks
+        return evaluate_in_model(sae, data.model, data.contexts, hooks.x, hooks.y, tokens)
+    out = evaluate(sae, data.batches, tokens, features=data.features)
+    if data.held_out is False:
+        out["held_out"] = False
+    return out
