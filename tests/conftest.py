@@ -3,6 +3,7 @@ import os
 import pytest
 import torch
 
+from saescope.models import load_model
 from saescope.saes import ARCHITECTURES
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
@@ -24,3 +25,9 @@ def arch(request) -> str:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def glass():
+    """glassllm and its tokenizer, loaded once (tests must not change its weights)."""
+    return load_model("glassllm")

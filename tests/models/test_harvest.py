@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from saescope.errors import InputError
-from saescope.models import load_model
 from saescope.models.harvest import Harvester, harvest, pack
 
 TEXT = (
@@ -14,11 +13,6 @@ TEXT = (
     "telescope that ever was! Good-bye, feet!' (for when she looked down at her feet, they "
     "seemed to be almost out of sight, they were getting so far off). "
 ) * 4
-
-
-@pytest.fixture(scope="module")
-def glass():
-    return load_model("glassllm")
 
 
 def test_pack_cuts_whole_contexts_and_refuses_too_little_text():

@@ -16,11 +16,6 @@ TEXT = (
 )
 
 
-@pytest.fixture(scope="module")
-def glass():
-    return load_model("glassllm")
-
-
 def test_glassllm_matches_the_package_forward(glass):
     import glassllm
 
