@@ -45,6 +45,11 @@ def _contexts(glass, text_file, context=32):
     return text_contexts(model, tok, [text_file], context)
 
 
+def _rows_among(x: torch.Tensor, rows: torch.Tensor) -> bool:
+    """Whether every row of x is one of the rows."""
+    return bool((x[:, None, :] == rows[None]).all(-1).any(1).all())
+
+
 def test_cache_holds_what_harvest_gives_and_maps_it(glass, text_file, tmp_path):
     model, _ = glass
     contexts, fp = _contexts(glass, text_file)
@@ -173,7 +178,10 @@ def test_a_killed_harvest_resumes_and_never_reads_a_half_written_shard(tmp_path)
     stale.write_bytes(b"partial")
     cache = ActivationCache(tmp_path / "k")  # reads only the listed shards
     assert len(cache.shards) == len(done)
-    CacheBatches(cache, "layers.1", batch_size=16).batch(0)
+    assert cache.n_rows == sum(s["n_contexts"] for s in done) * 15  # 15 rows per context
+    x, y = CacheBatches(cache, "layers.1", batch_size=16).batch(0)
+    assert x.shape == (16, 128) and y is x and torch.isfinite(x).all()
+    assert _rows_among(x, cache.head("layers.1", cache.n_rows))  # rows of the listed shards
     subprocess.run([*cmd, "--out", str(tmp_path / "k")], check=True, capture_output=True)
     subprocess.run([*cmd, "--out", str(tmp_path / "ref")], check=True, capture_output=True)
     a, b = ActivationCache(tmp_path / "k"), ActivationCache(tmp_path / "ref")
@@ -279,7 +287,12 @@ def test_a_harvest_killed_before_its_first_manifest_resumes(glass, text_file, tm
     harvest_to_cache(model, contexts, ["layers.0"], out, {"f": fp}, 4, 4, False)
     cache = ActivationCache(out)
     assert cache.n_rows == contexts.shape[0] * 31 and not list(out.glob(".*.tmp"))
-    CacheBatches(cache, "layers.0", batch_size=31).batch(0)
+    rows = cache.head("layers.0", cache.n_rows)
+    whole = next(harvest(model, contexts, ["layers.0"], batch_size=contexts.shape[0]))
+    torch.testing.assert_close(rows, whole["layers.0"])  # the stray files left no trace
+    x, y = CacheBatches(cache, "layers.0", batch_size=31).batch(0)
+    assert x.shape == (31, 128) and y is x
+    assert _rows_among(x, rows)
 
 
 def test_a_missing_or_torn_shard_is_named(glass, text_file, tmp_path):
