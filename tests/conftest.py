@@ -6,8 +6,10 @@ import torch
 from saescope.saes import ARCHITECTURES
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
-    # `make test` runs two workers on two cores: one torch thread each avoids oversubscription.
+    # `make test` runs two workers on two cores: one torch thread each avoids oversubscription,
+    # in the workers and in the Python processes tests start (resume, harvest).
     torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 ALL_SEEDS = (0, 1, 2)
 """The seeds `make claims` (--all-seeds) checks every claim on; `make test` checks seed 0."""
