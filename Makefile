@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Dev installs pin the CPU build of torch; the library itself declares a range.
 TORCH_PIN := torch==2.13.0
 
-.PHONY: demo test lint bench bench-harvest bench-cache clean corpus
+.PHONY: demo test claims lint bench bench-harvest bench-cache clean corpus
 
 $(BIN)/saescope: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -24,9 +24,14 @@ corpus: $(BIN)/saescope
 demo: $(BIN)/saescope corpus
 	$(BIN)/saescope demo
 
+# Every unit, contract and error test, and each claim of the seed article on seed 0.
 test: $(BIN)/saescope corpus
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -n 2
+
+# Every claim test (pytest -m claim) on seeds 0, 1 and 2, as docs/RESULTS.md reports them.
+claims: $(BIN)/saescope corpus
+	$(BIN)/python -m pytest -q -n 2 -m claim --all-seeds
 
 # Training-step speed against the peer libraries (installed into bench/.peers-venv on first
 # use) and the roofline; writes bench/RESULTS.md and bench/scaling.png. About 20 minutes.

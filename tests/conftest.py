@@ -7,8 +7,50 @@ from saescope.models import load_model
 from saescope.saes import ARCHITECTURES
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
-    # `make test` runs two workers on two cores: one torch thread each avoids oversubscription.
+    # `make test` runs two workers on two cores: one torch thread each avoids oversubscription,
+    # in the workers and in the Python processes tests start (resume, harvest).
     torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
+
+ALL_SEEDS = (0, 1, 2)
+"""The seeds `make claims` (--all-seeds) checks every claim on; `make test` checks seed 0."""
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--all-seeds",
+        action="store_true",
+        default=False,
+        help=f"run the claim tests on every seed {list(ALL_SEEDS)} (default: seed 0 only)",
+    )
+
+
+def claim_seeds(config: pytest.Config) -> list[int]:
+    """The seeds a claim is checked on in this run."""
+    return list(ALL_SEEDS) if config.getoption("--all-seeds") else [ALL_SEEDS[0]]
+
+
+def pytest_generate_tests(metafunc):
+    # A test (or a fixture it uses) asking for `claim_seed` runs once per claim seed; module
+    # scope, so a module-scoped fixture built from the seed is built once per seed.
+    if "claim_seed" in metafunc.fixturenames:
+        metafunc.parametrize(
+            "claim_seed", claim_seeds(metafunc.config), ids=lambda s: f"seed{s}", scope="module"
+        )
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "claim_seed" in getattr(item, "fixturenames", ()) and not item.get_closest_marker(
+            "claim"
+        ):
+            raise pytest.UsageError(f"{item.nodeid} takes claim_seed but is not marked claim")
+
+
+@pytest.fixture(scope="session")
+def seeds(request) -> list[int]:
+    """Every claim seed of this run, for a claim checked on all seeds together."""
+    return claim_seeds(request.config)
 
 
 def small_config(arch: str, d_in: int = 6, d_sae: int = 16, **kw) -> dict:

@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from saescope.activations import ModelBatches, harvest_to_cache, split, text_contexts
+from saescope.cli import main as cli_main
 from saescope.data.cache import MANIFEST, ActivationCache, CacheBatches, CacheWriter
 from saescope.data.corpus import default_dir, read_texts
 from saescope.errors import ConfigError, FormatError, InputError
@@ -43,6 +44,11 @@ def text_file(tmp_path):
 def _contexts(glass, text_file, context=32):
     model, tok = glass
     return text_contexts(model, tok, [text_file], context)
+
+
+def _rows_among(x: torch.Tensor, rows: torch.Tensor) -> bool:
+    """Whether every row of x is one of the rows."""
+    return bool((x[:, None, :] == rows[None]).all(-1).any(1).all())
 
 
 def test_cache_holds_what_harvest_gives_and_maps_it(glass, text_file, tmp_path):
@@ -173,9 +179,13 @@ def test_a_killed_harvest_resumes_and_never_reads_a_half_written_shard(tmp_path)
     stale.write_bytes(b"partial")
     cache = ActivationCache(tmp_path / "k")  # reads only the listed shards
     assert len(cache.shards) == len(done)
-    CacheBatches(cache, "layers.1", batch_size=16).batch(0)
+    assert cache.n_rows == sum(s["n_contexts"] for s in done) * 15  # 15 rows per context
+    x, y = CacheBatches(cache, "layers.1", batch_size=16).batch(0)
+    assert x.shape == (16, 128) and y is x and torch.isfinite(x).all()
+    assert _rows_among(x, cache.head("layers.1", cache.n_rows))  # rows of the listed shards
     subprocess.run([*cmd, "--out", str(tmp_path / "k")], check=True, capture_output=True)
-    subprocess.run([*cmd, "--out", str(tmp_path / "ref")], check=True, capture_output=True)
+    # The uninterrupted harvest, in this process (same thread count as the child).
+    assert cli_main([*cmd[3:], "--out", str(tmp_path / "ref")]) == 0
     a, b = ActivationCache(tmp_path / "k"), ActivationCache(tmp_path / "ref")
     assert not stale.exists()
     assert a.n_rows == b.n_rows and len(a.shards) == len(b.shards)
@@ -279,7 +289,12 @@ def test_a_harvest_killed_before_its_first_manifest_resumes(glass, text_file, tm
     harvest_to_cache(model, contexts, ["layers.0"], out, {"f": fp}, 4, 4, False)
     cache = ActivationCache(out)
     assert cache.n_rows == contexts.shape[0] * 31 and not list(out.glob(".*.tmp"))
-    CacheBatches(cache, "layers.0", batch_size=31).batch(0)
+    rows = cache.head("layers.0", cache.n_rows)
+    whole = next(harvest(model, contexts, ["layers.0"], batch_size=contexts.shape[0]))
+    torch.testing.assert_close(rows, whole["layers.0"])  # the stray files left no trace
+    x, y = CacheBatches(cache, "layers.0", batch_size=31).batch(0)
+    assert x.shape == (31, 128) and y is x
+    assert _rows_among(x, rows)
 
 
 def test_a_missing_or_torn_shard_is_named(glass, text_file, tmp_path):

@@ -114,15 +114,41 @@ def test_metrics_log(tmp_path):
     assert r["loss"] == pytest.approx(r["loss_mse"] + r["loss_l1"] + r["loss_gate_aux"], rel=1e-5)
 
 
-def test_grad_clip_limits_update():
+def test_grad_clip_clips_the_gradient_adam_gets(monkeypatch):
+    """With grad_clip set, the gradient Adam steps with has exactly that norm and the
+    unclipped gradient's direction; a clip above the norm leaves it bitwise alone."""
+    from saescope.training import optim as train_module
+
+    seen: list[list[torch.Tensor]] = []
+    adam_step = train_module.adam_step
+
+    def spy(opt):
+        seen.append([p.grad.clone() for g in opt.param_groups for p in g["params"]])
+        return adam_step(opt)
+
+    monkeypatch.setattr(train_module, "adam_step", spy)
     task = ArticleTask(ArticleTaskConfig(), batch_size=128)
-    torch.manual_seed(0)
-    a = make_sae(small_config("relu", d_in=4))
-    torch.manual_seed(0)
-    b = make_sae(small_config("relu", d_in=4))
-    train(a, task, TrainConfig(steps=5, progress=False, grad_clip=1e-6))
-    train(b, task, TrainConfig(steps=5, progress=False))
-    assert not torch.equal(a.W_enc, b.W_enc)
+    grads = {}
+    for clip in (None, 1e-3, 1e6):
+        seen.clear()
+        torch.manual_seed(0)
+        sae = make_sae(small_config("relu", d_in=4))
+        train(sae, task, TrainConfig(steps=5, progress=False, grad_clip=clip))
+        assert len(seen) == 5
+        grads[clip] = list(seen)
+
+    def norm(gs):
+        return float(torch.linalg.vector_norm(torch.stack([g.norm() for g in gs])))
+
+    first = norm(grads[None][0])
+    assert first > 0.1  # 100x the clip: clipping has work to do
+    for step in grads[1e-3]:  # every step, not only the first
+        assert norm(step) == pytest.approx(1e-3, rel=1e-4)
+    # The first step starts from the same weights: the same gradient, scaled down.
+    for clipped, raw in zip(grads[1e-3][0], grads[None][0], strict=True):
+        torch.testing.assert_close(clipped, raw * (1e-3 / first), rtol=1e-4, atol=1e-9)
+    for big, raw in zip(grads[1e6], grads[None], strict=True):
+        assert all(torch.equal(a, b) for a, b in zip(big, raw, strict=True))
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 from tqdm.auto import tqdm
 
 from saescope.errors import ConfigError
@@ -79,14 +80,17 @@ class ToyModel(nn.Module):
         nn.init.xavier_normal_(self.W)
         self.b = nn.Parameter(torch.zeros(i, n))
 
-    def forward(self, x: Tensor) -> Tensor:
-        """x (instances, batch, n) -> x' (instances, batch, n)."""
+    def pre_output(self, x: Tensor) -> Tensor:
+        """x (instances, batch, n) -> W^T W x + b, before the output ReLU."""
         if self.cfg.n_hidden == 1:  # elementwise: far faster than many 1-wide matmuls
             w = self.W[:, None, :, 0]  # (instances, 1, n)
-            out = (x * w).sum(-1, keepdim=True) * w + self.b[:, None, :]
-        else:
-            h = torch.bmm(x, self.W)  # (instances, batch, m)
-            out = torch.baddbmm(self.b[:, None, :], h, self.W.transpose(1, 2))
+            return (x * w).sum(-1, keepdim=True) * w + self.b[:, None, :]
+        h = torch.bmm(x, self.W)  # (instances, batch, m)
+        return torch.baddbmm(self.b[:, None, :], h, self.W.transpose(1, 2))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x (instances, batch, n) -> x' (instances, batch, n)."""
+        out = self.pre_output(x)
         return out.relu() if self.cfg.relu_output else out
 
 
@@ -96,8 +100,48 @@ def sample(cfg: ToyConfig, batch: int, generator: torch.Generator) -> Tensor:
     density = torch.tensor(cfg.density)[:, None, None]
     # One uniform u per entry: given u < p, u / p is U[0, 1] (half the draws of two uniforms).
     u = torch.rand(shape, generator=generator)
+    # u < p exactly when q = fl(u / p) < 1 (u and p are floats, p <= 1), so the mask is
+    # max(1 - floor(q), 0): 1 below 1, +0 from 1 on. Float passes, in place: a bool mask and
+    # torch.where cost several times as much on the CPU, for the same bits.
+    q = u.div_(density)
+    keep = (1 - q.floor()).clamp_min_(0)
     lo, hi = cfg.value_range
-    return torch.where(u < density, lo + (hi - lo) * (u / density), torch.zeros(()))
+    if (lo, hi) != (0.0, 1.0):  # lo + (hi - lo) * q; for U[0, 1], q * 1 + 0 is q
+        q.mul_(hi - lo).add_(lo)
+    return q.mul_(keep)
+
+
+class _WeightedError(torch.autograd.Function):
+    """sum_i mean_(b, j) importance_ij (act(pre) - x)^2_ibj, act ReLU or identity: the toy
+    loss with the backward written out. Autograd's chain (mean, importance, square, minus, ReLU)
+    makes about seven passes over the (instances, batch, n) gradient, two of them with bool
+    masks; this one makes three float passes and gives the same bits: 2 * fl(fl(g / N) * I) is
+    exact, so multiplying d by it rounds exactly as fl(fl(g / N) * I) * (2 * d) does."""
+
+    @staticmethod
+    def forward(ctx, pre: Tensor, x: Tensor, importance: Tensor, relu: bool) -> Tensor:  # type: ignore[override]
+        out = pre.relu() if relu else pre
+        d = out - x
+        loss = (importance * d**2).mean(dim=(1, 2)).sum()
+        ctx.save_for_backward(d, out, importance)
+        ctx.relu = relu
+        return loss
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g: Tensor) -> tuple[Tensor, None, None, None]:  # type: ignore[override]
+        d, out, importance = ctx.saved_tensors
+        i, b, n = d.shape
+        # What autograd computes per element, here once per (instance, feature).
+        scale = 2 * ((g.expand(i, 1, 1) / (b * n)) * importance)
+        grad = d.mul_(scale)  # d is not needed again: backward runs once
+        if ctx.relu:
+            # ReLU passes no gradient where its output is 0: times sign(out) (1 or 0), then
+            # + 0 turns the -0 of a negative gradient times 0 into the +0 autograd gives.
+            # Elsewhere + 0 changes nothing: the gradient is not -0 where out > 0 (d is a
+            # difference of floats >= 2^-24 or 0, far from underflow when scaled).
+            grad.mul_(out.sign()).add_(0.0)
+        return grad, None, None, None
 
 
 @dataclass(frozen=True)
@@ -140,7 +184,7 @@ def train_toy(cfg: ToyConfig, tcfg: ToyTrainConfig | None = None) -> ToyModel:
     importance = cfg.importance()[:, None, :]
     for _ in tqdm(range(tcfg.steps), disable=not tcfg.progress, desc="toy models"):
         x = sample(cfg, tcfg.batch_size, gen)
-        loss = (importance * (model(x) - x) ** 2).mean(dim=(1, 2)).sum()
+        loss = _WeightedError.apply(model.pre_output(x), x, importance, cfg.relu_output)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

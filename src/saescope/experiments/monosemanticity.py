@@ -163,14 +163,23 @@ def run(seed: int = 0, cfg: MonoConfig = MonoConfig(), progress: bool = False) -
         return _run(seed, cfg, progress)
 
 
-def _run(seed: int, cfg: MonoConfig, progress: bool) -> MonoResult:
-    gen = torch.Generator().manual_seed(seed)
-    x, labels = make_data(cfg, gen)
-    clf = train_classifier(cfg, x, labels, gen)
-    with torch.no_grad():
-        accuracy = float((clf(x).argmax(1) == labels).float().mean())
-        H = clf[1](clf[0](x))  # (N, d_hidden)
+def hidden_activations(
+    seed: int = 0, cfg: MonoConfig = MonoConfig()
+) -> tuple[Tensor, Tensor, float]:
+    """The first half of the experiment: this seed's data and classifier. Returns the hidden
+    activations H (N, d_hidden), the labels (N,) and the classifier's accuracy."""
+    with torch_threads(cfg.threads):
+        gen = torch.Generator().manual_seed(seed)
+        x, labels = make_data(cfg, gen)
+        clf = train_classifier(cfg, x, labels, gen)
+        with torch.no_grad():
+            accuracy = float((clf(x).argmax(1) == labels).float().mean())
+            H = clf[1](clf[0](x))  # (N, d_hidden)
+    return H, labels, accuracy
 
+
+def _run(seed: int, cfg: MonoConfig, progress: bool) -> MonoResult:
+    H, labels, accuracy = hidden_activations(seed, cfg)
     n_means = class_means(H, labels, cfg.n_classes)
     n_classes = responds_to(n_means, cfg.respond_threshold)
     alive_n = [i for i, cs in enumerate(n_classes) if cs]
