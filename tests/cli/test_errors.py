@@ -1,6 +1,5 @@
 """Bad input: one clear line naming the problem, and nothing lost."""
 
-
 import numpy as np
 import pytest
 import torch
