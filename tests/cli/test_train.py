@@ -1,4 +1,5 @@
-"""The command line end to end: train, eval (table and --json), --help from field docs."""
+"""`saescope train` (and eval of what it trained): synthetic data, activation files,
+transcoders, help text from the config docstrings, and defaults that work."""
 
 import json
 

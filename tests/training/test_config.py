@@ -1,0 +1,42 @@
+"""TrainConfig: its schedules and validation."""
+
+import pytest
+
+from saescope.errors import ConfigError
+from saescope.training import TrainConfig
+
+
+def test_lr_schedule_warmup_and_decay():
+    cfg = TrainConfig(steps=100, lr_warmup=0.1, lr_decay_start=0.8)
+    assert cfg.lr_factor(0) == pytest.approx(0.1)
+    assert cfg.lr_factor(9) == pytest.approx(1.0)
+    assert cfg.lr_factor(50) == 1.0
+    assert cfg.lr_factor(90) == pytest.approx(0.5)
+    assert cfg.lr_factor(99) == pytest.approx(0.05)
+    assert cfg.sparsity_factor(0) == pytest.approx(1 / 5)
+    assert cfg.sparsity_factor(60) == 1.0
+
+
+def test_dead_window_and_resample_period_follow_the_run():
+    cfg = TrainConfig(steps=600)
+    assert cfg.dead_window(1024) == 600 * 1024 // 10  # a tenth of the run's tokens
+    assert TrainConfig(steps=10**6).dead_window(4096) == 10_000_000  # capped at 10M
+    assert TrainConfig(steps=600, dead_tokens=77).dead_window(1024) == 77
+    assert cfg.resample_period() == 100
+    assert TrainConfig(steps=600, resample_every=0).resample_period() == 0
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "says"),
+    [
+        ("steps", 0, "steps must be >= 1"),
+        ("lr", 0.0, "lr must be > 0"),
+        ("lr_warmup", 1.5, "lr_warmup must be a fraction"),
+        ("b_dec_init", "median", "b_dec_init must be"),
+        ("log_every", 0, "log_every must be >= 1"),
+        ("init_samples", 0, "init_samples must be >= 1"),
+    ],
+)
+def test_bad_settings_are_named(field, value, says):
+    with pytest.raises(ConfigError, match=says):
+        TrainConfig(**{field: value})
