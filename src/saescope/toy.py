@@ -100,23 +100,25 @@ def sample(cfg: ToyConfig, batch: int, generator: torch.Generator) -> Tensor:
     density = torch.tensor(cfg.density)[:, None, None]
     # One uniform u per entry: given u < p, u / p is U[0, 1] (half the draws of two uniforms).
     u = torch.rand(shape, generator=generator)
-    # u < p exactly when q = fl(u / p) < 1 (u and p are floats, p <= 1), so the mask is
-    # max(1 - floor(q), 0): 1 below 1, +0 from 1 on. Float passes, in place: a bool mask and
-    # torch.where cost several times as much on the CPU, for the same bits.
+    # u < p exactly when q = fl(u / p) < 1 (u and p are floats, p <= 1). Float passes, in
+    # place: a bool mask and torch.where cost several times as much on the CPU, for the same
+    # bits.
     q = u.div_(density)
-    keep = (1 - q.floor()).clamp_min_(0)
     lo, hi = cfg.value_range
-    if (lo, hi) != (0.0, 1.0):  # lo + (hi - lo) * q; for U[0, 1], q * 1 + 0 is q
-        q.mul_(hi - lo).add_(lo)
-    return q.mul_(keep)
+    if (lo, hi) == (0.0, 1.0):
+        # threshold keeps -q where it is above -1 and writes 0 elsewhere; 0 - (-q) is q and
+        # 0 - 0 is +0, as torch.where's zeros.
+        return torch.rsub(nn.functional.threshold(q.neg_(), -1.0, 0.0, inplace=True), 0.0)
+    keep = (1 - q.floor()).clamp_min_(0)  # 1 below 1, +0 from 1 on
+    return q.mul_(hi - lo).add_(lo).mul_(keep)
 
 
 class _WeightedError(torch.autograd.Function):
     """sum_i mean_(b, j) importance_ij (act(pre) - x)^2_ibj, act ReLU or identity: the toy
     loss with the backward written out. Autograd's chain (mean, importance, square, minus, ReLU)
-    makes about seven passes over the (instances, batch, n) gradient, two of them with bool
-    masks; this one makes three float passes and gives the same bits: 2 * fl(fl(g / N) * I) is
-    exact, so multiplying d by it rounds exactly as fl(fl(g / N) * I) * (2 * d) does."""
+    makes about seven passes over the (instances, batch, n) gradient; this one makes two and
+    gives the same bits: 2 * fl(fl(g / N) * I) is exact, so multiplying d by it rounds exactly
+    as fl(fl(g / N) * I) * (2 * d) does, and the ReLU's mask is autograd's own kernel."""
 
     @staticmethod
     def forward(ctx, pre: Tensor, x: Tensor, importance: Tensor, relu: bool) -> Tensor:  # type: ignore[override]
@@ -135,13 +137,16 @@ class _WeightedError(torch.autograd.Function):
         # What autograd computes per element, here once per (instance, feature).
         scale = 2 * ((g.expand(i, 1, 1) / (b * n)) * importance)
         grad = d.mul_(scale)  # d is not needed again: backward runs once
-        if ctx.relu:
-            # ReLU passes no gradient where its output is 0: times sign(out) (1 or 0), then
-            # + 0 turns the -0 of a negative gradient times 0 into the +0 autograd gives.
-            # Elsewhere + 0 changes nothing: the gradient is not -0 where out > 0 (d is a
-            # difference of floats >= 2^-24 or 0, far from underflow when scaled).
-            grad.mul_(out.sign()).add_(0.0)
+        if ctx.relu:  # ReLU's own backward, as autograd calls it
+            grad = torch.ops.aten.threshold_backward(grad, out, 0)
         return grad, None, None, None
+
+
+def weighted_error(pre: Tensor, x: Tensor, importance: Tensor, relu: bool = True) -> Tensor:
+    """The training loss: sum over instances of the mean over batch and features of
+    importance * (ReLU(pre) - x)^2 (pre itself for the linear model). pre and x (instances,
+    batch, n), importance (instances, 1, n). Bitwise autograd's loss and gradient, faster."""
+    return _WeightedError.apply(pre, x, importance, relu)
 
 
 @dataclass(frozen=True)
@@ -184,7 +189,7 @@ def train_toy(cfg: ToyConfig, tcfg: ToyTrainConfig | None = None) -> ToyModel:
     importance = cfg.importance()[:, None, :]
     for _ in tqdm(range(tcfg.steps), disable=not tcfg.progress, desc="toy models"):
         x = sample(cfg, tcfg.batch_size, gen)
-        loss = _WeightedError.apply(model.pre_output(x), x, importance, cfg.relu_output)
+        loss = weighted_error(model.pre_output(x), x, importance, cfg.relu_output)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
