@@ -102,3 +102,16 @@ def test_squared_error_matches_the_composed_ops_and_their_gradients():
         assert "one shape" in str(e)
     else:
         raise AssertionError("shapes that differ must be refused")
+
+
+def test_topk_indices_pick_the_k_largest_with_or_without_the_kernels(monkeypatch):
+    scores = torch.randn(300, 50)
+    scores[7, 3] = float("nan")  # a row the kernel leaves to torch
+    want = scores.topk(4, dim=-1).indices.sort(-1).values
+    got = ops.topk_indices(scores, 4).sort(-1).values
+    assert torch.equal(got, want)
+    monkeypatch.setattr(ops.native, "usable", lambda *_: False)
+    assert torch.equal(ops.topk_indices(scores, 4).sort(-1).values, want)
+    flat = scores[:5].nan_to_num().reshape(1, -1)  # one long row, as BatchTopK uses it
+    idx = ops.topk_indices(flat, 37)
+    assert torch.equal(idx.sort(-1).values, flat.topk(37).indices.sort(-1).values)

@@ -14,13 +14,25 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 from saescope import native
 
 
+def topk_indices(scores: Tensor, k: int) -> Tensor:
+    """Indices (N, k) of the k largest entries of each row of scores (N, M), in no particular
+    order. The compiled kernel where it can (4x torch.topk's speed on the small batches of
+    the synthetic tasks), else torch.topk; the two differ only in which of tied entries they
+    pick."""
+    if scores.dim() == 2 and scores.stride(-1) == 1 and native.usable(scores):
+        got = native.topk_bias(scores.detach(), scores.new_zeros(scores.shape[1]), k)
+        if got is not None:  # None: a row holds NaN or inf, torch decides
+            return got[0]
+    return scores.topk(k, dim=-1, sorted=False).indices
+
+
 def topk_activation(pre: Tensor, k: int) -> Tensor:
     """Keep the k largest pre-activations of each row, ReLU them, zero the rest.
 
     pre: (N, M) -> f: (N, M). Gradient flows only through the kept entries (Gao et al. 2024).
     """
-    vals, idx = pre.topk(k, dim=-1, sorted=False)  # (N, k)
-    return torch.zeros_like(pre).scatter(-1, idx, vals.relu())
+    idx = topk_indices(pre, k)  # (N, k)
+    return torch.zeros_like(pre).scatter(-1, idx, pre.gather(-1, idx).relu())
 
 
 def batch_topk_activation(pre: Tensor, k: float) -> tuple[Tensor, Tensor]:
@@ -31,7 +43,8 @@ def batch_topk_activation(pre: Tensor, k: float) -> tuple[Tensor, Tensor]:
     """
     n_keep = batch_topk_count(k, pre.shape[0], pre.shape[1])
     flat = pre.relu().flatten()
-    vals, idx = flat.topk(n_keep, sorted=False)
+    idx = topk_indices(flat.unsqueeze(0), n_keep)[0]
+    vals = flat.gather(0, idx)
     f = torch.zeros_like(flat).scatter(0, idx, vals).view_as(pre)
     return f, smallest_positive(vals.detach())
 

@@ -144,7 +144,7 @@ class LossOutput:
         """(d_sae,) bool: latents with a non-zero code in the batch."""
         if self.codes is not None:
             return self.codes.fired()
-        return (self.dense_f() != 0).any(0)
+        return torch.count_nonzero(self.dense_f(), dim=0) > 0
 
 
 class SAE(nn.Module, abc.ABC):

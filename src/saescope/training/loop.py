@@ -79,11 +79,18 @@ def _check_batch(x: Tensor, y: Tensor, slots: Sequence[Slot], step: int) -> None
                 f"batch at step {step} has d_in={x.shape[1]}, d_out={y.shape[1]} but the SAE "
                 f"expects d_in={cfg.d_in}, d_out={cfg.d_out}; build the SAE for this data"
             )
-    if not (torch.isfinite(x).all() and torch.isfinite(y).all()):
+    if not (_finite(x) and (y is x or _finite(y))):
         raise BadBatchError(
             f"batch at step {step} contains NaN or Inf; weights and checkpoint are untouched. "
             "Clean the data (or drop that batch) and resume"
         )
+
+
+def _finite(t: Tensor) -> bool:
+    """Whether every entry is finite: a NaN or an infinity makes the sum non-finite, so one
+    cheap sum decides, and only a non-finite sum (or an overflowing one) is checked entry by
+    entry."""
+    return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
 
 
 # ----- a fresh start: initialisation from data ------------------------------------------------

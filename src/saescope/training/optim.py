@@ -63,15 +63,16 @@ def step(
             f"loss at step {step} is not finite ({float(total)}); weights and checkpoint are "
             "untouched. Lower the learning rate or check the data, then resume"
         )
-    opt.zero_grad(set_to_none=True)
+    for p in sae.parameters():  # opt.zero_grad(set_to_none=True), without its overhead
+        p.grad = None
     total.backward()
     if sae.cfg.unit_norm_decoder and sae.W_dec.grad is not None:
         ops.remove_parallel_grad_(sae.W_dec.detach(), sae.W_dec.grad)
     params = [p for p in sae.parameters() if p.grad is not None]
     if cfg.grad_clip is not None:
         norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-    else:
-        norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))  # type: ignore[union-attr]
+    else:  # only its finiteness matters: one sum of the per-tensor norms
+        norm = torch.stack(torch._foreach_norm([p.grad for p in params])).sum()  # type: ignore[misc]
     if not torch.isfinite(norm):
         raise BadBatchError(
             f"gradient at step {step} is not finite; weights and checkpoint are untouched. "
