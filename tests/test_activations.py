@@ -229,3 +229,14 @@ def test_harvest_to_cache_resumes_and_grows_to_what_one_pass_gives(tmp_path):
     assert a.n_rows == b.n_rows == 14 * 4
     for name in ("embed", "proj", "tokens", "positions", "contexts"):
         assert torch.equal(a.head(name, 10**6), b.head(name, 10**6)), name
+
+
+def test_model_batches_are_whole_training_contexts(glass, tmp_path):
+    model, tok = glass
+    (tmp_path / "t.txt").write_text("Alice was beginning to get very tired of sitting. " * 120)
+    contexts, _ = text_contexts(model, tok, [tmp_path / "t.txt"], 32)
+    mb = ModelBatches(model, contexts, "layers.2", batch_size=100, seed=1)
+    assert mb.contexts_per_batch == 3 and mb.d_in == 128
+    x, y = mb.batch(1)
+    assert x.shape == (93, 128) and y is x
+    torch.testing.assert_close(mb.batch(1)[0], x)

@@ -36,8 +36,6 @@ LAYERS = {
 MAX_LINES = 400
 LONG_MODULES = {
     "sparse.py": "the sparse path: codes, choosers, encode/decode and their shared backward",
-    "native.py": "the kernels' build, load and ctypes bindings, one idea",
-    "experiments/superposition.py": "the four superposition experiments and their figures",
 }
 """Modules over MAX_LINES lines that read best whole (docs/ARCHITECTURE.md says why)."""
 

@@ -5,7 +5,6 @@ import math
 import pytest
 import torch
 
-from saescope.experiments.superposition import intro, neurons_per_feature
 from saescope.toy import (
     ToyConfig,
     dimensions_per_feature,
@@ -95,17 +94,3 @@ def test_weighted_error_is_autograds_bitwise(relu):
 def test_config_rejects_bad_shapes():
     with pytest.raises(ValueError, match="n_hidden"):
         ToyConfig(n_features=2, n_hidden=3)
-
-
-@pytest.mark.claim
-def test_intro_dense_is_orthogonal_top2_and_sparse_is_a_pentagon(claim_seed):
-    r = intro(seed=claim_seed)
-    dense = r.W[0]
-    norms = dense.norm(dim=1)
-    assert norms[:2].min() > 0.9 and norms[2:].max() < 0.1  # the two most important features
-    assert abs(float(dense[0] @ dense[1])) < 0.05  # ... on orthogonal directions
-    angles = r.sparse_angles
-    assert len(angles) == 5 and all(abs(a - 72) <= 5 for a in angles), angles
-    assert r.dims_per_feature[0] > 0.95 and r.dims_per_feature[-1] < 0.5
-    # Polysemantic neurons: with five features in two neurons, each neuron serves several.
-    assert all(len(fs) >= 2 for fs in neurons_per_feature(r.W[-1]))

@@ -113,3 +113,26 @@ def test_fingerprint_is_a_stable_order_sensitive_hash():
     assert fp == want
     assert fingerprint([1, 5, 1023, 7]) != fp  # order matters
     assert fingerprint([5, 1, 1023]) != fp and fingerprint([5, 1, 1023, 7, 0]) != fp
+
+
+def test_text_sources_files_folders_jsonl_and_errors(tmp_path):
+    (tmp_path / "d" / "sub").mkdir(parents=True)
+    (tmp_path / "d" / "a.txt").write_text("one")
+    (tmp_path / "d" / "sub" / "b.md").write_text("two")
+    (tmp_path / "d" / "c.jsonl").write_text('{"text": "three"}\n\n{"text": "four"}\n')
+    assert read_texts([tmp_path / "d"]) == ["one", "three", "four", "two"]
+    (tmp_path / "bad.jsonl").write_text('{"body": 1}\n')
+    with pytest.raises(InputError, match=r'bad.jsonl:1: expected an object with a "text"'):
+        read_texts([tmp_path / "bad.jsonl"])
+    (tmp_path / "empty.txt").write_text("  \n")
+    with pytest.raises(InputError, match="the corpus is empty"):
+        read_texts([tmp_path / "empty.txt"])
+    with pytest.raises(InputError, match="no such file or folder"):
+        read_texts([tmp_path / "nope.txt"])
+
+
+def test_default_corpus_is_installed_with_its_licence():
+    docs = read_texts(None)
+    assert "public domain" in (default_dir() / "LICENCE.txt").read_text()
+    assert len(docs) >= 40 and sum(map(len, docs)) > 5_000_000
+    assert any("To be, or not to be" in d for d in docs)

@@ -18,7 +18,14 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from saescope.atomic import atomic_write_bytes
-from saescope.experiments import absorption, correlated, monosemanticity, recovery, superposition
+from saescope.experiments import (
+    absorption,
+    correlated,
+    monosemanticity,
+    phase,
+    recovery,
+    superposition,
+)
 from saescope.report import Section, render, summary_rows
 from saescope.text import table
 
@@ -40,15 +47,11 @@ def _five_in_two(seeds: list[int], quick: bool) -> Section:
 
 
 def _phase(seeds: list[int], quick: bool) -> Section:
-    return superposition.phase_section(
-        [superposition.phase_diagram(s, steps=_steps(3000, quick)) for s in seeds]
-    )
+    return phase.phase_section([phase.phase_diagram(s, steps=_steps(3000, quick)) for s in seeds])
 
 
 def _geometry(seeds: list[int], quick: bool) -> Section:
-    return superposition.geometry_section(
-        [superposition.geometry(s, steps=_steps(1500, quick)) for s in seeds]
-    )
+    return phase.geometry_section([phase.geometry(s, steps=_steps(1500, quick)) for s in seeds])
 
 
 def _recovery(seeds: list[int], quick: bool) -> Section:

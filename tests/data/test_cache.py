@@ -1,5 +1,5 @@
 """The activation cache: shards and manifest, memory-mapped reads, the shuffling reader, a
-harvest killed and resumed, the held-out split, and the text sources."""
+harvest killed and resumed, training from a cache resumed bitwise."""
 
 import json
 import os
@@ -13,11 +13,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from saescope.activations import ModelBatches, harvest_to_cache, split, text_contexts
+from saescope.activations import ModelBatches, harvest_to_cache, text_contexts
 from saescope.cli import main as cli_main
 from saescope.data.cache import MANIFEST, ActivationCache, CacheBatches, CacheWriter
-from saescope.data.corpus import default_dir, read_texts
-from saescope.errors import ConfigError, FormatError, InputError
+from saescope.errors import ConfigError, FormatError
 from saescope.models import load_model
 from saescope.models.harvest import harvest
 
@@ -193,48 +192,6 @@ def test_a_killed_harvest_resumes_and_never_reads_a_half_written_shard(tmp_path)
         ta = load_file(tmp_path / "k" / a.shards[s]["file"])
         tb = load_file(tmp_path / "ref" / b.shards[s]["file"])
         assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
-
-
-def test_split_holds_out_every_twentieth_context():
-    ctx = torch.arange(100).view(50, 2)
-    train, test = split(ctx, "train"), split(ctx, "test")
-    assert test[:, 0].tolist() == [38, 78] and train.shape[0] == 48
-    assert not set(train[:, 0].tolist()) & set(test[:, 0].tolist())
-    with pytest.raises(InputError, match="too few for a test split"):
-        split(ctx[:10], "test")
-
-
-def test_model_batches_are_whole_training_contexts(glass, text_file):
-    model, _ = glass
-    contexts, _ = _contexts(glass, text_file)
-    mb = ModelBatches(model, contexts, "layers.2", batch_size=100, seed=1)
-    assert mb.contexts_per_batch == 3 and mb.d_in == 128
-    x, y = mb.batch(1)
-    assert x.shape == (93, 128) and y is x
-    torch.testing.assert_close(mb.batch(1)[0], x)
-
-
-def test_text_sources_files_folders_jsonl_and_errors(tmp_path):
-    (tmp_path / "d" / "sub").mkdir(parents=True)
-    (tmp_path / "d" / "a.txt").write_text("one")
-    (tmp_path / "d" / "sub" / "b.md").write_text("two")
-    (tmp_path / "d" / "c.jsonl").write_text('{"text": "three"}\n\n{"text": "four"}\n')
-    assert read_texts([tmp_path / "d"]) == ["one", "three", "four", "two"]
-    (tmp_path / "bad.jsonl").write_text('{"body": 1}\n')
-    with pytest.raises(InputError, match=r'bad.jsonl:1: expected an object with a "text"'):
-        read_texts([tmp_path / "bad.jsonl"])
-    (tmp_path / "empty.txt").write_text("  \n")
-    with pytest.raises(InputError, match="the corpus is empty"):
-        read_texts([tmp_path / "empty.txt"])
-    with pytest.raises(InputError, match="no such file or folder"):
-        read_texts([tmp_path / "nope.txt"])
-
-
-def test_default_corpus_is_installed_with_its_licence():
-    docs = read_texts(None)
-    assert "public domain" in (default_dir() / "LICENCE.txt").read_text()
-    assert len(docs) >= 40 and sum(map(len, docs)) > 5_000_000
-    assert any("To be, or not to be" in d for d in docs)
 
 
 class _Interrupted:
