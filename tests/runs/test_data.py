@@ -273,3 +273,25 @@ def test_a_text_changed_after_pinning_is_refused(model_spec, text_file):
         assert "\n" not in msg
     text_file.write_text(TEXT)  # restored: accepted again
     assert torch.equal(DataSpec.from_dict(saved).contexts(), model_spec.contexts())
+
+
+def test_a_text_is_tokenised_once_until_it_changes(tmp_path, monkeypatch):
+    from saescope.runs import data as data_module
+
+    calls = []
+    real = data_module.text_contexts
+    monkeypatch.setattr(data_module, "_TOKENISED", type(data_module._TOKENISED)())
+    monkeypatch.setattr(
+        data_module, "text_contexts", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    text = tmp_path / "t.txt"
+    text.write_text("The Queen had soldiers and gardeners and flamingos. " * 40)
+    first = DataSpec.for_model("glassllm", "layers.1", text=[text], context=16)
+    again = DataSpec.for_model("glassllm", "layers.1", text=[text], context=16)
+    assert len(calls) == 1 and again.fingerprint == first.fingerprint
+    DataSpec.for_model("glassllm", "layers.1", text=[text], context=8)  # another context
+    assert len(calls) == 2
+    text.write_text("The Queen had soldiers and gardeners and hedgehogs. " * 40)
+    with pytest.raises(ConfigError, match="changed since training"):
+        DataSpec.from_dict(first.to_dict()).open(batch_size=60)
+    assert len(calls) == 3

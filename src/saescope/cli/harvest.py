@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from saescope.cli import options
-from saescope.runs import DataSpec, harvest
+from saescope.runs import DataSpec, check_harvest, harvest
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -25,6 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(ns: argparse.Namespace) -> int:
+    check_harvest(ns.out, ns.tokens, ns.batch_size, ns.shard_contexts)  # before any loading
     data = DataSpec.for_model(ns.model, text=ns.text, context=ns.context)
     cache, available = harvest(data, ns.hooks, ns.out, ns.tokens, ns.batch_size, ns.shard_contexts)
     if ns.tokens is not None and ns.tokens > available:

@@ -105,9 +105,9 @@ def _jsonl(path: Path) -> Iterator[str]:
         yield row["text"]
 
 
-def read_texts(paths: Sequence[str | Path] | None = None) -> list[str]:
-    """The documents of the given files and folders (the default corpus when None), in a
-    fixed order. Raises InputError when there is no text at all."""
+def text_files(paths: Sequence[str | Path] | None = None) -> list[Path]:
+    """The text files of the given files and folders (the default corpus when None), in the
+    order they are read."""
     if not paths:
         root = default_dir()
         if not (root / "LICENCE.txt").is_file():
@@ -116,16 +116,22 @@ def read_texts(paths: Sequence[str | Path] | None = None) -> list[str]:
                 "(or python -m saescope.data.corpus install), or give --text FILES"
             )
         paths = [root]
+    return [f for p in paths for f in _files(Path(p))]
+
+
+def read_texts(paths: Sequence[str | Path] | None = None) -> list[str]:
+    """The documents of the given files and folders (the default corpus when None), in a
+    fixed order. Raises InputError when there is no text at all."""
     docs: list[str] = []
-    for p in paths:
-        for f in _files(Path(p)):
-            if f.suffix == ".jsonl":
-                docs.extend(_jsonl(f))
-            else:
-                docs.append(f.read_text(errors="replace"))
+    for f in text_files(paths):
+        if f.suffix == ".jsonl":
+            docs.extend(_jsonl(f))
+        else:
+            docs.append(f.read_text(errors="replace"))
     docs = [d for d in docs if d.strip()]
     if not docs:
-        raise InputError(f"no text found in {', '.join(map(str, paths))}; the corpus is empty")
+        where = ", ".join(map(str, paths)) if paths else str(default_dir())
+        raise InputError(f"no text found in {where}; the corpus is empty")
     return docs
 
 

@@ -67,6 +67,18 @@ def train_run(
     return train(saes, stream, cfg, out_dir, resume, run_metadata(data), overwrite)
 
 
+def check_harvest(
+    out: str | Path, tokens: int | None, batch_size: int, shard_contexts: int
+) -> None:
+    """The checks a harvest can make before loading anything."""
+    if tokens is not None and tokens < 1:
+        raise ConfigError(f"--tokens must be at least 1, got {tokens}")
+    if batch_size < 1 or shard_contexts < 1:
+        raise ConfigError("--batch-size and --shard-contexts must be at least 1")
+    if Path(out).exists() and not Path(out).is_dir():
+        raise ConfigError(f"{out} is a file; give a folder for the cache")
+
+
 def harvest(
     data: DataSpec,
     hooks: Sequence[str],
@@ -81,14 +93,11 @@ def harvest(
     Returns the cache and the training tokens the text has."""
     if data.kind != "model":
         raise ConfigError("harvest takes a model's data (DataSpec.for_model)")
-    if batch_size < 1 or shard_contexts < 1:
-        raise ConfigError("--batch-size and --shard-contexts must be at least 1")
+    check_harvest(out, tokens, batch_size, shard_contexts)
     model, _ = data.load_model()
     train_ctx = all_train = data.contexts("train")
     per_context = train_ctx.shape[1] - 1
     if tokens is not None:
-        if tokens < 1:
-            raise ConfigError(f"--tokens must be at least 1, got {tokens}")
         train_ctx = train_ctx[: -(-tokens // per_context)]
     source = {k: data.to_dict()[k] for k in ("model", "context", "text", "fingerprint")}
     harvest_to_cache(model, train_ctx, hooks, out, source, batch_size, shard_contexts, progress)
@@ -101,6 +110,7 @@ __all__ = [
     "HeldOut",
     "Run",
     "build_sae",
+    "check_harvest",
     "harvest",
     "run_metadata",
     "sae_dirs",

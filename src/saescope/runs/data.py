@@ -6,6 +6,7 @@ training stream and `held_out(tokens)` for the data set aside for evaluation."""
 from __future__ import annotations
 
 import dataclasses
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,11 +17,22 @@ from torch import Tensor, nn
 from saescope.activations import ModelBatches, split, text_contexts
 from saescope.data import ActivationCache, ActivationFile, ArticleTask, ArticleTaskConfig
 from saescope.data.cache import CacheBatches, is_cache
+from saescope.data.corpus import text_files
 from saescope.data.stream import HELD_OUT_SEED_OFFSET, IndexedBatches
 from saescope.errors import ConfigError, check_keys
 from saescope.evaluate import model_batches
 from saescope.models import MODELS, load_model
 from saescope.models.hooks import HookPair
+
+_TOKENISED: OrderedDict[tuple, tuple[Tensor, str]] = OrderedDict()
+"""The last two texts tokenised, by model, context and files (with their sizes and times):
+training then evaluating in one process, or several specs of one text, tokenise it once."""
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
+
 
 KINDS = ("synthetic", "file", "cache", "model")
 _FIELDS = {
@@ -197,8 +209,16 @@ class DataSpec:
     def _contexts(self) -> tuple[Tensor, str]:
         """Every context of the text and its fingerprint (checked against the pinned one)."""
         if "contexts" not in self._memo:
-            model, tok = self.load_model()
-            contexts, fp = text_contexts(model, tok, self.text, self.context or 128)
+            context = self.context or 128
+            files = text_files(self.text)
+            key = (self.model, context, tuple((str(f), *_stamp(f)) for f in files))
+            if key not in _TOKENISED:
+                model, tok = self.load_model()
+                _TOKENISED[key] = text_contexts(model, tok, self.text, context)
+                while len(_TOKENISED) > 2:
+                    _TOKENISED.popitem(last=False)
+            _TOKENISED.move_to_end(key)
+            contexts, fp = _TOKENISED[key]
             if self.fingerprint and fp != self.fingerprint:
                 raise ConfigError(
                     f"the text {list(self.text) if self.text else 'of the default corpus'} "
