@@ -94,3 +94,14 @@ def test_weighted_error_is_autograds_bitwise(relu):
 def test_config_rejects_bad_shapes():
     with pytest.raises(ValueError, match="n_hidden"):
         ToyConfig(n_features=2, n_hidden=3)
+
+
+def test_weighted_error_refuses_a_second_backward():
+    """Its backward reuses its saved tensor, so a second one (retain_graph) would be wrong."""
+    from saescope.toy import weighted_error
+
+    pre = torch.randn(2, 4, 3, requires_grad=True)
+    loss = weighted_error(pre, torch.rand(2, 4, 3), torch.rand(2, 1, 3))
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="runs once"):
+        loss.backward()

@@ -15,7 +15,6 @@ from saescope.errors import InputError
 from saescope.models.downstream import downstream, gives_logits
 from saescope.models.harvest import harvest
 from saescope.models.hooks import HookPair
-from saescope.report import save_figure, subplots
 from saescope.saes import SAE
 
 
@@ -93,6 +92,8 @@ def evaluate(
 def plot_density(density: Tensor, path: str | Path, title: str = "") -> Path:
     """A histogram of log10 feature density (dead latents counted apart), saved atomically as a
     PNG."""
+    from saescope.report import save_figure, subplots  # matplotlib only when plotting
+
     live = density[density > 0]
     fig, ax = subplots(figsize=(6, 3.2))
     if live.numel():

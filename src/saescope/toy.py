@@ -132,11 +132,17 @@ class _WeightedError(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, g: Tensor) -> tuple[Tensor, None, None, None]:  # type: ignore[override]
+        if getattr(ctx, "spent", False):
+            raise RuntimeError(
+                "weighted_error's backward runs once (it reuses its saved tensor); compute "
+                "the loss again for another backward"
+            )
+        ctx.spent = True
         d, out, importance = ctx.saved_tensors
         i, b, n = d.shape
         # What autograd computes per element, here once per (instance, feature).
         scale = 2 * ((g.expand(i, 1, 1) / (b * n)) * importance)
-        grad = d.mul_(scale)  # d is not needed again: backward runs once
+        grad = d.mul_(scale)  # d is not needed again: backward runs once (checked above)
         if ctx.relu:  # ReLU's own backward, as autograd calls it
             grad = torch.ops.aten.threshold_backward(grad, out, 0)
         return grad, None, None, None

@@ -10,6 +10,7 @@ from saescope.errors import ConfigError, InputError
 from saescope.models.hooks import (
     HookPair,
     HookPoint,
+    attached,
     find_module,
     hook_points,
     module_input,
@@ -241,3 +242,23 @@ def test_a_bad_hook_point_removes_the_hooks_already_placed():
         with spliced(model, {"0": torch.zeros_like, "2:mid": torch.zeros_like}):
             pass
     assert _hooks(model) == 0
+
+
+def test_attached_observers_see_outputs_and_inputs_and_change_nothing():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    x = torch.randn(5, 3)
+    seen = {}
+
+    def watch(name):
+        def fn(value, clean):
+            assert clean is value  # no module replaced: the clean value is the value itself
+            seen[name] = value.clone()
+
+        return fn
+
+    with attached(model, {"1": watch("relu"), "2:in": watch("into_2")}):
+        out = model(x)
+    torch.testing.assert_close(out, model(x), rtol=0, atol=0)
+    torch.testing.assert_close(seen["relu"], model[1](model[0](x)), rtol=0, atol=0)
+    torch.testing.assert_close(seen["into_2"], seen["relu"], rtol=0, atol=0)
+    assert not model[1]._forward_hooks and not model[2]._forward_pre_hooks

@@ -155,3 +155,25 @@ def test_auxk_gradient_reaches_the_encoder():
         (g_enc,) = torch.autograd.grad(aux, [sae.W_enc])
         assert g_enc[:, dead].abs().sum() > 0  # dead latents' encoder columns learn
         assert g_enc[:, ~dead].abs().sum() == 0
+
+
+def test_a_second_architecture_under_a_taken_name_is_refused():
+    from dataclasses import dataclass
+    from typing import ClassVar
+
+    from saescope.saes import SAE, ReLUConfig
+
+    @dataclass(frozen=True)
+    class Again(ReLUConfig):
+        name: ClassVar[str] = "relu"
+
+    with pytest.raises(TypeError, match="'relu' is taken by ReLUSAE"):
+
+        class Copy(SAE):
+            config_cls = Again
+
+            def _encode(self, x):
+                return x
+
+            def loss(self, x, y, ctx=None):
+                raise NotImplementedError

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from saescope.experiments import demo
-
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="run every experiment of the seed; write runs/demo/report.html")
@@ -26,5 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(ns: argparse.Namespace) -> int:
+    from saescope.experiments import demo  # imported here: every experiment and matplotlib
+
     demo.run(ns.out, seeds=ns.seeds, quick=ns.quick, all_seeds=ns.all_seeds)
     return 0

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from saescope.errors import InputError
-from saescope.models.hooks import HookPoint, find_module, module_input
+from saescope.models.hooks import Hook, HookPoint, attached, find_module
 
 
 def pack(ids: Sequence[int], context: int) -> Tensor:
@@ -46,42 +46,30 @@ class Harvester:
         self.early_exit = early_exit
         self.specs = list(hooks)
         self.points = [HookPoint.parse(h) for h in hooks]
-        self._modules = [find_module(model, p.path) for p in self.points]
+        for p in self.points:  # a wrong path is named now, with its close matches
+            find_module(model, p.path)
         self._got: dict[HookPoint, Tensor] = {}
 
-    def _keep(self, point: HookPoint, value: Any) -> None:
-        if not isinstance(value, Tensor):
-            raise InputError(f"hook {point}: the module's output is not a tensor")
-        self._got[point] = value.detach()
-        if self.early_exit and len(self._got) == len(self.points):
-            raise _Stop
+    def _keep(self, point: HookPoint) -> Hook:
+        def keep(value: Any, _clean: Any) -> None:
+            if not isinstance(value, Tensor):
+                raise InputError(f"hook {point}: the module's output is not a tensor")
+            self._got[point] = value.detach()
+            if self.early_exit and len(self._got) == len(set(self.points)):
+                raise _Stop
 
-    def _hook(self, point: HookPoint) -> Any:
-        def grab_out(_module: nn.Module, _args: Any, output: Any) -> None:
-            self._keep(point, output)
-
-        def grab_in(_module: nn.Module, args: Any, kwargs: dict[str, Any]) -> None:
-            self._keep(point, module_input(point, args, kwargs)[1])
-
-        return grab_in if point.side == "in" else grab_out
+        return keep
 
     @torch.no_grad()
     def __call__(self, ids: Tensor) -> dict[str, Tensor]:
         """{hook spec: (B, T, d)} for one batch of contexts ids (B, T)."""
         self._got = {}
-        handles = [
-            m.register_forward_pre_hook(self._hook(p), with_kwargs=True)
-            if p.side == "in"
-            else m.register_forward_hook(self._hook(p))
-            for p, m in zip(self.points, self._modules, strict=True)
-        ]
+        observers = {spec: self._keep(p) for spec, p in zip(self.specs, self.points, strict=True)}
         try:
-            self.model(ids)
+            with attached(self.model, observers):
+                self.model(ids)
         except _Stop:
             pass
-        finally:
-            for h in handles:
-                h.remove()
         missing = [str(p) for p in self.points if p not in self._got]
         if missing:
             raise InputError(f"hook points never reached in the forward pass: {missing}")

@@ -1,17 +1,18 @@
 """Hook points and splicing: the one place saescope reaches into a running model.
 
 A hook point is a module path (`layers.2`), meaning the module's output; `layers.2.mlp:in` is
-the module's input (a transcoder's x, with `layers.2.mlp` its y). `spliced` runs the model with
-functions applied at hook points: a module's output replaced, its input replaced (the module
-then runs on the replacement), or the module's output replaced by a function of its input (a
-transcoder substituted for it). Harvest, downstream evaluation and steering all build on it.
+the module's input (a transcoder's x, with `layers.2.mlp` its y). `attached` runs the model with
+functions called at hook points (the one place torch hooks are registered): observers
+(harvest) and replacements; `spliced` replaces a module's output, its input (the module then
+runs on the replacement), or the module's output by a function of its input (a transcoder
+substituted for it). Harvest, downstream evaluation and steering all build on them.
 """
 
 from __future__ import annotations
 
 import difflib
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -119,55 +120,69 @@ def module_input(point: HookPoint, args: tuple, kwargs: dict[str, Any]) -> tuple
     raise InputError(f"hook {point}: the module was called without a tensor input")
 
 
+Hook = Callable[[Tensor, Tensor], Tensor | None]
+"""fn(x, clean) at a hook point: x the activation there (with `whole_module`, the module's
+input), clean the value a replacement would take the place of (the module's output there, else
+x itself); it returns the replacement, or None to leave the pass as it is."""
+
+
+def _register(module: nn.Module, point: HookPoint, fn: Hook, whole_module: bool) -> Any:
+    """The one place saescope registers a torch hook."""
+    if point.side == "out":
+        return module.register_forward_hook(lambda _m, _args, out: fn(out, out))
+    if whole_module:
+
+        def on_module(_m: nn.Module, args: tuple, kwargs: dict[str, Any], out: Any) -> Any:
+            return fn(module_input(point, args, kwargs)[1], out)
+
+        return module.register_forward_hook(on_module, with_kwargs=True)
+
+    def on_input(_m: nn.Module, args: tuple, kwargs: dict[str, Any]) -> Any:
+        where, x = module_input(point, args, kwargs)
+        new = fn(x, x)
+        if new is None:
+            return None
+        return ((new, *args[1:]), kwargs) if where == 0 else (args, {**kwargs, where: new})
+
+    return module.register_forward_pre_hook(on_input, with_kwargs=True)
+
+
 @contextmanager
+def attached(model: nn.Module, fns: dict[str, Hook], whole_module: bool = False) -> Iterator[None]:
+    """Within the block, every forward pass of the model calls fn (see `Hook`) at each hook
+    point: `M` at module M's output, `M:in` at its input; with whole_module, an `M:in` fn sees
+    M's input and its value replaces M's output (M still runs). Observers return None. The
+    hooks are removed when the block ends, also on an exception."""
+    handles = []
+    try:
+        for spec, fn in fns.items():
+            point = HookPoint.parse(spec)
+            module = find_module(model, point.path)
+            handles.append(_register(module, point, fn, whole_module))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def spliced(
     model: nn.Module,
     replace: dict[str, Replacement],
     keep_first: bool = False,
     whole_module: bool = False,
-) -> Iterator[None]:
-    """Within the block, the model runs with each hook point's activation replaced: a
-    module's output (`M`), or its input (`M:in`; the module then runs on the replacement).
-    whole_module: an `M:in` function's value, a function of M's input, becomes M's output (a
-    transcoder substituted for M; M still runs, its own output is discarded). keep_first:
-    position 0 keeps its clean value (it has no left context, and is dropped from harvested
-    activations, so an SAE never saw it). The hooks are removed when the block ends, also on
-    an exception."""
+) -> AbstractContextManager[None]:
+    """Within the block, the model runs with each hook point's activation replaced by a
+    function of it: a module's output (`M`), or its input (`M:in`; the module then runs on the
+    replacement). whole_module: an `M:in` function's value, a function of M's input, becomes
+    M's output (a transcoder substituted for M; M still runs, its own output is discarded).
+    keep_first: position 0 keeps its clean value (it has no left context, and is dropped from
+    harvested activations, so an SAE never saw it)."""
 
-    def first_clean(clean: Tensor, new: Tensor) -> Tensor:
-        new = new.to(clean.dtype)
-        return torch.cat((clean[:, :1], new[:, 1:]), dim=1) if keep_first else new
+    def splice(fn: Replacement) -> Hook:
+        def hook(x: Tensor, clean: Tensor) -> Tensor:
+            new = fn(x).to(clean.dtype)
+            return torch.cat((clean[:, :1], new[:, 1:]), dim=1) if keep_first else new
 
-    def on_output(fn: Replacement) -> Any:
-        return lambda _m, _args, out: first_clean(out, fn(out))
+        return hook
 
-    def on_module(fn: Replacement, p: HookPoint) -> Any:
-        return lambda _m, args, kwargs, out: first_clean(out, fn(module_input(p, args, kwargs)[1]))
-
-    def on_input(fn: Replacement, p: HookPoint) -> Any:
-        def swap(_m: nn.Module, args: tuple, kwargs: dict[str, Any]) -> Any:
-            where, x = module_input(p, args, kwargs)
-            new = first_clean(x, fn(x))
-            if where == 0:
-                return (new, *args[1:]), kwargs
-            return args, {**kwargs, where: new}
-
-        return swap
-
-    handles = []
-    try:
-        for spec, fn in replace.items():
-            point = HookPoint.parse(spec)
-            module = find_module(model, point.path)
-            if point.side == "out":
-                handles.append(module.register_forward_hook(on_output(fn)))
-            elif whole_module:
-                hook = on_module(fn, point)
-                handles.append(module.register_forward_hook(hook, with_kwargs=True))
-            else:
-                hook = on_input(fn, point)
-                handles.append(module.register_forward_pre_hook(hook, with_kwargs=True))
-        yield
-    finally:
-        for h in handles:
-            h.remove()
+    return attached(model, {spec: splice(fn) for spec, fn in replace.items()}, whole_module)
