@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import save_file
 
 from saescope.data import ActivationFile, ArticleTask, ArticleTaskConfig
-from saescope.errors import ConfigError
+from saescope.errors import ConfigError, InputError
 from saescope.runs import DataSpec, Run, build_sae, harvest, steps_for_tokens, train_run
 from saescope.saes import ReLUSAE, TopKSAE, make_sae
 from saescope.training import TrainConfig
@@ -171,3 +171,35 @@ def test_steps_for_tokens_rounds_up():
     assert [steps_for_tokens(t, stream) for t in (1, 99, 100, 101, 1000)] == [1, 1, 1, 2, 10]
     with pytest.raises(ConfigError, match="--tokens must be at least 1, got 0"):
         steps_for_tokens(0, stream)
+
+
+def test_a_run_that_recorded_a_relative_path_resumes(tmp_path, monkeypatch):
+    """Runs made before DataSpec recorded a file as typed (`acts.npy`); resume still takes
+    them, from the folder the path is relative to, and still refuses other data."""
+    import json
+
+    from safetensors import safe_open
+
+    from saescope.atomic import atomic_save_tensors
+    from saescope.training import CHECKPOINT_FILE
+
+    monkeypatch.chdir(tmp_path)
+    np.save("acts.npy", np.random.default_rng(0).normal(size=(512, 5)).astype(np.float32))
+    np.save("other.npy", np.random.default_rng(1).normal(size=(512, 5)).astype(np.float32))
+    spec = DataSpec.file("acts.npy")
+    cfg = TrainConfig(steps=6, checkpoint_every=3, progress=False, init_samples=64)
+    stream = spec.open(batch_size=64)
+    with pytest.raises(InputError, match="ended after 4 batches"):  # killed after step 3's save
+        train_run(build_sae("relu", stream), spec, [stream.batch(i) for i in range(4)], cfg, "run")
+    with safe_open("run/" + CHECKPOINT_FILE, "pt") as fh:
+        meta = json.loads(fh.metadata()["saescope_checkpoint"])
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    meta["run"]["data"]["path"] = "acts.npy"  # as the old CLI wrote it
+    atomic_save_tensors(
+        tmp_path / "run" / CHECKPOINT_FILE, tensors, {"saescope_checkpoint": json.dumps(meta)}
+    )
+    resumed = train_run(build_sae("relu", stream), spec, stream, cfg, "run", resume=True)
+    assert resumed.final_metrics[0]["step"] == 6
+    other = DataSpec.file("other.npy")
+    with pytest.raises(ConfigError, match="other data"):
+        train_run(build_sae("relu", stream), other, other.open(64), cfg, "run", resume=True)

@@ -14,7 +14,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from saescope.training import CHECKPOINT_FILE
+from saescope.data import ArticleTask, ArticleTaskConfig
+from saescope.saes import make_sae
+from saescope.training import CHECKPOINT_FILE, TrainConfig, train
 
 STEPS = 120
 CHILD = r"""
@@ -137,3 +139,21 @@ def test_kill_during_checkpoint_write_keeps_previous(tmp_path, reference):
     resumed = _run(run, "resume")
     assert resumed.wait(timeout=300) == 0, _log(run, "resume")
     _assert_bitwise(reference, _weights(run))
+
+
+def test_resuming_a_finished_run_keeps_its_final_metrics(tmp_path):
+    task = ArticleTask(ArticleTaskConfig(), batch_size=64)
+    cfg = TrainConfig(steps=4, log_every=2, progress=False)
+    first = train(
+        make_sae({"architecture": "topk", "d_in": 4, "d_sae": 8, "k": 2}), task, cfg, tmp_path
+    )
+    again = train(
+        make_sae({"architecture": "topk", "d_in": 4, "d_sae": 8, "k": 2}),
+        task,
+        cfg,
+        tmp_path,
+        resume=True,
+    )
+    assert again.final_metrics == first.final_metrics and first.final_metrics[0]["step"] == 4
+    saved = json.loads((tmp_path / "cfg.json").read_text())["metadata"]["final_metrics"]
+    assert saved == first.final_metrics[0]

@@ -26,7 +26,7 @@ from saescope.errors import ConfigError
 from saescope.runs.data import KINDS, DataSpec, HeldOut
 from saescope.runs.run import Run
 from saescope.saes import SAE, architecture, make_sae
-from saescope.training import TrainConfig, TrainResult, sae_dirs, train
+from saescope.training import TrainConfig, TrainResult, checkpoint, sae_dirs, train
 
 
 def run_metadata(data: DataSpec) -> dict[str, Any]:
@@ -64,7 +64,22 @@ def train_run(
 ) -> TrainResult:
     """`training.train` on a stream opened from `data`, which the run records (so that
     `Run.open` finds it and resume refuses other data)."""
-    return train(saes, stream, cfg, out_dir, resume, run_metadata(data), overwrite)
+    metadata = run_metadata(data)
+    if resume and out_dir is not None:
+        metadata = _as_recorded(metadata, Path(out_dir))
+    return train(saes, stream, cfg, out_dir, resume, metadata, overwrite)
+
+
+def _as_recorded(metadata: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    """The checkpoint's own record of the run's data when it names the same data in another
+    spelling (a relative path, as runs made before DataSpec recorded), so resume accepts it;
+    else `metadata` as it is (and resume compares it)."""
+    old = (checkpoint.read_meta(out_dir) or {}).get("run") or {}
+    try:
+        same = DataSpec.from_dict(old["data"]) == DataSpec.from_dict(metadata["data"])
+    except (KeyError, TypeError, ConfigError):
+        return metadata
+    return old if same else metadata
 
 
 def check_harvest(

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -71,9 +71,11 @@ class DataSpec:
     """The synthetic task."""
     rows: int | None = None
     """Rows the cache held when the run started (resume refuses a cache that grew)."""
-    _memo: dict[str, Any] = field(default_factory=dict, init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        # The loaded model and tokenised text, once per spec: an attribute, not a field, so
+        # equality, replace(), asdict() and pickling never carry them.
+        object.__setattr__(self, "_memo", {})
         if self.kind not in KINDS:
             raise ConfigError(f"data kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
         if self.kind in ("file", "cache") and not self.path:
@@ -81,11 +83,22 @@ class DataSpec:
         if self.kind == "model" and not self.model:
             raise ConfigError("a model data source needs the model's name or folder")
         if self.kind == "cache" and not self.hook:
-            raise ConfigError("give --hook, the cache's hook point to train on")
+            raise ConfigError("give --hook, the cache's hook point (it holds several)")
         if self.kind == "synthetic" and self.task is None:
             object.__setattr__(self, "task", ArticleTaskConfig())
         if self.text is not None:
-            object.__setattr__(self, "text", tuple(self.text) or None)
+            text = [self.text] if isinstance(self.text, str | Path) else self.text
+            object.__setattr__(self, "text", tuple(map(str, text)) or None)
+        if self.kind in ("file", "cache") and not Path(self.path).is_absolute():  # type: ignore[arg-type]
+            object.__setattr__(self, "path", str(Path(self.path).resolve()))  # type: ignore[arg-type]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_memo"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for k, v in state.items():
+            object.__setattr__(self, k, v)
+        object.__setattr__(self, "_memo", {})
 
     # ----- building ---------------------------------------------------------------------------
 
@@ -125,7 +138,7 @@ class DataSpec:
         model: str | Path,
         hook: str | None = None,
         target: str | None = None,
-        text: Sequence[str | Path] | None = None,
+        text: str | Path | Sequence[str | Path] | None = None,
         context: int = 128,
         seed: int = 0,
     ) -> DataSpec:
@@ -134,6 +147,8 @@ class DataSpec:
         name = str(model)
         folder = Path(name).expanduser()
         ref = str(folder.resolve()) if name not in MODELS and folder.is_dir() else name
+        if isinstance(text, str | Path):
+            text = [text]
         texts = tuple(str(Path(p).resolve()) for p in text) if text else None
         loose = cls("model", model=ref, hook=hook, target=target, text=texts, context=context)
         spec = dataclasses.replace(loose, seed=seed, fingerprint=loose._contexts()[1])
@@ -268,9 +283,8 @@ class DataSpec:
         if self.kind != "cache":
             raise ConfigError(f"head takes a file or a cache, not {self.kind} data")
         cache = ActivationCache(self.path)  # type: ignore[arg-type]
-        x = cache.head(self.hooks.x, tokens).float()
-        y = cache.head(self.target, tokens).float() if self.target else x
-        return HeldOut([(x, y)], held_out=False)
+        rows = {h: cache.head(h, tokens).float() for h in self.hooks.specs}
+        return HeldOut([self.hooks.pick(rows)], held_out=False)
 
     def describe(self) -> str:
         """A few words naming the source."""

@@ -59,7 +59,12 @@ def meta(
     """The checkpoint's JSON: position, training config, each SAE's config and scales, and
     what the caller says the run is (its data)."""
     saes = [
-        {"cfg": jsonable(s.sae.cfg.to_dict()), "scale_in": s.scale_in, "scale_out": s.scale_out}
+        {
+            "cfg": jsonable(s.sae.cfg.to_dict()),
+            "scale_in": s.scale_in,
+            "scale_out": s.scale_out,
+            "last_log": s.last_log,  # so a finished run resumed saves its final metrics again
+        }
         for s in slots
     ]
     return {
@@ -137,6 +142,7 @@ def restore(
         )
         s.since_fired = tensors[f"{prefix}since_fired"].to(s.sae.W_dec.device)
         s.scale_in, s.scale_out = m["scale_in"], m["scale_out"]
+        s.last_log = m.get("last_log")
         for name, p in s.sae.named_parameters():
             state = {
                 key: _like(p, tensors[f"opt{i}.{name}.{key}"], key)
