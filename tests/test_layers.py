@@ -104,6 +104,17 @@ def test_imports_point_left():
     assert not bad, bad
 
 
+def test_imports_are_absolute():
+    """Relative imports would slip past the layer and cycle checks."""
+    relative = [
+        f"{p.relative_to(SRC)}:{n.lineno}"
+        for p in _files()
+        for n in ast.walk(ast.parse(p.read_text()))
+        if isinstance(n, ast.ImportFrom) and n.level > 0
+    ]
+    assert not relative, relative
+
+
 def test_no_import_cycles():
     """Between modules, counting imports inside functions too: a cycle made "safe" by a lazy
     import is still a cycle."""

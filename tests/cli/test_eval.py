@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from saescope.cli import build_parser, main
-from saescope.cli.eval import eval_data, finite
+from saescope.cli.eval import finite
+from saescope.cli.options import given
 from saescope.data import ArticleTaskConfig
 from saescope.data.cache import CacheWriter
 from saescope.runs import DataSpec, Run
@@ -17,6 +18,11 @@ from saescope.runs import DataSpec, Run
 
 def _ns(*argv):
     return build_parser().parse_args(["eval", "RUN", *argv])
+
+
+def eval_data(ns, run):
+    """What the eval command asks the run for."""
+    return run.eval_data(ns.data, ns.hook, ns.target, given(ns, ArticleTaskConfig))
 
 
 def _run(data):

@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 import saescope
 from saescope.cli import main
 from saescope.cli.options import field_docs
-from saescope.saes import TopKConfig
+from saescope.saes import BatchTopKConfig, TopKConfig
 from saescope.training import TrainConfig
 
 
@@ -143,7 +143,9 @@ def test_help_comes_from_field_docs(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert " ".join(field_docs(TopKConfig)["k"].split()) in text
+    # k means something else for topk and batchtopk: each says its own, in ARCHITECTURES order
+    topk, batch = (field_docs(c)["k"].rstrip(".") for c in (TopKConfig, BatchTopKConfig))
+    assert f"--k K topk: {topk}; batchtopk: {batch}. [topk, batchtopk]" in text
     assert field_docs(TrainConfig)["steps"] in text
 
 

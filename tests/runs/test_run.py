@@ -203,3 +203,17 @@ def test_a_run_that_recorded_a_relative_path_resumes(tmp_path, monkeypatch):
     other = DataSpec.file("other.npy")
     with pytest.raises(ConfigError, match="other data"):
         train_run(build_sae("relu", stream), other, other.open(64), cfg, "run", resume=True)
+
+
+def test_given_data_scores_every_sae_of_a_run(tmp_path):
+    """The same first rows of a file for each SAE of a two-SAE run, not a used-up stream."""
+    _synthetic_run(tmp_path / "sweep", archs=("topk", "relu"))
+    rows = ArticleTask(ArticleTaskConfig(), batch_size=300).batch(0)[0].numpy()
+    np.save(tmp_path / "acts.npy", rows)
+    run = Run.open(tmp_path / "sweep")
+    got = run.evaluate(tokens=300, data=DataSpec.file(tmp_path / "acts.npy"))
+    assert set(got) == {"sae_0", "sae_1"}
+    assert all(m["n_tokens"] == 300 for m in got.values())
+    for name, sae in run.saes.items():
+        assert got[name] == run.evaluate(300, DataSpec.file(tmp_path / "acts.npy"))[name]
+        assert got[name]["architecture"] == sae.cfg.name

@@ -25,15 +25,21 @@ def arch_fields() -> dict[str, list[str]]:
     return out
 
 
+def _per_arch(archs: list[str], texts: list[str]) -> str:
+    """One text when the architectures agree, else each with its architecture's name."""
+    if len(set(texts)) == 1:
+        return texts[0]
+    return "; ".join(f"{a}: {t.rstrip('.')}" for a, t in zip(archs, texts, strict=True)) + "."
+
+
 def add_arch_args(parser: argparse._ActionsContainer) -> None:
     """The options of every architecture, each saying which architectures take it."""
     for name, archs in arch_fields().items():
         classes = [ARCHITECTURES[a].config_cls for a in archs]
-        docs = {field_docs(c).get(name, "") for c in classes}
         types = {str(field(c, name).type) for c in classes}
-        defaults = {str(field(c, name).default) for c in classes}
-        help_ = " / ".join(sorted(docs)) + f" [{', '.join(archs)}]"
-        help_ += f" (default: {' / '.join(sorted(defaults))})"
+        help_ = _per_arch(archs, [field_docs(c).get(name, "") for c in classes])
+        defaults = _per_arch(archs, [str(field(c, name).default) for c in classes])
+        help_ += f" [{', '.join(archs)}] (default: {defaults})"
         parser.add_argument(
             "--" + name.replace("_", "-"),
             dest=name,
@@ -59,6 +65,7 @@ def arch_given(ns: argparse.Namespace, arch: str) -> dict[str, Any]:
     for name, value in out.items():
         if isinstance(value, float) and str(field(cls, name).type).startswith("int"):
             if not value.is_integer():
-                raise ConfigError(f"--{name} must be a whole number for {arch}, got {value}")
+                flag = "--" + name.replace("_", "-")
+                raise ConfigError(f"{flag} must be a whole number for {arch}, got {value}")
             out[name] = int(value)
     return out

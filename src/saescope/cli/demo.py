@@ -7,7 +7,9 @@ from pathlib import Path
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    d = sub.add_parser("demo", help="run every experiment of the seed; write runs/demo/report.html")
+    d = sub.add_parser(
+        "demo", help="run every experiment of the seed article; write runs/demo/report.html"
+    )
     d.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder")
     d.add_argument(
         "--seeds", type=int, default=3, help="seeds for the cheap experiments (the rest use seed 0)"

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 from typing import Any
 
 from saescope.cli import options
-from saescope.data import ArticleTaskConfig, is_cache
-from saescope.runs import DataSpec, Run
+from saescope.data import ArticleTaskConfig
+from saescope.runs import Run
 from saescope.text import table
 
 COLUMNS = ["sae", "architecture", "l0", "mse", "explained_variance", "dead_fraction"]
@@ -36,23 +35,6 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return e
 
 
-def eval_data(ns: argparse.Namespace, run: Run) -> DataSpec | None:
-    """The data --data names, or None for the run's own held-out data."""
-    own = run.data
-    if ns.data == "synthetic":
-        task = options.given(ns, ArticleTaskConfig)
-        if own is not None and own.kind in ("model", "cache"):
-            return None  # the held-out text of the run's model
-        if own is not None and own.kind == "synthetic":
-            return dataclasses.replace(own, task=dataclasses.replace(own.task, **task))
-        return DataSpec.synthetic(ArticleTaskConfig(**task)) if task or own is None else None
-    if is_cache(ns.data):
-        hook = ns.hook or (own.hook if own else None)
-        target = ns.target or (own.target if own else None)
-        return DataSpec.cache(ns.data, hook, target)
-    return DataSpec.at(ns.data, ns.hook, ns.target)
-
-
 def finite(value: Any) -> Any:
     """NaN and infinities as null: JSON has no such numbers."""
     if isinstance(value, dict):
@@ -64,7 +46,8 @@ def finite(value: Any) -> Any:
 
 def run(ns: argparse.Namespace) -> int:
     r = Run.open(ns.run)
-    results = r.evaluate(ns.tokens, eval_data(ns, r))
+    task = options.given(ns, ArticleTaskConfig)
+    results = r.evaluate(ns.tokens, r.eval_data(ns.data, ns.hook, ns.target, task))
     if ns.json:
         out = next(iter(results.values())) if len(results) == 1 else results
         print(json.dumps(finite(out)))

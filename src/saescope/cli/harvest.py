@@ -27,13 +27,14 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def run(ns: argparse.Namespace) -> int:
     check_harvest(ns.out, ns.tokens, ns.batch_size, ns.shard_contexts)  # before any loading
     data = DataSpec.for_model(ns.model, text=ns.text, context=ns.context)
-    cache, available = harvest(data, ns.hooks, ns.out, ns.tokens, ns.batch_size, ns.shard_contexts)
-    if ns.tokens is not None and ns.tokens > available:
-        print(f"note: the text gives {available} training tokens; harvested all of them")
+    if ns.tokens is not None and ns.tokens > data.tokens("train"):
+        print(
+            f"note: the text gives {data.tokens('train')} training tokens; harvesting all of them"
+        )
+    cache = harvest(data, ns.hooks, ns.out, ns.tokens, ns.batch_size, ns.shard_contexts)
     hooks = ", ".join(f"{h} ({d})" for h, d in cache.hooks.items())
-    contexts = sum(s["n_contexts"] for s in cache.shards)
     print(
         f"{cache.n_rows} tokens x {hooks} in {len(cache.shards)} shards at {ns.out} "
-        f"({contexts} contexts)"
+        f"({cache.n_contexts} contexts)"
     )
     return 0

@@ -12,7 +12,9 @@ import textwrap
 from functools import cache
 from typing import Any
 
-MODEL_HELP = "an embedded model (glassllm, minilm, smollm2) or a local Hugging Face model folder"
+from saescope.models import MODELS
+
+MODEL_HELP = f"an embedded model ({', '.join(MODELS)}) or a local Hugging Face model folder"
 TEXT_HELP = 'text files, folders or .jsonl ("text" per line); default: the installed corpus'
 
 

@@ -10,13 +10,13 @@ import torch
 from saescope.cli import archs, options
 from saescope.data import ArticleTaskConfig
 from saescope.errors import ConfigError
-from saescope.runs import DataSpec, build_sae, steps_for_tokens, train_run
+from saescope.runs import DataSpec, build_sae, check_tokens, steps_for_tokens, train_run
 from saescope.saes import ARCHITECTURES
 from saescope.text import table
 from saescope.training import TrainConfig
 
 DATA_HELP = (
-    "'synthetic' (the seed's ground-truth task), a .npy/.safetensors file (N, d_in), "
+    "'synthetic' (the seed article's ground-truth task), a .npy/.safetensors file (N, d_in), "
     "or an activation cache folder from saescope harvest (with --hook)"
 )
 
@@ -59,6 +59,7 @@ def run(ns: argparse.Namespace) -> int:
     given = options.given(ns, TrainConfig)
     if ns.tokens is not None and "steps" in given:
         raise ConfigError("give --tokens or --steps, not both")
+    check_tokens(ns.tokens)  # before any model is loaded
     data = data_spec(ns, given.get("seed", 0))
     stream = data.open(ns.batch_size)
     if ns.tokens is not None:

@@ -214,6 +214,7 @@ class ActivationCache:
         _check_shards(self.path, self.shards)
         self.shard_rows = [int(s["rows"]) for s in self.shards]
         self.n_rows = sum(self.shard_rows)
+        self.n_contexts = sum(int(s["n_contexts"]) for s in self.shards)
         self._headers: dict[int, dict[str, _Entry]] = {}
 
     def d(self, hook: str) -> int:

@@ -32,7 +32,7 @@ class RecoveryTask:
 
 
 ARTICLE_TASK = RecoveryTask(
-    "seed",
+    "article",
     ArticleTaskConfig(d_in=4, n_features=8),
     (
         {"architecture": "relu", "d_sae": 8, "l1_coef": 1.0},
@@ -165,7 +165,7 @@ def recovery_section(
             and relu[peak]["mmcs"] - max(relu[0]["mmcs"], relu[-1]["mmcs"]) > 0.02,
         )
     )
-    seed_rows = [{"seed": s, **row} for s, r in enumerate(results) for row in r["seed"]]
+    article_rows = [{"seed": s, **row} for s, r in enumerate(results) for row in r["article"]]
     sep_rows = [{"seed": s, **row} for s, rows in enumerate(sep) for row in rows]
     return Section(
         key="recovery",
@@ -183,6 +183,6 @@ def recovery_section(
         figures=[("Recovery against λ (ReLU-L1) and k (TopK), seed 0", _sweep_figure(sweep_rows))],
         tables=[
             ("40 features in 32-D", sep_rows),
-            ("The seed's own 8 features in 4-D", seed_rows),
+            ("The seed's own 8 features in 4-D", article_rows),
         ],
     )

@@ -69,8 +69,8 @@ def neurons_per_feature(W: Tensor, threshold: float = 0.2) -> list[list[int]]:
 
 # ----- the seed's 5 features in 2 dimensions ------------------------------------------------
 
-SEED_IMPORTANCE = (1.0, 0.8, 0.6, 0.4, 0.2)
-SEED_DENSITY = 0.15
+ARTICLE_IMPORTANCE = (1.0, 0.8, 0.6, 0.4, 0.2)
+ARTICLE_DENSITY = 0.15
 FIVE_REPLICAS = 4
 
 
@@ -91,9 +91,9 @@ def _best_replica(relu: bool, seed: int, steps: int) -> Tensor:
     cfg = ToyConfig(
         n_features=5,
         n_hidden=2,
-        density=(SEED_DENSITY,) * FIVE_REPLICAS,
+        density=(ARTICLE_DENSITY,) * FIVE_REPLICAS,
         value_range=(0.5, 2.0),
-        importances=(SEED_IMPORTANCE,) * FIVE_REPLICAS,
+        importances=(ARTICLE_IMPORTANCE,) * FIVE_REPLICAS,
         relu_output=relu,
     )
     tcfg = ToyTrainConfig(steps=steps, lr=1e-2, lr_decay_start=0.5, seed=seed)

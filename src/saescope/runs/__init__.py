@@ -46,10 +46,15 @@ def build_sae(arch: str, stream: IndexedBatches, **fields: Any) -> SAE:
     return make_sae(cfg)
 
 
+def check_tokens(tokens: int | None) -> None:
+    """A token count must be positive (None: not given)."""
+    if tokens is not None and tokens < 1:
+        raise ConfigError(f"--tokens must be at least 1, got {tokens}")
+
+
 def steps_for_tokens(tokens: int, stream: IndexedBatches) -> int:
     """Optimiser steps that cover `tokens` tokens of the stream (at least one)."""
-    if tokens < 1:
-        raise ConfigError(f"--tokens must be at least 1, got {tokens}")
+    check_tokens(tokens)
     return max(1, -(-tokens // stream.tokens_per_batch))
 
 
@@ -86,8 +91,7 @@ def check_harvest(
     out: str | Path, tokens: int | None, batch_size: int, shard_contexts: int
 ) -> None:
     """The checks a harvest can make before loading anything."""
-    if tokens is not None and tokens < 1:
-        raise ConfigError(f"--tokens must be at least 1, got {tokens}")
+    check_tokens(tokens)
     if batch_size < 1 or shard_contexts < 1:
         raise ConfigError("--batch-size and --shard-contexts must be at least 1")
     if Path(out).exists() and not Path(out).is_dir():
@@ -102,21 +106,19 @@ def harvest(
     batch_size: int = 32,
     shard_contexts: int = 256,
     progress: bool = True,
-) -> tuple[ActivationCache, int]:
+) -> ActivationCache:
     """Harvest the training contexts of a model spec's text at `hooks` into the cache at
-    `out` (resumed, or grown when asked for more): all of them, or enough for `tokens`.
-    Returns the cache and the training tokens the text has."""
+    `out` (resumed, or grown when asked for more): all of them, or enough for `tokens`."""
     if data.kind != "model":
         raise ConfigError("harvest takes a model's data (DataSpec.for_model)")
     check_harvest(out, tokens, batch_size, shard_contexts)
     model, _ = data.load_model()
-    train_ctx = all_train = data.contexts("train")
-    per_context = train_ctx.shape[1] - 1
+    train_ctx = data.contexts("train")
     if tokens is not None:
-        train_ctx = train_ctx[: -(-tokens // per_context)]
+        train_ctx = train_ctx[: -(-tokens // (train_ctx.shape[1] - 1))]
     source = {k: data.to_dict()[k] for k in ("model", "context", "text", "fingerprint")}
     harvest_to_cache(model, train_ctx, hooks, out, source, batch_size, shard_contexts, progress)
-    return ActivationCache(out), all_train.shape[0] * per_context
+    return ActivationCache(out)
 
 
 __all__ = [
@@ -126,6 +128,7 @@ __all__ = [
     "Run",
     "build_sae",
     "check_harvest",
+    "check_tokens",
     "harvest",
     "run_metadata",
     "sae_dirs",

@@ -221,6 +221,11 @@ class DataSpec:
         contexts = self._contexts()[0]
         return contexts if part is None else split(contexts, part)
 
+    def tokens(self, part: str = "train") -> int:
+        """Rows the text's "train" or "test" contexts give (the first position is dropped)."""
+        contexts = self.contexts(part)
+        return contexts.shape[0] * (contexts.shape[1] - 1)
+
     def _contexts(self) -> tuple[Tensor, str]:
         """Every context of the text and its fingerprint (checked against the pinned one)."""
         if "contexts" not in self._memo:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,10 +11,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from saescope.errors import ConfigError, check_keys
+from saescope.data import ArticleTaskConfig, is_cache
+from saescope.errors import ConfigError, FormatError, check_keys
 from saescope.evaluate import evaluate, evaluate_in_model, plot_density
 from saescope.runs.data import DataSpec, HeldOut
-from saescope.saes import SAE
+from saescope.saes import SAE, io
 from saescope.saes.io import is_saved
 from saescope.training import TrainConfig
 
@@ -42,13 +42,38 @@ class Run:
             )
         names = [path.name] if found == [path] else [p.name for p in found]
         saes = {n: SAE.load(p, device) for n, p in zip(names, found, strict=True)}
-        meta = json.loads((found[0] / "cfg.json").read_text()).get("metadata") or {}
-        data = DataSpec.from_dict(meta["data"]) if meta.get("data") else None
-        train_cfg = meta.get("training")
-        if train_cfg is not None:
-            check_keys(train_cfg, [f.name for f in dataclasses.fields(TrainConfig)], "training")
-            train_cfg = TrainConfig(**train_cfg)
+        meta = io.read_cfg(found[0]).get("metadata") or {}
+        try:
+            data = DataSpec.from_dict(meta["data"]) if meta.get("data") else None
+            train_cfg = meta.get("training")
+            if train_cfg is not None:
+                check_keys(train_cfg, [f.name for f in dataclasses.fields(TrainConfig)], "training")
+                train_cfg = TrainConfig(**train_cfg)
+        except ConfigError as e:
+            raise FormatError(f"{found[0] / io.CFG_FILE}: metadata: {e}") from None
         return cls(path, saes, dict(zip(names, found, strict=True)), data, train_cfg, meta)
+
+    def eval_data(
+        self,
+        data: str | Path = "synthetic",
+        hook: str | None = None,
+        target: str | None = None,
+        task: dict[str, Any] | None = None,
+    ) -> DataSpec | None:
+        """The data `saescope eval --data ...` means for this run: None (the run's own held-out
+        data) for "synthetic" on a model or cache run; the run's synthetic task with `task`'s
+        fields changed; a cache, whose hook and target default to the run's; or a file."""
+        own, task = self.data, task or {}
+        if str(data) == "synthetic":
+            if own is not None and own.kind in ("model", "cache"):
+                return None
+            if own is not None and own.kind == "synthetic":
+                return dataclasses.replace(own, task=dataclasses.replace(own.task, **task))  # type: ignore[arg-type]
+            return DataSpec.synthetic(ArticleTaskConfig(**task)) if task or own is None else None
+        if is_cache(data):
+            hook = hook or (own.hook if own else None)
+            return DataSpec.cache(data, hook, target or (own.target if own else None))
+        return DataSpec.at(data, hook, target)
 
     @property
     def model(self) -> nn.Module:
