@@ -45,6 +45,11 @@ def pytest_collection_modifyitems(config, items):
             "claim"
         ):
             raise pytest.UsageError(f"{item.nodeid} takes claim_seed but is not marked claim")
+    # The long tests first (claims and those marked slow), so the two workers share them out
+    # while the many short ones fill the gaps; the order within each group stays as collected.
+    items.sort(
+        key=lambda item: not (item.get_closest_marker("claim") or item.get_closest_marker("slow"))
+    )
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ def _json(capsys) -> dict:
     return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_topk_on_glassllm_layer2_small(tmp_path, capsys):
     run = tmp_path / "run"
     argv = [
@@ -47,6 +48,7 @@ def test_topk_on_glassllm_layer2_small(tmp_path, capsys):
     assert (run / "feature_density.png").stat().st_size > 5000
 
 
+@pytest.mark.slow
 def test_transcoder_from_a_cache_replaces_the_mlp(tmp_path, capsys):
     cache, run = tmp_path / "cache", tmp_path / "tc"
     argv = [
@@ -193,6 +195,7 @@ def test_train_needs_a_source_and_refuses_both(tmp_path, capsys, argv):
     assert "not both" in msg
 
 
+@pytest.mark.slow
 def test_an_encoder_trains_on_the_fly_and_evaluates_without_downstream(tmp_path, capsys):
     text = tmp_path / "t.txt"
     text.write_text(

@@ -149,10 +149,14 @@ def test_help_comes_from_field_docs(capsys):
     assert field_docs(TrainConfig)["steps"] in text
 
 
-@pytest.mark.parametrize("arch", ["relu", "topk", "batchtopk", "gated", "jumprelu"])
-def test_defaults_work_on_the_seed_task(tmp_path, capsys, arch):
+@pytest.mark.slow
+def test_defaults_work_on_the_seed_task(tmp_path, capsys):
     """Default steps, LR and sparsity settings reach the seed task's true L0 (2.0) with a
-    dictionary as large as the true one; only --d-sae is given."""
+    dictionary as large as the true one; only --d-sae is given. Through the CLI for one
+    architecture (BatchTopK: a float k, and eval through its learned threshold); the claim
+    that every architecture's defaults do is tests/experiments/test_recovery.py's
+    test_seed_task_reaches_the_true_l0, which trains exactly these SAEs."""
+    arch = "batchtopk"
     run = tmp_path / arch
     assert (
         main(["train", "--arch", arch, "--d-sae", "8", "--out", str(run), "--progress", "0"]) == 0

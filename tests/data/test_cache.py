@@ -136,6 +136,7 @@ def test_growing_a_cache_appends_only_the_new_contexts(glass, text_file, tmp_pat
     )
 
 
+@pytest.mark.slow
 def test_a_killed_harvest_resumes_and_never_reads_a_half_written_shard(tmp_path):
     """SIGKILL `saescope harvest` mid-way, leave a torn shard file behind, resume: the cache
     equals an uninterrupted harvest."""

@@ -3,6 +3,8 @@
 import json
 import re
 
+import pytest
+
 from saescope.cli import main
 from saescope.experiments.demo import EXPERIMENTS
 
@@ -19,6 +21,7 @@ SECTIONS = [
 ]
 
 
+@pytest.mark.slow
 def test_quick_demo_writes_every_section_and_figure(tmp_path, capsys):
     assert main(["demo", "--quick", "--seeds", "1", "--out", str(tmp_path)]) == 0
     page = (tmp_path / "report.html").read_text()

@@ -115,6 +115,7 @@ def test_errors_name_the_problem(tmp_path):
         hf._package_dir("nothere_pkg_xyz", "nothere==1")
 
 
+@pytest.mark.slow
 def test_smollm2_builds_its_cache_then_reloads_fast(tmp_path, monkeypatch, capfd):
     monkeypatch.setenv("SAESCOPE_CACHE", str(tmp_path))
     from_gguf, real = [], hf._load_gguf

@@ -105,6 +105,7 @@ def reference(tmp_path_factory) -> list[dict[str, torch.Tensor]]:
     return _weights(ref)
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_is_bitwise_identical(tmp_path, reference):
     run = tmp_path / "run"
     proc = _run(run, "slow")
@@ -129,6 +130,7 @@ def test_sigkill_then_resume_is_bitwise_identical(tmp_path, reference):
     assert steps == sorted(set(steps)) and steps[-1] == STEPS  # no duplicated rows
 
 
+@pytest.mark.slow
 def test_kill_during_checkpoint_write_keeps_previous(tmp_path, reference):
     run = tmp_path / "run"
     proc = _run(run, "torn")
