@@ -24,14 +24,16 @@ corpus: $(BIN)/saescope
 demo: $(BIN)/saescope corpus
 	$(BIN)/saescope demo
 
-# Every unit, contract and error test, and each claim of the seed article on seed 0.
+# Every unit, contract and error test, and each claim of the seed article on seed 0. Two
+# workers; an idle one takes tests from the other's queue (worksteal), and the long tests come
+# first (tests/conftest.py), so neither waits while the other runs the last long one.
 test: $(BIN)/saescope corpus
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -n 2
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal
 
 # Every claim test (pytest -m claim) on seeds 0, 1 and 2, as docs/RESULTS.md reports them.
 claims: $(BIN)/saescope corpus
-	$(BIN)/python -m pytest -q -n 2 -m claim --all-seeds
+	$(BIN)/python -m pytest -q -n 2 --dist worksteal -m claim --all-seeds
 
 # Training-step speed against the peer libraries (installed into bench/.peers-venv on first
 # use) and the roofline; writes bench/RESULTS.md and bench/scaling.png. About 20 minutes.
