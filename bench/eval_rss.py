@@ -14,14 +14,17 @@ Cases:
 - load: what every eval does before evaluating: open the run, load the model, tokenise the
   text into contexts; plus one forward pass of one context, which reads every weight (the
   floor under the eval cases).
-- default: `saescope eval RUN` with default options (65,536 tokens, --batch-size 8).
+- default: `saescope eval RUN` with default options (65,536 tokens; the automatic batch size,
+  5 contexts per pass for SmolLM2's 49,152-token vocabulary).
 - issue: `--tokens 4096`, the command issue 13 measured at 7.4 GB.
-- batch32: `--tokens 4096 --batch-size 32` (32 contexts per pass, the batch before this change).
+- batch32: `--tokens 4096 --batch-size 32` (32 contexts per pass, the batch before this change:
+  memory grows with the batch, not with --tokens).
 - before (with --before REV): `--tokens 4096` with the `src` of git revision REV (e.g. the
   commit before this change), exported with `git archive` into the temp folder.
 
 On a 2-core machine the default case takes tens of minutes (about 66,000 tokens through three
-full forward passes and a half one).
+full forward passes and a half one). --threads N sets OMP_NUM_THREADS for every child (torch's
+thread count): on a machine shared with other work, 1 thread avoids OpenMP's spinning.
 """
 
 from __future__ import annotations
@@ -66,10 +69,12 @@ def _meminfo(key: str) -> float:
     return float("nan")
 
 
-def measure(argv: list[str], src: Path, log: Path, parse: bool = True) -> dict:
+def measure(argv: list[str], src: Path, log: Path, threads: int | None, parse: bool = True) -> dict:
     """Run argv with src on PYTHONPATH; its peak RSS (ru_maxrss), wall time and (parse) its
     last stdout line as JSON."""
     env = {**os.environ, "PYTHONPATH": str(src)}
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
     start = time.perf_counter()
     with open(log, "w") as out, open(log.with_suffix(".err"), "w") as err:
         proc = subprocess.Popen(argv, stdout=out, stderr=err, env=env, cwd=REPO)
@@ -113,7 +118,8 @@ def write_results(path: Path, info: dict, rows: list[dict]) -> None:
         "",
         f"- Machine: {cpu_name()}, `nproc` {info['nproc']}, {info['mem_gb']:.1f} GB memory, "
         f"Linux {platform.release()}, Python {platform.python_version()}, torch "
-        f"{info['torch']}; load average (1 min) {info['load_before']:.1f} before, "
+        f"{info['torch']} ({info['threads']} threads); load average (1 min) "
+        f"{info['load_before']:.1f} before, "
         f"{info['load_after']:.1f} after (the machine is shared: times are indicative; "
         "memory is not affected).",
         "- Run: SmolLM2-135M (float32, vocab 49,152), TopK SAE on `model.layers.15`, d_in 576, "
@@ -141,10 +147,11 @@ def write_results(path: Path, info: dict, rows: list[dict]) -> None:
     lines += [
         "",
         "Evaluation streams: the core metrics are running sums per batch (`MetricSums`), and "
-        "CE/KL take `--batch-size` contexts per forward pass, keep at most the clean "
-        "log-probabilities of one batch and one spliced pass's logits (8 x 128 x 49,152 "
-        "floats = 201 MB each at the default), and run the float log-softmax over 2^23 logits "
-        "at a time. So peak RSS does not grow with --tokens; it grows with --batch-size.",
+        "CE/KL take `--batch-size` contexts per forward pass (by default as many as keep one "
+        "pass's logits within 128 MiB: 5 x 128 x 49,152 floats = 126 MB here), keep at most the "
+        "clean log-probabilities of one batch and one spliced pass's logits, and run the float "
+        "log-softmax over 2^23 logits at a time. So peak RSS does not grow with --tokens; it "
+        "grows with --batch-size.",
         "",
         "Raw numbers (JSON, one line per case):",
         "",
@@ -161,9 +168,11 @@ def main() -> None:
     p.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     p.add_argument("--before", default=None, help="a git revision to measure `issue` at too")
     p.add_argument("--out", type=Path, default=HERE / "EVAL.md")
+    p.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS for the children")
     a = p.parse_args()
     bench_start = time.perf_counter()
     info: dict = {"load_before": os.getloadavg()[0], "nproc": os.cpu_count()}
+    info["threads"] = a.threads or "torch's default"
     info["mem_gb"] = _meminfo("MemTotal")
     src = REPO / "src"
     py = sys.executable
@@ -172,7 +181,7 @@ def main() -> None:
         work = Path(tmp)
         run = work / "run"
         train = [py, "-m", "saescope", "train", *TRAIN, "--out", str(run)]
-        measure(train, src, work / "train", parse=False)
+        measure(train, src, work / "train", a.threads, parse=False)
         info["d_sae"] = json.loads((run / "cfg.json").read_text())["d_sae"]
         info["torch"] = subprocess.run(
             [py, "-c", "import torch; print(torch.__version__)"], capture_output=True, text=True
@@ -186,7 +195,7 @@ def main() -> None:
             else:
                 argv = [py, "-m", "saescope", "eval", str(run), *args, "--json"]
             print(f"{name}: {' '.join(argv[1:])}", flush=True)
-            r = measure(argv, code, work / name)
+            r = measure(argv, code, work / name, a.threads)
             r.update(case=name, command=describe(name, args, a.before))
             if name == "load":
                 info["test_contexts"] = r["out"]["test_contexts"]

@@ -14,7 +14,7 @@ from saescope import metrics
 from saescope.errors import ConfigError, InputError
 from saescope.evaluate import evaluate, evaluate_in_model, model_batches, plot_density
 from saescope.models import load_model
-from saescope.models.downstream import BATCH_SIZE, downstream
+from saescope.models.downstream import downstream
 from saescope.models.harvest import pack
 from saescope.models.hooks import HookPair
 from saescope.saes import make_sae
@@ -264,12 +264,13 @@ def test_model_batches_harvest_until_max_tokens(glass):
     hooks = HookPair("layers.1")
     got = list(model_batches(model, many, hooks, 10**6, batch_size=32))
     assert [x.shape[0] for x, _ in got] == [32 * 15, 8 * 15]
-    default = list(model_batches(model, many, hooks, 10**6))
-    assert [x.shape[0] for x, _ in default] == [BATCH_SIZE * 15] * (40 // BATCH_SIZE)
-    torch.testing.assert_close(torch.cat([x for x, _ in default]), torch.cat([x for x, _ in got]))
+    assert [x.shape[0] for x, _ in model_batches(model, many, hooks, 10**6)] == [480, 120]
+    small = list(model_batches(model, many, hooks, 10**6, batch_size=8))
+    assert [x.shape[0] for x, _ in small] == [8 * 15] * 5
+    torch.testing.assert_close(torch.cat([x for x, _ in small]), torch.cat([x for x, _ in got]))
     assert all(y is x and x.shape[1] == 128 for x, y in got)
     first = list(model_batches(model, many, hooks, 1))
-    assert len(first) == 1 and torch.equal(first[0][0], default[0][0])
+    assert len(first) == 1 and torch.equal(first[0][0], got[0][0])
     pair = HookPair("layers.1.mlp:in", "layers.1.mlp")
     ((x, y),) = list(model_batches(model, ctx[:2], pair, 30))
     with torch.no_grad():
@@ -355,8 +356,8 @@ def test_the_batch_size_bounds_every_forward_pass_and_changes_no_number(glass):
         small = evaluate_in_model(sae, model, ctx, "layers.1", max_tokens=10**6, batch_size=2)
     finally:
         handle.remove()
-    # harvest: 3 passes of at most 2 contexts; downstream: 3 passes per batch of 2; gives_logits
-    # looks at one context
+    # a probe of the vocabulary (one context); harvest: 3 passes of at most 2 contexts;
+    # downstream: 3 passes per batch of 2
     assert max(passes) == 2 and passes.count(2) == 2 * 4 and len(passes) == 3 + 1 + 3 * 3
     big = evaluate_in_model(sae, model, ctx, "layers.1", max_tokens=10**6, batch_size=64)
     for key in ("mse", "explained_variance", "ce_clean", "ce_spliced", "ce_zero", "kl_div"):

@@ -11,8 +11,14 @@ from torch import Tensor
 
 from saescope import metrics
 from saescope.data.stream import as_pair
-from saescope.errors import ConfigError, InputError
-from saescope.models.downstream import BATCH_SIZE, downstream, gives_logits
+from saescope.errors import InputError
+from saescope.models.downstream import (
+    MAX_BATCH,
+    batch_size_for,
+    check_batch_size,
+    downstream,
+    vocab_size,
+)
 from saescope.models.harvest import harvest
 from saescope.models.hooks import HookPair
 from saescope.saes import SAE
@@ -105,7 +111,7 @@ def model_batches(
     contexts: Tensor,
     hooks: HookPair,
     max_tokens: int,
-    batch_size: int = BATCH_SIZE,
+    batch_size: int = MAX_BATCH,
 ) -> Iterator[tuple[Tensor, Tensor]]:
     """(x, y) batches harvested from `contexts`, `batch_size` contexts per forward pass, until
     `max_tokens` rows have been given."""
@@ -126,7 +132,7 @@ def evaluate_in_model(
     x_hook: str,
     y_hook: str | None = None,
     max_tokens: int = 65_536,
-    batch_size: int = BATCH_SIZE,
+    batch_size: int | None = None,
 ) -> dict[str, Any]:
     """The core metrics over up to `max_tokens` held-out tokens of `contexts`, plus the
     downstream numbers with the SAE's reconstruction spliced in at the hook (an SAE on `M:in`
@@ -134,13 +140,16 @@ def evaluate_in_model(
     ce_clean, ce_spliced, ce_zero (the hook zero-ablated), ce_loss_recovered and kl_div, over
     the contexts that hold those tokens, position 0 left clean and its prediction left out.
     Also `density` (see `evaluate`). batch_size: contexts per forward pass, in the harvest
-    and in each of the three downstream passes (memory grows with it: see `downstream`)."""
-    if batch_size < 1:
-        raise ConfigError(f"batch size {batch_size}: give --batch-size of at least 1 context")
+    and in each of the three downstream passes (memory grows with it: see `downstream`);
+    None: `batch_size_for` the contexts and the model's vocabulary (MAX_BATCH without logits)."""
+    check_batch_size(batch_size)
+    vocab = vocab_size(model, contexts)
+    if batch_size is None:
+        batch_size = batch_size_for(contexts.shape[1], vocab) if vocab else MAX_BATCH
     hooks = HookPair(x_hook, y_hook)
     batches = model_batches(model, contexts, hooks, max_tokens, batch_size)
     out = evaluate(sae, batches, max_tokens, keep_density=True)
-    if not gives_logits(model, contexts):
+    if vocab is None:
         out["downstream"] = f"skipped: {type(model).__name__} gives no next-token logits"
         return out
     if contexts.shape[1] < 3:

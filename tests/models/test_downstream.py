@@ -108,21 +108,24 @@ def _close(got, want, rel):
     assert got["ce_loss_recovered"] == pytest.approx(recovered, rel=rel)
 
 
-@pytest.mark.slow
 def test_batches_and_chunks_give_the_plain_computations_numbers(glass):
     model, ctx = glass
     vocab = _plain_logits(model, ctx[:1, :2]).shape[-1]
     want = {kf: _reference(model, ctx, "layers.2", _wobble, kf) for kf in (False, True)}
     assert want[True]["kl_div"] > 1e-3 and want[True]["ce_spliced"] != want[True]["ce_clean"]
-    # two contexts per pass and one position per chunk; a batch that does not divide the
-    # contexts, chunks of 3 positions and a short tail; everything in one pass and one chunk
+    # two contexts per pass, one position per block; a batch that does not divide the contexts,
+    # runs of 3 positions and a short tail; blocks of 2 whole contexts in batches of 5 (one
+    # context left over); everything in one pass and one block
     for batch_size, chunk, keep_first in (
         (2, 1, False),
         (4, 3 * vocab + 7, True),
+        (5, 2 * 46 * vocab, True),
         (99, 2**40, True),
     ):
         got = downstream(model, ctx, "layers.2", _wobble, batch_size, keep_first, chunk=chunk)
         _close(got, want[keep_first], rel=1e-5)
+    auto = downstream(model, ctx, "layers.2", _wobble, keep_first=True)  # batch size automatic
+    _close(auto, want[True], rel=1e-5)
 
 
 class _HalfLogits(nn.Module):
@@ -165,6 +168,7 @@ class _Recording(nn.Module):
 
 def test_memory_is_bounded_by_the_batch_and_the_chunk(glass, monkeypatch):
     model, ctx = glass
+    ctx = ctx[:6]  # batches of 4: one full, one of 2
     rec = _Recording(model)
     vocab = _plain_logits(model, ctx[:1, :2]).shape[-1]
     chunk = 5 * vocab + 3  # 5 positions at a time
@@ -184,12 +188,27 @@ def test_memory_is_bounded_by_the_batch_and_the_chunk(glass, monkeypatch):
     # clean pass: nothing else alive; spliced pass: only the clean log-probabilities (the
     # clean output, overwritten in place); zero-ablated pass: nothing; and so on per batch
     assert rec.alive == [0, 1, 0] * n_batches
-    assert scored and all(rows <= 5 and width == vocab for rows, width in scored)
+    assert scored and all(s[:-1] in ((1, 5), (1, 1)) and s[-1] == vocab for s in scored)
     # every prediction scored once per pass: clean, spliced, zero
-    assert sum(rows for rows, _ in scored) == 3 * ctx.shape[0] * (ctx.shape[1] - 2)
+    assert sum(s[1] for s in scored) == 3 * ctx.shape[0] * (ctx.shape[1] - 2)
+    scored.clear()  # now blocks of 3 whole contexts (of 46 predictions) in batches of 4
+    downstream(rec, ctx, "inner.layers.2", _wobble, 4, keep_first=True, chunk=3 * 46 * vocab)
+    assert {s for s in scored} == {(3, 46, vocab), (1, 46, vocab)} | (
+        {(ctx.shape[0] % 4, 46, vocab)} if ctx.shape[0] % 4 else set()
+    )
 
 
 def test_a_batch_size_below_one_is_refused(glass):
     model, ctx = glass
     with pytest.raises(ConfigError, match="--batch-size of at least 1"):
         downstream(model, ctx, "layers.2", _wobble, batch_size=0)
+
+
+def test_the_automatic_batch_keeps_a_pass_within_the_logits_budget():
+    assert ds.batch_size_for(128, 49_152) == 5  # SmolLM2: 5 x 25 MiB of logits per pass
+    assert ds.batch_size_for(128, 1024) == ds.MAX_BATCH == 32  # glassllm: capped
+    assert ds.batch_size_for(4096, 200_000) == 1  # never below one context
+    for context, vocab in ((128, 49_152), (48, 1024), (1000, 32_000)):
+        b = ds.batch_size_for(context, vocab)
+        assert b * context * vocab * 4 <= ds.LOGITS_BUDGET
+        assert b == ds.MAX_BATCH or (b + 1) * context * vocab * 4 > ds.LOGITS_BUDGET

@@ -9,7 +9,6 @@ from typing import Any
 
 from saescope.cli import options
 from saescope.data import ArticleTaskConfig
-from saescope.models.downstream import BATCH_SIZE
 from saescope.runs import Run
 from saescope.text import table
 
@@ -34,9 +33,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     e.add_argument(
         "--batch-size",
         type=int,
-        default=BATCH_SIZE,
-        help="contexts per forward pass of a model (harvest and CE/KL; memory grows with it: "
-        "about 2 x batch x context x vocab floats of logits; default %(default)s)",
+        default=None,
+        help="contexts per forward pass of a model (harvest and CE/KL); memory grows with it: "
+        "about 2 x batch x context x vocab floats of logits. Default: as many as keep one "
+        "pass's logits within 128 MiB, at most 32 (5 for smollm2, 32 for glassllm)",
     )
     e.add_argument("--json", action="store_true", help="print one JSON object")
     options.add_config_args(e.add_argument_group("synthetic data options"), ArticleTaskConfig)

@@ -35,41 +35,62 @@ def _logits(model: nn.Module, ids: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def gives_logits(model: nn.Module, ids: Tensor) -> bool:
-    """Whether the model maps ids to next-token logits (a causal LM, not an encoder)."""
+def vocab_size(model: nn.Module, ids: Tensor) -> int | None:
+    """The width of the model's next-token logits (one pass over 2 tokens of ids), or None for
+    a model without logits (an encoder)."""
     try:
-        _logits(model, ids[:1, :2])
+        return _logits(model, ids[:1, :2]).shape[-1]
     except ConfigError:
-        return False
-    return True
+        return None
 
 
 CHUNK = 2**23
-"""Logit entries scored at a time (32 MiB in float32): positions are taken in runs of
-max(1, CHUNK // vocab), so the float log-softmax and its temporaries never span a whole batch."""
+"""Logit entries scored at a time (32 MiB in float32): blocks of whole contexts, or runs of
+positions of one context, so the float log-softmax and its temporaries never span a batch."""
 
-BATCH_SIZE = 8
-"""Contexts per forward pass: a batch's logits are batch x context x vocab floats (8 x 128 x
-49,152 x 4 bytes = 201 MB for SmolLM2), held at most twice (the clean log-probabilities and one
-spliced pass)."""
+LOGITS_BUDGET = 2**27
+"""Bytes of float32 logits one forward pass may give when the batch size is automatic."""
+
+MAX_BATCH = 32
+"""The most contexts per forward pass an automatic batch size takes."""
 
 
-def _spans(batch: int, predictions: int, vocab: int, chunk: int) -> Iterator[tuple[int, slice]]:
-    """(context, positions) runs of at most max(1, chunk // vocab) predictions each."""
-    step = max(1, chunk // vocab)
+def batch_size_for(context: int, vocab: int) -> int:
+    """The automatic batch size: as many contexts (1 to MAX_BATCH) as keep one pass's logits
+    within LOGITS_BUDGET (5 for SmolLM2's 49,152-token vocabulary at 128 tokens; 32 for
+    glassllm's 1,024). A batch's logits are held at most twice (see `downstream`)."""
+    return max(1, min(MAX_BATCH, LOGITS_BUDGET // (4 * context * vocab)))
+
+
+def check_batch_size(batch_size: int | None) -> None:
+    """A ConfigError unless batch_size (contexts per forward pass) is None (automatic) or at
+    least 1."""
+    if batch_size is not None and batch_size < 1:
+        raise ConfigError(f"batch size {batch_size}: give --batch-size of at least 1 context")
+
+
+def _spans(batch: int, predictions: int, vocab: int, chunk: int) -> Iterator[tuple[slice, slice]]:
+    """(contexts, positions) blocks of at most max(chunk, vocab) logits: as many whole
+    contexts as fit, or else runs of positions of one context."""
+    rows = max(1, chunk // vocab)
+    if rows >= predictions:
+        per = rows // predictions
+        for b in range(0, batch, per):
+            yield slice(b, min(b + per, batch)), slice(0, predictions)
+        return
     for b in range(batch):
-        for t in range(0, predictions, step):
-            yield b, slice(t, min(t + step, predictions))
+        for t in range(0, predictions, rows):
+            yield slice(b, b + 1), slice(t, min(t + rows, predictions))
 
 
 def _log_softmax(logits: Tensor) -> Tensor:
-    """float32 log-probabilities of a run of positions' logits (P, vocab)."""
+    """float32 log-probabilities of a block of logits (..., vocab)."""
     return F.log_softmax(logits.float(), -1)
 
 
 def _ce_sum(logp: Tensor, targets: Tensor) -> float:
-    """Summed cross-entropy of log-probabilities (P, vocab) against targets (P,)."""
-    return -float(logp.gather(1, targets[:, None]).double().sum())
+    """Summed cross-entropy of log-probabilities (..., vocab) against targets (...)."""
+    return -float(logp.gather(-1, targets[..., None]).double().sum())
 
 
 def _clean_pass(model: nn.Module, ids: Tensor, start: int, chunk: int) -> tuple[Tensor, float]:
@@ -81,10 +102,10 @@ def _clean_pass(model: nn.Module, ids: Tensor, start: int, chunk: int) -> tuple[
         logits if logits.dtype == torch.float32 else torch.empty_like(logits, dtype=torch.float32)
     )
     ce = 0.0
-    for b, span in _spans(*logits.shape, chunk):
-        part = _log_softmax(logits[b, span])
-        ce += _ce_sum(part, targets[b, span])
-        logp[b, span] = part
+    for b, t in _spans(*logits.shape, chunk):
+        part = _log_softmax(logits[b, t])
+        ce += _ce_sum(part, targets[b, t])
+        logp[b, t] = part
     return logp, ce
 
 
@@ -96,11 +117,11 @@ def _spliced_pass(
     logits = _logits(model, ids)[:, start:-1]
     targets = ids[:, start + 1 :]
     ce = kl = 0.0
-    for b, span in _spans(*logits.shape, chunk):
-        logq = _log_softmax(logits[b, span])
-        ce += _ce_sum(logq, targets[b, span])
+    for b, t in _spans(*logits.shape, chunk):
+        logq = _log_softmax(logits[b, t])
+        ce += _ce_sum(logq, targets[b, t])
         if clean is not None:
-            logp = clean[b, span]
+            logp = clean[b, t]
             kl += float((logp.exp() * (logp - logq)).sum(dtype=torch.float64))
     return ce, kl
 
@@ -111,7 +132,7 @@ def downstream(
     contexts: Tensor,
     hook: str,
     reconstruct: Replacement,
-    batch_size: int = BATCH_SIZE,
+    batch_size: int | None = None,
     keep_first: bool = False,
     whole_module: bool = False,
     chunk: int = CHUNK,
@@ -122,17 +143,19 @@ def downstream(
     position 0, which no splice can change, is left out of every mean. whole_module: see
     `spliced` (a transcoder replacing the module of an `M:in` hook).
 
-    Memory: `batch_size` contexts per forward pass; the clean log-probabilities of one batch
-    are kept for the KL while the spliced pass runs, then dropped before the zero-ablated one;
-    the float log-softmax runs over `chunk` logit entries at a time."""
+    Memory: `batch_size` contexts per forward pass (None: `batch_size_for` the contexts and
+    the model's vocabulary); the clean log-probabilities of one batch are kept for the KL while
+    the spliced pass runs, then dropped before the zero-ablated one; the float log-softmax runs
+    over blocks of `chunk` logit entries."""
     start = 1 if keep_first else 0
     if contexts.shape[1] - 1 - start < 1:
         raise ConfigError(
             f"contexts of {contexts.shape[1]} tokens leave no prediction to score; "
             "use a longer --context"
         )
-    if batch_size < 1:
-        raise ConfigError(f"batch size {batch_size}: give --batch-size of at least 1 context")
+    check_batch_size(batch_size)
+    if batch_size is None:
+        batch_size = batch_size_for(contexts.shape[1], _logits(model, contexts[:1, :2]).shape[-1])
     sums = {"ce_clean": 0.0, "ce_spliced": 0.0, "ce_zero": 0.0, "kl_div": 0.0}
     n = 0
     for i in range(0, contexts.shape[0], batch_size):
