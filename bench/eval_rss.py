@@ -101,6 +101,15 @@ def export_src(rev: str, dest: Path) -> Path:
     return dest / "src"
 
 
+def _commit() -> str:
+    """This checkout's commit, and whether its src has uncommitted changes."""
+    git = ["git", "-C", str(REPO)]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run([*git, "status", "--porcelain", "src"], capture_output=True, text=True)
+    name = head.stdout.strip() or "(unknown)"
+    return name + (" with uncommitted changes in src" if dirty.stdout.strip() else "")
+
+
 def describe(name: str, args: list[str] | None, rev: str | None) -> str:
     if name == "load":
         return "open the run, tokenise, one forward pass of one context (no evaluation)"
@@ -122,6 +131,7 @@ def write_results(path: Path, info: dict, rows: list[dict]) -> None:
         f"{info['load_before']:.1f} before, "
         f"{info['load_after']:.1f} after (the machine is shared: times are indicative; "
         "memory is not affected).",
+        f"- Code: this checkout's `src` at commit {info['commit']}.",
         "- Run: SmolLM2-135M (float32, vocab 49,152), TopK SAE on `model.layers.15`, d_in 576, "
         f"d_sae {info['d_sae']}, trained on 1,024 tokens; its held-out text has "
         f"{info['test_contexts']} contexts of 128 tokens.",
@@ -173,6 +183,7 @@ def main() -> None:
     bench_start = time.perf_counter()
     info: dict = {"load_before": os.getloadavg()[0], "nproc": os.cpu_count()}
     info["threads"] = a.threads or "torch's default"
+    info["commit"] = _commit()
     info["mem_gb"] = _meminfo("MemTotal")
     src = REPO / "src"
     py = sys.executable
@@ -188,7 +199,7 @@ def main() -> None:
         ).stdout.strip()
         plan = [(name, CASES[name], src) for name in a.cases]
         if a.before:
-            plan.append(("before", CASES["issue"], export_src(a.before, work / "before")))
+            plan.append(("before", CASES["issue"], export_src(a.before, work / "before-src")))
         for name, args, code in plan:
             if args is None:
                 argv = [py, "-c", LOAD_ONLY, str(run)]
@@ -201,10 +212,10 @@ def main() -> None:
                 info["test_contexts"] = r["out"]["test_contexts"]
             print(f"  peak RSS {r['peak_gb']:.2f} GB, {r['seconds']:.0f} s", flush=True)
             rows.append(r)
-    info.setdefault("test_contexts", "?")
-    info["load_after"] = os.getloadavg()[0]
-    info["bench_s"] = time.perf_counter() - bench_start
-    write_results(a.out, info, rows)
+            info.setdefault("test_contexts", "?")
+            info["load_after"] = os.getloadavg()[0]
+            info["bench_s"] = time.perf_counter() - bench_start
+            write_results(a.out, info, rows)  # after every case: a failure keeps the others
     print(f"wrote {a.out}")
 
 
