@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from saescope import TrainConfig, make_sae, train
 from saescope.cli import build_parser, main
 from saescope.cli.eval import finite
 from saescope.cli.options import given
@@ -31,7 +32,8 @@ def _run(data):
 
 def test_a_synthetic_run_is_evaluated_on_its_own_task_with_overrides():
     own = DataSpec.synthetic(ArticleTaskConfig(d_in=6, n_features=10), seed=4)
-    assert eval_data(_ns(), _run(own)) == own
+    assert eval_data(_ns(), _run(own)) is None  # Run.evaluate then uses the run's own data
+    assert eval_data(_ns("--data", "synthetic"), _run(own)) == own
     changed = eval_data(_ns("--max-active", "2"), _run(own))
     assert changed.task == ArticleTaskConfig(d_in=6, n_features=10, max_active=2)
     assert changed.seed == 4  # held-out draws still come from the run's seed + offset
@@ -69,6 +71,16 @@ def test_a_file_run_needs_data_and_a_file_takes_no_hook(tmp_path, capsys):
     acts = str(tmp_path / "acts.npy")
     assert main(["eval", str(tmp_path / "r"), "--data", acts, "--hook", "x"]) == 2
     assert "--hook" in capsys.readouterr().err
+
+
+def test_a_run_made_through_the_api_needs_data(tmp_path, capsys):
+    sae = make_sae({"architecture": "relu", "d_in": 5, "d_sae": 10})
+    acts = torch.randn(256, 5)
+    train(sae, [acts] * 3, TrainConfig(steps=3, progress=False), out_dir=tmp_path / "r")
+    assert main(["eval", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "does not record what it was trained on" in err and "--data FILE" in err
+    assert "\n" not in err and "d_in" not in err
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])

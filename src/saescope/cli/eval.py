@@ -22,10 +22,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     e.add_argument("run", help="run folder written by saescope train")
     e.add_argument(
         "--data",
-        default="synthetic",
+        default=None,
         help="'synthetic', a .npy/.safetensors file or an activation cache folder (its training "
-        "rows: held_out false); a run trained on a model is evaluated on its held-out text "
-        "(with CE loss recovered) by default",
+        "rows: held_out false); default: the run's held-out data (a model run's held-out text, "
+        "with CE loss recovered; fresh draws of a synthetic task)",
     )
     e.add_argument("--hook", default=None, help="the cache's hook point (default: the run's)")
     e.add_argument("--target", default=None, help="the cache's target hook for a transcoder")

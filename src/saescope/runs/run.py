@@ -55,15 +55,26 @@ class Run:
 
     def eval_data(
         self,
-        data: str | Path = "synthetic",
+        data: str | Path | None = None,
         hook: str | None = None,
         target: str | None = None,
         task: dict[str, Any] | None = None,
     ) -> DataSpec | None:
         """The data `saescope eval --data ...` means for this run: None (the run's own held-out
-        data) for "synthetic" on a model or cache run; the run's synthetic task with `task`'s
-        fields changed; a cache, whose hook and target default to the run's; or a file."""
+        data) when no data is given, and for "synthetic" on a model or cache run; the run's
+        synthetic task with `task`'s fields changed; a cache, whose hook and target default to
+        the run's; or a file. A run that does not record its data (trained through the Python
+        API on batches of its own) needs data named."""
         own, task = self.data, task or {}
+        if data is None:
+            if own is None:
+                raise ConfigError(
+                    f"{self.path} does not record what it was trained on (trained through the "
+                    "Python API); give --data FILE (.npy, .safetensors or a cache) or synthetic"
+                )
+            if not (own.kind == "synthetic" and task):
+                return None
+            data = "synthetic"
         if str(data) == "synthetic":
             if own is not None and own.kind in ("model", "cache"):
                 return None

@@ -6,8 +6,31 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import torch
+
 from saescope.errors import ConfigError, InputError
 from saescope.saes import SAE
+
+
+def check_device(device: str) -> None:
+    """A device this torch build can use, else a one-line error saying what to use instead."""
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError):
+        raise ConfigError(
+            f"device {device!r} is not a torch device; use cpu, cuda or cuda:N"
+        ) from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        why = "this torch build has no CUDA" if torch.version.cuda is None else "no GPU is visible"
+        raise ConfigError(f"device {device!r} is not available: {why}; use --device cpu")
+    if kind == "cuda" and torch.device(device).index is not None:
+        if torch.device(device).index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"device {device!r} is not available: {torch.cuda.device_count()} GPU(s) "
+                "visible; use cuda:0 or --device cpu"
+            )
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {device!r} is not available here; use --device cpu")
 
 
 class BadBatchError(InputError):
@@ -68,6 +91,7 @@ class TrainConfig:
         for key in ("lr_warmup", "lr_decay_start", "sparsity_warmup"):
             if not 0 <= getattr(self, key) <= 1:
                 raise ConfigError(f"{key} must be a fraction in [0, 1], got {getattr(self, key)}")
+        check_device(self.device)
         for key in ("log_every", "init_samples"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
