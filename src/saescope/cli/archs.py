@@ -9,6 +9,7 @@ from typing import Any
 
 from saescope.cli.options import field, field_docs, given, parse_type
 from saescope.errors import ConfigError
+from saescope.runs import SHAPED_BY_DATA
 from saescope.saes import ARCHITECTURES
 
 SAE_SHAPE_FIELDS = frozenset({"d_in", "d_out", "apply_b_dec_to_input", "d_sae"})
@@ -38,7 +39,9 @@ def add_arch_args(parser: argparse._ActionsContainer) -> None:
         classes = [ARCHITECTURES[a].config_cls for a in archs]
         types = {str(field(c, name).type) for c in classes}
         help_ = _per_arch(archs, [field_docs(c).get(name, "") for c in classes])
-        defaults = _per_arch(archs, [str(field(c, name).default) for c in classes])
+        defaults = SHAPED_BY_DATA.get(name) or _per_arch(
+            archs, [str(field(c, name).default) for c in classes]
+        )
         help_ += f" [{', '.join(archs)}] (default: {defaults})"
         parser.add_argument(
             "--" + name.replace("_", "-"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import torch
@@ -10,7 +11,14 @@ import torch
 from saescope.cli import archs, options
 from saescope.data import ArticleTaskConfig
 from saescope.errors import ConfigError
-from saescope.runs import DataSpec, build_sae, check_tokens, steps_for_tokens, train_run
+from saescope.runs import (
+    DataSpec,
+    build_sae,
+    check_tokens,
+    passes,
+    steps_for_tokens,
+    train_run,
+)
 from saescope.saes import ARCHITECTURES
 from saescope.text import table
 from saescope.training import TrainConfig
@@ -19,6 +27,8 @@ DATA_HELP = (
     "'synthetic' (the seed article's ground-truth task), a .npy/.safetensors file (N, d_in), "
     "or an activation cache folder from saescope harvest (with --hook)"
 )
+
+KEEP_HELP = "train and evaluate on every token, outliers too (--outlier-factor none)"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -32,6 +42,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
     t.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     t.add_argument("--d-sae", dest="d_sae", type=int, help="latents (default 8 x d_in)")
+    t.add_argument("--keep-outliers", action="store_true", help=KEEP_HELP)
     archs.add_arch_args(t.add_argument_group("architecture options"))
     options.add_config_args(t.add_argument_group("training options"), TrainConfig)
     options.add_config_args(t.add_argument_group("synthetic data options"), ArticleTaskConfig)
@@ -57,6 +68,10 @@ def run(ns: argparse.Namespace) -> int:
     if ns.d_sae is not None:
         fields["d_sae"] = ns.d_sae
     given = options.given(ns, TrainConfig)
+    if ns.keep_outliers:
+        if "outlier_factor" in given:
+            raise ConfigError("give --keep-outliers or --outlier-factor, not both")
+        given["outlier_factor"] = None
     if ns.tokens is not None and "steps" in given:
         raise ConfigError("give --tokens or --steps, not both")
     check_tokens(ns.tokens)  # before any model is loaded
@@ -65,6 +80,13 @@ def run(ns: argparse.Namespace) -> int:
     if ns.tokens is not None:
         given["steps"] = steps_for_tokens(ns.tokens, stream)
     cfg = TrainConfig(**given)
+    times = passes(stream, cfg.steps)
+    if times is not None and times > 1 and not ns.resume:
+        print(
+            f"note: {cfg.steps} steps go through {data.describe()} {times:.1f} times; "
+            "more data would train on fresh tokens",
+            file=sys.stderr,
+        )
     torch.manual_seed(cfg.seed)  # --seed fixes the initial weights too
     sae = build_sae(ns.arch, stream, **fields)
     result = train_run(sae, data, stream, cfg, ns.out, ns.resume, ns.overwrite)

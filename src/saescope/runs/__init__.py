@@ -34,6 +34,10 @@ def run_metadata(data: DataSpec) -> dict[str, Any]:
     return {"data": data.to_dict()}
 
 
+SHAPED_BY_DATA = {"d_sae": "8 x d_in", "k": "min(32, d_in // 2)"}
+"""The defaults `build_sae` takes from the data instead of the config's own."""
+
+
 def build_sae(arch: str, stream: IndexedBatches, **fields: Any) -> SAE:
     """An SAE of architecture `arch` shaped for the stream: d_in and d_out from it, a
     transcoder (no pre-centring) when y is not x; d_sae 8 x d_in and, where the architecture
@@ -56,6 +60,12 @@ def steps_for_tokens(tokens: int, stream: IndexedBatches) -> int:
     """Optimiser steps that cover `tokens` tokens of the stream (at least one)."""
     check_tokens(tokens)
     return max(1, -(-tokens // stream.tokens_per_batch))
+
+
+def passes(stream: IndexedBatches, steps: int) -> float | None:
+    """How many times `steps` batches go through the stream's finite source (a file, a
+    cache, a model's text); None for an endless one (a synthetic task)."""
+    return steps / stream.per_epoch if stream.per_epoch else None
 
 
 def train_run(
@@ -123,6 +133,7 @@ def harvest(
 
 __all__ = [
     "KINDS",
+    "SHAPED_BY_DATA",
     "DataSpec",
     "HeldOut",
     "Run",
@@ -130,6 +141,7 @@ __all__ = [
     "check_harvest",
     "check_tokens",
     "harvest",
+    "passes",
     "run_metadata",
     "sae_dirs",
     "steps_for_tokens",

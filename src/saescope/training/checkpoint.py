@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from saescope.atomic import atomic_save_tensors, atomic_write_bytes
+from saescope.data.outliers import OutlierRule
 from saescope.errors import ConfigError, FormatError
 from saescope.training.config import TrainConfig
 from saescope.training.optim import Slot
@@ -29,11 +30,29 @@ CHECKPOINT_VERSION = 1
 
 @dataclass
 class Position:
-    """Where a run is: steps done, tokens seen, and the dead-latent window in tokens."""
+    """Where a run is: steps done, tokens seen, the dead-latent window in tokens, the outlier
+    rule fitted at the start (None: every token trained on) and the tokens it set aside, and
+    the wall time spent training so far."""
 
     step: int
     tokens: int
     dead_tokens: int
+    outlier_rule: OutlierRule | None = None
+    set_aside: int = 0
+    elapsed: float = 0.0
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any]) -> Position:
+        """The position a checkpoint's JSON records (older checkpoints: no rule, no time)."""
+        rule = OutlierRule.from_dict(meta.get("outlier_rule"))
+        return cls(
+            meta["step"],
+            meta["tokens"],
+            meta["dead_tokens"],
+            rule,
+            int(meta.get("set_aside", 0)),
+            float(meta.get("elapsed", 0.0)),
+        )
 
 
 def jsonable(d: Any) -> Any:
@@ -184,4 +203,4 @@ def resume(
     check_same_run(meta, cfg, metadata)
     restore(slots, tensors, meta, gen)
     truncate_log(ckpt.parent / METRICS_FILE, meta["step"])
-    return Position(meta["step"], meta["tokens"], meta["dead_tokens"])
+    return Position.from_meta(meta)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
+from saescope.data.outliers import DEFAULT_FACTOR, check_factor
 from saescope.errors import ConfigError, InputError
 from saescope.saes import SAE
 
@@ -74,6 +75,10 @@ class TrainConfig:
     """Write a checkpoint every this many steps (0: only at the end) when out_dir is given."""
     seed: int = 0
     """Seed of the trainer's own randomness (resampling)."""
+    outlier_factor: float | None = DEFAULT_FACTOR
+    """Set aside tokens whose activation norm exceeds this multiple of the median norm (of the
+    first init_samples tokens) in training and evaluation: massive activations such as
+    attention sinks; None trains on every token."""
     device: str = "cpu"
     """Device to train on."""
     progress: bool = True
@@ -92,6 +97,7 @@ class TrainConfig:
             if not 0 <= getattr(self, key) <= 1:
                 raise ConfigError(f"{key} must be a fraction in [0, 1], got {getattr(self, key)}")
         check_device(self.device)
+        check_factor(self.outlier_factor)
         for key in ("log_every", "init_samples"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
