@@ -8,15 +8,15 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from saescope.cli import demo, eval, harvest, hooks, train
+from saescope.cli import demo, eval, harvest, hooks, runs, train
 from saescope.errors import SaescopeError
 
-COMMANDS = (train, eval, harvest, hooks, demo)
+COMMANDS = (train, eval, harvest, hooks, runs, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="saescope", description="Sparse autoencoders: train, evaluate."
+        prog="saescope", description="Sparse autoencoders: train, evaluate, list runs."
     )
     sub = p.add_subparsers(dest="command", required=True)
     for command in COMMANDS:

@@ -9,7 +9,8 @@ evaluation (held-out contexts of the text, or held-out draws of a synthetic task
 
 `Run.open(path)` gives a trained run's SAEs, its DataSpec and training config, and loads its
 model only when asked. `train` (CLI and library), `eval` and every later command go through
-here, so a run is described and opened in one place.
+here, so a run is described and opened in one place; `find_runs(folder)` lists the runs under
+a folder (architecture, data, steps, final metrics) without loading any weights.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from saescope.data import ActivationCache
 from saescope.data.stream import IndexedBatches
 from saescope.errors import ConfigError
 from saescope.runs.data import KINDS, DataSpec, HeldOut
+from saescope.runs.listing import find_runs
 from saescope.runs.run import Run
 from saescope.saes import SAE, architecture, make_sae
 from saescope.training import TrainConfig, TrainResult, checkpoint, sae_dirs, train
@@ -140,6 +142,7 @@ __all__ = [
     "build_sae",
     "check_harvest",
     "check_tokens",
+    "find_runs",
     "harvest",
     "passes",
     "run_metadata",
