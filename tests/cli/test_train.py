@@ -2,6 +2,7 @@
 transcoders, help text from the config docstrings, and defaults that work."""
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -166,3 +167,27 @@ def test_defaults_work_on_the_seed_task(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert abs(out["l0"] - 2.0) <= 0.5, out
     assert out["explained_variance"] >= 0.8, out
+
+
+def test_log_tensorboard_writes_the_metrics_beside_the_jsonl(tmp_path, capsys, monkeypatch):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "tb"
+    argv = ["train", "--arch", "topk", "--out", str(run), "--steps", "4", "--progress", "0"]
+    assert main([*argv, "--log-every", "2", "--log", "tensorboard"]) == 0
+    acc = EventAccumulator(str(run / "tensorboard"))
+    acc.Reload()
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    scalars = acc.Scalars("explained_variance")
+    assert [e.step for e in scalars] == [r["step"] for r in rows] == [2, 4]
+    assert [e.value for e in scalars] == pytest.approx([r["explained_variance"] for r in rows])
+    # Without the package: one line naming the fix, before anything is trained or written.
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    capsys.readouterr()
+    assert main([*argv[:4], str(tmp_path / "none"), *argv[5:], "--log", "tensorboard"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "saescope: error: --log tensorboard needs the tensorboard package: "
+        "pip install saescope[tensorboard]"
+    ]
+    assert not (tmp_path / "none").exists()

@@ -78,13 +78,15 @@ def train_run(
     out_dir: str | Path | None,
     resume: bool = False,
     overwrite: bool = False,
+    log: Sequence[str] = (),
 ) -> TrainResult:
     """`training.train` on a stream opened from `data`, which the run records (so that
-    `Run.open` finds it and resume refuses other data)."""
+    `Run.open` finds it and resume refuses other data); `log`: loggers beside metrics.jsonl
+    ("tensorboard")."""
     metadata = run_metadata(data)
     if resume and out_dir is not None:
         metadata = _as_recorded(metadata, Path(out_dir))
-    return train(saes, stream, cfg, out_dir, resume, metadata, overwrite)
+    return train(saes, stream, cfg, out_dir, resume, metadata, overwrite, log)
 
 
 def _as_recorded(metadata: dict[str, Any], out_dir: Path) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from saescope.data.outliers import OutlierRule
 from saescope.data.stream import as_pair
 from saescope.errors import ConfigError, InputError
 from saescope.saes import SAE, LossOutput, save
-from saescope.training import checkpoint, optim
+from saescope.training import checkpoint, logs, optim
 from saescope.training.checkpoint import METRICS_FILE, Position
 from saescope.training.config import BadBatchError, TrainConfig
 from saescope.training.optim import Slot
@@ -218,12 +218,15 @@ def _log(
     log_file: Any,
     bar: tqdm,
     clock: _Clock,
+    loggers: Sequence[logs.MetricsLog] = (),
 ) -> None:
     timing = clock.fields(pos)
     for i, (s, out) in enumerate(zip(slots, outs, strict=True)):
         s.last_log = {"sae": i, **_log_row(s, y, out, pos), **timing}
         if log_file:
             log_file.write(json.dumps(s.last_log) + "\n")
+        for logger in loggers:
+            logger.write(s.last_log)
     if log_file:
         log_file.flush()
     head = slots[0].last_log or {}
@@ -279,6 +282,7 @@ def train(
     resume: bool = False,
     metadata: dict[str, Any] | None = None,
     overwrite: bool = False,
+    log: Sequence[str] = (),
 ) -> TrainResult:
     """Train one SAE, or several on the same batch stream in one pass (a sweep over k or l1).
 
@@ -289,8 +293,11 @@ def train(
     caller says the run is, e.g. `runs.DataSpec.to_dict()` of its data) differs from the
     checkpoint's.
     overwrite: start afresh in an out_dir that already holds a run (otherwise an error).
+    log: loggers beside metrics.jsonl (`logs.LOGGERS`: "tensorboard"); not a training setting,
+    so a run may be resumed with others.
     """
     cfg = cfg or TrainConfig()
+    logs.check(log, out_dir)
     slots = optim.make_slots([saes] if isinstance(saes, SAE) else list(saes), cfg)
     if not slots:
         raise ConfigError("train needs at least one SAE")
@@ -307,6 +314,7 @@ def train(
     )
     log_file = open(out_path / METRICS_FILE, "a") if out_path else None
     clock = _Clock(pos)
+    loggers = logs.open_logs(log, out_path, len(slots), pos.step)
     try:
         for step in range(pos.step, cfg.steps):
             batch = next(stream, None)
@@ -334,7 +342,7 @@ def train(
                     if s.sae.cfg.dead_latent_strategy == "resample":
                         optim.resample(s, x, y, out, s.dead(pos.dead_tokens), gen)
             if pos.step % cfg.log_every == 0 or pos.step == cfg.steps:
-                _log(slots, outs, y, pos, log_file, bar, clock)
+                _log(slots, outs, y, pos, log_file, bar, clock, loggers)
             bar.update(1)
             due = cfg.checkpoint_every and pos.step % cfg.checkpoint_every == 0
             if out_path and (due or pos.step == cfg.steps):
@@ -346,5 +354,7 @@ def train(
         sparse.release_buffers()
         if log_file:
             log_file.close()
+        for logger in loggers:
+            logger.close()
     final = _save_final(slots, cfg, out_path, metadata, pos)
     return TrainResult(final, [s.last_log or {} for s in slots], out_path)
