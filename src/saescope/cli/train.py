@@ -21,15 +21,14 @@ from saescope.runs import (
 )
 from saescope.saes import ARCHITECTURES
 from saescope.text import table
-from saescope.training import TrainConfig
-from saescope.training.logs import LOGGERS
-from saescope.training.logs import check as check_log
+from saescope.training import TrainConfig, logs
 
 DATA_HELP = (
     "'synthetic' (the seed article's ground-truth task), a .npy/.safetensors file (N, d_in), "
     "or an activation cache folder from saescope harvest (with --hook)"
 )
 
+LOG_HELP = "also log the metrics to TensorBoard, in RUN/tensorboard (needs saescope[tensorboard])"
 KEEP_HELP = "train and evaluate on every token, outliers too (--outlier-factor none)"
 
 
@@ -43,14 +42,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int, default=1024, help="tokens per batch")
     t.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
     t.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
-    t.add_argument(
-        "--log",
-        nargs="+",
-        default=[],
-        choices=LOGGERS,
-        help="also log the metrics to TensorBoard, in RUN/tensorboard (needs `pip install "
-        "saescope[tensorboard]`); metrics.jsonl is always written",
-    )
+    t.add_argument("--log", nargs="+", default=[], choices=logs.LOGGERS, help=LOG_HELP)
     t.add_argument("--d-sae", dest="d_sae", type=int, help="latents (default 8 x d_in)")
     t.add_argument("--keep-outliers", action="store_true", help=KEEP_HELP)
     archs.add_arch_args(t.add_argument_group("architecture options"))
@@ -85,7 +77,7 @@ def run(ns: argparse.Namespace) -> int:
     if ns.tokens is not None and "steps" in given:
         raise ConfigError("give --tokens or --steps, not both")
     check_tokens(ns.tokens)  # before any model is loaded
-    check_log(ns.log, ns.out)
+    logs.check(ns.log, ns.out)  # before any model is loaded, too
     data = data_spec(ns, given.get("seed", 0))
     stream = data.open(ns.batch_size)
     if ns.tokens is not None:
