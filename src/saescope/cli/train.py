@@ -28,7 +28,7 @@ DATA_HELP = (
     "or an activation cache folder from saescope harvest (with --hook)"
 )
 
-LOG_HELP = "also log the metrics to TensorBoard, in RUN/tensorboard (needs saescope[tensorboard])"
+LOG_HELP = "also log the metrics to: tensorboard (RUN/tensorboard; needs saescope[tensorboard])"
 KEEP_HELP = "train and evaluate on every token, outliers too (--outlier-factor none)"
 
 
@@ -42,7 +42,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int, default=1024, help="tokens per batch")
     t.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
     t.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
-    t.add_argument("--log", nargs="+", default=[], choices=logs.LOGGERS, help=LOG_HELP)
+    t.add_argument("--log", nargs="+", choices=logs.LOGGERS, metavar="NAME", help=LOG_HELP)
     t.add_argument("--d-sae", dest="d_sae", type=int, help="latents (default 8 x d_in)")
     t.add_argument("--keep-outliers", action="store_true", help=KEEP_HELP)
     archs.add_arch_args(t.add_argument_group("architecture options"))
@@ -77,7 +77,8 @@ def run(ns: argparse.Namespace) -> int:
     if ns.tokens is not None and "steps" in given:
         raise ConfigError("give --tokens or --steps, not both")
     check_tokens(ns.tokens)  # before any model is loaded
-    logs.check(ns.log, ns.out)  # before any model is loaded, too
+    log = ns.log or []
+    logs.check(log, ns.out)  # before any model is loaded, too
     data = data_spec(ns, given.get("seed", 0))
     stream = data.open(ns.batch_size)
     if ns.tokens is not None:
@@ -92,7 +93,7 @@ def run(ns: argparse.Namespace) -> int:
         )
     torch.manual_seed(cfg.seed)  # --seed fixes the initial weights too
     sae = build_sae(ns.arch, stream, **fields)
-    result = train_run(sae, data, stream, cfg, ns.out, ns.resume, ns.overwrite, ns.log)
+    result = train_run(sae, data, stream, cfg, ns.out, ns.resume, ns.overwrite, log)
     cols = ["run", "step", "loss", "l0", "mse", "explained_variance", "dead_fraction"]
     print(table([{"run": str(ns.out), **result.final_metrics[0]}], cols))
     print(f"saved to {ns.out}")
