@@ -9,6 +9,12 @@ from dataclasses import dataclass
 from saescope.errors import ConfigError, InputError
 from saescope.saes import SAE
 
+NEUTRAL_FIELDS = frozenset(
+    {"progress", "log_every", "checkpoint_every", "checkpoint_minutes", "device"}
+)
+"""`TrainConfig` fields a resumed run may change: they say how the run is watched, saved and
+where it runs, not what it computes (another device continues the run, though not bitwise)."""
+
 
 class BadBatchError(InputError):
     """A batch (or the loss it produced) held NaN or Inf; nothing was updated."""
@@ -49,6 +55,8 @@ class TrainConfig:
     """Write metrics every this many steps."""
     checkpoint_every: int = 500
     """Write a checkpoint every this many steps (0: only at the end) when out_dir is given."""
+    checkpoint_minutes: float = 5.0
+    """Also write one when this many minutes have passed since the last (0: by steps only)."""
     seed: int = 0
     """Seed of the trainer's own randomness (resampling)."""
     device: str = "cpu"
@@ -68,6 +76,8 @@ class TrainConfig:
         for key in ("lr_warmup", "lr_decay_start", "sparsity_warmup"):
             if not 0 <= getattr(self, key) <= 1:
                 raise ConfigError(f"{key} must be a fraction in [0, 1], got {getattr(self, key)}")
+        if not self.checkpoint_minutes >= 0:
+            raise ConfigError(f"checkpoint_minutes must be >= 0, got {self.checkpoint_minutes}")
         for key in ("log_every", "init_samples"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")
