@@ -90,4 +90,4 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--hook", default=None, help="hook point: PATH (output) or PATH:in (input)")
     g.add_argument("--target", default=None, help="a transcoder's target hook (y); default: y = x")
     g.add_argument("--text", nargs="+", default=None, help=TEXT_HELP)
-    g.add_argument("--context", type=int, default=128, help="tokens per context")
+    g.add_argument("--context", type=int, help="tokens per context (default: 128)")
