@@ -204,7 +204,7 @@ def test_a_run_that_recorded_a_relative_path_resumes(tmp_path, monkeypatch):
     resumed = train_run(build_sae("relu", stream), spec, stream, cfg, "run", resume=True)
     assert resumed.final_metrics[0]["step"] == 6
     other = DataSpec.file("other.npy")
-    with pytest.raises(ConfigError, match="other data"):
+    with pytest.raises(ConfigError, match=r"data\.path is .*acts\.npy in the run, .*other\.npy"):
         train_run(build_sae("relu", stream), other, other.open(64), cfg, "run", resume=True)
 
 

@@ -31,10 +31,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SaescopeError as e:
         print(f"saescope: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        again = "run it again" if ns.command == "harvest" else "resume with --resume"
-        print(f"saescope: interrupted; {again}", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C; SIGTERM too while training (training.Interrupted)
+        again = train.interrupted(ns, e) if ns.command == "train" else "interrupted; run it again"
+        print(f"saescope: {again}", file=sys.stderr)
+        return getattr(e, "exit_status", 130)
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stderr.close()
         return 0

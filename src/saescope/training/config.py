@@ -12,6 +12,12 @@ from saescope.data.outliers import DEFAULT_FACTOR, check_factor
 from saescope.errors import ConfigError, InputError
 from saescope.saes import SAE
 
+NEUTRAL_FIELDS = frozenset(
+    {"progress", "log_every", "checkpoint_every", "checkpoint_minutes", "device"}
+)
+"""`TrainConfig` fields a resumed run may change: they say how the run is watched, saved and
+where it runs, not what it computes (another device continues the run, though not bitwise)."""
+
 
 def check_device(device: str) -> None:
     """A device this torch build can use, else a one-line error saying what to use instead."""
@@ -73,6 +79,8 @@ class TrainConfig:
     """Write metrics every this many steps."""
     checkpoint_every: int = 500
     """Write a checkpoint every this many steps (0: only at the end) when out_dir is given."""
+    checkpoint_minutes: float = 5.0
+    """Also write one when this many minutes have passed since the last (0: by steps only)."""
     seed: int = 0
     """Seed of the trainer's own randomness (resampling)."""
     outlier_factor: float | None = DEFAULT_FACTOR
@@ -98,6 +106,8 @@ class TrainConfig:
                 raise ConfigError(f"{key} must be a fraction in [0, 1], got {getattr(self, key)}")
         check_device(self.device)
         check_factor(self.outlier_factor)
+        if not self.checkpoint_minutes >= 0:
+            raise ConfigError(f"checkpoint_minutes must be >= 0, got {self.checkpoint_minutes}")
         for key in ("log_every", "init_samples"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")

@@ -4,7 +4,8 @@ It sees only an iterable of (x, y) batches, never a language model. Per step and
 (`optim.step`): normalise the batch (E||x|| = sqrt(d_in)), compute the loss terms, backward,
 remove the decoder gradient parallel to each unit-norm decoder row, clip, Adam, renormalise,
 update running stats and dead-latent counters; resample dead latents (L1 SAEs) or feed them to
-AuxK (TopK family); log; checkpoint atomically (`checkpoint`). `resume=True` continues
+AuxK (TopK family); log; checkpoint atomically (`checkpoint`), by steps and by wall time, and
+on SIGINT or SIGTERM before stopping (`interrupt`). `resume=True` continues
 bitwise-identically from the last checkpoint.
 """
 
@@ -30,7 +31,7 @@ from saescope.data.outliers import OutlierRule
 from saescope.data.stream import as_pair
 from saescope.errors import ConfigError, InputError
 from saescope.saes import SAE, LossOutput, save
-from saescope.training import checkpoint, logs, optim
+from saescope.training import checkpoint, interrupt, logs, optim
 from saescope.training.checkpoint import METRICS_FILE, Position
 from saescope.training.config import BadBatchError, TrainConfig
 from saescope.training.optim import Slot
@@ -269,6 +270,15 @@ def _save_final(
 # ----- the loop -----------------------------------------------------------------------------
 
 
+def _checkpoint_due(cfg: TrainConfig, step: int, saved_at: float) -> bool:
+    """Every `checkpoint_every` steps, once `checkpoint_minutes` have passed since the last
+    checkpoint (saved_at, by time.monotonic()), and at the end. A checkpoint after any step
+    resumes bitwise, so the wall-clock trigger changes no result."""
+    by_steps = cfg.checkpoint_every and step % cfg.checkpoint_every == 0
+    late = cfg.checkpoint_minutes and time.monotonic() - saved_at >= 60 * cfg.checkpoint_minutes
+    return bool(by_steps or late or step == cfg.steps)
+
+
 def _resample_due(cfg: TrainConfig, step: int) -> bool:
     every = cfg.resample_period()
     return bool(every) and step % every == 0 and step < 0.6 * cfg.steps
@@ -315,6 +325,8 @@ def train(
     log_file = open(out_path / METRICS_FILE, "a") if out_path else None
     clock = _Clock(pos)
     loggers = logs.open_logs(log, out_path, len(slots), pos.step)
+    stop = interrupt.StopRequest.install(active=out_path is not None)  # SIGINT, SIGTERM
+    saved_at = time.monotonic()
     try:
         for step in range(pos.step, cfg.steps):
             batch = next(stream, None)
@@ -344,12 +356,15 @@ def train(
             if pos.step % cfg.log_every == 0 or pos.step == cfg.steps:
                 _log(slots, outs, y, pos, log_file, bar, clock, loggers)
             bar.update(1)
-            due = cfg.checkpoint_every and pos.step % cfg.checkpoint_every == 0
-            if out_path and (due or pos.step == cfg.steps):
+            if out_path and (_checkpoint_due(cfg, pos.step, saved_at) or stop.signum):
                 pos.elapsed = clock.elapsed()
                 meta = checkpoint.meta(cfg, slots, pos, metadata)
                 checkpoint.write(out_path, slots, gen, meta)
+                saved_at = time.monotonic()
+            if stop.signum and pos.step < cfg.steps:
+                raise interrupt.Interrupted(stop.signum, pos.step, out_path)
     finally:
+        stop.restore()
         bar.close()
         sparse.release_buffers()
         if log_file:
