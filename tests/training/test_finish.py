@@ -43,17 +43,19 @@ def test_the_final_threshold_goes_into_the_saved_sae_and_its_metrics(tmp_path):
     assert float(weights["threshold"][0]) == threshold
 
 
-class _StopAt:
-    """TASK with NaN in batch `step`: training stops there, its checkpoint kept."""
+class _Stream:
+    """TASK, with NaN in batch `stop` (training stops there, its checkpoint kept) and, with
+    `outliers`, every batch's first row 100 times as long (set aside by the outlier rule)."""
 
-    def __init__(self, step: int) -> None:
-        self.step = step
+    def __init__(self, stop: int | None = None, outliers: bool = False) -> None:
+        self.stop, self.outliers = stop, outliers
 
     def iter_from(self, start):
         for i, (x, _) in enumerate(TASK.iter_from(start), start):
-            if i == self.step:
+            if i == self.stop or self.outliers:
                 x = x.clone()
-                x[0, 0] = float("nan")
+                x[0] *= 100 if self.outliers else 1
+                x[1, 0] = float("nan") if i == self.stop else x[1, 0]
             yield x, x
 
 
@@ -63,19 +65,25 @@ def _run(out, stream, resume=False):
     return train(make_sae(BATCHTOPK), stream, cfg, out, resume=resume)
 
 
-@pytest.mark.parametrize("stop", [17, None])
-def test_a_resumed_run_finishes_bitwise_like_an_uninterrupted_one(tmp_path, stop):
+@pytest.mark.parametrize(("stop", "outliers"), [(17, False), (None, False), (17, True)])
+def test_a_resumed_run_finishes_bitwise_like_an_uninterrupted_one(tmp_path, stop, outliers):
     """Stopped after the checkpoint at step 15, inside the tail (steps 12-19), or resumed once
-    finished: the tail is read again, so the threshold and every weight are the same."""
-    whole = _run(tmp_path / "whole", TASK)
+    finished: the tail is read again (outliers set aside as in training), so the threshold
+    and every weight are the same."""
+    whole = _run(tmp_path / "whole", _Stream(outliers=outliers))
     run = tmp_path / "run"
     if stop is None:
-        _run(run, TASK)
+        _run(run, _Stream(outliers=outliers))
     else:
         with pytest.raises(BadBatchError, match=f"step {stop}"):
-            _run(run, _StopAt(stop))
-    again = _run(run, TASK, resume=True)
+            _run(run, _Stream(stop, outliers))
+    again = _run(run, _Stream(outliers=outliers), resume=True)
     a = load_file(tmp_path / "whole" / "sae_weights.safetensors")
     b = load_file(run / "sae_weights.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert again.final_metrics == whole.final_metrics
+    timeless = [
+        {k: v for k, v in r[0].items() if k not in ("elapsed_s", "tokens_per_s")}
+        for r in (again.final_metrics, whole.final_metrics)
+    ]
+    assert timeless[0] == timeless[1]
+    assert whole.final_metrics[0]["threshold_tokens"] == TAIL_TOKENS - 8 * outliers
