@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import inspect
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -288,6 +289,13 @@ class SAE(nn.Module, abc.ABC):
 
     def after_step(self, out: LossOutput) -> None:
         """Update running statistics after a successful optimiser step."""
+
+    def finish_training(self, xs: Sequence[Tensor]) -> dict[str, Any]:
+        """Once, after the last step and before the final save: settle what the SAE estimates
+        from data (BatchTopK's inference threshold) with its final weights, on the last
+        training batches xs (N, d_in) as training saw them (normalised). Returns fields for
+        the final metrics."""
+        return {}
 
     def mse(self, y: Tensor, y_hat: Tensor) -> Tensor:
         """Squared error summed over the output dimension, mean over tokens."""

@@ -31,7 +31,7 @@ from saescope.data.outliers import OutlierRule
 from saescope.data.stream import as_pair
 from saescope.errors import ConfigError, InputError
 from saescope.saes import SAE, LossOutput, save
-from saescope.training import checkpoint, interrupt, logs, optim
+from saescope.training import checkpoint, finish, interrupt, logs, optim
 from saescope.training.checkpoint import METRICS_FILE, Position
 from saescope.training.config import BadBatchError, TrainConfig
 from saescope.training.optim import Slot
@@ -315,9 +315,10 @@ def train(
     gen = torch.Generator().manual_seed(cfg.seed)
     if resume:
         pos = checkpoint.resume(slots, cfg, out_path, gen, metadata)
-        stream = _stream(batches, pos.step)
+        tail, stream = finish.resumed(cfg.steps, pos, lambda at: _stream(batches, at), cfg.device)
     else:
         pos, stream = _start_fresh(slots, batches, cfg, out_path, overwrite)
+        tail = finish.Tail(cfg.steps)
 
     bar = tqdm(
         total=cfg.steps, initial=pos.step, disable=not cfg.progress, desc="train", unit="step"
@@ -347,6 +348,7 @@ def train(
                         f"{pos.outlier_rule.factor}x the median); use larger batches or a "
                         "larger outlier_factor"
                     )
+            tail.keep(step, x, rows)
             outs = [optim.step(s, x, y, step, cfg, pos.dead_tokens) for s in slots]
             pos.step, pos.tokens = step + 1, pos.tokens + rows
             if _resample_due(cfg, pos.step):
@@ -371,5 +373,6 @@ def train(
             log_file.close()
         for logger in loggers:
             logger.close()
+    finish.finish(slots, tail)  # e.g. BatchTopK's threshold, from the final weights
     final = _save_final(slots, cfg, out_path, metadata, pos)
     return TrainResult(final, [s.last_log or {} for s in slots], out_path)
