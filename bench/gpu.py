@@ -92,7 +92,7 @@ def resume(out: Path) -> dict:
     except StopAt:
         pass
     again = train(copy.deepcopy(sae), ArticleTask(TASK, 512, 0), cfg, out / "resumed", resume=True)
-    diff = float((whole.saes[0].W_dec - again.saes[0].W_dec).abs().max())
+    diff = float((whole.saes[0].W_dec - again.saes[0].W_dec).detach().abs().max())
     return {"max_abs_diff": diff, "bitwise": diff == 0.0}
 
 
