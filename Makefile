@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Dev installs pin the CPU build of torch; the library itself declares a range.
 TORCH_PIN := torch==2.13.0
 
-.PHONY: demo test claims lint bench bench-gpu bench-harvest bench-cache clean corpus
+.PHONY: demo test claims lint bench bench-gpu bench-harvest bench-cache bench-eval clean corpus
 
 $(BIN)/saescope: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -56,6 +56,12 @@ bench-harvest: $(BIN)/saescope
 # naive memmap reader and loading everything; writes bench/CACHE.md. About a minute.
 bench-cache: $(BIN)/saescope
 	$(BIN)/python bench/cache_rss.py $(if $(DIR),--dir $(DIR))
+
+# Peak RSS of `saescope eval` on SmolLM2 (a tiny run trained in a temp folder, then eval with
+# default options, with --tokens 4096, with --batch-size 32; BEFORE=REV adds --tokens 4096 at
+# git revision REV); writes bench/EVAL.md. Tens of minutes on 2 cores (the default eval).
+bench-eval: $(BIN)/saescope corpus
+	$(BIN)/python bench/eval_rss.py $(if $(BEFORE),--before $(BEFORE))
 
 lint: $(BIN)/saescope
 	$(BIN)/ruff check .

@@ -2,6 +2,7 @@
 its errors and the SAE's mode; `plot_density`; `model_batches` and `evaluate_in_model` on
 glassllm."""
 
+import itertools
 import math
 from types import SimpleNamespace
 
@@ -9,7 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from saescope.errors import InputError
+from saescope import metrics
+from saescope.errors import ConfigError, InputError
 from saescope.evaluate import evaluate, evaluate_in_model, model_batches, plot_density
 from saescope.models import load_model
 from saescope.models.downstream import downstream
@@ -96,6 +98,57 @@ def test_max_tokens_truncates_across_batches_and_stops_reading():
         assert again[key] == pytest.approx(whole[key]), key
     assert torch.equal(again["density"], whole["density"])
     assert evaluate(sae, [(rows, rows)], max_tokens=100)["n_tokens"] == 9
+
+
+@torch.no_grad()
+def _plain(sae, x, y):
+    """The metrics the plain way: every row encoded at once, concatenated, then scored."""
+    f = sae.encode(x)
+    y_hat = sae.decode(f)
+    counts = metrics.firing_counts(f)
+    return {
+        "n_tokens": x.shape[0],
+        "l0": metrics.l0(f),
+        "mse": metrics.mse(y, y_hat),
+        "explained_variance": metrics.explained_variance(y, y_hat),
+        "cosine": metrics.cosine_similarity(y, y_hat),
+        "relative_reconstruction_bias": metrics.relative_reconstruction_bias(y, y_hat),
+        "norm_ratio": metrics.norm_ratio(y, y_hat),
+        "dead_fraction": metrics.dead_fraction(counts),
+        "dense_fraction": metrics.dense_fraction(counts, x.shape[0]),
+        "density": counts.float() / x.shape[0],
+    }
+
+
+@pytest.mark.parametrize("arch", ["relu", "topk"])
+def test_streaming_gives_the_concatenated_numbers(arch):
+    """Several uneven batches, each also cut into pieces of chunk_rows rows: the same metrics
+    as encoding all rows at once, and the SAE never sees more than chunk_rows rows."""
+    torch.manual_seed(0)
+    extra = {"k": 4} if arch == "topk" else {"l1_coef": 0.1}
+    sae = make_sae({"architecture": arch, "d_in": 16, "d_sae": 64, **extra}).eval()
+    x = 2.0 + torch.randn(300, 16) * torch.linspace(0.5, 3.0, 16)
+    y = x if arch == "relu" else x.roll(1, 1)  # topk scored against another target too
+    bounds = [0, 5, 6, 140, 300]
+    batches = [(x[a:b], y[a:b]) for a, b in itertools.pairwise(bounds)]
+    seen = []
+    encode = sae.encode
+
+    def recording_encode(rows):
+        seen.append(rows.shape[0])
+        return encode(rows)
+
+    sae.encode = recording_encode
+    got = evaluate(sae, batches, max_tokens=290, keep_density=True, chunk_rows=32)
+    del sae.encode
+    assert max(seen) == 32 and sum(seen) == 290
+    want = _plain(sae, x[:290], y[:290])
+    assert list(got) == ["architecture", *[k for k in want if k != "density"], "density"]
+    for key, value in want.items():
+        if key == "density":
+            torch.testing.assert_close(got[key], value)
+        else:
+            assert got[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
 
 
 def test_keep_density_gives_each_latents_firing_fraction():
@@ -209,8 +262,12 @@ def test_model_batches_harvest_until_max_tokens(glass):
     model, ctx = glass
     many = ctx.repeat(3, 1)[:40]  # more than one harvest batch of 32 contexts
     hooks = HookPair("layers.1")
-    got = list(model_batches(model, many, hooks, 10**6))
+    got = list(model_batches(model, many, hooks, 10**6, batch_size=32))
     assert [x.shape[0] for x, _ in got] == [32 * 15, 8 * 15]
+    assert [x.shape[0] for x, _ in model_batches(model, many, hooks, 10**6)] == [480, 120]
+    small = list(model_batches(model, many, hooks, 10**6, batch_size=8))
+    assert [x.shape[0] for x, _ in small] == [8 * 15] * 5
+    torch.testing.assert_close(torch.cat([x for x, _ in small]), torch.cat([x for x, _ in got]))
     assert all(y is x and x.shape[1] == 128 for x, y in got)
     first = list(model_batches(model, many, hooks, 1))
     assert len(first) == 1 and torch.equal(first[0][0], got[0][0])
@@ -282,3 +339,28 @@ def test_a_model_without_logits_gets_the_downstream_note():
     assert out["downstream"] == "skipped: _Encoder gives no next-token logits"
     assert out["n_tokens"] == 4 * 9 and out["mse"] == pytest.approx(0.0, abs=1e-10)
     assert "ce_clean" not in out and "density" in out
+
+
+def test_the_batch_size_bounds_every_forward_pass_and_changes_no_number(glass):
+    model, ctx = glass
+    ctx = ctx[:5]
+    passes = []
+
+    def record(_module, args):
+        passes.append(args[0].shape[0])
+
+    torch.manual_seed(0)
+    sae = make_sae({"architecture": "topk", "d_in": 128, "d_sae": 256, "k": 8})
+    handle = model.register_forward_pre_hook(record)
+    try:
+        small = evaluate_in_model(sae, model, ctx, "layers.1", max_tokens=10**6, batch_size=2)
+    finally:
+        handle.remove()
+    # a probe of the vocabulary (one context); harvest: 3 passes of at most 2 contexts;
+    # downstream: 3 passes per batch of 2
+    assert max(passes) == 2 and passes.count(2) == 2 * 4 and len(passes) == 3 + 1 + 3 * 3
+    big = evaluate_in_model(sae, model, ctx, "layers.1", max_tokens=10**6, batch_size=64)
+    for key in ("mse", "explained_variance", "ce_clean", "ce_spliced", "ce_zero", "kl_div"):
+        assert small[key] == pytest.approx(big[key], rel=1e-5), key
+    with pytest.raises(ConfigError, match="--batch-size of at least 1"):
+        evaluate_in_model(sae, model, ctx, "layers.1", batch_size=0)

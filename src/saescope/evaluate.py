@@ -12,18 +12,30 @@ from torch import Tensor
 from saescope import metrics
 from saescope.data.stream import as_pair
 from saescope.errors import InputError
-from saescope.models.downstream import downstream, gives_logits
+from saescope.models.downstream import (
+    MAX_BATCH,
+    batch_size_for,
+    check_batch_size,
+    downstream,
+    vocab_size,
+)
 from saescope.models.harvest import harvest
 from saescope.models.hooks import HookPair
 from saescope.saes import SAE
 
+CHUNK_ROWS = 4096
+"""Rows encoded at a time: a batch larger than this (a file's first rows, say) is taken in
+pieces, so the dense codes f (rows x d_sae) stay small."""
 
-def _encode_all(
-    sae: SAE, batches: Iterable[Any], max_tokens: int
-) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
-    """y, y_hat and f of each batch, up to max_tokens rows in all."""
-    ys, y_hats, fs = [], [], []
+
+def _pairs(
+    sae: SAE, batches: Iterable[Any], max_tokens: int, chunk_rows: int
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """(x, y) of each batch on the SAE's device, checked, in pieces of at most chunk_rows rows,
+    up to max_tokens rows in all (no batch is asked for once they are reached)."""
     n = 0
+    if max_tokens <= 0:
+        return
     for item in batches:
         x, y = as_pair(item)
         if x.shape[-1] != sae.cfg.d_in or y.shape[-1] != sae.cfg.d_out:
@@ -32,15 +44,12 @@ def _encode_all(
                 f"d_in={sae.cfg.d_in}, d_out={sae.cfg.d_out}; use the data it was trained on"
             )
         take = min(x.shape[0], max_tokens - n)
-        x, y = x[:take].to(sae.W_dec.device), y[:take].to(sae.W_dec.device)
-        f = sae.encode(x)
-        ys.append(y)
-        fs.append(f)
-        y_hats.append(sae.decode(f))
+        for i in range(0, take, chunk_rows):
+            j = min(i + chunk_rows, take)
+            yield x[i:j].to(sae.W_dec.device), y[i:j].to(sae.W_dec.device)
         n += take
         if n >= max_tokens:
-            break
-    return ys, y_hats, fs
+            return
 
 
 @torch.no_grad()
@@ -50,38 +59,29 @@ def evaluate(
     max_tokens: int = 65_536,
     features: Tensor | None = None,
     keep_density: bool = False,
+    chunk_rows: int = CHUNK_ROWS,
 ) -> dict[str, Any]:
     """Metrics over up to `max_tokens` tokens of (x, y) batches (a bare tensor x means y = x),
-    with the SAE in eval mode.
+    with the SAE in eval mode. Streaming: each batch (in pieces of `chunk_rows` rows) is
+    encoded, scored into `metrics.MetricSums` and dropped.
 
     features: true feature directions (G, d_out) when the data has a ground truth; adds
     `mmcs` and `min_feature_cosine` (best-match cosine of the worst-recovered true feature).
     """
+    sums = metrics.MetricSums()
     was_training = sae.training
     sae.eval()
     try:
-        ys, y_hats, fs = _encode_all(sae, batches, max_tokens)
+        for x, y in _pairs(sae, batches, max_tokens, chunk_rows):
+            f = sae.encode(x)
+            sums.add(y, sae.decode(f), f)
     finally:
         sae.train(was_training)
-    n = sum(y.shape[0] for y in ys)
-    if n == 0:
+    if sums.n == 0 or sums.counts is None:
         raise InputError("no evaluation data: give at least one batch")
-    y, y_hat, f = torch.cat(ys), torch.cat(y_hats), torch.cat(fs)
-    counts = metrics.firing_counts(f)
-    out: dict[str, Any] = {
-        "architecture": sae.cfg.name,
-        "n_tokens": n,
-        "l0": metrics.l0(f),
-        "mse": metrics.mse(y, y_hat),
-        "explained_variance": metrics.explained_variance(y, y_hat),
-        "cosine": metrics.cosine_similarity(y, y_hat),
-        "relative_reconstruction_bias": metrics.relative_reconstruction_bias(y, y_hat),
-        "norm_ratio": metrics.norm_ratio(y, y_hat),
-        "dead_fraction": metrics.dead_fraction(counts),
-        "dense_fraction": metrics.dense_fraction(counts, n),
-    }
+    out: dict[str, Any] = {"architecture": sae.cfg.name, **sums.result()}
     if keep_density:
-        out["density"] = counts.float().cpu() / n
+        out["density"] = sums.counts.float() / sums.n
     if features is not None:
         best = metrics.max_cosine_per_feature(sae.W_dec.detach().cpu(), features.cpu())
         out["mmcs"] = float(best.mean())
@@ -107,11 +107,16 @@ def plot_density(density: Tensor, path: str | Path, title: str = "") -> Path:
 
 
 def model_batches(
-    model: torch.nn.Module, contexts: Tensor, hooks: HookPair, max_tokens: int
+    model: torch.nn.Module,
+    contexts: Tensor,
+    hooks: HookPair,
+    max_tokens: int,
+    batch_size: int = MAX_BATCH,
 ) -> Iterator[tuple[Tensor, Tensor]]:
-    """(x, y) batches harvested from `contexts`, until `max_tokens` rows have been given."""
+    """(x, y) batches harvested from `contexts`, `batch_size` contexts per forward pass, until
+    `max_tokens` rows have been given."""
     n = 0
-    for rows in harvest(model, contexts, hooks.specs):
+    for rows in harvest(model, contexts, hooks.specs, batch_size):
         x, y = hooks.pick(rows)
         yield x, y
         n += x.shape[0]
@@ -127,17 +132,24 @@ def evaluate_in_model(
     x_hook: str,
     y_hook: str | None = None,
     max_tokens: int = 65_536,
+    batch_size: int | None = None,
 ) -> dict[str, Any]:
     """The core metrics over up to `max_tokens` held-out tokens of `contexts`, plus the
     downstream numbers with the SAE's reconstruction spliced in at the hook (an SAE on `M:in`
     replaces M's input; a transcoder, x_hook `M:in` and y_hook `M`, replaces module M):
     ce_clean, ce_spliced, ce_zero (the hook zero-ablated), ce_loss_recovered and kl_div, over
     the contexts that hold those tokens, position 0 left clean and its prediction left out.
-    Also `density` (see `evaluate`)."""
+    Also `density` (see `evaluate`). batch_size: contexts per forward pass, in the harvest
+    and in each of the three downstream passes (memory grows with it: see `downstream`);
+    None: `batch_size_for` the contexts and the model's vocabulary (MAX_BATCH without logits)."""
+    check_batch_size(batch_size)
+    vocab = vocab_size(model, contexts)
+    if batch_size is None:
+        batch_size = batch_size_for(contexts.shape[1], vocab) if vocab else MAX_BATCH
     hooks = HookPair(x_hook, y_hook)
-    batches = model_batches(model, contexts, hooks, max_tokens)
+    batches = model_batches(model, contexts, hooks, max_tokens, batch_size)
     out = evaluate(sae, batches, max_tokens, keep_density=True)
-    if not gives_logits(model, contexts):
+    if vocab is None:
         out["downstream"] = f"skipped: {type(model).__name__} gives no next-token logits"
         return out
     if contexts.shape[1] < 3:
@@ -160,6 +172,7 @@ def evaluate_in_model(
                 contexts[:n_ctx],
                 x_hook,
                 reconstruct,
+                batch_size,
                 keep_first=True,
                 whole_module=y_hook is not None,
             )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -108,3 +110,81 @@ def ce_loss_recovered(ce_clean: float, ce_spliced: float, ce_zero: float) -> flo
     ablation costs nothing either."""
     gap = ce_zero - ce_clean
     return (ce_zero - ce_spliced) / gap if gap != 0 else float("nan")
+
+
+class MetricSums:
+    """The core reconstruction metrics accumulated batch by batch, so that rows never need to
+    be held all at once: `add(y, y_hat, f)` per batch of rows (or any subset of rows, e.g.
+    a mask's), `result()` the numbers `l0`, `mse`, `explained_variance`, `cosine_similarity`,
+    `relative_reconstruction_bias`, `norm_ratio`, `dead_fraction` and `dense_fraction` give on
+    all the rows added, concatenated (within float rounding: sums in float64).
+
+    Explained variance needs the mean of all rows: each batch's per-column mean and centred
+    sum of squares are merged into the running ones (Chan, Golub & LeVeque 1979), which stays
+    exact where sum ||y||^2 - N ||mean||^2 would cancel."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.active = 0  # sum over rows of the latents active
+        self.sq_err = 0.0  # sum ||y - y_hat||^2
+        self.cosine = 0.0  # sum of per-row cosines
+        self.hat_sq = 0.0  # sum ||y_hat||^2
+        self.dot = 0.0  # sum y . y_hat
+        self.norm_hat = 0.0  # sum ||y_hat||
+        self.norm = 0.0  # sum ||y||
+        self.mean: Tensor | None = None  # (d,) float64 mean of y
+        self.m2: Tensor | None = None  # (d,) float64 sum of (y - mean)^2
+        self.counts: Tensor | None = None  # (d_sae,) int64 tokens each latent fired on
+
+    def add(self, y: Tensor, y_hat: Tensor, f: Tensor) -> None:
+        """Rows y, y_hat (N, d) and their codes f (N, d_sae); N may be 0."""
+        fired = f != 0
+        counts = fired.sum(0).long().cpu()
+        self.counts = counts if self.counts is None else self.counts + counts
+        n = y.shape[0]
+        if n == 0:
+            return
+        self.active += int(fired.sum())
+        self.sq_err += float((y_hat - y).pow(2).sum(-1).double().sum())
+        self.cosine += float(torch.nn.functional.cosine_similarity(y, y_hat, dim=-1).double().sum())
+        y64, hat64 = y.double(), y_hat.double()
+        self.hat_sq += float(hat64.pow(2).sum())
+        self.dot += float((y64 * hat64).sum())
+        self.norm_hat += float(y_hat.norm(dim=-1).double().sum())
+        self.norm += float(y.norm(dim=-1).double().sum())
+        mean = y64.mean(0)
+        m2 = (y64 - mean).pow(2).sum(0)
+        if self.mean is None or self.m2 is None:
+            self.mean, self.m2 = mean, m2
+        else:
+            total = self.n + n
+            delta = mean - self.mean
+            self.m2 = self.m2 + m2 + delta.pow(2) * (self.n * n / total)
+            self.mean = self.mean + delta * (n / total)
+        self.n += n
+
+    def result(self) -> dict[str, float]:
+        """n_tokens and the metrics over every row added (NaN where no row was)."""
+        n = self.n
+        if self.counts is None:
+            raise ValueError("MetricSums.result before any add: no latents to count")
+        per = (lambda s: s / n) if n else (lambda s: math.nan)
+        total = float(self.m2.sum()) if self.m2 is not None else 0.0
+        return {
+            "n_tokens": n,
+            "l0": per(self.active),
+            "mse": per(self.sq_err),
+            "explained_variance": 1 - self.sq_err / max(total, 1e-12) if n else math.nan,
+            "cosine": per(self.cosine),
+            "relative_reconstruction_bias": _divide(self.hat_sq, self.dot),
+            "norm_ratio": per(self.norm_hat) / max(per(self.norm), 1e-12) if n else math.nan,
+            "dead_fraction": dead_fraction(self.counts),
+            "dense_fraction": dense_fraction(self.counts, n),
+        }
+
+
+def _divide(a: float, b: float) -> float:
+    """a / b as a tensor division gives it: inf or NaN for b = 0."""
+    if b:
+        return a / b
+    return math.nan if a == 0 or math.isnan(a) else math.copysign(math.inf, a)

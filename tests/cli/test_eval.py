@@ -1,4 +1,4 @@
-"""`saescope eval`: which data a run is evaluated on, and JSON without NaN."""
+"""`saescope eval`: which data a run is evaluated on, JSON without NaN, and --batch-size."""
 
 import json
 import math
@@ -86,3 +86,26 @@ def test_a_run_made_through_the_api_needs_data(tmp_path, capsys):
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
 def test_json_has_null_for_numbers_json_lacks(bad):
     assert finite({"a": bad, "b": {"c": bad, "d": 1.5}}) == {"a": None, "b": {"c": None, "d": 1.5}}
+
+
+def test_batch_size_is_contexts_per_pass_and_changes_no_number(tmp_path, capsys):
+    assert _ns().batch_size is None and _ns("--batch-size", "3").batch_size == 3  # None: auto
+    text = tmp_path / "alice.txt"
+    text.write_text(
+        " ".join(f"Alice counted {i} hedgehogs and {i * 7 % 13} flamingos." for i in range(120))
+    )
+    run = str(tmp_path / "run")
+    argv = ["train", "--arch", "topk", "--model", "glassllm", "--hook", "layers.1"]
+    argv += ["--text", str(text), "--context", "16", "--steps", "3", "--batch-size", "64"]
+    assert main([*argv, "--d-sae", "256", "--out", run, "--progress", "0"]) == 0
+    capsys.readouterr()
+    got = {}
+    for batch_size in (1, 64):
+        assert main(["eval", run, "--tokens", "60", "--batch-size", str(batch_size), "--json"]) == 0
+        got[batch_size] = json.loads(capsys.readouterr().out)
+    assert got[1]["n_tokens"] == 60 and got[1]["ce_zero"] > got[1]["ce_clean"]
+    for key in ("mse", "l0", "ce_clean", "ce_spliced", "ce_zero", "kl_div", "ce_loss_recovered"):
+        assert got[1][key] == pytest.approx(got[64][key], rel=1e-5), key
+    assert main(["eval", run, "--batch-size", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--batch-size of at least 1" in err and "\n" not in err

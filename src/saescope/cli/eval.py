@@ -30,6 +30,14 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     e.add_argument("--hook", default=None, help="the cache's hook point (default: the run's)")
     e.add_argument("--target", default=None, help="the cache's target hook for a transcoder")
     e.add_argument("--tokens", type=int, default=65_536, help="tokens to evaluate on")
+    e.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="contexts per forward pass of a model (harvest and CE/KL); memory grows with it: "
+        "about 2 x batch x context x vocab floats of logits. Default: as many as keep one "
+        "pass's logits within 128 MiB, at most 32 (5 for smollm2, 32 for glassllm)",
+    )
     e.add_argument("--json", action="store_true", help="print one JSON object")
     options.add_config_args(e.add_argument_group("synthetic data options"), ArticleTaskConfig)
     return e
@@ -47,7 +55,8 @@ def finite(value: Any) -> Any:
 def run(ns: argparse.Namespace) -> int:
     r = Run.open(ns.run)
     task = options.given(ns, ArticleTaskConfig)
-    results = r.evaluate(ns.tokens, r.eval_data(ns.data, ns.hook, ns.target, task))
+    data = r.eval_data(ns.data, ns.hook, ns.target, task)
+    results = r.evaluate(ns.tokens, data, batch_size=ns.batch_size)
     if ns.json:
         out = next(iter(results.values())) if len(results) == 1 else results
         print(json.dumps(finite(out)))

@@ -14,6 +14,7 @@ from torch import nn
 from saescope.data import ArticleTaskConfig, is_cache
 from saescope.errors import ConfigError, FormatError, check_keys
 from saescope.evaluate import evaluate, evaluate_in_model, plot_density
+from saescope.models.downstream import check_batch_size
 from saescope.runs.data import DataSpec, HeldOut
 from saescope.saes import SAE, io
 from saescope.saes.io import is_saved
@@ -94,22 +95,28 @@ class Run:
         return self.data.load_model()[0]
 
     def evaluate(
-        self, tokens: int = 65_536, data: DataSpec | None = None, plot: bool = True
+        self,
+        tokens: int = 65_536,
+        data: DataSpec | None = None,
+        plot: bool = True,
+        batch_size: int | None = None,
     ) -> dict[str, dict[str, Any]]:
         """Metrics of every SAE of the run: on the run's held-out data by default (with CE
         loss recovered and KL for a model, and `feature_density.png` in each SAE's folder),
-        or on `data`: the first rows of a file or cache, or a synthetic task."""
+        or on `data`: the first rows of a file or cache, or a synthetic task. batch_size:
+        contexts per forward pass of a model (None: automatic; see `evaluate_in_model`)."""
         if data is None and self.data is None:
             raise ConfigError(f"{self.path}: the run does not name its data; give --data FILE")
+        check_batch_size(batch_size)
         spec = data or self.data
         assert spec is not None
         held = spec.head(tokens) if data is not None and spec.kind in ("file", "cache") else None
         out = {}
         for name, sae in self.saes.items():
             if held is None:  # fresh batches per SAE: held-out streams are single-use
-                got = _evaluate(sae, spec.held_out(tokens), tokens)
+                got = _evaluate(sae, spec.held_out(tokens), tokens, batch_size)
             else:
-                got = _evaluate(sae, held, tokens)
+                got = _evaluate(sae, held, tokens, batch_size)
             if "density" in got:
                 density = got.pop("density")
                 if plot:
@@ -119,10 +126,10 @@ class Run:
         return out
 
 
-def _evaluate(sae: SAE, data: HeldOut, tokens: int) -> dict[str, Any]:
+def _evaluate(sae: SAE, data: HeldOut, tokens: int, batch_size: int | None) -> dict[str, Any]:
     if data.model is not None and data.contexts is not None and data.hooks is not None:
-        hooks = data.hooks
-        return evaluate_in_model(sae, data.model, data.contexts, hooks.x, hooks.y, tokens)
+        x, y = data.hooks.x, data.hooks.y
+        return evaluate_in_model(sae, data.model, data.contexts, x, y, tokens, batch_size)
     out = evaluate(sae, data.batches, tokens, features=data.features)
     if data.held_out is False:
         out["held_out"] = False
