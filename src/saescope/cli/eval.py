@@ -14,7 +14,7 @@ from saescope.text import table
 
 COLUMNS = ["sae", "architecture", "l0", "mse", "explained_variance", "dead_fraction"]
 COLUMNS += ["relative_reconstruction_bias"]
-EXTRA = ("mmcs", "min_feature_cosine", "ce_loss_recovered", "kl_div")
+EXTRA = ("outliers", "mmcs", "min_feature_cosine", "ce_loss_recovered", "kl_div")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -64,6 +64,18 @@ def run(ns: argparse.Namespace) -> int:
     rows = [{"sae": k, **v} for k, v in results.items()]
     print(table(rows, COLUMNS + [c for c in EXTRA if c in rows[0]]))
     for row in rows:
+        if "with_outliers" in row:
+            print(outlier_line(row))
         if "density_plot" in row:
             print(f"feature density histogram: {row['density_plot']}")
     return 0
+
+
+def outlier_line(row: dict[str, Any]) -> str:
+    """What setting outlier tokens aside changed, in one line."""
+    every = row["with_outliers"]
+    return (
+        f"{row['sae']}: {row['outliers']} of {every['n_tokens']} tokens set aside as outliers "
+        f"(norm above {row['outlier_factor']:g}x the median); with them: explained variance "
+        f"{every['explained_variance']:.4g}, mse {every['mse']:.4g}"
+    )

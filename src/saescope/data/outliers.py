@@ -35,13 +35,18 @@ def check_factor(factor: float | None) -> None:
 
 
 def _median_norm(t: Tensor) -> float:
-    return float(t.float().norm(dim=1).median())
+    """The median norm of the rows that are not zero (rows of zeros, as some sparse data has
+    in most rows, would put the median at 0 and every other row above it); inf when all are."""
+    norms = t.float().norm(dim=1)
+    norms = norms[norms > 0]
+    return float(norms.median()) if norms.numel() else math.inf
 
 
 @dataclass(frozen=True)
 class OutlierRule:
     """Set aside rows with ||x|| > x_max or ||y|| > y_max (raw units): `factor` times the
-    median norms of the sample the rule was fitted on. y_max is None when y is x."""
+    median norms (of the non-zero rows) of the sample the rule was fitted on. y_max is None
+    when y is x."""
 
     factor: float
     x_max: float

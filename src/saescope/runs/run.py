@@ -12,8 +12,9 @@ import torch
 from torch import nn
 
 from saescope.data import ArticleTaskConfig, is_cache
+from saescope.data.outliers import DEFAULT_FACTOR, OutlierRule
 from saescope.errors import ConfigError, FormatError, check_keys
-from saescope.evaluate import evaluate, evaluate_in_model, plot_density
+from saescope.evaluate import Outliers, evaluate, evaluate_in_model, plot_density
 from saescope.models.downstream import check_batch_size
 from saescope.runs.data import DataSpec, HeldOut
 from saescope.saes import SAE, io
@@ -88,6 +89,16 @@ class Run:
         return DataSpec.at(data, hook, target)
 
     @property
+    def outliers(self) -> Outliers:
+        """How the run treats outlier tokens, so that evaluation measures what training did:
+        the rule it fitted (cfg.json `metadata.outliers`); for a run that recorded none, its
+        training config's factor (a rule fitted on the evaluation data; runs made before
+        saescope set outliers aside get the default); None for a run trained on every token."""
+        if self.metadata.get("outliers"):
+            return OutlierRule.from_dict(self.metadata["outliers"])
+        return self.train.outlier_factor if self.train is not None else DEFAULT_FACTOR
+
+    @property
     def model(self) -> nn.Module:
         """The run's model, loaded on first use."""
         if self.data is None:
@@ -114,9 +125,9 @@ class Run:
         out = {}
         for name, sae in self.saes.items():
             if held is None:  # fresh batches per SAE: held-out streams are single-use
-                got = _evaluate(sae, spec.held_out(tokens), tokens, batch_size)
+                got = _evaluate(sae, spec.held_out(tokens), tokens, batch_size, self.outliers)
             else:
-                got = _evaluate(sae, held, tokens, batch_size)
+                got = _evaluate(sae, held, tokens, batch_size, self.outliers)
             if "density" in got:
                 density = got.pop("density")
                 if plot:
@@ -126,11 +137,13 @@ class Run:
         return out
 
 
-def _evaluate(sae: SAE, data: HeldOut, tokens: int, batch_size: int | None) -> dict[str, Any]:
+def _evaluate(
+    sae: SAE, data: HeldOut, tokens: int, batch_size: int | None, outliers: Outliers
+) -> dict[str, Any]:
     if data.model is not None and data.contexts is not None and data.hooks is not None:
-        x, y = data.hooks.x, data.hooks.y
-        return evaluate_in_model(sae, data.model, data.contexts, x, y, tokens, batch_size)
-    out = evaluate(sae, data.batches, tokens, features=data.features)
+        x, y, model, ctx = data.hooks.x, data.hooks.y, data.model, data.contexts
+        return evaluate_in_model(sae, model, ctx, x, y, tokens, batch_size, outliers)
+    out = evaluate(sae, data.batches, tokens, features=data.features, outliers=outliers)
     if data.held_out is False:
         out["held_out"] = False
     return out
