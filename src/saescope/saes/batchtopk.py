@@ -94,14 +94,14 @@ class BatchTopKSAE(SAE):
         else:
             self.threshold.add_(self.cfg.threshold_rate * (m - self.threshold))
 
-    @torch.no_grad()
     def finish_training(self, xs: Sequence[Tensor]) -> dict[str, Any]:
         """theta <- the smallest activation batch top-k keeps in each of the last training
         batches xs, with the final weights, averaged (weighted by tokens): what the running
         average estimates, without its lag. Warns (`ThresholdWarning`) when fewer than
         SETTLED_TOKENS tokens had a positive kept activation."""
         running = float(self.threshold[0])
-        kept = [(x.shape[0], self._min_kept(x)) for x in xs]
+        with torch.no_grad():
+            kept = [(x.shape[0], self._min_kept(x)) for x in xs]
         kept = [(n, m) for n, m in kept if m > 0]
         tokens = sum(n for n, _ in kept)
         if tokens:
