@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
+from typing import Any
 
 from saescope.cli import demo, eval, harvest, hooks, runs, train
 from saescope.errors import SaescopeError
@@ -24,10 +26,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _warn(message: Warning | str, *_: Any, **__: Any) -> None:
+    """A warning as one line, as errors are."""
+    print(f"saescope: warning: {message}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
     try:
-        return ns.handler(ns)
+        with warnings.catch_warnings():  # restores showwarning after
+            warnings.showwarning = _warn
+            return ns.handler(ns)
     except SaescopeError as e:
         print(f"saescope: error: {e}", file=sys.stderr)
         return 2
