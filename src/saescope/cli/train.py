@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from shlex import quote
 
@@ -93,7 +92,7 @@ def run(ns: argparse.Namespace) -> int:
             train["steps"] = runs.steps_for_tokens(ns.tokens, stream)
         cfg = TrainConfig(**train)
         if note := runs.passes_note(data, stream, cfg.steps):
-            print(note, file=sys.stderr)
+            print(note)  # stdout: stderr is for errors and warnings, one line each
         torch.manual_seed(cfg.seed)  # --seed fixes the initial weights too
         sae = runs.build_sae(ns.arch, stream, **fields)
         result = runs.train_run(sae, data, stream, cfg, ns.out, overwrite=ns.overwrite, log=ns.log)
