@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Dev installs pin the CPU build of torch; the library itself declares a range.
 TORCH_PIN := torch==2.13.0
 
-.PHONY: demo test claims lint bench bench-harvest bench-cache bench-eval clean corpus
+.PHONY: demo test claims lint bench bench-gpu bench-harvest bench-cache bench-eval clean corpus
 
 $(BIN)/saescope: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -42,6 +42,12 @@ bench: $(BIN)/saescope
 
 # Harvest speed on MiniLM: bare forward, harvest of two layers with and without early exit;
 # writes bench/HARVEST.md. About a minute.
+# On a machine with a GPU (a CUDA build of torch in .venv): every architecture trained on the
+# CPU and the GPU side by side, resume and evaluation on the GPU, training speed; writes
+# bench/GPU.md. About a minute on an H200.
+bench-gpu: $(BIN)/saescope
+	$(BIN)/python bench/gpu.py
+
 bench-harvest: $(BIN)/saescope
 	$(BIN)/python bench/harvest.py
 

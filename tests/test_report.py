@@ -8,6 +8,7 @@ import struct
 import subprocess
 import sys
 
+import numpy as np
 from matplotlib.figure import Figure
 
 from saescope.report import (
@@ -19,6 +20,8 @@ from saescope.report import (
     save_figure,
     subplots,
     summary_rows,
+    tally,
+    unchecked,
 )
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -149,6 +152,59 @@ def test_summary_rows_one_per_claim():
         {"section": "beta", "claim": "third claim", "measured": "yes", "holds": "yes"},
     ]
     assert summary_rows([]) == []
+
+
+def test_a_claim_is_held_failed_or_not_checked():
+    assert [Claim("c", "m", h).verdict for h in (True, False, None)] == [
+        "holds",
+        "does not hold",
+        "not checked at these settings",
+    ]
+    assert Claim("c", "m", np.bool_(False)).holds is False  # numpy booleans become bools
+    assert Claim("c", "m", np.float64(1.0) > 0).holds is True
+
+
+def test_unchecked_marks_only_the_failed_claims_and_copies():
+    sections = _sections()
+    marked = unchecked(sections)
+    assert [[c.holds for c in s.claims] for s in marked] == [[True, None], [True], []]
+    assert [c.holds for c in sections[0].claims] == [True, False]  # the originals unchanged
+    assert [s.key for s in marked] == ["alpha", "beta", "gamma"]
+    assert marked[0].figures == sections[0].figures and marked[2].tables == sections[2].tables
+    assert tally(sections) == "2 of 3 claims hold"
+    assert tally(marked) == "2 of 3 claims hold; 1 not checked at these settings"
+
+
+def test_a_reduced_run_says_so_and_checks_nothing_it_could_not(tmp_path):
+    plain = render(_sections(), tmp_path / "full.html", "t").read_text()
+    assert 'class="banner"' not in plain and "does not hold" in plain
+    banner = "Quick run: reduced settings; claims are checked at full settings by <demo>"
+    page = render(unchecked(_sections()), tmp_path / "q.html", "t", banner=banner).read_text()
+    assert '<p class="banner"><strong>Quick run: reduced settings;' in page
+    assert "by &lt;demo&gt;" in page  # escaped like every other text
+    assert page.index('class="banner"') < page.index("<h1>")  # above everything
+    assert "does not hold" not in page and '<tr class="no">' not in page
+    assert page.count('<tr class="unchecked">') == 1 and page.count('<tr class="ok">') == 2
+    assert "<td>not checked at these settings</td>" in page
+    assert "<strong>2 of 3 claims hold; 1 not checked at these settings.</strong>" in page
+    assert "tr.unchecked td:last-child{" in page  # styled apart from holds / does not hold
+    rows = summary_rows(unchecked(_sections()))
+    assert [r["holds"] for r in rows] == ["yes", "not checked", "yes"]
+
+
+def test_wide_tables_scroll_inside_their_section(tmp_path):
+    wide = [{f"column {i}": "x" * 40 for i in range(30)}]
+    sections = [*_sections(), Section("wide", "Wide", "", tables=[("wide", wide)])]
+    page = render(sections, tmp_path / "r.html", "t").read_text()
+    tables = page.count("<table")
+    assert tables == 4  # two claims tables, two tables with rows ("no rows" is a paragraph)
+    assert page.count('<div class="scroll"><table') == tables
+    assert page.count("</table></div>") == tables
+    css = re.search(r"\.scroll\{([^}]*)\}", page)
+    assert css and {"display:block", "max-width:100%", "overflow-x:auto"} <= set(
+        css.group(1).split(";")
+    )
+    assert "max-width:1000px" in page  # the body fits a 1280 px window; nothing widens it
 
 
 _BACKEND = """

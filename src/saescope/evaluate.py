@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ import torch
 from torch import Tensor
 
 from saescope import metrics
+from saescope.data.outliers import OutlierRule
 from saescope.data.stream import as_pair
 from saescope.errors import InputError
 from saescope.models.downstream import (
@@ -52,6 +54,17 @@ def _pairs(
             return
 
 
+Outliers = OutlierRule | float | None
+"""How evaluation treats outlier tokens (see `data.outliers`): a rule (the run's, fitted when
+it trained), a factor (a rule fitted on the first evaluation batch), or None (every token)."""
+
+
+def _rule(outliers: Outliers, x: Tensor, y: Tensor) -> OutlierRule | None:
+    if outliers is None or isinstance(outliers, OutlierRule):
+        return outliers
+    return OutlierRule.fit(x, y, outliers)
+
+
 @torch.no_grad()
 def evaluate(
     sae: SAE,
@@ -60,6 +73,7 @@ def evaluate(
     features: Tensor | None = None,
     keep_density: bool = False,
     chunk_rows: int = CHUNK_ROWS,
+    outliers: Outliers = None,
 ) -> dict[str, Any]:
     """Metrics over up to `max_tokens` tokens of (x, y) batches (a bare tensor x means y = x),
     with the SAE in eval mode. Streaming: each batch (in pieces of `chunk_rows` rows) is
@@ -67,21 +81,35 @@ def evaluate(
 
     features: true feature directions (G, d_out) when the data has a ground truth; adds
     `mmcs` and `min_feature_cosine` (best-match cosine of the worst-recovered true feature).
+    outliers: with a rule (or a factor), the metrics are those of the tokens within it, as
+    training measured them; `outliers` says how many were set aside and `with_outliers` gives
+    the metrics over every token.
     """
-    sums = metrics.MetricSums()
+    kept, every = metrics.MetricSums(), metrics.MetricSums()
+    rule = outliers if isinstance(outliers, OutlierRule) else None
     was_training = sae.training
     sae.eval()
     try:
         for x, y in _pairs(sae, batches, max_tokens, chunk_rows):
+            rule = rule or _rule(outliers, x, y)
             f = sae.encode(x)
-            sums.add(y, sae.decode(f), f)
+            y_hat = sae.decode(f)
+            every.add(y, y_hat, f)
+            if rule is not None:
+                ok = rule.keep(x, y)
+                kept.add(y[ok], y_hat[ok], f[ok])
     finally:
         sae.train(was_training)
-    if sums.n == 0 or sums.counts is None:
+    if every.n == 0 or every.counts is None:
         raise InputError("no evaluation data: give at least one batch")
+    sums = every if rule is None else kept
     out: dict[str, Any] = {"architecture": sae.cfg.name, **sums.result()}
+    if rule is not None:
+        out["outliers"] = every.n - kept.n
+        out["outlier_factor"] = rule.factor
+        out["with_outliers"] = every.result()
     if keep_density:
-        out["density"] = sums.counts.float() / sums.n
+        out["density"] = sums.counts.float() / max(sums.n, 1)  # type: ignore[union-attr]
     if features is not None:
         best = metrics.max_cosine_per_feature(sae.W_dec.detach().cpu(), features.cpu())
         out["mmcs"] = float(best.mean())
@@ -133,6 +161,7 @@ def evaluate_in_model(
     y_hook: str | None = None,
     max_tokens: int = 65_536,
     batch_size: int | None = None,
+    outliers: Outliers = None,
 ) -> dict[str, Any]:
     """The core metrics over up to `max_tokens` held-out tokens of `contexts`, plus the
     downstream numbers with the SAE's reconstruction spliced in at the hook (an SAE on `M:in`
@@ -141,14 +170,20 @@ def evaluate_in_model(
     the contexts that hold those tokens, position 0 left clean and its prediction left out.
     Also `density` (see `evaluate`). batch_size: contexts per forward pass, in the harvest
     and in each of the three downstream passes (memory grows with it: see `downstream`);
-    None: `batch_size_for` the contexts and the model's vocabulary (MAX_BATCH without logits)."""
+    None: `batch_size_for` the contexts and the model's vocabulary (MAX_BATCH without logits).
+    outliers: see `evaluate`; an SAE's outlier tokens also keep their own activations in the
+    spliced pass (a transcoder's are replaced like every other token)."""
     check_batch_size(batch_size)
     vocab = vocab_size(model, contexts)
     if batch_size is None:
         batch_size = batch_size_for(contexts.shape[1], vocab) if vocab else MAX_BATCH
     hooks = HookPair(x_hook, y_hook)
     batches = model_batches(model, contexts, hooks, max_tokens, batch_size)
-    out = evaluate(sae, batches, max_tokens, keep_density=True)
+    first = next(batches, None)
+    if first is not None:
+        outliers = _rule(outliers, *first)
+        batches = itertools.chain([first], batches)
+    out = evaluate(sae, batches, max_tokens, keep_density=True, outliers=outliers)
     if vocab is None:
         out["downstream"] = f"skipped: {type(model).__name__} gives no next-token logits"
         return out
@@ -162,8 +197,14 @@ def evaluate_in_model(
     was_training = sae.training
     sae.eval()
 
+    rule = outliers if y_hook is None and isinstance(outliers, OutlierRule) else None
+
     def reconstruct(x: Tensor) -> Tensor:
-        return sae(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], sae.cfg.d_out)
+        rows = x.reshape(-1, x.shape[-1])
+        rows_hat = sae(rows)
+        if rule is not None:  # outlier tokens keep their own activations, as position 0 does
+            rows_hat = torch.where(rule.keep(rows, rows)[:, None], rows_hat, rows)
+        return rows_hat.reshape(*x.shape[:-1], sae.cfg.d_out)
 
     try:
         out.update(

@@ -113,3 +113,21 @@ def test_existing_run_is_not_overwritten(capsys, tmp_path):
     assert (tmp_path / "sae_weights.safetensors").read_bytes() == before
     assert main([*argv, "--seed", "5", "--overwrite"]) == 0
     assert (tmp_path / "sae_weights.safetensors").read_bytes() != before
+
+
+def test_a_warning_is_one_line_and_only_while_the_command_runs(monkeypatch, capsys):
+    import warnings
+
+    from saescope.cli import hooks
+
+    def warns(ns):
+        warnings.warn("the threshold rests on 512 tokens", UserWarning, stacklevel=1)
+        return 0
+
+    monkeypatch.setattr(hooks, "run", warns)
+    before = warnings.showwarning
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")  # the suite turns warnings into errors
+        assert main(["hooks", "glassllm"]) == 0
+    assert capsys.readouterr().err == "saescope: warning: the threshold rests on 512 tokens\n"
+    assert warnings.showwarning is before

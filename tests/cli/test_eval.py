@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from saescope import TrainConfig, make_sae, train
 from saescope.cli import build_parser, main
-from saescope.cli.eval import finite
+from saescope.cli.eval import finite, outlier_line
 from saescope.cli.options import given
-from saescope.data import ArticleTaskConfig
+from saescope.data import ArticleTask, ArticleTaskConfig
 from saescope.data.cache import CacheWriter
 from saescope.runs import DataSpec, Run
 
@@ -31,7 +32,8 @@ def _run(data):
 
 def test_a_synthetic_run_is_evaluated_on_its_own_task_with_overrides():
     own = DataSpec.synthetic(ArticleTaskConfig(d_in=6, n_features=10), seed=4)
-    assert eval_data(_ns(), _run(own)) == own
+    assert eval_data(_ns(), _run(own)) is None  # Run.evaluate then uses the run's own data
+    assert eval_data(_ns("--data", "synthetic"), _run(own)) == own
     changed = eval_data(_ns("--max-active", "2"), _run(own))
     assert changed.task == ArticleTaskConfig(d_in=6, n_features=10, max_active=2)
     assert changed.seed == 4  # held-out draws still come from the run's seed + offset
@@ -71,6 +73,16 @@ def test_a_file_run_needs_data_and_a_file_takes_no_hook(tmp_path, capsys):
     assert "--hook" in capsys.readouterr().err
 
 
+def test_a_run_made_through_the_api_needs_data(tmp_path, capsys):
+    sae = make_sae({"architecture": "relu", "d_in": 5, "d_sae": 10})
+    acts = torch.randn(256, 5)
+    train(sae, [acts] * 3, TrainConfig(steps=3, progress=False), out_dir=tmp_path / "r")
+    assert main(["eval", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "does not record what it was trained on" in err and "--data FILE" in err
+    assert "\n" not in err and "d_in" not in err
+
+
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
 def test_json_has_null_for_numbers_json_lacks(bad):
     assert finite({"a": bad, "b": {"c": bad, "d": 1.5}}) == {"a": None, "b": {"c": None, "d": 1.5}}
@@ -97,3 +109,51 @@ def test_batch_size_is_contexts_per_pass_and_changes_no_number(tmp_path, capsys)
     assert main(["eval", run, "--batch-size", "0"]) == 2
     err = capsys.readouterr().err.strip()
     assert "--batch-size of at least 1" in err and "\n" not in err
+
+
+@pytest.fixture(scope="module")
+def outlier_runs(tmp_path_factory):
+    """Runs on a file whose every 1000th row is 100x the others (0.1%): trained with the
+    default outlier rule and with --keep-outliers; each with its training and eval metrics."""
+    tmp = tmp_path_factory.mktemp("outliers")
+    task = ArticleTask(ArticleTaskConfig(d_in=16, n_features=32, max_active=3), 20_000, 0)
+    x = torch.cat([task.batch(0)[0], task.batch(1)[0]])
+    x[::1000] *= 100
+    np.save(tmp / "acts.npy", x.numpy())
+    out = {}
+    for name, extra in (("default", []), ("off", ["--keep-outliers"])):
+        argv = ["train", "--arch", "topk", "--k", "4", "--data", str(tmp / "acts.npy")]
+        argv += ["--steps", "300", "--batch-size", "1024", "--progress", "0"]
+        assert main([*argv, "--out", str(tmp / name), *extra]) == 0
+        meta = json.loads((tmp / name / "cfg.json").read_text())["metadata"]
+        got = Run.open(tmp / name).evaluate(data=DataSpec.at(tmp / "acts.npy"), plot=False)
+        out[name] = (meta, next(iter(got.values())))
+    return out
+
+
+@pytest.mark.slow
+def test_training_and_eval_agree_when_outliers_are_set_aside(outlier_runs):
+    meta, ev = outlier_runs["default"]
+    assert meta["outliers"]["set_aside"] == pytest.approx(0.001 * 300 * 1024, rel=0.3)
+    assert ev["outliers"] == 40 and ev["n_tokens"] == 39_960
+    train_ev = meta["final_metrics"]["explained_variance"]
+    assert abs(train_ev - ev["explained_variance"]) <= 0.02, (train_ev, ev)
+    every = ev["with_outliers"]
+    assert every["n_tokens"] == 40_000
+    # The 40 rows move the figure: that is why they are set aside and reported apart.
+    assert abs(every["explained_variance"] - ev["explained_variance"]) > 0.01
+    assert every["mse"] > 5 * ev["mse"]
+
+
+@pytest.mark.slow
+def test_with_outliers_kept_eval_reports_every_token(outlier_runs, capsys):
+    meta, ev = outlier_runs["off"]
+    assert meta["outliers"] is None and meta["training"]["outlier_factor"] is None
+    assert "outliers" not in ev and "with_outliers" not in ev and ev["n_tokens"] == 40_000
+
+
+def test_eval_prints_what_setting_outliers_aside_changed(outlier_runs, capsys):
+    _, ev = outlier_runs["default"]
+    line = outlier_line({"sae": "run", **ev})
+    assert line.startswith("run: 40 of 40000 tokens set aside as outliers (norm above 10x")
+    assert f"{ev['with_outliers']['explained_variance']:.4g}" in line

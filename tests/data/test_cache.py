@@ -295,5 +295,5 @@ def test_resuming_on_a_grown_cache_is_refused(glass, text_file, tmp_path):
         train(sae, _Interrupted(stream, 15), cfg, tmp_path / "r", metadata={"rows": 248})
     harvest_to_cache(model, contexts, ["layers.1"], tmp_path / "c", {"f": fp}, 4, 4, False)
     grown = CacheBatches(tmp_path / "c", "layers.1", batch_size=31)
-    with pytest.raises(ConfigError, match="other data or settings"):
+    with pytest.raises(ConfigError, match="cannot resume: rows is 248 in the run, 2790 here"):
         train(sae, grown, cfg, tmp_path / "r", resume=True, metadata={"rows": grown.cache.n_rows})

@@ -6,7 +6,9 @@ import re
 import pytest
 
 from saescope.cli import main
+from saescope.experiments import demo
 from saescope.experiments.demo import EXPERIMENTS
+from saescope.report import Claim, Section
 
 SECTIONS = [
     "intro",
@@ -38,3 +40,31 @@ def test_quick_demo_writes_every_section_and_figure(tmp_path, capsys):
     assert "http://" not in page and "https://" not in page  # nothing to fetch
     assert {r["section"] for r in summary["claims"]} == set(SECTIONS)
     assert "claims hold" in capsys.readouterr().out
+    assert summary["quick"] is True and 'class="banner"' in page and "Quick run" in page
+    assert "does not hold" not in page  # a sliver of training refutes nothing
+    assert {r["holds"] for r in summary["claims"]} <= {"yes", "not checked"}
+
+
+def _sections() -> list[Section]:
+    claims = [Claim("holds at any setting", "1 < 2", True), Claim("needs training", "0.4", False)]
+    return [Section("one", "One", "text", claims=claims)]
+
+
+@pytest.mark.parametrize("quick", [True, False])
+def test_the_report_says_whether_it_is_a_quick_run(tmp_path, capsys, quick):
+    shown = demo.write(_sections(), tmp_path, quick=quick, timings={"one": 1.5})
+    page = (tmp_path / "report.html").read_text()
+    summary = json.loads((tmp_path / "demo.json").read_text())
+    out = capsys.readouterr().out
+    assert summary["quick"] is quick and summary["timings_s"] == {"one": 1.5}
+    verdicts = [r["holds"] for r in summary["claims"]]
+    assert [c.holds for c in shown[0].claims] == [True, None if quick else False]
+    if quick:  # the failed claim: not checked, not refuted; the page and terminal say why
+        assert verdicts == ["yes", "not checked"]
+        assert demo.QUICK_BANNER.split(":")[0] in page and "does not hold" not in page
+        assert "<td>not checked at these settings</td>" in page
+        assert "Quick run" in out and "1 of 2 claims hold; 1 not checked at these settings" in out
+    else:  # the full run keeps holds / does not hold
+        assert verdicts == ["yes", "NO"]
+        assert 'class="banner"' not in page and "<td>does not hold</td>" in page
+        assert "Quick run" not in out and "1 of 2 claims hold. Report:" in out

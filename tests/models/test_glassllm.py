@@ -48,8 +48,9 @@ def test_hook_points_are_module_paths_with_the_residual_stream(glass):
         for block in model.layers[:3]:
             x = block(x)
     torch.testing.assert_close(seen["out"], x)
-    shapes = {p: s for p, _, s in describe_hooks(model, ids)}
-    assert shapes["layers.2.mlp"] == (1, 20, 128)
+    shapes = {h.path: h for h in describe_hooks(model, ids)}
+    assert shapes["layers.2.mlp"].output == (1, 20, 128) == shapes["layers.2.mlp"].input
+    assert shapes["embed"].input is None  # token ids: no activation to train on
 
 
 def test_wrong_names_get_close_matches(glass):
@@ -70,5 +71,9 @@ def test_cli_lists_hooks(capsys):
     assert main(["hooks", "glassllm"]) == 0
     out = capsys.readouterr().out
     assert "layers.2.mlp" in out and "1 x 8 x 128" in out
+    assert "input (PATH:in)" in out.splitlines()[0]
+    assert out.splitlines()[2].split() == ["embed", "Embedding", *"1 x 8 x 128".split(), "-"]
+    mlp = next(line for line in out.splitlines() if line.startswith("layers.2.mlp "))
+    assert mlp.split()[1:] == ["MLP", *"1 x 8 x 128 1 x 8 x 128".split()]
     assert main(["hooks", "gpt5"]) == 2
     assert "unknown model 'gpt5'" in capsys.readouterr().err

@@ -11,6 +11,7 @@ from saescope.models.hooks import (
     HookPair,
     HookPoint,
     attached,
+    describe_hooks,
     find_module,
     hook_points,
     module_input,
@@ -116,6 +117,46 @@ def test_find_module_names_close_matches():
     assert "did you mean" not in str(e.value)
     with pytest.raises(ConfigError, match="no module ''"):
         find_module(net, "")  # the model itself is not a hook point
+
+
+class _Shapes(nn.Module):
+    """Modules whose input and output shapes differ, one called by keyword only, one never
+    called, and an embedding (whose input is token ids)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(10, 3)
+        self.up = nn.Linear(3, 5)
+        self.kw = _Keyword()
+        self.unused = nn.Linear(5, 5)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.kw(hidden_states=self.up(self.embed(ids)))
+
+
+class _Keyword(nn.Module):
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return hidden_states.sum(-1)
+
+
+def test_describe_hooks_gives_output_and_input_shapes():
+    got = describe_hooks(_Shapes(), torch.zeros(2, 4, dtype=torch.long))
+    assert [tuple(h) for h in got] == [
+        ("embed", "Embedding", (2, 4, 3), None),  # token ids in: not an activation
+        ("up", "Linear", (2, 4, 5), (2, 4, 3)),
+        ("kw", "_Keyword", (2, 4), (2, 4, 5)),  # its input given by keyword
+        ("unused", "Linear", None, None),  # never ran
+    ]
+    assert got[1].path == "up" and got[1].module == "Linear" and got[1].input == (2, 4, 3)
+
+
+def test_describe_hooks_leaves_no_hook_behind():
+    model = _Shapes()
+    describe_hooks(model, torch.zeros(1, 2, dtype=torch.long))
+    assert _hooks(model) == 0
+    with pytest.raises(IndexError):
+        describe_hooks(model, torch.full((1, 2), 99, dtype=torch.long))  # id out of range
+    assert _hooks(model) == 0
 
 
 # ----- module_input -------------------------------------------------------------------------------

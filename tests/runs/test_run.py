@@ -2,6 +2,8 @@
 own held-out data (synthetic, a glassllm text) or on given data; `build_sae` and
 `steps_for_tokens`."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -55,7 +57,8 @@ def test_open_a_single_sae_run(tmp_path):
     assert isinstance(sae, TopKSAE) and not sae.training and sae.cfg == result.saes[0].cfg
     x = torch.randn(10, 4)
     torch.testing.assert_close(sae(x), result.saes[0](x), rtol=0, atol=0)
-    assert run.data == spec and run.train == CFG
+    # cfg.json records the learning rate the run used (CFG leaves it to the default rule)
+    assert run.data == spec and run.train == replace(CFG, lr=CFG.lr_for(sae))
     assert run.metadata["data"] == spec.to_dict() and "normalisation" in run.metadata
 
 
@@ -66,7 +69,7 @@ def test_open_a_run_of_several_saes(tmp_path):
     assert run.dirs == {f"sae_{i}": tmp_path / "sweep" / f"sae_{i}" for i in range(2)}
     assert isinstance(run.saes["sae_0"], TopKSAE) and isinstance(run.saes["sae_1"], ReLUSAE)
     assert run.saes["sae_1"].cfg == result.saes[1].cfg
-    assert run.data == spec and run.train == CFG
+    assert run.data == spec and run.train == replace(CFG, lr=CFG.lr_for(run.saes["sae_0"]))
 
 
 def test_a_folder_without_a_saved_sae_is_refused(tmp_path):
@@ -201,7 +204,7 @@ def test_a_run_that_recorded_a_relative_path_resumes(tmp_path, monkeypatch):
     resumed = train_run(build_sae("relu", stream), spec, stream, cfg, "run", resume=True)
     assert resumed.final_metrics[0]["step"] == 6
     other = DataSpec.file("other.npy")
-    with pytest.raises(ConfigError, match="other data"):
+    with pytest.raises(ConfigError, match=r"data\.path is .*acts\.npy in the run, .*other\.npy"):
         train_run(build_sae("relu", stream), other, other.open(64), cfg, "run", resume=True)
 
 

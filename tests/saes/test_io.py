@@ -224,7 +224,34 @@ def test_weights_of_the_wrong_shape_are_refused(tmp_path):
     )
     with pytest.raises(FormatError) as e:
         SAE.load(tmp_path / "big")
-    _one_line(e, tmp_path / "big" / io.WEIGHTS_FILE, "does not match its relu config")
+    _one_line(e, tmp_path / "big" / io.CFG_FILE, "d_sae is 16", "W_dec of shape (8, 6)", "d_sae=8")
+
+
+@pytest.mark.parametrize(
+    ("edit", "says"),
+    [
+        ({"d_in": 20}, "d_in is 20 but"),
+        ({"d_in": 20, "d_out": 20}, "d_in is 20 but"),
+        ({"d_out": 9}, "d_out is 9 but"),
+    ],
+)
+def test_a_cfg_json_size_that_the_weights_contradict_is_named(tmp_path, edit, says):
+    make_sae(small_config("topk", d_in=300, d_sae=1200)).save(tmp_path)
+    cfg = json.loads((tmp_path / io.CFG_FILE).read_text())
+    (tmp_path / io.CFG_FILE).write_text(json.dumps({**cfg, **edit}))
+    with pytest.raises(FormatError) as e:
+        SAE.load(tmp_path)
+    msg = _one_line(e, tmp_path / io.CFG_FILE, says, "set", "in cfg.json or re-save the SAE")
+    assert len(msg) < 250 and "transcoder" not in msg
+
+
+def test_a_tensor_of_another_shape_is_named_alone(tmp_path):
+    sae = make_sae(small_config("gated"))
+    tensors = {**sae.to_file_tensors(), "b_mag": torch.zeros(3)}
+    io.write(tmp_path, sae.cfg.to_dict(), tensors, {})
+    with pytest.raises(FormatError) as e:
+        SAE.load(tmp_path)
+    _one_line(e, io.WEIGHTS_FILE, "tensor 'b_mag' has shape (3,), expected (16,)")
 
 
 # ----- make_sae / config_from_dict ----------------------------------------------------------------
@@ -243,6 +270,13 @@ def test_an_unknown_key_without_a_close_match_lists_the_known_ones():
         config_from_dict({**small_config("topk"), "zzzzzz": 1})
     msg = _one_line(e, "unknown key 'zzzzzz'", "known: d_in, d_sae")
     assert "did you mean" not in msg
+
+
+def test_a_missing_config_key_is_named(arch):
+    for build in (config_from_dict, make_sae):
+        with pytest.raises(ConfigError) as e:
+            build({"architecture": arch, "d_sae": 16})
+        _one_line(e, f"a {arch} SAE needs 'd_in'", "give d_in", "required: d_in, d_sae")
 
 
 def test_config_from_dict_builds_the_architectures_config(arch):

@@ -1,6 +1,8 @@
-"""A killed run resumes to bitwise the same weights; a kill during a checkpoint write leaves
-the previous checkpoint loadable."""
+"""A killed run resumes to bitwise the same weights, from a checkpoint at any step (by step
+count or by wall time); a kill during a checkpoint write leaves the previous checkpoint
+loadable."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -14,9 +16,13 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+import saescope.saes.base as saes_base
 from saescope.data import ArticleTask, ArticleTaskConfig
+from saescope.data.stream import RowBatches
+from saescope.errors import InputError
 from saescope.saes import make_sae
 from saescope.training import CHECKPOINT_FILE, TrainConfig, train
+from saescope.training.checkpoint import read_meta
 
 STEPS = 120
 CHILD = r"""
@@ -159,3 +165,54 @@ def test_resuming_a_finished_run_keeps_its_final_metrics(tmp_path):
     assert again.final_metrics == first.final_metrics and first.final_metrics[0]["step"] == 4
     saved = json.loads((tmp_path / "cfg.json").read_text())["metadata"]["final_metrics"]
     assert saved == first.final_metrics[0]
+
+
+def _stopped_then_resumed(configs, stream, cfg, stop_at, out) -> list:
+    """Train until the stream runs out after `stop_at` batches (a crash), then resume."""
+    torch.manual_seed(0)
+    with pytest.raises(InputError, match=f"ended after {stop_at} batches"):
+        train([make_sae(c) for c in configs], [stream.batch(i) for i in range(stop_at)], cfg, out)
+    assert read_meta(out)["step"] == stop_at
+    torch.manual_seed(1)  # the resumed run's weights come from the checkpoint, not the init
+    return train([make_sae(c) for c in configs], stream, cfg, out, resume=True).saes
+
+
+def _uninterrupted(configs, stream, cfg) -> list:
+    torch.manual_seed(0)
+    return train([make_sae(c) for c in configs], stream, cfg).saes
+
+
+def _assert_same_saes(a, b) -> None:
+    for sa, sb in zip(a, b, strict=True):
+        for (name, ta), tb in zip(sa.state_dict().items(), sb.state_dict().values(), strict=True):
+            assert torch.equal(ta, tb), name
+
+
+def test_a_checkpoint_by_wall_time_resumes_bitwise_from_any_step(tmp_path):
+    """checkpoint_minutes writes checkpoints between the step-count ones (here after every
+    step: a nanosecond has always passed); one at step 13, no multiple of anything, resumes
+    to the uninterrupted weights."""
+    configs = [
+        {"architecture": "relu", "d_in": 6, "d_sae": 24},
+        {"architecture": "topk", "d_in": 6, "d_sae": 24, "k": 3},
+        {"architecture": "jumprelu", "d_in": 6, "d_sae": 24},
+    ]
+    task = ArticleTask(ArticleTaskConfig(d_in=6, n_features=16), batch_size=64)
+    cfg = TrainConfig(steps=20, checkpoint_every=0, checkpoint_minutes=1e-9, resample_every=7)
+    cfg = dataclasses.replace(cfg, dead_tokens=300, init_samples=128, progress=False)
+    resumed = _stopped_then_resumed(configs, task, cfg, 13, tmp_path / "run")
+    _assert_same_saes(_uninterrupted(configs, task, cfg), resumed)
+
+
+def test_resume_keeps_the_sparse_paths_choice(tmp_path, monkeypatch):
+    """ReLU and JumpReLU choose the sparse or the dense path from the last batch's live
+    density; the checkpoint keeps it, so the first step after resume takes the same path as
+    the uninterrupted run (the two paths agree only to rounding). The density threshold is
+    raised so that this small SAE takes the sparse path after its first step."""
+    monkeypatch.setattr(saes_base, "SPARSE_MAX_DENSITY", 0.99)
+    configs = [{"architecture": "relu", "d_in": 32, "d_sae": 512, "l1_coef": 5.0}]
+    rows = torch.randn(2048, 32, generator=torch.Generator().manual_seed(0))
+    stream = RowBatches(rows, batch_size=128)
+    cfg = TrainConfig(steps=12, checkpoint_every=5, init_samples=128, progress=False)
+    resumed = _stopped_then_resumed(configs, stream, cfg, 5, tmp_path / "run")
+    _assert_same_saes(_uninterrupted(configs, stream, cfg), resumed)

@@ -1,7 +1,9 @@
 """TrainConfig: its schedules and validation."""
 
 import pytest
+import torch
 
+from saescope.cli import main
 from saescope.errors import ConfigError
 from saescope.training import TrainConfig
 
@@ -40,3 +42,23 @@ def test_dead_window_and_resample_period_follow_the_run():
 def test_bad_settings_are_named(field, value, says):
     with pytest.raises(ConfigError, match=says):
         TrainConfig(**{field: value})
+
+
+@pytest.mark.parametrize(
+    ("device", "says"),
+    [("gpu", "'gpu' is not a torch device"), ("cuda:99", "'cuda:99' is not available")],
+)
+def test_a_device_this_build_cannot_use_is_named(device, says):
+    with pytest.raises(ConfigError, match=says) as e:
+        TrainConfig(device=device)
+    assert ("\n" not in str(e.value) and "--device cpu" in str(e.value)) or "cuda:N" in str(e.value)
+
+
+def test_cuda_without_cuda_is_one_line_from_the_cli(tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: --device cuda is valid here")
+    argv = ["train", "--arch", "relu", "--steps", "2", "--out", str(tmp_path / "r")]
+    assert main([*argv, "--device", "cuda"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "'cuda' is not available" in err and "--device cpu" in err
+    assert "Traceback" not in err

@@ -3,6 +3,7 @@ loss curves, and bad batches (the step named, nothing changed)."""
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -135,3 +136,33 @@ def test_nan_batch_names_step_and_keeps_weights_and_checkpoint(tmp_path):
         train(clean, first_45, cfg)
     for (name, a), b in zip(sae.named_parameters(), clean.parameters(), strict=True):
         assert torch.equal(a, b), name
+
+
+def test_metric_rows_give_mse_in_the_datas_units_wall_time_and_throughput(tmp_path):
+    task = ArticleTask(ArticleTaskConfig(), batch_size=64)
+    sae = make_sae({"architecture": "topk", "d_in": 4, "d_sae": 8, "k": 2})
+    cfg = TrainConfig(steps=20, log_every=10, progress=False)
+    result = train(sae, task, cfg, tmp_path)
+    meta = json.loads((tmp_path / "cfg.json").read_text())["metadata"]
+    rows = [json.loads(r) for r in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    scale = meta["normalisation"]["scale_out"]
+    assert scale != pytest.approx(1.0, abs=0.05)  # else the units would not show
+    for row in rows:  # the loss term is in the normalised units the SAE trains in
+        assert row["mse"] * scale**2 == pytest.approx(row["loss_mse"], rel=1e-5)
+        assert row["outliers"] == 0 and row["tokens_per_s"] > 0
+    assert 0 < rows[0]["elapsed_s"] <= rows[1]["elapsed_s"]
+    # cfg.json records the learning rate the run used, not the default's None
+    assert cfg.lr is None and meta["training"]["lr"] == pytest.approx(cfg.lr_for(sae))
+    assert result.final_metrics[0] == rows[-1]
+
+
+def test_a_run_that_goes_through_a_file_more_than_once_says_so(tmp_path, capsys):
+    from saescope.cli import main
+
+    np.save(tmp_path / "acts.npy", np.random.default_rng(0).normal(size=(500, 4)).astype("f4"))
+    argv = ["train", "--arch", "relu", "--data", str(tmp_path / "acts.npy"), "--batch-size", "100"]
+    assert main([*argv, "--steps", "9", "--out", str(tmp_path / "r"), "--progress", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "note: 9 steps go through" in out and "acts.npy 1.8 times" in out
+    assert main([*argv, "--steps", "4", "--out", str(tmp_path / "s"), "--progress", "0"]) == 0
+    assert "note:" not in capsys.readouterr().out

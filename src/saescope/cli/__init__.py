@@ -6,17 +6,19 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
+from typing import Any
 
-from saescope.cli import demo, eval, harvest, hooks, train
+from saescope.cli import demo, eval, harvest, hooks, runs, train
 from saescope.errors import SaescopeError
 
-COMMANDS = (train, eval, harvest, hooks, demo)
+COMMANDS = (train, eval, harvest, hooks, runs, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="saescope", description="Sparse autoencoders: train, evaluate."
+        prog="saescope", description="Sparse autoencoders: train, evaluate, list runs."
     )
     sub = p.add_subparsers(dest="command", required=True)
     for command in COMMANDS:
@@ -24,17 +26,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _warn(message: Warning | str, *_: Any, **__: Any) -> None:
+    """A warning as one line, as errors are."""
+    print(f"saescope: warning: {message}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
     try:
-        return ns.handler(ns)
+        with warnings.catch_warnings():  # restores showwarning after
+            warnings.showwarning = _warn
+            return ns.handler(ns)
     except SaescopeError as e:
         print(f"saescope: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        again = "run it again" if ns.command == "harvest" else "resume with --resume"
-        print(f"saescope: interrupted; {again}", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C; SIGTERM too while training (training.Interrupted)
+        again = train.interrupted(ns, e) if ns.command == "train" else "interrupted; run it again"
+        print(f"saescope: {again}", file=sys.stderr)
+        return getattr(e, "exit_status", 130)
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stderr.close()
         return 0

@@ -9,10 +9,11 @@ from typing import Any
 
 from saescope.cli.options import field, field_docs, given, parse_type
 from saescope.errors import ConfigError
+from saescope.runs import SHAPED_BY_DATA
 from saescope.saes import ARCHITECTURES
 
 SAE_SHAPE_FIELDS = frozenset({"d_in", "d_out", "apply_b_dec_to_input", "d_sae"})
-"""Set from the data (d_sae has its own option)."""
+"""Set from the data (d_sae has its own option, --d-sae, taken with the others)."""
 
 
 def arch_fields() -> dict[str, list[str]]:
@@ -38,7 +39,9 @@ def add_arch_args(parser: argparse._ActionsContainer) -> None:
         classes = [ARCHITECTURES[a].config_cls for a in archs]
         types = {str(field(c, name).type) for c in classes}
         help_ = _per_arch(archs, [field_docs(c).get(name, "") for c in classes])
-        defaults = _per_arch(archs, [str(field(c, name).default) for c in classes])
+        defaults = SHAPED_BY_DATA.get(name) or _per_arch(
+            archs, [str(field(c, name).default) for c in classes]
+        )
         help_ += f" [{', '.join(archs)}] (default: {defaults})"
         parser.add_argument(
             "--" + name.replace("_", "-"),
@@ -50,8 +53,8 @@ def add_arch_args(parser: argparse._ActionsContainer) -> None:
 
 
 def arch_given(ns: argparse.Namespace, arch: str) -> dict[str, Any]:
-    """The given options of one architecture; an option of another is an error, and a whole
-    number where the field is an int becomes an int."""
+    """The given options of one architecture and --d-sae; an option of another is an error,
+    and a whole number where the field is an int becomes an int."""
     if arch not in ARCHITECTURES:
         raise ConfigError(f"unknown architecture {arch!r}; known: {', '.join(ARCHITECTURES)}")
     cls = ARCHITECTURES[arch].config_cls
@@ -61,7 +64,7 @@ def arch_given(ns: argparse.Namespace, arch: str) -> dict[str, Any]:
             raise ConfigError(
                 f"--{name.replace('_', '-')} applies to {', '.join(archs)}, not {arch}"
             )
-    out = given(ns, cls, SAE_SHAPE_FIELDS)
+    out = given(ns, cls, SAE_SHAPE_FIELDS - {"d_sae"})
     for name, value in out.items():
         if isinstance(value, float) and str(field(cls, name).type).startswith("int"):
             if not value.is_integer():
@@ -69,3 +72,11 @@ def arch_given(ns: argparse.Namespace, arch: str) -> dict[str, Any]:
                 raise ConfigError(f"{flag} must be a whole number for {arch}, got {value}")
             out[name] = int(value)
     return out
+
+
+def all_given(ns: argparse.Namespace) -> dict[str, Any]:
+    """Every architecture option given, whichever architectures take it (for a run to resume,
+    which knows its own); whole numbers as ints."""
+    names = [*arch_fields(), "d_sae"]
+    out = {n: getattr(ns, n) for n in names if getattr(ns, n, None) is not None}
+    return {n: int(v) if isinstance(v, float) and v.is_integer() else v for n, v in out.items()}

@@ -14,7 +14,7 @@ from saescope.text import table
 
 COLUMNS = ["sae", "architecture", "l0", "mse", "explained_variance", "dead_fraction"]
 COLUMNS += ["relative_reconstruction_bias"]
-EXTRA = ("mmcs", "min_feature_cosine", "ce_loss_recovered", "kl_div")
+EXTRA = ("outliers", "mmcs", "min_feature_cosine", "ce_loss_recovered", "kl_div")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -22,10 +22,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     e.add_argument("run", help="run folder written by saescope train")
     e.add_argument(
         "--data",
-        default="synthetic",
+        default=None,
         help="'synthetic', a .npy/.safetensors file or an activation cache folder (its training "
-        "rows: held_out false); a run trained on a model is evaluated on its held-out text "
-        "(with CE loss recovered) by default",
+        "rows: held_out false); default: the run's held-out data (a model run's held-out text, "
+        "with CE loss recovered; fresh draws of a synthetic task)",
     )
     e.add_argument("--hook", default=None, help="the cache's hook point (default: the run's)")
     e.add_argument("--target", default=None, help="the cache's target hook for a transcoder")
@@ -64,6 +64,18 @@ def run(ns: argparse.Namespace) -> int:
     rows = [{"sae": k, **v} for k, v in results.items()]
     print(table(rows, COLUMNS + [c for c in EXTRA if c in rows[0]]))
     for row in rows:
+        if "with_outliers" in row:
+            print(outlier_line(row))
         if "density_plot" in row:
             print(f"feature density histogram: {row['density_plot']}")
     return 0
+
+
+def outlier_line(row: dict[str, Any]) -> str:
+    """What setting outlier tokens aside changed, in one line."""
+    every = row["with_outliers"]
+    return (
+        f"{row['sae']}: {row['outliers']} of {every['n_tokens']} tokens set aside as outliers "
+        f"(norm above {row['outlier_factor']:g}x the median); with them: explained variance "
+        f"{every['explained_variance']:.4g}, mse {every['mse']:.4g}"
+    )

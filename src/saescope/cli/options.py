@@ -47,10 +47,22 @@ def _bool(s: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {s!r}")
 
 
+NONE = type("GivenNone", (), {"__repr__": lambda self: "none"})()
+"""An optional field given as `none` on the command line (unlike one not given)."""
+
+
 def parse_type(annotation: str) -> Any:
-    """The converter for a field annotation such as 'int | None'."""
+    """The converter for a field annotation such as 'int | None' ('none' gives None there)."""
     base = annotation.replace("| None", "").strip()
-    return {"int": int, "float": float, "str": str, "bool": _bool}.get(base, str)
+    convert = {"int": int, "float": float, "str": str, "bool": _bool}.get(base, str)
+    if "| None" not in annotation:
+        return convert
+
+    def optional(s: str) -> Any:
+        return NONE if s.lower() == "none" else convert(s)
+
+    optional.__name__ = convert.__name__  # argparse names the type in its errors
+    return optional
 
 
 def field(cls: type, name: str) -> dataclasses.Field:
@@ -78,7 +90,7 @@ def add_config_args(
 def given(ns: argparse.Namespace, cls: type, skip: frozenset[str] = frozenset()) -> dict:
     """The fields of `cls` the user gave on the command line."""
     return {
-        f.name: getattr(ns, f.name)
+        f.name: None if getattr(ns, f.name) is NONE else getattr(ns, f.name)
         for f in dataclasses.fields(cls)
         if f.name not in skip and getattr(ns, f.name, None) is not None
     }
@@ -90,4 +102,4 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--hook", default=None, help="hook point: PATH (output) or PATH:in (input)")
     g.add_argument("--target", default=None, help="a transcoder's target hook (y); default: y = x")
     g.add_argument("--text", nargs="+", default=None, help=TEXT_HELP)
-    g.add_argument("--context", type=int, default=128, help="tokens per context")
+    g.add_argument("--context", type=int, help="tokens per context (default: 128)")

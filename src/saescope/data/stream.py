@@ -34,6 +34,8 @@ class IndexedBatches(abc.ABC):
 
     seed: int
     batch_size: int
+    per_epoch: int | None = None
+    """Batches in one pass through a finite source (None: an endless one)."""
 
     @property
     @abc.abstractmethod

@@ -13,10 +13,11 @@ from torch import nn
 
 from saescope.errors import ConfigError
 from saescope.models import glassllm, hf
-from saescope.models.hooks import describe_hooks, find_module, hook_points
+from saescope.models.hooks import HookShapes, describe_hooks, find_module, hook_points
 
 __all__ = [
     "MODELS",
+    "HookShapes",
     "describe_hooks",
     "find_module",
     "hook_points",

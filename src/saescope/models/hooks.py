@@ -14,7 +14,7 @@ import difflib
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -85,26 +85,56 @@ def find_module(model: nn.Module, path: str) -> nn.Module:
     return modules[path]
 
 
-def describe_hooks(model: nn.Module, ids: Tensor) -> list[tuple[str, str, tuple[int, ...] | None]]:
-    """(path, module type, output shape or None when not a tensor) for every hook point, from
-    one forward pass on `ids`."""
-    shapes: dict[str, tuple[int, ...] | None] = {}
+class HookShapes(NamedTuple):
+    """A hook point's module type and the shapes seen there: its output (`path`) and its
+    input (`path:in`); None where that is not a floating-point tensor (token ids are no
+    activation to train on) or the module did not run."""
 
-    def record(path: str) -> Callable[..., None]:
+    path: str
+    module: str
+    output: tuple[int, ...] | None
+    input: tuple[int, ...] | None
+
+
+def _shape(t: Any) -> tuple[int, ...] | None:
+    return tuple(t.shape) if isinstance(t, Tensor) and t.is_floating_point() else None
+
+
+def describe_hooks(model: nn.Module, ids: Tensor) -> list[HookShapes]:
+    """Every hook point with its output and input shapes, from one forward pass on `ids`."""
+    outputs: dict[str, tuple[int, ...] | None] = {}
+    inputs: dict[str, tuple[int, ...] | None] = {}
+
+    def on_input(path: str) -> Callable[..., None]:
+        def hook(_module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+            try:
+                inputs[path] = _shape(module_input(HookPoint(path, "in"), args, kwargs)[1])
+            except InputError:  # called without a tensor: no `:in` hook point here
+                inputs[path] = None
+
+        return hook
+
+    def on_output(path: str) -> Callable[..., None]:
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
-            shapes[path] = tuple(output.shape) if isinstance(output, Tensor) else None
+            outputs[path] = _shape(output)
 
         return hook
 
     modules = dict(model.named_modules())
-    handles = [modules[p].register_forward_hook(record(p)) for p in hook_points(model)]
+    handles = []
+    for p in hook_points(model):
+        handles.append(modules[p].register_forward_pre_hook(on_input(p), with_kwargs=True))
+        handles.append(modules[p].register_forward_hook(on_output(p)))
     try:
         with torch.no_grad():
             model(ids)
     finally:
         for h in handles:
             h.remove()
-    return [(p, type(modules[p]).__name__, shapes.get(p)) for p in hook_points(model)]
+    return [
+        HookShapes(p, type(modules[p]).__name__, outputs.get(p), inputs.get(p))
+        for p in hook_points(model)
+    ]
 
 
 def module_input(point: HookPoint, args: tuple, kwargs: dict[str, Any]) -> tuple[Any, Tensor]:

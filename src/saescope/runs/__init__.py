@@ -9,7 +9,10 @@ evaluation (held-out contexts of the text, or held-out draws of a synthetic task
 
 `Run.open(path)` gives a trained run's SAEs, its DataSpec and training config, and loads its
 model only when asked. `train` (CLI and library), `eval` and every later command go through
-here, so a run is described and opened in one place.
+here, so a run is described and opened in one place; `find_runs(folder)` lists the runs under
+a folder (architecture, data, steps, final metrics) without loading any weights;
+`resume_run(path)` continues a run with the settings its checkpoint recorded (`Recorded`),
+checking those a caller gives (`Given`).
 """
 
 from __future__ import annotations
@@ -24,14 +27,25 @@ from saescope.data import ActivationCache
 from saescope.data.stream import IndexedBatches
 from saescope.errors import ConfigError
 from saescope.runs.data import KINDS, DataSpec, HeldOut
+from saescope.runs.listing import find_runs
+from saescope.runs.resume import Given, Recorded
 from saescope.runs.run import Run
 from saescope.saes import SAE, architecture, make_sae
 from saescope.training import TrainConfig, TrainResult, checkpoint, sae_dirs, train
+from saescope.training.checkpoint import mismatch
 
 
-def run_metadata(data: DataSpec) -> dict[str, Any]:
-    """What a run says it is, saved in cfg.json and the checkpoint (resume compares it)."""
-    return {"data": data.to_dict()}
+def run_metadata(data: DataSpec, batch_size: int | None = None) -> dict[str, Any]:
+    """What a run says it is, saved in cfg.json and the checkpoint (resume compares it and
+    continues with it): its data and the stream's batch size."""
+    meta: dict[str, Any] = {"data": data.to_dict()}
+    if batch_size is not None:
+        meta["batch_size"] = batch_size
+    return meta
+
+
+SHAPED_BY_DATA = {"d_sae": "8 x d_in", "k": "min(32, d_in // 2)"}
+"""The defaults `build_sae` takes from the data instead of the config's own."""
 
 
 def build_sae(arch: str, stream: IndexedBatches, **fields: Any) -> SAE:
@@ -58,6 +72,23 @@ def steps_for_tokens(tokens: int, stream: IndexedBatches) -> int:
     return max(1, -(-tokens // stream.tokens_per_batch))
 
 
+def passes(stream: IndexedBatches, steps: int) -> float | None:
+    """How many times `steps` batches go through the stream's finite source (a file, a
+    cache, a model's text); None for an endless one (a synthetic task)."""
+    return steps / stream.per_epoch if stream.per_epoch else None
+
+
+def passes_note(data: DataSpec, stream: IndexedBatches, steps: int) -> str | None:
+    """A line saying that a run goes through its data more than once (None if it does not)."""
+    times = passes(stream, steps)
+    if times is None or times <= 1:
+        return None
+    return (
+        f"note: {steps} steps go through {data.describe()} {times:.1f} times; more data "
+        "would train on fresh tokens"
+    )
+
+
 def train_run(
     saes: SAE | Sequence[SAE],
     data: DataSpec,
@@ -66,13 +97,15 @@ def train_run(
     out_dir: str | Path | None,
     resume: bool = False,
     overwrite: bool = False,
+    log: Sequence[str] = (),
 ) -> TrainResult:
     """`training.train` on a stream opened from `data`, which the run records (so that
-    `Run.open` finds it and resume refuses other data)."""
-    metadata = run_metadata(data)
+    `Run.open` finds it and resume refuses other data); `log`: loggers beside metrics.jsonl
+    ("tensorboard")."""
+    metadata = run_metadata(data, getattr(stream, "batch_size", None))
     if resume and out_dir is not None:
         metadata = _as_recorded(metadata, Path(out_dir))
-    return train(saes, stream, cfg, out_dir, resume, metadata, overwrite)
+    return train(saes, stream, cfg, out_dir, resume, metadata, overwrite, log)
 
 
 def _as_recorded(metadata: dict[str, Any], out_dir: Path) -> dict[str, Any]:
@@ -84,7 +117,26 @@ def _as_recorded(metadata: dict[str, Any], out_dir: Path) -> dict[str, Any]:
         same = DataSpec.from_dict(old["data"]) == DataSpec.from_dict(metadata["data"])
     except (KeyError, TypeError, ConfigError):
         return metadata
-    return old if same else metadata
+    return {**metadata, "data": old["data"]} if same else metadata
+
+
+def resume_run(
+    out_dir: str | Path, given: Given | None = None, log: Sequence[str] = ()
+) -> TrainResult:
+    """Continue the run in out_dir with the settings its checkpoint recorded: its SAEs, data,
+    batch size and training config. A setting in `given` must be the run's (else a
+    ConfigError names it and both values), except the training fields in
+    `training.NEUTRAL_FIELDS` (progress, log and checkpoint intervals, device), which apply."""
+    given = given or Given()
+    recorded = Recorded.read(out_dir)
+    recorded.check(given)
+    data, stream, cfg = recorded.open(given)
+    steps = cfg.steps if given.tokens is None else steps_for_tokens(given.tokens, stream)
+    if steps != cfg.steps:
+        run_tokens = f"{cfg.steps * stream.tokens_per_batch} ({cfg.steps} steps)"
+        raise mismatch("tokens", run_tokens, f"{given.tokens} ({steps} steps)")
+    saes = [make_sae(c) for c in recorded.saes]
+    return train_run(saes[0] if len(saes) == 1 else saes, data, stream, cfg, out_dir, True, log=log)
 
 
 def check_harvest(
@@ -123,13 +175,20 @@ def harvest(
 
 __all__ = [
     "KINDS",
+    "SHAPED_BY_DATA",
     "DataSpec",
+    "Given",
     "HeldOut",
+    "Recorded",
     "Run",
     "build_sae",
     "check_harvest",
     "check_tokens",
+    "find_runs",
     "harvest",
+    "passes",
+    "passes_note",
+    "resume_run",
     "run_metadata",
     "sae_dirs",
     "steps_for_tokens",

@@ -34,6 +34,20 @@ def _stamp(path: Path) -> tuple[int, int]:
     return st.st_size, st.st_mtime_ns
 
 
+def model_ref(model: str | Path) -> str:
+    """How a spec records a model: its name (saescope.models.MODELS), or its folder resolved."""
+    name = str(model)
+    folder = Path(name).expanduser()
+    return str(folder.resolve()) if name not in MODELS and folder.is_dir() else name
+
+
+def text_ref(text: str | Path | Sequence[str | Path] | None) -> tuple[str, ...] | None:
+    """How a spec records its text: files and folders resolved (None: the default corpus)."""
+    if isinstance(text, str | Path):
+        text = [text]
+    return tuple(str(Path(p).resolve()) for p in text) if text else None
+
+
 KINDS = ("synthetic", "file", "cache", "model")
 _FIELDS = {
     "synthetic": ("task", "seed"),
@@ -144,12 +158,7 @@ class DataSpec:
     ) -> DataSpec:
         """A model harvested on the fly on text (the default corpus when None). Loads the
         model and tokenises the text, to pin the text's fingerprint."""
-        name = str(model)
-        folder = Path(name).expanduser()
-        ref = str(folder.resolve()) if name not in MODELS and folder.is_dir() else name
-        if isinstance(text, str | Path):
-            text = [text]
-        texts = tuple(str(Path(p).resolve()) for p in text) if text else None
+        ref, texts = model_ref(model), text_ref(text)
         loose = cls("model", model=ref, hook=hook, target=target, text=texts, context=context)
         spec = dataclasses.replace(loose, seed=seed, fingerprint=loose._contexts()[1])
         spec._memo.update(loose._memo)  # the model and contexts, loaded once

@@ -12,8 +12,9 @@ import torch
 from torch import nn
 
 from saescope.data import ArticleTaskConfig, is_cache
+from saescope.data.outliers import DEFAULT_FACTOR, OutlierRule
 from saescope.errors import ConfigError, FormatError, check_keys
-from saescope.evaluate import evaluate, evaluate_in_model, plot_density
+from saescope.evaluate import Outliers, evaluate, evaluate_in_model, plot_density
 from saescope.models.downstream import check_batch_size
 from saescope.runs.data import DataSpec, HeldOut
 from saescope.saes import SAE, io
@@ -56,15 +57,26 @@ class Run:
 
     def eval_data(
         self,
-        data: str | Path = "synthetic",
+        data: str | Path | None = None,
         hook: str | None = None,
         target: str | None = None,
         task: dict[str, Any] | None = None,
     ) -> DataSpec | None:
         """The data `saescope eval --data ...` means for this run: None (the run's own held-out
-        data) for "synthetic" on a model or cache run; the run's synthetic task with `task`'s
-        fields changed; a cache, whose hook and target default to the run's; or a file."""
+        data) when no data is given, and for "synthetic" on a model or cache run; the run's
+        synthetic task with `task`'s fields changed; a cache, whose hook and target default to
+        the run's; or a file. A run that does not record its data (trained through the Python
+        API on batches of its own) needs data named."""
         own, task = self.data, task or {}
+        if data is None:
+            if own is None:
+                raise ConfigError(
+                    f"{self.path} does not record what it was trained on (trained through the "
+                    "Python API); give --data FILE (.npy, .safetensors or a cache) or synthetic"
+                )
+            if not (own.kind == "synthetic" and task):
+                return None
+            data = "synthetic"
         if str(data) == "synthetic":
             if own is not None and own.kind in ("model", "cache"):
                 return None
@@ -75,6 +87,16 @@ class Run:
             hook = hook or (own.hook if own else None)
             return DataSpec.cache(data, hook, target or (own.target if own else None))
         return DataSpec.at(data, hook, target)
+
+    @property
+    def outliers(self) -> Outliers:
+        """How the run treats outlier tokens, so that evaluation measures what training did:
+        the rule it fitted (cfg.json `metadata.outliers`); for a run that recorded none, its
+        training config's factor (a rule fitted on the evaluation data; runs made before
+        saescope set outliers aside get the default); None for a run trained on every token."""
+        if self.metadata.get("outliers"):
+            return OutlierRule.from_dict(self.metadata["outliers"])
+        return self.train.outlier_factor if self.train is not None else DEFAULT_FACTOR
 
     @property
     def model(self) -> nn.Module:
@@ -103,9 +125,9 @@ class Run:
         out = {}
         for name, sae in self.saes.items():
             if held is None:  # fresh batches per SAE: held-out streams are single-use
-                got = _evaluate(sae, spec.held_out(tokens), tokens, batch_size)
+                got = _evaluate(sae, spec.held_out(tokens), tokens, batch_size, self.outliers)
             else:
-                got = _evaluate(sae, held, tokens, batch_size)
+                got = _evaluate(sae, held, tokens, batch_size, self.outliers)
             if "density" in got:
                 density = got.pop("density")
                 if plot:
@@ -115,11 +137,13 @@ class Run:
         return out
 
 
-def _evaluate(sae: SAE, data: HeldOut, tokens: int, batch_size: int | None) -> dict[str, Any]:
+def _evaluate(
+    sae: SAE, data: HeldOut, tokens: int, batch_size: int | None, outliers: Outliers
+) -> dict[str, Any]:
     if data.model is not None and data.contexts is not None and data.hooks is not None:
-        x, y = data.hooks.x, data.hooks.y
-        return evaluate_in_model(sae, data.model, data.contexts, x, y, tokens, batch_size)
-    out = evaluate(sae, data.batches, tokens, features=data.features)
+        x, y, model, ctx = data.hooks.x, data.hooks.y, data.model, data.contexts
+        return evaluate_in_model(sae, model, ctx, x, y, tokens, batch_size, outliers)
+    out = evaluate(sae, data.batches, tokens, features=data.features, outliers=outliers)
     if data.held_out is False:
         out["held_out"] = False
     return out

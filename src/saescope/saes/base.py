@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import inspect
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -89,8 +90,20 @@ def config_from_dict(d: dict[str, Any]) -> SAEConfig:
     fields; any other key is an error that names it (a misspelt field never passes silently)."""
     cls = architecture(str(d.get("architecture"))).config_cls
     fields = {k: v for k, v in d.items() if k != "architecture"}
-    check_keys(fields, [f.name for f in dataclasses.fields(cls)], f"a {cls.name} SAE")
+    known = [f.name for f in dataclasses.fields(cls)]
+    check_keys(fields, known, f"a {cls.name} SAE")
+    required = [f.name for f in dataclasses.fields(cls) if _required(f)]
+    missing = [k for k in required if k not in fields]
+    if missing:
+        raise ConfigError(
+            f"a {cls.name} SAE needs {', '.join(repr(k) for k in missing)}; "
+            f"give {' and '.join(missing)} (required: {', '.join(required)})"
+        )
     return cls(**fields)
+
+
+def _required(f: dataclasses.Field) -> bool:
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
 
 
 def make_sae(cfg: SAEConfig | dict[str, Any]) -> SAE:
@@ -277,6 +290,13 @@ class SAE(nn.Module, abc.ABC):
     def after_step(self, out: LossOutput) -> None:
         """Update running statistics after a successful optimiser step."""
 
+    def finish_training(self, xs: Sequence[Tensor]) -> dict[str, Any]:
+        """Once, after the last step and before the final save: settle what the SAE estimates
+        from data (BatchTopK's inference threshold) with its final weights, on the last
+        training batches xs (N, d_in) as training saw them (normalised). Returns fields for
+        the final metrics."""
+        return {}
+
     def mse(self, y: Tensor, y_hat: Tensor) -> Tensor:
         """Squared error summed over the output dimension, mean over tokens."""
         return ops.squared_error(y_hat, y)
@@ -333,6 +353,7 @@ class SAE(nn.Module, abc.ABC):
         """Load a saved SAE in eval mode: `SAE.load` takes any architecture, `TopKSAE.load`
         only its own. Never unpickles: JSON + safetensors only."""
         cfg = io.read_cfg(path)
+        io.check_sizes(path, cfg)
         try:
             config = config_from_dict(io.config_part(cfg))
         except ConfigError as e:
@@ -346,13 +367,30 @@ class SAE(nn.Module, abc.ABC):
         expected = {k: tuple(v.shape) for k, v in sae.state_dict().items()}
         got = {k: tuple(v.shape) for k, v in state.items()}
         if expected != got:
-            diff = sorted(set(expected.items()) ^ set(got.items()))
-            raise FormatError(
-                f"{Path(path) / io.WEIGHTS_FILE} does not match its {config.name} config: "
-                f"tensors {diff}; re-save the SAE"
-            )
+            raise FormatError(_tensor_mismatch(Path(path) / io.WEIGHTS_FILE, config, expected, got))
         sae.load_state_dict(state)
         return sae.to(device).eval()
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.cfg.to_dict().items())
+
+
+def _tensor_mismatch(
+    file: Path,
+    config: SAEConfig,
+    expected: dict[str, tuple[int, ...]],
+    got: dict[str, tuple[int, ...]],
+) -> str:
+    """One line naming the first tensor that is missing, extra or of another shape."""
+    for name in sorted(expected.keys() | got.keys()):
+        want, have = expected.get(name), got.get(name)
+        if want == have:
+            continue
+        if have is None:
+            found = "is missing"
+        elif want is None:
+            found = "is not a tensor of this architecture"
+        else:
+            found = f"has shape {have}, expected {want}"
+        return f"{file}: tensor {name!r} {found} for its {config.name} config; re-save the SAE"
+    return f"{file} does not match its {config.name} config; re-save the SAE"

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from saescope.atomic import atomic_save_tensors, atomic_write_bytes
@@ -94,3 +94,36 @@ def read_weights(path: str | Path, device: str | torch.device = "cpu") -> dict[s
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise FormatError(f"{file} is truncated or corrupt ({msg}); re-save the SAE") from None
+
+
+def weight_shapes(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """Each tensor's shape in a saved SAE's weights file, read from its header alone."""
+    file = Path(path) / WEIGHTS_FILE
+    if not file.is_file():
+        raise FormatError(f"{file} not found; the save is incomplete, re-save the SAE")
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise FormatError(f"{file} is truncated or corrupt ({msg}); re-save the SAE") from None
+
+
+SHAPE_FIELDS = {"d_in": ("W_enc", 0), "d_sae": ("W_dec", 0), "d_out": ("W_dec", 1)}
+"""Which weight and axis each size of cfg.json must match."""
+
+
+def check_sizes(path: str | Path, cfg: dict[str, Any]) -> None:
+    """cfg.json's d_in, d_sae and d_out against the weights' shapes: a mismatch names the
+    field, the value cfg.json gives and the one the weights have."""
+    shapes = weight_shapes(path)
+    for key, (tensor, axis) in SHAPE_FIELDS.items():
+        shape = shapes.get(tensor)
+        if key not in cfg or shape is None or len(shape) != 2:
+            continue
+        if cfg[key] != shape[axis]:
+            raise FormatError(
+                f"{Path(path) / CFG_FILE}: {key} is {cfg[key]} but {WEIGHTS_FILE} has "
+                f"{tensor} of shape {shape}, i.e. {key}={shape[axis]}; set {key} to "
+                f"{shape[axis]} in cfg.json or re-save the SAE"
+            )

@@ -1,7 +1,7 @@
 """Checkpoints and resume: everything a run needs to continue bitwise where it stopped (raw
 weights, Adam moments, dead-latent counters, the trainer's RNG, the position in the stream),
 in one safetensors file written atomically, plus the checks that refuse to resume a run with
-other settings or on other data."""
+other settings or on other data, naming the setting and both values."""
 
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from saescope.atomic import atomic_save_tensors, atomic_write_bytes
+from saescope.data.outliers import OutlierRule
 from saescope.errors import ConfigError, FormatError
-from saescope.training.config import TrainConfig
+from saescope.training.config import NEUTRAL_FIELDS, TrainConfig
 from saescope.training.optim import Slot
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
@@ -29,11 +30,29 @@ CHECKPOINT_VERSION = 1
 
 @dataclass
 class Position:
-    """Where a run is: steps done, tokens seen, and the dead-latent window in tokens."""
+    """Where a run is: steps done, tokens seen, the dead-latent window in tokens, the outlier
+    rule fitted at the start (None: every token trained on) and the tokens it set aside, and
+    the wall time spent training so far."""
 
     step: int
     tokens: int
     dead_tokens: int
+    outlier_rule: OutlierRule | None = None
+    set_aside: int = 0
+    elapsed: float = 0.0
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any]) -> Position:
+        """The position a checkpoint's JSON records (older checkpoints: no rule, no time)."""
+        rule = OutlierRule.from_dict(meta.get("outlier_rule"))
+        return cls(
+            meta["step"],
+            meta["tokens"],
+            meta["dead_tokens"],
+            rule,
+            int(meta.get("set_aside", 0)),
+            float(meta.get("elapsed", 0.0)),
+        )
 
 
 def jsonable(d: Any) -> Any:
@@ -64,6 +83,8 @@ def meta(
             "scale_in": s.scale_in,
             "scale_out": s.scale_out,
             "last_log": s.last_log,  # so a finished run resumed saves its final metrics again
+            # the auto sparse/dense choice of the next step reads it (ReLU, JumpReLU)
+            "live_density": getattr(s.sae, "live_density", None),
         }
         for s in slots
     ]
@@ -104,18 +125,49 @@ def read_meta(out_dir: str | Path) -> dict[str, Any] | None:
     return read(path)[1] if path.is_file() else None
 
 
+def mismatch(name: str, recorded: Any, given: Any) -> ConfigError:
+    """The one-line error for a setting that differs from the run's: its name, both values."""
+    return ConfigError(
+        f"cannot resume: {name} is {_show(recorded)} in the run, {_show(given)} here; resume "
+        "with the run's value or start a new run"
+    )
+
+
+def _show(v: Any) -> str:
+    if v is None:
+        return "none"
+    return ", ".join(map(str, v)) if isinstance(v, list | tuple) else str(v)
+
+
+def first_difference(recorded: dict, given: dict, prefix: str = "") -> tuple[str, Any, Any] | None:
+    """The first key (dotted, into nested dicts) whose values differ, with both values."""
+    for key in sorted(set(recorded) | set(given)):
+        a, b = recorded.get(key), given.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            found = first_difference(a, b, f"{prefix}{key}.")
+            if found:
+                return found
+        elif a != b:
+            return f"{prefix}{key}", a, b
+    return None
+
+
 def check_same_run(meta: dict, cfg: TrainConfig, metadata: dict[str, Any] | None) -> None:
-    """Refuse to resume with other training settings or on other data."""
-    if meta["train"] != jsonable(dataclasses.asdict(cfg)):
-        raise ConfigError(
-            "checkpoint was made with other training settings; resume with the same ones "
-            f"(checkpoint: {meta['train']})"
-        )
-    if "run" in meta and meta["run"] != jsonable(metadata or {}):
-        raise ConfigError(
-            "checkpoint was made on other data or settings; resume with the same ones "
-            f"(checkpoint: {meta['run']})"
-        )
+    """Refuse to resume with other training settings (those in `NEUTRAL_FIELDS` may differ)
+    or on other data, naming the first setting that differs. What the checkpoint does not
+    record (fields added since it was written) is not compared."""
+    now = jsonable(dataclasses.asdict(cfg))
+    defaults = jsonable(dataclasses.asdict(TrainConfig()))
+    old = {**{k: defaults[k] for k in now}, **meta["train"]}
+    found = first_difference(
+        {k: v for k, v in old.items() if k not in NEUTRAL_FIELDS},
+        {k: v for k, v in now.items() if k not in NEUTRAL_FIELDS},
+    )
+    if found is None and "run" in meta:
+        given = jsonable(metadata or {})
+        found = first_difference(meta["run"], {k: given.get(k) for k in meta["run"]})
+    if found:
+        raise mismatch(*found)
 
 
 def restore(
@@ -127,11 +179,10 @@ def restore(
             f"checkpoint holds {len(meta['saes'])} SAEs, this run trains {len(slots)}"
         )
     for i, (s, m) in enumerate(zip(slots, meta["saes"], strict=True)):
-        if m["cfg"] != jsonable(s.sae.cfg.to_dict()):
-            raise ConfigError(
-                f"checkpoint SAE {i} has config {m['cfg']}, this run {s.sae.cfg.to_dict()}; "
-                "resume with the same SAE settings or start a new run"
-            )
+        found = first_difference(m["cfg"], jsonable(s.sae.cfg.to_dict()))
+        if found:
+            name, a, b = found
+            raise mismatch(name if len(slots) == 1 else f"SAE {i}'s {name}", a, b)
         prefix = f"sae{i}."
         s.sae.load_state_dict(
             {
@@ -143,6 +194,8 @@ def restore(
         s.since_fired = tensors[f"{prefix}since_fired"].to(s.sae.W_dec.device)
         s.scale_in, s.scale_out = m["scale_in"], m["scale_out"]
         s.last_log = m.get("last_log")
+        if m.get("live_density") is not None:
+            s.sae.live_density = m["live_density"]
         for name, p in s.sae.named_parameters():
             state = {
                 key: _like(p, tensors[f"opt{i}.{name}.{key}"], key)
@@ -184,4 +237,4 @@ def resume(
     check_same_run(meta, cfg, metadata)
     restore(slots, tensors, meta, gen)
     truncate_log(ckpt.parent / METRICS_FILE, meta["step"])
-    return Position(meta["step"], meta["tokens"], meta["dead_tokens"])
+    return Position.from_meta(meta)

@@ -6,8 +6,38 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import torch
+
+from saescope.data.outliers import DEFAULT_FACTOR, check_factor
 from saescope.errors import ConfigError, InputError
 from saescope.saes import SAE
+
+NEUTRAL_FIELDS = frozenset(
+    {"progress", "log_every", "checkpoint_every", "checkpoint_minutes", "device"}
+)
+"""`TrainConfig` fields a resumed run may change: they say how the run is watched, saved and
+where it runs, not what it computes (another device continues the run, though not bitwise)."""
+
+
+def check_device(device: str) -> None:
+    """A device this torch build can use, else a one-line error saying what to use instead."""
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError):
+        raise ConfigError(
+            f"device {device!r} is not a torch device; use cpu, cuda or cuda:N"
+        ) from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        why = "this torch build has no CUDA" if torch.version.cuda is None else "no GPU is visible"
+        raise ConfigError(f"device {device!r} is not available: {why}; use --device cpu")
+    if kind == "cuda" and torch.device(device).index is not None:
+        if torch.device(device).index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"device {device!r} is not available: {torch.cuda.device_count()} GPU(s) "
+                "visible; use cuda:0 or --device cpu"
+            )
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {device!r} is not available here; use --device cpu")
 
 
 class BadBatchError(InputError):
@@ -49,8 +79,14 @@ class TrainConfig:
     """Write metrics every this many steps."""
     checkpoint_every: int = 500
     """Write a checkpoint every this many steps (0: only at the end) when out_dir is given."""
+    checkpoint_minutes: float = 5.0
+    """Also write one when this many minutes have passed since the last (0: by steps only)."""
     seed: int = 0
     """Seed of the trainer's own randomness (resampling)."""
+    outlier_factor: float | None = DEFAULT_FACTOR
+    """Set aside tokens whose activation norm exceeds this multiple of the median norm (of the
+    first init_samples tokens) in training and evaluation: massive activations such as
+    attention sinks; None trains on every token."""
     device: str = "cpu"
     """Device to train on."""
     progress: bool = True
@@ -68,6 +104,10 @@ class TrainConfig:
         for key in ("lr_warmup", "lr_decay_start", "sparsity_warmup"):
             if not 0 <= getattr(self, key) <= 1:
                 raise ConfigError(f"{key} must be a fraction in [0, 1], got {getattr(self, key)}")
+        check_device(self.device)
+        check_factor(self.outlier_factor)
+        if not self.checkpoint_minutes >= 0:
+            raise ConfigError(f"checkpoint_minutes must be >= 0, got {self.checkpoint_minutes}")
         for key in ("log_every", "init_samples"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be >= 1, got {getattr(self, key)}")

@@ -4,7 +4,8 @@ It sees only an iterable of (x, y) batches, never a language model. Per step and
 (`optim.step`): normalise the batch (E||x|| = sqrt(d_in)), compute the loss terms, backward,
 remove the decoder gradient parallel to each unit-norm decoder row, clip, Adam, renormalise,
 update running stats and dead-latent counters; resample dead latents (L1 SAEs) or feed them to
-AuxK (TopK family); log; checkpoint atomically (`checkpoint`). `resume=True` continues
+AuxK (TopK family); log; checkpoint atomically (`checkpoint`), by steps and by wall time, and
+on SIGINT or SIGTERM before stopping (`interrupt`). `resume=True` continues
 bitwise-identically from the last checkpoint.
 """
 
@@ -15,6 +16,7 @@ import dataclasses
 import itertools
 import json
 import math
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +27,11 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from saescope import metrics, ops, sparse
+from saescope.data.outliers import OutlierRule
 from saescope.data.stream import as_pair
 from saescope.errors import ConfigError, InputError
 from saescope.saes import SAE, LossOutput, save
-from saescope.training import checkpoint, optim
+from saescope.training import checkpoint, finish, interrupt, logs, optim
 from saescope.training.checkpoint import METRICS_FILE, Position
 from saescope.training.config import BadBatchError, TrainConfig
 from saescope.training.optim import Slot
@@ -93,6 +96,12 @@ def _finite(t: Tensor) -> bool:
     return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
 
 
+def _on_device(batch: tuple[Tensor, Tensor], device: str) -> tuple[Tensor, Tensor]:
+    """The batch on the training device, y still the same tensor as x when it was."""
+    x = batch[0].to(device)
+    return x, (x if batch[1] is batch[0] else batch[1].to(device))
+
+
 # ----- a fresh start: initialisation from data ------------------------------------------------
 
 
@@ -145,14 +154,23 @@ def _start_fresh(
     stream = _stream(batches, 0)
     first = _take_init(stream, cfg.init_samples)
     x0 = torch.cat([b[0] for b in first]).to(cfg.device)
-    y0 = torch.cat([b[1] for b in first]).to(cfg.device)
+    y0 = x0 if first[0][1] is first[0][0] else torch.cat([b[1] for b in first]).to(cfg.device)
     for s in slots:
         _check_batch(x0, y0, [s], 0)
+    rule = OutlierRule.fit(x0, y0, cfg.outlier_factor) if cfg.outlier_factor else None
+    if rule is not None:
+        x0, y0, _ = rule.split(x0, y0)
+        if x0.shape[0] == 0:
+            raise InputError(
+                "every token of the first batches is an outlier; raise outlier_factor or "
+                "train on every token (outlier_factor None, --keep-outliers)"
+            )
+    for s in slots:
         _init_from_data(s, x0, y0, cfg)
     if out_path:
         out_path.mkdir(parents=True, exist_ok=True)
         (out_path / METRICS_FILE).unlink(missing_ok=True)
-    pos = Position(0, 0, cfg.dead_window(first[0][0].shape[0]))
+    pos = Position(0, 0, cfg.dead_window(first[0][0].shape[0]), rule)
     return pos, itertools.chain(first, stream)
 
 
@@ -161,15 +179,36 @@ def _start_fresh(
 
 @torch.no_grad()
 def _log_row(slot: Slot, y: Tensor, out: LossOutput, pos: Position) -> dict[str, Any]:
+    """One SAE's metrics on the step's batch. The loss terms are in the normalised units the
+    SAE trains in; `mse` (summed over dimensions, mean over tokens) is in the data's own
+    units, as `saescope eval` reports it, and explained variance has no units."""
     y_n = y * slot.scale_out
     row: dict[str, Any] = {"step": pos.step, "tokens": pos.tokens}
     row.update({f"loss_{k}": float(v) for k, v in out.terms.items()})
     row["loss"] = float(out.total)
     row["l0"] = out.l0()
-    row["mse"] = metrics.mse(y_n, out.y_hat)
+    row["mse"] = metrics.mse(y_n, out.y_hat) / slot.scale_out**2
     row["explained_variance"] = metrics.explained_variance(y_n, out.y_hat)
     row["dead_fraction"] = float(slot.dead(pos.dead_tokens).float().mean())
+    row["outliers"] = pos.set_aside
     return row
+
+
+class _Clock:
+    """Wall time of the run (carried over a resume) and throughput between log rows."""
+
+    def __init__(self, pos: Position) -> None:
+        self.start, self.before = time.perf_counter(), pos.elapsed
+        self.last_t, self.last_tokens = self.start, pos.tokens
+
+    def elapsed(self) -> float:
+        return self.before + time.perf_counter() - self.start
+
+    def fields(self, pos: Position) -> dict[str, float]:
+        now = time.perf_counter()
+        rate = (pos.tokens - self.last_tokens) / max(now - self.last_t, 1e-9)
+        self.last_t, self.last_tokens = now, pos.tokens
+        return {"elapsed_s": round(self.elapsed(), 3), "tokens_per_s": round(rate, 1)}
 
 
 def _log(
@@ -179,11 +218,16 @@ def _log(
     pos: Position,
     log_file: Any,
     bar: tqdm,
+    clock: _Clock,
+    loggers: Sequence[logs.MetricsLog] = (),
 ) -> None:
+    timing = clock.fields(pos)
     for i, (s, out) in enumerate(zip(slots, outs, strict=True)):
-        s.last_log = {"sae": i, **_log_row(s, y, out, pos)}
+        s.last_log = {"sae": i, **_log_row(s, y, out, pos), **timing}
         if log_file:
             log_file.write(json.dumps(s.last_log) + "\n")
+        for logger in loggers:
+            logger.write(s.last_log)
     if log_file:
         log_file.flush()
     head = slots[0].last_log or {}
@@ -194,15 +238,28 @@ def _log(
     )
 
 
+def outlier_record(pos: Position) -> dict[str, Any] | None:
+    """What cfg.json says about the run's outlier tokens: the rule and how many it set aside."""
+    if pos.outlier_rule is None:
+        return None
+    return {**pos.outlier_rule.to_dict(), "set_aside": pos.set_aside, "tokens": pos.tokens}
+
+
 def _save_final(
-    slots: Sequence[Slot], cfg: TrainConfig, out_path: Path | None, metadata: dict[str, Any] | None
+    slots: Sequence[Slot],
+    cfg: TrainConfig,
+    out_path: Path | None,
+    metadata: dict[str, Any] | None,
+    pos: Position,
 ) -> list[SAE]:
     final = [folded_copy(s.sae, s.scale_in, s.scale_out) for s in slots]
     if out_path:
         for s, sae, path in zip(slots, final, sae_dirs(out_path, len(slots)), strict=True):
+            training = dataclasses.replace(cfg, lr=cfg.lr_for(s.sae))  # the rate used
             meta = {
-                "training": checkpoint.jsonable(dataclasses.asdict(cfg)),
+                "training": checkpoint.jsonable(dataclasses.asdict(training)),
                 "normalisation": {"scale_in": s.scale_in, "scale_out": s.scale_out, "folded": True},
+                "outliers": outlier_record(pos),
                 "final_metrics": s.last_log,
                 **(metadata or {}),
             }
@@ -211,6 +268,15 @@ def _save_final(
 
 
 # ----- the loop -----------------------------------------------------------------------------
+
+
+def _checkpoint_due(cfg: TrainConfig, step: int, saved_at: float) -> bool:
+    """Every `checkpoint_every` steps, once `checkpoint_minutes` have passed since the last
+    checkpoint (saved_at, by time.monotonic()), and at the end. A checkpoint after any step
+    resumes bitwise, so the wall-clock trigger changes no result."""
+    by_steps = cfg.checkpoint_every and step % cfg.checkpoint_every == 0
+    late = cfg.checkpoint_minutes and time.monotonic() - saved_at >= 60 * cfg.checkpoint_minutes
+    return bool(by_steps or late or step == cfg.steps)
 
 
 def _resample_due(cfg: TrainConfig, step: int) -> bool:
@@ -226,6 +292,7 @@ def train(
     resume: bool = False,
     metadata: dict[str, Any] | None = None,
     overwrite: bool = False,
+    log: Sequence[str] = (),
 ) -> TrainResult:
     """Train one SAE, or several on the same batch stream in one pass (a sweep over k or l1).
 
@@ -236,8 +303,11 @@ def train(
     caller says the run is, e.g. `runs.DataSpec.to_dict()` of its data) differs from the
     checkpoint's.
     overwrite: start afresh in an out_dir that already holds a run (otherwise an error).
+    log: loggers beside metrics.jsonl (`logs.LOGGERS`: "tensorboard"); not a training setting,
+    so a run may be resumed with others.
     """
     cfg = cfg or TrainConfig()
+    logs.check(log, out_dir)
     slots = optim.make_slots([saes] if isinstance(saes, SAE) else list(saes), cfg)
     if not slots:
         raise ConfigError("train needs at least one SAE")
@@ -245,14 +315,19 @@ def train(
     gen = torch.Generator().manual_seed(cfg.seed)
     if resume:
         pos = checkpoint.resume(slots, cfg, out_path, gen, metadata)
-        stream = _stream(batches, pos.step)
+        tail, stream = finish.resumed(cfg.steps, pos, lambda at: _stream(batches, at), cfg.device)
     else:
         pos, stream = _start_fresh(slots, batches, cfg, out_path, overwrite)
+        tail = finish.Tail(cfg.steps)
 
     bar = tqdm(
         total=cfg.steps, initial=pos.step, disable=not cfg.progress, desc="train", unit="step"
     )
     log_file = open(out_path / METRICS_FILE, "a") if out_path else None
+    clock = _Clock(pos)
+    loggers = logs.open_logs(log, out_path, len(slots), pos.step)
+    stop = interrupt.StopRequest.install(active=out_path is not None)  # SIGINT, SIGTERM
+    saved_at = time.monotonic()
     try:
         for step in range(pos.step, cfg.steps):
             batch = next(stream, None)
@@ -261,25 +336,43 @@ def train(
                     f"the batch stream ended after {step} batches but steps={cfg.steps}; "
                     "give more data or fewer steps"
                 )
-            x, y = batch[0].to(cfg.device), batch[1].to(cfg.device)
+            x, y = _on_device(batch, cfg.device)
             _check_batch(x, y, slots, step)
+            rows = x.shape[0]
+            if pos.outlier_rule is not None:
+                x, y, dropped = pos.outlier_rule.split(x, y)
+                pos.set_aside += dropped
+                if x.shape[0] == 0:
+                    raise InputError(
+                        f"every token of the batch at step {step} is an outlier (norm above "
+                        f"{pos.outlier_rule.factor}x the median); use larger batches or a "
+                        "larger outlier_factor"
+                    )
+            tail.keep(step, x, rows)
             outs = [optim.step(s, x, y, step, cfg, pos.dead_tokens) for s in slots]
-            pos.step, pos.tokens = step + 1, pos.tokens + x.shape[0]
+            pos.step, pos.tokens = step + 1, pos.tokens + rows
             if _resample_due(cfg, pos.step):
                 for s, out in zip(slots, outs, strict=True):
                     if s.sae.cfg.dead_latent_strategy == "resample":
                         optim.resample(s, x, y, out, s.dead(pos.dead_tokens), gen)
             if pos.step % cfg.log_every == 0 or pos.step == cfg.steps:
-                _log(slots, outs, y, pos, log_file, bar)
+                _log(slots, outs, y, pos, log_file, bar, clock, loggers)
             bar.update(1)
-            due = cfg.checkpoint_every and pos.step % cfg.checkpoint_every == 0
-            if out_path and (due or pos.step == cfg.steps):
+            if out_path and (_checkpoint_due(cfg, pos.step, saved_at) or stop.signum):
+                pos.elapsed = clock.elapsed()
                 meta = checkpoint.meta(cfg, slots, pos, metadata)
                 checkpoint.write(out_path, slots, gen, meta)
+                saved_at = time.monotonic()
+            if stop.signum and pos.step < cfg.steps:
+                raise interrupt.Interrupted(stop.signum, pos.step, out_path)
     finally:
+        stop.restore()
         bar.close()
         sparse.release_buffers()
         if log_file:
             log_file.close()
-    final = _save_final(slots, cfg, out_path, metadata)
+        for logger in loggers:
+            logger.close()
+    finish.finish(slots, tail)  # e.g. BatchTopK's threshold, from the final weights
+    final = _save_final(slots, cfg, out_path, metadata, pos)
     return TrainResult(final, [s.last_log or {} for s in slots], out_path)
