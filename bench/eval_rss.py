@@ -20,7 +20,8 @@ Cases:
 - batch32: `--tokens 4096 --batch-size 32` (32 contexts per pass, the batch before this change:
   memory grows with the batch, not with --tokens).
 - before (with --before REV): `--tokens 4096` with the `src` of git revision REV (e.g. the
-  commit before this change), exported with `git archive` into the temp folder.
+  commit before this change), exported with `git archive` into the temp folder, on a run
+  trained the same way by that code (older code refuses newer run folders).
 
 On a 2-core machine the default case takes tens of minutes (about 66,000 tokens through three
 full forward passes and a half one). --threads N sets OMP_NUM_THREADS for every child (torch's
@@ -101,6 +102,15 @@ def export_src(rev: str, dest: Path) -> Path:
     return dest / "src"
 
 
+def _commit() -> str:
+    """This checkout's commit, and whether its src has uncommitted changes."""
+    git = ["git", "-C", str(REPO)]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run([*git, "status", "--porcelain", "src"], capture_output=True, text=True)
+    name = head.stdout.strip() or "(unknown)"
+    return name + (" with uncommitted changes in src" if dirty.stdout.strip() else "")
+
+
 def describe(name: str, args: list[str] | None, rev: str | None) -> str:
     if name == "load":
         return "open the run, tokenise, one forward pass of one context (no evaluation)"
@@ -118,10 +128,11 @@ def write_results(path: Path, info: dict, rows: list[dict]) -> None:
         "",
         f"- Machine: {cpu_name()}, `nproc` {info['nproc']}, {info['mem_gb']:.1f} GB memory, "
         f"Linux {platform.release()}, Python {platform.python_version()}, torch "
-        f"{info['torch']} ({info['threads']} threads); load average (1 min) "
+        f"{info['torch']} ({info['threads']}); load average (1 min) "
         f"{info['load_before']:.1f} before, "
         f"{info['load_after']:.1f} after (the machine is shared: times are indicative; "
         "memory is not affected).",
+        f"- Code: this checkout's `src` at commit {info['commit']}.",
         "- Run: SmolLM2-135M (float32, vocab 49,152), TopK SAE on `model.layers.15`, d_in 576, "
         f"d_sae {info['d_sae']}, trained on 1,024 tokens; its held-out text has "
         f"{info['test_contexts']} contexts of 128 tokens.",
@@ -136,7 +147,7 @@ def write_results(path: Path, info: dict, rows: list[dict]) -> None:
     floor = next((r["peak_gb"] for r in rows if r["case"] == "load"), None)
     for r in rows:
         out = r["out"]
-        n = out.get("n_tokens")
+        n = out.get("with_outliers", out).get("n_tokens")  # every token, outliers included
         above = f"{r['peak_gb'] - floor:.2f}" if floor is not None and r["case"] != "load" else "-"
         rec = out.get("ce_loss_recovered")
         lines.append(
@@ -151,7 +162,8 @@ def write_results(path: Path, info: dict, rows: list[dict]) -> None:
         "pass's logits within 128 MiB: 5 x 128 x 49,152 floats = 126 MB here), keep at most the "
         "clean log-probabilities of one batch and one spliced pass's logits, and run the float "
         "log-softmax over 2^23 logits at a time. So peak RSS does not grow with --tokens; it "
-        "grows with --batch-size.",
+        "grows with --batch-size. The CE/KL numbers of `issue` and `batch32` (same tokens, "
+        "other batches) agree to float rounding: see the raw numbers.",
         "",
         "Raw numbers (JSON, one line per case):",
         "",
@@ -172,7 +184,8 @@ def main() -> None:
     a = p.parse_args()
     bench_start = time.perf_counter()
     info: dict = {"load_before": os.getloadavg()[0], "nproc": os.cpu_count()}
-    info["threads"] = a.threads or "torch's default"
+    info["threads"] = f"OMP_NUM_THREADS={a.threads}" if a.threads else "torch's default threads"
+    info["commit"] = _commit()
     info["mem_gb"] = _meminfo("MemTotal")
     src = REPO / "src"
     py = sys.executable
@@ -186,14 +199,17 @@ def main() -> None:
         info["torch"] = subprocess.run(
             [py, "-c", "import torch; print(torch.__version__)"], capture_output=True, text=True
         ).stdout.strip()
-        plan = [(name, CASES[name], src) for name in a.cases]
-        if a.before:
-            plan.append(("before", CASES["issue"], export_src(a.before, work / "before")))
-        for name, args, code in plan:
+        plan = [(name, CASES[name], src, run) for name in a.cases]
+        if a.before:  # the old code reads only the run folders it wrote: train one with it too
+            old_src, old_run = export_src(a.before, work / "before-src"), work / "run-before"
+            old_train = [py, "-m", "saescope", "train", *TRAIN, "--out", str(old_run)]
+            measure(old_train, old_src, work / "train-before", a.threads, parse=False)
+            plan.append(("before", CASES["issue"], old_src, old_run))
+        for name, args, code, folder in plan:
             if args is None:
-                argv = [py, "-c", LOAD_ONLY, str(run)]
+                argv = [py, "-c", LOAD_ONLY, str(folder)]
             else:
-                argv = [py, "-m", "saescope", "eval", str(run), *args, "--json"]
+                argv = [py, "-m", "saescope", "eval", str(folder), *args, "--json"]
             print(f"{name}: {' '.join(argv[1:])}", flush=True)
             r = measure(argv, code, work / name, a.threads)
             r.update(case=name, command=describe(name, args, a.before))
@@ -201,10 +217,10 @@ def main() -> None:
                 info["test_contexts"] = r["out"]["test_contexts"]
             print(f"  peak RSS {r['peak_gb']:.2f} GB, {r['seconds']:.0f} s", flush=True)
             rows.append(r)
-    info.setdefault("test_contexts", "?")
-    info["load_after"] = os.getloadavg()[0]
-    info["bench_s"] = time.perf_counter() - bench_start
-    write_results(a.out, info, rows)
+            info.setdefault("test_contexts", "?")
+            info["load_after"] = os.getloadavg()[0]
+            info["bench_s"] = time.perf_counter() - bench_start
+            write_results(a.out, info, rows)  # after every case: a failure keeps the others
     print(f"wrote {a.out}")
 
 
