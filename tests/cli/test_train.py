@@ -153,6 +153,9 @@ def test_help_comes_from_field_docs(capsys):
     topk, batch = (field_docs(c)["k"].rstrip(".") for c in (TopKConfig, BatchTopKConfig))
     assert f"--k K topk: {topk}; batchtopk: {batch}. [topk, batchtopk]" in text
     assert field_docs(TrainConfig)["steps"] in text
+    # defaults the data sets are said as the code computes them (build_sae), not the config's
+    assert "[topk, batchtopk] (default: min(32, d_in // 2))" in text
+    assert "--keep-outliers" in text and "(default: 10.0)" in text
 
 
 @pytest.mark.slow
