@@ -18,6 +18,7 @@ from saescope.models.downstream import downstream
 from saescope.models.harvest import pack
 from saescope.models.hooks import HookPair
 from saescope.saes import make_sae
+from tests.test_metrics import plain_metrics
 
 PNG = b"\x89PNG\r\n\x1a\n"
 TEXT = (
@@ -104,20 +105,9 @@ def test_max_tokens_truncates_across_batches_and_stops_reading():
 def _plain(sae, x, y):
     """The metrics the plain way: every row encoded at once, concatenated, then scored."""
     f = sae.encode(x)
-    y_hat = sae.decode(f)
-    counts = metrics.firing_counts(f)
-    return {
-        "n_tokens": x.shape[0],
-        "l0": metrics.l0(f),
-        "mse": metrics.mse(y, y_hat),
-        "explained_variance": metrics.explained_variance(y, y_hat),
-        "cosine": metrics.cosine_similarity(y, y_hat),
-        "relative_reconstruction_bias": metrics.relative_reconstruction_bias(y, y_hat),
-        "norm_ratio": metrics.norm_ratio(y, y_hat),
-        "dead_fraction": metrics.dead_fraction(counts),
-        "dense_fraction": metrics.dense_fraction(counts, x.shape[0]),
-        "density": counts.float() / x.shape[0],
-    }
+    out = plain_metrics(y, sae.decode(f), f)
+    out["density"] = metrics.firing_counts(f).float() / x.shape[0]
+    return out
 
 
 @pytest.mark.parametrize("arch", ["relu", "topk"])

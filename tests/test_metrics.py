@@ -45,7 +45,7 @@ def test_explained_variance_and_bias():
 # ----- MetricSums: the same numbers, batch by batch ---------------------------------------------
 
 
-def _concatenated(y, y_hat, f):
+def plain_metrics(y, y_hat, f):
     """The metrics computed the plain way, on every row at once."""
     counts = metrics.firing_counts(f)
     return {
@@ -76,7 +76,7 @@ def test_metric_sums_over_batches_equal_the_metrics_of_all_rows():
     bounds = [0, 7, 8, 8, 90, 151, 200]  # uneven batches, one of a single row, one empty
     for a, b in itertools.pairwise(bounds):
         sums.add(y[a:b], y_hat[a:b], f[a:b])
-    got, want = sums.result(), _concatenated(y, y_hat, f)
+    got, want = sums.result(), plain_metrics(y, y_hat, f)
     assert list(got) == list(want)
     assert got["n_tokens"] == 200
     for key, value in want.items():
@@ -111,7 +111,7 @@ def test_metric_sums_take_masked_rows_apart():
         kept.add(y[a : a + 50][~m], y_hat[a : a + 50][~m], f[a : a + 50][~m])
         set_aside.add(y[a : a + 50][m], y_hat[a : a + 50][m], f[a : a + 50][m])
     for sums, mask in ((kept, ~outlier), (set_aside, outlier)):
-        want = _concatenated(y[mask], y_hat[mask], f[mask])
+        want = plain_metrics(y[mask], y_hat[mask], f[mask])
         for key, value in sums.result().items():
             assert value == pytest.approx(want[key], rel=1e-5, abs=1e-7), key
 

@@ -25,6 +25,12 @@ def as_pair(item: Any) -> tuple[Tensor, Tensor]:
     raise InputError("batches must be tensors x or pairs (x, y) of tensors")
 
 
+def on_device(batch: tuple[Tensor, Tensor], device: str) -> tuple[Tensor, Tensor]:
+    """The batch on `device`, y still the same tensor as x when it was (an SAE's data)."""
+    x = batch[0].to(device)
+    return x, (x if batch[1] is batch[0] else batch[1].to(device))
+
+
 class IndexedBatches(abc.ABC):
     """A stream of (x, y) batches defined by `batch(i)`; `iter_from(start)` resumes it.
 

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 from torch import Tensor
 
+from saescope.data.stream import on_device
 from saescope.training.checkpoint import Position
 from saescope.training.optim import Slot
 
@@ -65,8 +66,7 @@ def resumed(
         batch = next(stream, None)
         if batch is None:
             break
-        x = batch[0].to(device)
-        y = x if batch[1] is batch[0] else batch[1].to(device)
+        x, y = on_device(batch, device)
         rows = x.shape[0]
         if pos.outlier_rule is not None:
             x = pos.outlier_rule.split(x, y)[0]

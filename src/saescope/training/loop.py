@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from saescope import metrics, ops, sparse
 from saescope.data.outliers import OutlierRule
-from saescope.data.stream import as_pair
+from saescope.data.stream import as_pair, on_device
 from saescope.errors import ConfigError, InputError
 from saescope.saes import SAE, LossOutput, save
 from saescope.training import checkpoint, finish, interrupt, logs, optim
@@ -94,12 +94,6 @@ def _finite(t: Tensor) -> bool:
     cheap sum decides, and only a non-finite sum (or an overflowing one) is checked entry by
     entry."""
     return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
-
-
-def _on_device(batch: tuple[Tensor, Tensor], device: str) -> tuple[Tensor, Tensor]:
-    """The batch on the training device, y still the same tensor as x when it was."""
-    x = batch[0].to(device)
-    return x, (x if batch[1] is batch[0] else batch[1].to(device))
 
 
 # ----- a fresh start: initialisation from data ------------------------------------------------
@@ -336,7 +330,7 @@ def train(
                     f"the batch stream ended after {step} batches but steps={cfg.steps}; "
                     "give more data or fewer steps"
                 )
-            x, y = _on_device(batch, cfg.device)
+            x, y = on_device(batch, cfg.device)
             _check_batch(x, y, slots, step)
             rows = x.shape[0]
             if pos.outlier_rule is not None:
