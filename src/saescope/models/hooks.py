@@ -177,14 +177,29 @@ def _register(module: nn.Module, point: HookPoint, fn: Hook, whole_module: bool)
     return module.register_forward_pre_hook(on_input, with_kwargs=True)
 
 
+Before = Callable[[tuple, dict[str, Any]], None]
+"""fn(args, kwargs) called with the model's own arguments before each forward pass of the
+whole model (before any hook point fires): steering reads the KV cache's length there."""
+
+
 @contextmanager
-def attached(model: nn.Module, fns: dict[str, Hook], whole_module: bool = False) -> Iterator[None]:
+def attached(
+    model: nn.Module,
+    fns: dict[str, Hook],
+    whole_module: bool = False,
+    before: Before | None = None,
+) -> Iterator[None]:
     """Within the block, every forward pass of the model calls fn (see `Hook`) at each hook
     point: `M` at module M's output, `M:in` at its input; with whole_module, an `M:in` fn sees
-    M's input and its value replaces M's output (M still runs). Observers return None. The
-    hooks are removed when the block ends, also on an exception."""
+    M's input and its value replaces M's output (M still runs). Observers return None.
+    `before`, if given, sees each call of the model itself first. The hooks are removed when
+    the block ends, also on an exception."""
     handles = []
     try:
+        if before is not None:
+            handles.append(
+                model.register_forward_pre_hook(lambda _m, a, kw: before(a, kw), with_kwargs=True)
+            )
         for spec, fn in fns.items():
             point = HookPoint.parse(spec)
             module = find_module(model, point.path)
