@@ -10,10 +10,10 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-from saescope.cli import demo, eval, harvest, hooks, runs, train
+from saescope.cli import demo, eval, features, harvest, hooks, runs, train
 from saescope.errors import SaescopeError
 
-COMMANDS = (train, eval, harvest, hooks, runs, demo)
+COMMANDS = (train, eval, harvest, hooks, runs, features, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -25,6 +25,7 @@ from saescope.experiments import (
     monosemanticity,
     phase,
     recovery,
+    steering,
     superposition,
 )
 from saescope.report import Section, render, summary_rows, tally, unchecked
@@ -81,6 +82,13 @@ def _absorption(seeds: list[int], quick: bool) -> Section:
     return absorption.section([absorption.run(s, cfg=cfg) for s in seeds])
 
 
+def _steering(seeds: list[int], quick: bool) -> Section:
+    cfg = steering.SteeringConfig()
+    if quick:  # the same sweep's shape: a sliver of training, few samples
+        cfg = replace(cfg, train_tokens=8192, samples=2, new_tokens=16, eval_contexts=8)
+    return steering.section([steering.run(s, cfg) for s in seeds], cfg)
+
+
 @dataclass(frozen=True)
 class Experiment:
     name: str
@@ -97,6 +105,7 @@ EXPERIMENTS = (
     Experiment("recovery: correlated generator, shrinkage", _correlated, False),
     Experiment("monosemanticity", _mono, True),
     Experiment("absorption", _absorption, False),
+    Experiment("steering: the Golden Gate experiment", _steering, False),
 )
 
 INTRO = (
