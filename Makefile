@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Dev installs pin the CPU build of torch; the library itself declares a range.
 TORCH_PIN := torch==2.13.0
 
-.PHONY: demo test claims lint bench bench-gpu bench-harvest bench-cache bench-eval clean corpus
+.PHONY: demo test claims lint bench bench-gpu bench-harvest bench-steer bench-cache bench-eval clean corpus
 
 $(BIN)/saescope: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -40,16 +40,21 @@ claims: $(BIN)/saescope corpus
 bench: $(BIN)/saescope
 	$(BIN)/python bench/train_step.py
 
-# Harvest speed on MiniLM: bare forward, harvest of two layers with and without early exit;
-# writes bench/HARVEST.md. About a minute.
 # On a machine with a GPU (a CUDA build of torch in .venv): every architecture trained on the
 # CPU and the GPU side by side, resume and evaluation on the GPU, training speed; writes
 # bench/GPU.md. About a minute on an H200.
 bench-gpu: $(BIN)/saescope
 	$(BIN)/python bench/gpu.py
 
+# Harvest speed on MiniLM: bare forward, harvest of two layers with and without early exit;
+# writes bench/HARVEST.md. About a minute.
 bench-harvest: $(BIN)/saescope
 	$(BIN)/python bench/harvest.py
+
+# Per-token generation time with no, one and three steering interventions (and without the
+# KV cache) on glassllm and SmolLM2; writes bench/STEER.md. A few minutes.
+bench-steer: $(BIN)/saescope
+	$(BIN)/python bench/steer.py
 
 # Peak RSS of the shuffling cache reader (CacheBatches) on a ~200 MB and a ~2 GB cache of
 # random rows built in a temp folder (removed after; DIR=... to put it elsewhere), against a

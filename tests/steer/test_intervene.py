@@ -63,9 +63,8 @@ def test_set_clamps_the_feature_and_keeps_the_error_term(glass, sae, ids):
     x = _residual(model, ids, "layers.1")[0]
     edit = FeatureEdits("layers.1", sae=sae, edits=[Edit(7, 5.0)])
     x2 = _residual(model, ids, "layers.1", [edit])[0]
-    f, f2 = sae.encode(x), sae.encode(x2)
-    # positions 1.. carry f_7 = 5 (decoded and re-encoded: the clamp is what the SAE now reads
-    # where TopK keeps it); the change is a multiple of feature 7's decoder row
+    f = sae.encode(x)
+    # x' = decode(f') + error: the change is (5 - f_7) times feature 7's decoder row
     change = x2 - x
     d7 = decoder_direction(sae, 7)
     assert torch.allclose(change[1:], ((5.0 - f[1:, 7])[:, None] * d7), atol=1e-5)
@@ -141,11 +140,11 @@ def test_errors_are_one_line(glass, sae, ids):
         Edit(3, float("inf"))
     with pytest.raises(InputError, match="unknown edit mode 'clamp'"):
         Edit(3, 1.0, mode="clamp")
-    with pytest.raises(ConfigError, match="no module 'layers.9'"):
+    with pytest.raises(ConfigError, match=r"no module 'layers\.9'"):
         with steering(model, [FeatureEdits("layers.9", sae=sae)]):
             pass
     wide = make_sae({"architecture": "topk", "d_in": 64, "d_sae": 128, "k": 4})
-    with pytest.raises(InputError, match="d_in 64 but hook layers.1 has width 128"):
+    with pytest.raises(InputError, match=r"d_in 64 but hook layers\.1 has width 128"):
         _logits(model, ids, [FeatureEdits("layers.1", sae=wide, edits=[Edit(0, 1.0)])])
     with pytest.raises(InputError, match="positions 'first'"):
         AddVector("layers.1", "first", vector=torch.ones(128))

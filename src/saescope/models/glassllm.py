@@ -11,6 +11,10 @@ SwiGLU MLP (hidden int(8 d / 3) = 341); RMSNorm eps 1e-6; contexts of at most 12
 Hook points are module paths: `layers.2` (the residual stream after block 2), `layers.2.attn`
 and `layers.2.mlp` (the attention and MLP outputs that block 2 adds to it; the MLP's input is
 `layers.2.norm2`'s output).
+
+`forward(ids, cache)` with a `KVCache` (`new_cache()`) runs only the new positions: rotary
+positions start at `cache.length`, the new keys and values are appended, and the new queries
+attend every cached position (`generate.py`); hooks then see (B, T_new, d).
 """
 
 from __future__ import annotations
@@ -21,6 +25,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from saescope.errors import InputError
+from saescope.models.kv import KVCache, attend
 
 
 class RMSNorm(nn.Module):
@@ -40,8 +47,11 @@ def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 class Attention(nn.Module):
-    def __init__(self, d: int, n_heads: int, n_kv_heads: int, max_len: int, base: float) -> None:
+    def __init__(
+        self, d: int, n_heads: int, n_kv_heads: int, max_len: int, base: float, index: int
+    ) -> None:
         super().__init__()
+        self.index = index  # this layer's place in a KVCache
         self.n_heads, self.n_kv_heads, self.d_k = n_heads, n_kv_heads, d // n_heads
         self.W_Q = nn.Parameter(torch.empty(d, n_heads * self.d_k))
         self.W_K = nn.Parameter(torch.empty(d, n_kv_heads * self.d_k))
@@ -56,16 +66,18 @@ class Attention(nn.Module):
         b, t, _ = x.shape
         return x.view(b, t, heads, self.d_k).transpose(1, 2)  # (B, H, T, d_k)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, cache: KVCache | None = None) -> Tensor:
         b, t, _ = x.shape
-        cos, sin = self.cos[:t], self.sin[:t]
+        start = cache.length if cache is not None else 0  # position of the first new token
+        cos, sin = self.cos[start : start + t], self.sin[start : start + t]
         q = _rotate(self._heads(x @ self.W_Q, self.n_heads), cos, sin)
         k = _rotate(self._heads(x @ self.W_K, self.n_kv_heads), cos, sin)
         v = self._heads(x @ self.W_V, self.n_kv_heads)
+        if cache is not None:
+            k, v = cache.update(self.index, k, v)  # (B, H_kv, start + t, d_k)
         repeats = self.n_heads // self.n_kv_heads  # each key/value head serves `repeats` queries
         k, v = k.repeat_interleave(repeats, dim=1), v.repeat_interleave(repeats, dim=1)
-        scale = 1 / math.sqrt(self.d_k)
-        mixed = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+        mixed = attend(q, k, v, start, scale=1 / math.sqrt(self.d_k))
         return mixed.transpose(1, 2).reshape(b, t, -1) @ self.W_O
 
 
@@ -83,38 +95,47 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: Any) -> None:
+    def __init__(self, cfg: Any, index: int) -> None:
         super().__init__()
         d = cfg.d_model
         self.norm1 = RMSNorm(d, cfg.eps)
-        self.attn = Attention(d, cfg.n_heads, cfg.n_kv_heads, cfg.max_len, cfg.rope_base)
+        self.attn = Attention(d, cfg.n_heads, cfg.n_kv_heads, cfg.max_len, cfg.rope_base, index)
         self.norm2 = RMSNorm(d, cfg.eps)
         self.mlp = MLP(d, int(8 * d / 3))
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = x + self.attn(self.norm1(x))
+    def forward(self, x: Tensor, cache: KVCache | None = None) -> Tensor:
+        x = x + self.attn(self.norm1(x), cache)
         return x + self.mlp(self.norm2(x))
 
 
 class GlassLM(nn.Module):
-    """ids (B, T) -> next-token logits (B, T, vocab); T <= max_len (128)."""
+    """ids (B, T) -> next-token logits (B, T, vocab); cached + T <= max_len (128)."""
 
     def __init__(self, cfg: Any) -> None:
         super().__init__()
         self.max_len = cfg.max_len
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
         self.norm_f = RMSNorm(cfg.d_model, cfg.eps)
 
-    def forward(self, ids: Tensor) -> Tensor:
-        if ids.dim() != 2 or ids.shape[1] > self.max_len:
-            raise ValueError(
+    def new_cache(self) -> KVCache:
+        """An empty key/value cache for `forward(ids, cache)`."""
+        return KVCache(len(self.layers))
+
+    def forward(self, ids: Tensor, cache: KVCache | None = None) -> Tensor:
+        """Logits of the new positions; with a cache, ids are the tokens after its `length`."""
+        cached = cache.length if cache is not None else 0
+        if ids.dim() != 2 or cached + ids.shape[1] > self.max_len:
+            past = f" after {cached} cached" if cached else ""
+            raise InputError(
                 f"ids must be (batch, positions) with at most {self.max_len} positions, "
-                f"got {tuple(ids.shape)}; split the text into shorter contexts"
+                f"got {tuple(ids.shape)}{past}; split the text into shorter contexts"
             )
         x = self.embed(ids)
         for block in self.layers:
-            x = block(x)
+            x = block(x, cache)
+        if cache is not None:
+            cache.advance(ids.shape[1])
         return self.norm_f(x) @ self.embed.weight.t()  # tied embeddings
 
 

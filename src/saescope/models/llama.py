@@ -3,6 +3,8 @@
 about 2.5 s on a small CPU. Module paths are the transformers ones (`model.layers.3`,
 `model.layers.3.self_attn`, `model.layers.3.mlp`, `model.norm`), so hook names carry over;
 `forward(ids)` gives the logits. tests/test_hf_models.py checks it against transformers.
+`forward(ids, cache)` with a `KVCache` (`new_cache()`) runs the new positions only, after the
+cached ones (generation: `generate.py`); hooks then see (B, T_new, d).
 
 Covered: RMSNorm, rotary embeddings on half-split pairs ("default" rope type), grouped-query
 attention (SDPA, causal), SwiGLU MLP, tied or separate output embeddings. Anything else in
@@ -22,6 +24,7 @@ from torch import Tensor, nn
 
 from saescope.errors import ConfigError
 from saescope.models.glassllm import RMSNorm  # the same norm: x / rms(x) * weight
+from saescope.models.kv import KVCache, attend
 
 
 class Linear(nn.Module):
@@ -53,8 +56,9 @@ def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: dict[str, Any]) -> None:
+    def __init__(self, cfg: dict[str, Any], index: int) -> None:
         super().__init__()
+        self.index = index  # this layer's place in a KVCache
         d, self.heads = cfg["hidden_size"], cfg["num_attention_heads"]
         self.kv = cfg["num_key_value_heads"]
         self.d_head = cfg.get("head_dim") or d // self.heads
@@ -63,15 +67,19 @@ class Attention(nn.Module):
         self.v_proj = Linear(d, self.kv * self.d_head)
         self.o_proj = Linear(self.heads * self.d_head, d)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: KVCache | None = None) -> Tensor:
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, self.heads, self.d_head).transpose(1, 2)
         k = self.k_proj(x).view(b, t, self.kv, self.d_head).transpose(1, 2)
         v = self.v_proj(x).view(b, t, self.kv, self.d_head).transpose(1, 2)
         q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+        start = 0
+        if cache is not None:
+            start = cache.length
+            k, v = cache.update(self.index, k, v)  # (B, kv, start + t, d_head)
         rep = self.heads // self.kv
         k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        out = attend(q, k, v, start)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
 
 
@@ -87,16 +95,16 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: dict[str, Any]) -> None:
+    def __init__(self, cfg: dict[str, Any], index: int) -> None:
         super().__init__()
         d, eps = cfg["hidden_size"], cfg["rms_norm_eps"]
         self.input_layernorm = RMSNorm(d, eps)
-        self.self_attn = Attention(cfg)
+        self.self_attn = Attention(cfg, index)
         self.post_attention_layernorm = RMSNorm(d, eps)
         self.mlp = MLP(d, cfg["intermediate_size"])
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin)
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: KVCache | None = None) -> Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -104,12 +112,12 @@ class Decoder(nn.Module):
     def __init__(self, cfg: dict[str, Any]) -> None:
         super().__init__()
         self.embed_tokens = Embedding(cfg["vocab_size"], cfg["hidden_size"])
-        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg["num_hidden_layers"]))
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg["num_hidden_layers"]))
         self.norm = RMSNorm(cfg["hidden_size"], cfg["rms_norm_eps"])
 
 
 class Llama(nn.Module):
-    """ids (B, T) -> next-token logits (B, T, vocab)."""
+    """ids (B, T) -> next-token logits (B, T, vocab); cached + T <= max_position_embeddings."""
 
     def __init__(self, cfg: dict[str, Any]) -> None:
         super().__init__()
@@ -125,18 +133,28 @@ class Llama(nn.Module):
         inv = 1.0 / theta ** (steps / d_head)
         self._inv_freq = inv.float()
 
-    def forward(self, ids: Tensor) -> Tensor:
-        if ids.dim() != 2 or ids.shape[1] > self.max_position_embeddings:
+    def new_cache(self) -> KVCache:
+        """An empty key/value cache for `forward(ids, cache)`."""
+        return KVCache(len(self.model.layers))
+
+    def forward(self, ids: Tensor, cache: KVCache | None = None) -> Tensor:
+        """Logits of the new positions; with a cache, ids are the tokens after its `length`."""
+        cached = cache.length if cache is not None else 0
+        if ids.dim() != 2 or cached + ids.shape[1] > self.max_position_embeddings:
+            past = f" after {cached} cached" if cached else ""
             raise ConfigError(
                 f"ids must be (batch, positions) with at most {self.max_position_embeddings} "
-                f"positions, got {tuple(ids.shape)}"
+                f"positions, got {tuple(ids.shape)}{past}"
             )
-        angles = torch.outer(torch.arange(ids.shape[1], dtype=torch.float32), self._inv_freq)
+        positions = torch.arange(cached, cached + ids.shape[1], dtype=torch.float32)
+        angles = torch.outer(positions, self._inv_freq).to(ids.device)
         angles = torch.cat((angles, angles), dim=-1)
         cos, sin = angles.cos(), angles.sin()
         x = self.model.embed_tokens(ids)
         for block in self.model.layers:
-            x = block(x, cos, sin)
+            x = block(x, cos, sin, cache)
+        if cache is not None:
+            cache.advance(ids.shape[1])
         return self.lm_head(self.model.norm(x))
 
 

@@ -161,16 +161,20 @@ class _Pass:
 
 def _cache_length(args: tuple, kwargs: dict[str, Any]) -> int:
     """Positions already in the KV cache a model was called with (0 without one): saescope's
-    own models (`cache=`), Hugging Face's (`past_key_values=`, `cache_position=`)."""
-    cache = kwargs.get("cache", args[1] if len(args) > 1 else None)
-    if cache is not None and hasattr(cache, "length"):
-        return int(cache.length)
+    own models (`cache=`, its `length`), Hugging Face's (`cache=` or `past_key_values=`, their
+    `get_seq_length()`; else `cache_position=`)."""
+    for cache in (kwargs.get("cache"), kwargs.get("past_key_values"), args[1:2] or None):
+        if isinstance(cache, tuple):
+            cache = cache[0]
+        if cache is None:
+            continue
+        if hasattr(cache, "length"):
+            return int(cache.length)
+        if hasattr(cache, "get_seq_length"):
+            return int(cache.get_seq_length())
     position = kwargs.get("cache_position")
     if isinstance(position, Tensor) and position.numel():
         return int(position.reshape(-1)[0])
-    past = kwargs.get("past_key_values")
-    if past is not None and hasattr(past, "get_seq_length"):
-        return int(past.get_seq_length())
     return 0
 
 
