@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from saescope.errors import InputError
 from saescope.runs import Run
 from saescope.saes import make_sae
 from saescope.steer import AddVector, Edit, FeatureEdits, decoder_direction, steering
@@ -75,6 +76,8 @@ def test_ablation_of_a_padded_context_equals_the_unpadded_one(glass, sae, ids):
     alone = ablate(sae, model, "layers.1", ids[1:2, :16], [3, 7])
     assert torch.allclose(both.deltas[:, 1], alone.deltas[:, 0], atol=1e-5)
     assert torch.allclose(both.clean[1], alone.clean[0], atol=1e-5)
+    with pytest.raises(InputError, match="at least 3 positions"):
+        ablate(sae, model, "layers.1", ids[:, :2], [3])
 
 
 # ----- on glassllm, with a trained SAE --------------------------------------------------------

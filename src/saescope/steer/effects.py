@@ -110,9 +110,10 @@ def ablate(
     default as many as keep one pass's logits within `downstream.LOGITS_BUDGET`), then one
     pass per feature."""
     ids = torch.as_tensor(ids)
-    if ids.dim() != 2 or ids.shape[1] < 2 + keep_first:
+    need = 3 if keep_first else 2  # a scored prediction
+    if ids.dim() != 2 or ids.shape[1] < need:
         raise InputError(
-            f"ids must be (contexts, positions) with at least 3 positions, got "
+            f"ids must be (contexts, positions) with at least {need} positions, got "
             f"shape {tuple(ids.shape)}"
         )
     check_batch_size(batch_size)
@@ -127,12 +128,13 @@ def ablate(
         for i in features
     ]
     start = 1 if keep_first else 0
-    vocab = downstream_logits(model, ids[:1, :2]).shape[-1]
-    per = batch_size or batch_size_for(ids.shape[1], vocab)
+    if batch_size is None:
+        vocab = downstream_logits(model, ids[:1, :2]).shape[-1]
+        batch_size = batch_size_for(ids.shape[1], vocab)
     clean, deltas = [], []
-    for b in range(0, ids.shape[0], per):
-        part = ids[b : b + per]
-        mask = None if attention_mask is None else attention_mask[b : b + per]
+    for b in range(0, ids.shape[0], batch_size):
+        part = ids[b : b + batch_size]
+        mask = None if attention_mask is None else attention_mask[b : b + batch_size]
         base = _context_ce(downstream_logits(model, part), part, mask, start)
         rows = []
         for edit in edits:
