@@ -1,10 +1,15 @@
 import os
+from pathlib import Path
 
 import pytest
 import torch
+from filelock import FileLock
 
+from saescope import runs
 from saescope.models import load_model
+from saescope.runs import DataSpec
 from saescope.saes import ARCHITECTURES
+from saescope.training import TrainConfig
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # `make test` runs two workers on two cores: one torch thread each avoids oversubscription,
@@ -78,3 +83,24 @@ def _seed():
 def glass():
     """glassllm and its tokenizer, loaded once (tests must not change its weights)."""
     return load_model("glassllm")
+
+
+@pytest.fixture(scope="session")
+def glass_sae(tmp_path_factory) -> Path:
+    """The folder of a run that trained a TopK SAE (d_sae 2048, k 16) on glassllm's layers.2
+    through saescope's own API, on 131,072 tokens of the default corpus (about 15 s on 2
+    cores): `Run.open` it. Trained once per test session, shared by the xdist workers."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the workers' common folder
+    out = root / "glass_sae"
+    with FileLock(f"{out}.lock"):
+        if not (out / "cfg.json").is_file():
+            data = DataSpec.for_model("glassllm", "layers.2")
+            stream = data.open(1024)
+            steps = runs.steps_for_tokens(131_072, stream)
+            cfg = TrainConfig(steps=steps, lr=0.004, progress=False)
+            torch.manual_seed(cfg.seed)
+            sae = runs.build_sae("topk", stream, d_sae=2048, k=16)
+            runs.train_run(sae, data, stream, cfg, out, overwrite=True)
+    return out

@@ -10,15 +10,15 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-from saescope.cli import demo, eval, features, harvest, hooks, runs, train
+from saescope.cli import demo, eval, features, harvest, hooks, runs, steer, train
 from saescope.errors import SaescopeError
 
-COMMANDS = (train, eval, harvest, hooks, runs, features, demo)
+COMMANDS = (train, eval, harvest, hooks, runs, steer, features, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="saescope", description="Sparse autoencoders: train, evaluate, list runs."
+        prog="saescope", description="Sparse autoencoders: train, evaluate, list runs, steer."
     )
     sub = p.add_subparsers(dest="command", required=True)
     for command in COMMANDS:

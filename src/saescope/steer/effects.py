@@ -1,5 +1,7 @@
 """Feature effects, the numbers a researcher asks for before steering: each feature's direct
-logit effect (its decoder direction through the final norm's scale and the unembedding)."""
+logit effect (its decoder direction through the final norm's scale and the unembedding), and
+the change in next-token loss when a feature is zeroed (`ablate`). Attribution to a logit is
+in `attribution.py`."""
 
 from __future__ import annotations
 
@@ -7,12 +9,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
+from saescope.data.outliers import OutlierRule
 from saescope.errors import InputError
+from saescope.models.downstream import _logits as downstream_logits
+from saescope.models.downstream import batch_size_for, check_batch_size
 from saescope.models.lm import unembedding
 from saescope.saes import SAE
 from saescope.steer.edits import Edit
+from saescope.steer.intervene import FeatureEdits, steering
 
 
 @dataclass(frozen=True)
@@ -58,3 +65,82 @@ def logit_effects(
             )
         )
     return out
+
+
+@dataclass(frozen=True)
+class Ablation:
+    """What zeroing each feature does to next-token loss: `deltas` (n_features, B), per context
+    the mean next-token cross-entropy (nats) with the feature zeroed minus the clean one; `mean`
+    (n_features,) their average over contexts; `clean` (B,) the clean per-context loss."""
+
+    features: list[int]
+    deltas: Tensor
+    mean: Tensor
+    clean: Tensor
+
+
+def _context_ce(logits: Tensor, ids: Tensor, mask: Tensor | None, start: int) -> Tensor:
+    """(B,) mean next-token cross-entropy of each context, over the predictions from position
+    `start` on whose token and target are both real (mask (B, T), 1 for real tokens)."""
+    logp = F.log_softmax(logits[:, start:-1].float(), -1)
+    targets = ids[:, start + 1 :]
+    ce = -logp.gather(-1, targets[..., None])[..., 0]  # (B, T - 1 - start)
+    real = torch.ones_like(ce) if mask is None else (mask[:, start:-1] * mask[:, start + 1 :])
+    real = real.to(ce)
+    return (ce * real).sum(1) / real.sum(1).clamp_min(1)
+
+
+@torch.no_grad()
+def ablate(
+    sae: SAE,
+    model: nn.Module,
+    hook: str,
+    ids: Tensor,
+    features: Sequence[int],
+    outliers: OutlierRule | None = None,
+    attention_mask: Tensor | None = None,
+    keep_first: bool = True,
+    batch_size: int | None = None,
+) -> Ablation:
+    """The change in next-token loss on contexts ids (B, T) (right-padded where
+    attention_mask (B, T) is 0) when each feature is zeroed at hook `hook` at every position
+    (`FeatureEdits` with `Edit(i, mode="zero")`: x - f_i W_dec[i], the error term kept; rows
+    beyond the run's `outliers` rule and, with keep_first, position 0 left alone, whose
+    prediction is then not scored). One clean pass per batch of contexts (`batch_size`, by
+    default as many as keep one pass's logits within `downstream.LOGITS_BUDGET`), then one
+    pass per feature."""
+    ids = torch.as_tensor(ids)
+    need = 3 if keep_first else 2  # a scored prediction
+    if ids.dim() != 2 or ids.shape[1] < need:
+        raise InputError(
+            f"ids must be (contexts, positions) with at least {need} positions, got "
+            f"shape {tuple(ids.shape)}"
+        )
+    check_batch_size(batch_size)
+    edits = [
+        FeatureEdits(
+            hook,
+            sae=sae,
+            edits=[Edit(int(i), mode="zero")],
+            outliers=outliers,
+            keep_first=keep_first,
+        )
+        for i in features
+    ]
+    start = 1 if keep_first else 0
+    if batch_size is None:
+        vocab = downstream_logits(model, ids[:1, :2]).shape[-1]
+        batch_size = batch_size_for(ids.shape[1], vocab)
+    clean, deltas = [], []
+    for b in range(0, ids.shape[0], batch_size):
+        part = ids[b : b + batch_size]
+        mask = None if attention_mask is None else attention_mask[b : b + batch_size]
+        base = _context_ce(downstream_logits(model, part), part, mask, start)
+        rows = []
+        for edit in edits:
+            with steering(model, [edit], attention_mask=mask):
+                rows.append(_context_ce(downstream_logits(model, part), part, mask, start) - base)
+        clean.append(base)
+        deltas.append(torch.stack(rows) if rows else base.new_zeros(0, part.shape[0]))
+    d = torch.cat(deltas, 1)
+    return Ablation([int(i) for i in features], d, d.mean(1), torch.cat(clean))
