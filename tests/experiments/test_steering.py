@@ -42,7 +42,9 @@ def test_clamping_high_raises_the_top_tokens_probability_on_90_percent(result, c
 def test_the_concepts_frequency_in_generations_rises_over_4_clamp_values(result, claim_seed):
     rates = [p.rate for p in result.points]
     assert rising_run(rates) >= 4, rates
-    assert rates[-1] >= 10 * max(result.clean.rate, 1e-3), rates  # 43.5 vs 0.7 per 1,000
+    assert rates[-1] >= 10 * max(result.clean.rate, 1e-3), (
+        rates
+    )  # seed 0: 44.3 against 1.0 per 1,000
     # the feature that fires most specifically on the word writes it less, clamped as high
     assert result.contrast is not None and result.contrast.rate < rates[-1]
 

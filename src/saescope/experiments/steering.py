@@ -1,20 +1,22 @@
 """The Golden Gate experiment (Templeton et al. 2024, "Scaling Monosemanticity"): clamp one
 concept feature high and the model's behaviour follows, at a price.
 
-On glassllm (`run`): a TopK SAE is trained on the residual stream after block 1; the concept
-feature for " King" is picked automatically by `steer.search.token_features` (the top of its
-logit ranking: of the features that fire on held-out text, the one whose direct logit effect
-ranks the word highest) and clamped at multiples of its maximum activation by
-`steer.sweep.clamp_sweep`. At each clamp value: the concept's frequency in generations from
-neutral prompts (fixed seeds, temperature sampling with the KV cache, inside
-`steer.steering`), and on held-out text the CE (the price), the concept's mean next-token
-probability and whether the feature's top logit token became more likely, context by context.
+On glassllm (`run`): a TopK SAE is trained on the residual stream after block 1, on
+Shakespeare's history plays; the concept feature for " King" is picked automatically by
+`steer.search.token_features` (the top of its logit ranking: of the features that fire on
+held-out text, the one whose direct logit effect ranks the word highest) and clamped at
+multiples of its maximum activation by `steer.sweep.clamp_sweep`. At each clamp value: how often
+the concept is mentioned in generations from neutral prompts (fixed seeds, temperature
+sampling with the KV cache, inside `steer.steering`), and on held-out text the CE (the price),
+the word's mean next-token probability and, context by context, whether the feature's top
+logit token became more likely.
 
-Choices, measured on seeds 0-2: SAEs on layers 1, 2 and 3 all steer (at 12x the word rises
-from about 1 to 13-44 per 1,000 generated tokens); on layer 1, with 16 samples per prompt, the
-frequency rose over 6, 5 and 6 of the 6 clamp values. The feature that fires most specifically
-on " King" itself (the activation ranking) writes the word less when clamped as high. " King"
-rather than " Queen": it is 4.5 times as common in the corpus (647 against 144).
+Choices, measured on seeds 0-2 while designing it: SAEs on layers 1, 2 and 3 all steer (on
+the whole corpus, at 12x " King" rose from 0.7 to 13-44 per 1,000 generated tokens); layer 1
+kept. At 1-2x the change is within sampling noise (ties between neighbouring clamp values
+with 16 samples per prompt), hence clamp values spaced up to 16x and 24 samples per prompt.
+The history plays hold 449 of the corpus's 647 " King"s in a quarter of its tokens (tokenised
+in about 1.3 s instead of 7); " Queen" is 4.5 times rarer.
 
 On another run (SmolLM2): `from_run`, from the command
 `python -m saescope.experiments.steering --run RUN --word WORD` (docs/RESULTS.md).
@@ -36,6 +38,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
+from saescope.data.corpus import default_dir
 from saescope.data.outliers import OutlierRule
 from saescope.errors import ConfigError, SaescopeError
 from saescope.experiments.common import torch_threads
@@ -46,17 +49,26 @@ from saescope.steer.search import run_contexts, run_outliers
 from saescope.steer.sweep import OTHER, PICKS, Sweep, clamp_sweep
 from saescope.training import TrainConfig
 
-PROMPTS = (
-    "The",
-    "Once upon a time",
-    "She said",
-    "It was",
-    "And then",
-    "In the morning",
-    "He looked at",
-    "There was a",
+_PROMPTS = "She said|He looked at|Then she|So they|One day|At last|It was a|There was"
+PROMPTS = tuple(_PROMPTS.split("|"))
+"""Neutral prompts: none names the concept; each is 3 glassllm tokens, so they run as one
+batch."""
+
+HISTORIES = tuple(
+    f"{play}_gut.txt"
+    for play in "john richard_ii henry_iv_part_1 henry_iv_part_2 henry_v henry_vi_part_1 "
+    "henry_vi_part_2 henry_vi_part_3 richard_iii henry_viii".split()
 )
-"""Neutral prompts: none names the concept."""
+"""Shakespeare's ten history plays, of the default corpus."""
+
+CHATML = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
+"""A request in the chat format of SmolLM2-Instruct (ChatML), for `--chatml`."""
+_REQUESTS = (
+    "Write a short poem.|Tell me a story.|Describe your ideal weekend.|Give me some advice.|"
+    "Write a letter to a friend.|What makes a good day?|Describe a city at night.|Write a song."
+)
+REQUESTS = tuple(_REQUESTS.split("|"))
+"""Neutral requests to an instruct model: none names a concept."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +77,8 @@ class SteeringConfig:
 
     model: str = "glassllm"
     """The model (glassllm; `from_run` takes the run's)."""
+    texts: tuple[str, ...] = HISTORIES
+    """Files of the default corpus the SAE trains on and is measured on (empty: all of it)."""
     hook: str = "layers.1"
     """The residual layer the SAE reads and the clamp acts on."""
     word: str = " King"
@@ -75,19 +89,19 @@ class SteeringConfig:
     """TopK's active latents per token."""
     train_tokens: int = 131_072
     """Training tokens of the SAE."""
-    search_tokens: int = 32_768
+    search_tokens: int = 16_384
     """Held-out tokens the feature is searched in (and its maximum activation measured)."""
-    multiples: tuple[float, ...] = (1, 2, 4, 6, 8, 12)
+    multiples: tuple[float, ...] = (1, 2, 4, 8, 12, 16)
     """Clamp values, as multiples of the feature's maximum activation on held-out text."""
     prompts: tuple[str, ...] = PROMPTS
     """The neutral prompts generations start from."""
-    samples: int = 16
+    samples: int = 24
     """Samples per prompt (each prompt's seeds are the same at every clamp value)."""
     new_tokens: int = 32
     """Tokens generated per sample."""
     temperature: float = 1.0
     """Sampling temperature."""
-    eval_contexts: int = 48
+    eval_contexts: int = 32
     """Held-out contexts for CE and p(word): spread evenly over those not searched."""
     pick: str = "logit"
     """Which ranking of `token_features` the concept feature is the top of: "logit" (the
@@ -149,7 +163,8 @@ def run(seed: int = 0, cfg: SteeringConfig = SteeringConfig()) -> Sweep:
     sweep the clamp of its concept feature."""
     check(cfg)
     with torch_threads(cfg.threads):
-        data = DataSpec.for_model(cfg.model, cfg.hook, seed=seed)
+        text = [default_dir() / name for name in cfg.texts] or None
+        data = DataSpec.for_model(cfg.model, cfg.hook, text=text, seed=seed)
         stream = data.open(1024)
         steps = steps_for_tokens(cfg.train_tokens, stream)
         train = TrainConfig(steps=steps, seed=seed, progress=False)
@@ -341,12 +356,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--samples", type=int, default=d.samples, help="samples per prompt")
     p.add_argument("--new-tokens", type=int, default=d.new_tokens)
     p.add_argument("--temperature", type=float, default=d.temperature)
+    p.add_argument(
+        "--prompt",
+        action="append",
+        default=None,
+        help="a prompt (repeat; default: "
+        "the experiment's neutral prompts, or with --chatml its neutral requests)",
+    )
+    p.add_argument("--chatml", action="store_true", help="wrap each prompt as a chat request")
     p.add_argument("--search-tokens", type=int, default=16_384)
     p.add_argument("--eval-contexts", type=int, default=8)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: as set)")
     p.add_argument("--plot", type=Path, default=None, help="write the two-panel figure here")
     ns = p.parse_args(argv)
+    prompts = tuple(ns.prompt or (REQUESTS if ns.chatml else PROMPTS))
     cfg = SteeringConfig(
+        prompts=tuple(CHATML.format(p) for p in prompts) if ns.chatml else prompts,
         word=ns.word,
         pick=ns.pick,
         multiples=tuple(ns.multiples),

@@ -1,6 +1,7 @@
 """Measuring an intervention, the numbers a steering sweep plots: on held-out text, the
 next-token CE (the price) and a word's mean next-token probability; in generations from fixed
-prompts at fixed seeds, how often the word appears.
+prompts at fixed seeds, how often the word appears (words of the decoded text that begin with
+it, in any case: the concept rather than one token).
 
 `Probe` holds what every measurement of a sweep shares (the model, the held-out contexts, the
 word, the prompts and the clean baseline); `Probe.measure(interventions)` gives a `Point`.
@@ -11,6 +12,7 @@ clamped the Golden Gate Bridge feature.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -25,7 +27,7 @@ from saescope.saes import SAE
 from saescope.steer.edits import Edit
 from saescope.steer.effects import logit_effects
 from saescope.steer.intervene import FeatureEdits, Intervention, steering
-from saescope.steer.search import token_features, word_ids, word_positions
+from saescope.steer.search import token_features, word_ids
 
 PICKS = {
     "logit": "of the features that fire there, the one whose direct logit effect ranks the "
@@ -49,9 +51,9 @@ class Point:
     """The fraction of held-out contexts on which the watched token's mean next-token
     probability rose against the clean model (0 for the clean model)."""
     rate: float
-    """The word's occurrences per generated token."""
+    """Mentions of the word per generated token (words beginning with it, in any case)."""
     samples_with: float
-    """The fraction of generated samples holding the word."""
+    """The fraction of generated samples mentioning the word."""
     example: str
     """The first prompt's first sample."""
     value: float = 0.0
@@ -87,7 +89,7 @@ def held_out(
 class Probe:
     """A sweep's shared setting: the model, held-out contexts (n, T), the word, the token
     whose probability is watched, and the generations (prompts x samples x new_tokens at
-    `temperature`, prompt i at seed seed + i, the same for every measurement)."""
+    `temperature`; the same seeds for every measurement)."""
 
     model: nn.Module
     tokenizer: Any
@@ -105,22 +107,34 @@ class Probe:
     def __post_init__(self) -> None:
         self.ids = word_ids(self.tokenizer, self.word)
 
+    def mentions(self, text: str) -> int:
+        """How many words of the text begin with the word, in any case ("King" counts
+        "king", "Kings" and "Kingdom"; " love" counts "Love" and "lovely")."""
+        stem = re.escape(self.word.strip())
+        return len(re.findall(rf"\b{stem}", text, flags=re.IGNORECASE))
+
     @torch.no_grad()
     def generations(self, ivs: Sequence[Intervention]) -> tuple[float, float, str]:
-        """(occurrences of the word per generated token, fraction of samples holding it, the
-        first sample's text) with the interventions applied."""
+        """(mentions of the word per generated token, fraction of samples mentioning it, the
+        first sample's text) with the interventions applied. Prompts of the same length in
+        tokens run as one batch (seeded by the first of them)."""
+        groups: dict[int, list[list[int]]] = {}
+        for prompt in self.prompts:
+            ids = self.tokenizer.encode(prompt)
+            groups.setdefault(len(ids), []).append(ids)
         hits = tokens = holding = 0
         example = ""
-        for i, prompt in enumerate(self.prompts):
-            ids = torch.tensor([self.tokenizer.encode(prompt)]).repeat(self.samples, 1)
+        for i, (length, prompts) in enumerate(groups.items()):
+            ids = torch.tensor(prompts).repeat_interleave(self.samples, 0)
             with steering(self.model, list(ivs)):
                 out = generate(
                     self.model, ids, self.new_tokens, self.temperature, seed=self.seed + i
                 )
-            found = word_positions(out.cpu(), self.ids)[:, ids.shape[1] :]
-            hits += int(found.sum())
-            holding += int(found.any(1).sum())
-            tokens += found.numel()
+            for row in out[:, length:].tolist():
+                found = self.mentions(self.tokenizer.decode(row))
+                hits += found
+                holding += found > 0
+                tokens += len(row)
             example = example or self.tokenizer.decode(out[0].tolist())
         return hits / max(1, tokens), holding / (self.samples * len(self.prompts)), example
 
