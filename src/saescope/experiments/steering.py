@@ -12,8 +12,8 @@ the word's mean next-token probability and, context by context, whether the feat
 logit token became more likely.
 
 Choices, measured on seeds 0-2 while designing it: SAEs on layers 1, 2 and 3 all steer (on
-the whole corpus, at 12x " King" rose from 0.7 to 13-44 per 1,000 generated tokens); layer 1
-kept. At 1-2x the change is within sampling noise (ties between neighbouring clamp values
+the whole corpus, at 12x " King" rose from about 1 to 13-44 per 1,000 generated tokens);
+layer 1 kept. At 1-2x the change is within sampling noise (ties between neighbouring clamp values
 with 16 samples per prompt), hence clamp values spaced up to 16x and 24 samples per prompt.
 The history plays hold 449 of the corpus's 647 " King"s in a quarter of its tokens (tokenised
 in about 1.3 s instead of 7); " Queen" is 4.5 times rarer.
