@@ -7,6 +7,7 @@ from dataclasses import replace
 import pytest
 
 from saescope.cli import main as saescope
+from saescope.errors import ConfigError
 from saescope.experiments import steering
 from saescope.experiments.steering import SteeringConfig, rising_run, run, section
 
@@ -98,3 +99,16 @@ def test_the_sweep_on_a_trained_run(tmp_path, capsys):
     assert out["hook"] == "layers.1" and out["word"] == " Queen"
     assert [p["multiple"] for p in out["points"]] == [1.0, 4.0]
     assert len(out["claims"]) == 4 and plot.stat().st_size > 5000
+
+
+def test_bad_settings_and_runs_are_one_line_errors(tmp_path, capsys):
+    for bad in ({"pick": "neither"}, {"multiples": ()}, {"samples": 0}):
+        with pytest.raises(ConfigError) as e:
+            steering.check(replace(CFG, **bad))
+        assert "\n" not in str(e.value)
+    argv = ["train", "--arch", "topk", "--tokens", "2048", "--progress", "false"]
+    assert saescope([*argv, "--out", str(tmp_path / "syn")]) == 0
+    capsys.readouterr()
+    assert steering.main(["--run", str(tmp_path / "syn")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "was not trained on a model's activations" in err and "\n" not in err

@@ -182,7 +182,7 @@ def from_run(path: str | Path, cfg: SteeringConfig, sae: str | None = None) -> S
     held-out contexts, with its outlier rule."""
     check(cfg)
     r = Run.open(path)
-    contexts = run_contexts(r, 1 << 62)  # every held-out context; refuses a run without a model
+    contexts = run_contexts(r)  # every held-out context; refuses a run without a model
     name = sae or next(iter(r.saes))
     if name not in r.saes:
         raise ConfigError(f"{r.path} has no SAE {name!r}; it has {', '.join(r.saes)}")

@@ -284,16 +284,18 @@ def top_features(
     ]
 
 
-def run_contexts(run: Run, tokens: int) -> Tensor:
-    """Held-out contexts of a model run's text holding about `tokens` tokens (at least one
-    context)."""
+def run_contexts(run: Run, tokens: int | None = None) -> Tensor:
+    """Held-out contexts of a model run's text: enough for about `tokens` tokens (at least
+    one context), or all of them (None)."""
     if run.data is None or run.data.kind not in ("model", "cache") or not run.data.model:
         raise ConfigError(
             f"{run.path} was not trained on a model's activations; feature search needs one"
         )
-    if tokens < 1:
+    if tokens is not None and tokens < 1:
         raise ConfigError(f"--tokens must be at least 1, got {tokens}")
     contexts = run.data.contexts("test")
+    if tokens is None:
+        return contexts
     return contexts[: max(1, math.ceil(tokens / (contexts.shape[1] - 1)))]
 
 
@@ -333,17 +335,17 @@ def search_run(
     contexts = run_contexts(run, tokens)
     assert run.data is not None
     model, tokenizer = run.data.load_model()
-    model_sae, hook, rule = run.saes[name].eval(), run.data.hooks.x, run_outliers(run)
+    picked, hook, rule = run.saes[name].eval(), run.data.hooks.x, run_outliers(run)
     out: dict[str, Any] = {"run": str(run.path), "sae": name, "hook": hook}
     out["contexts"] = int(contexts.shape[0])
     if token is None:
-        found = top_features(model_sae, model, hook, contexts, top, rule)
-        names = top_tokens(model_sae, model, tokenizer, [f.feature for f in found])
+        found = top_features(picked, model, hook, contexts, top, rule)
+        names = top_tokens(picked, model, tokenizer, [f.feature for f in found])
         out["features"] = [{**asdict(f), "top_tokens": names.get(f.feature)} for f in found]
         return out
-    got = token_features(model_sae, model, tokenizer, hook, contexts, token, top, rule)
+    got = token_features(picked, model, tokenizer, hook, contexts, token, top, rule)
     ids = {f.feature for f in got.by_activation + got.by_logit}
-    names = top_tokens(model_sae, model, tokenizer, sorted(ids))
+    names = top_tokens(picked, model, tokenizer, sorted(ids))
     out.update(token=token, ids=got.ids, occurrences=got.occurrences, positions=got.positions)
     for key in ("by_activation", "by_logit"):
         rows = getattr(got, key)
