@@ -1,7 +1,8 @@
 """Acting on features inside a running model: interventions at hook points (`FeatureEdits`
 with the SAE's error term added back, `AddVector`), applied by the `steering` context manager
 in any forward pass or generation; feature effects (direct logits, ablation, attribution); and
-`steer_prompt`, what `saescope steer` prints."""
+`steer_prompt`, what `saescope steer` prints; the features specific to a word (`token_features`,
+what `saescope features` prints) and the clamp sweep of the Golden Gate experiment."""
 
 from saescope.steer.attribution import Attribution, attribute, true_ablation
 from saescope.steer.edits import MODES, Edit
@@ -14,6 +15,8 @@ from saescope.steer.intervene import (
     steering,
 )
 from saescope.steer.prompt import steer_prompt
+from saescope.steer.search import TokenFeatures, search_run, token_features, top_features
+from saescope.steer.sweep import Probe, Sweep, clamp_sweep
 
 __all__ = [
     "MODES",
@@ -24,12 +27,19 @@ __all__ = [
     "FeatureEdits",
     "Intervention",
     "LogitEffect",
+    "Probe",
+    "Sweep",
+    "TokenFeatures",
     "ablate",
     "attribute",
+    "clamp_sweep",
     "decoder_direction",
     "direct_logits",
     "logit_effects",
+    "search_run",
     "steer_prompt",
     "steering",
+    "token_features",
+    "top_features",
     "true_ablation",
 ]
