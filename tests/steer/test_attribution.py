@@ -88,7 +88,7 @@ def test_attribution_takes_no_gradient_of_parameters_and_checks_its_input(toy_sa
         attribute(toy_sae, model, "proj", ids, position=6)
     with pytest.raises(InputError, match="ids must be"):
         attribute(toy_sae, model, "proj", ids[0])
-    wide = make_sae({"architecture": "topk", "d_in": 16, "d_sae": 32, "k": 4})
+    wide = make_sae({"architecture": "topk", "d_in": 16, "d_sae": 32, "k": 4}).eval()
     with pytest.raises(InputError, match="d_in 16 but hook proj has width 8"):
         attribute(wide, model, "proj", ids)
 

@@ -51,7 +51,8 @@ def _residual(model, ids, hook, ivs=()):
 def test_no_edit_is_exact_and_zeroing_a_silent_feature_changes_nothing(glass, sae, ids):
     model, _ = glass
     clean = _logits(model, ids)
-    assert torch.equal(_logits(model, ids, [FeatureEdits("layers.1", sae=sae)]), clean)
+    keep = FeatureEdits("layers.1", sae=sae, edits=[Edit(i, 1.0, mode="scale") for i in range(512)])
+    assert (_logits(model, ids, [keep]) - clean).abs().max() <= 1e-5
     f = sae.encode(_residual(model, ids, "layers.1")[0])
     silent = int((f.sum(0) == 0).nonzero()[0])
     edit = FeatureEdits("layers.1", sae=sae, edits=[Edit(silent, mode="zero")])
@@ -143,8 +144,47 @@ def test_errors_are_one_line(glass, sae, ids):
     with pytest.raises(ConfigError, match=r"no module 'layers\.9'"):
         with steering(model, [FeatureEdits("layers.9", sae=sae)]):
             pass
-    wide = make_sae({"architecture": "topk", "d_in": 64, "d_sae": 128, "k": 4})
+    wide = make_sae({"architecture": "topk", "d_in": 64, "d_sae": 128, "k": 4}).eval()
     with pytest.raises(InputError, match=r"d_in 64 but hook layers\.1 has width 128"):
         _logits(model, ids, [FeatureEdits("layers.1", sae=wide, edits=[Edit(0, 1.0)])])
     with pytest.raises(InputError, match="positions 'first'"):
         AddVector("layers.1", "first", vector=torch.ones(128))
+    with pytest.raises(InputError, match=r"training mode .* call sae\.eval\(\)"):
+        FeatureEdits(
+            "layers.1", sae=make_sae({"architecture": "topk", "d_in": 128, "d_sae": 256, "k": 4})
+        )
+    transcoder = make_sae(
+        {
+            "architecture": "relu",
+            "d_in": 128,
+            "d_sae": 256,
+            "d_out": 64,
+            "apply_b_dec_to_input": False,
+        }
+    ).eval()
+    with pytest.raises(InputError, match="the SAE is a transcoder"):
+        FeatureEdits("layers.1", sae=transcoder)
+    with pytest.raises(InputError, match="outliers must be an OutlierRule or None, got float"):
+        FeatureEdits("layers.1", sae=sae, outliers=10.0)
+
+
+def test_positions_count_real_tokens_with_left_padding_too(glass, sae, ids):
+    """Left padding (as Hugging Face batches prompts): positions are each row's real-token
+    indices, so keep_first spares the first real token, "last" and -2 find the row's own."""
+    model, _ = glass
+    pads = torch.zeros(1, 4, dtype=torch.long)
+    batch = torch.cat((ids[:, :12], torch.cat((pads, ids[:, :8]), 1)))
+    mask = torch.ones_like(batch)
+    mask[1, :4] = 0
+    x = _residual(model, batch, "layers.1")
+    for positions, want in [
+        ("all", [list(range(1, 12)), list(range(5, 12))]),
+        ("last", [[11], [11]]),
+        ([0, -2], [[10], [10]]),
+        (slice(2, 4), [[2, 3], [6, 7]]),
+    ]:
+        iv = AddVector("layers.1", positions, vector=torch.ones(128))
+        with steering(model, [iv], attention_mask=mask):
+            x2 = _residual(model, batch, "layers.1")
+        changed = [(x2[r] - x[r]).abs().sum(1).nonzero().flatten().tolist() for r in range(2)]
+        assert changed == want, positions

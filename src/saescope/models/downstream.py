@@ -21,7 +21,7 @@ from saescope.errors import ConfigError
 from saescope.models.hooks import Replacement, spliced
 
 
-def _logits(model: nn.Module, ids: Tensor) -> Tensor:
+def model_logits(model: nn.Module, ids: Tensor) -> Tensor:
     """The model's logits (B, T, vocab) for ids: its output, or a Hugging Face output's
     `.logits`."""
     out = model(ids)
@@ -39,7 +39,7 @@ def vocab_size(model: nn.Module, ids: Tensor) -> int | None:
     """The width of the model's next-token logits (one pass over 2 tokens of ids), or None for
     a model without logits (an encoder)."""
     try:
-        return _logits(model, ids[:1, :2]).shape[-1]
+        return model_logits(model, ids[:1, :2]).shape[-1]
     except ConfigError:
         return None
 
@@ -96,7 +96,7 @@ def _ce_sum(logp: Tensor, targets: Tensor) -> float:
 def _clean_pass(model: nn.Module, ids: Tensor, start: int, chunk: int) -> tuple[Tensor, float]:
     """The clean pass: its log-probabilities (B, T', vocab) float32, one per predicted position
     (T' = T - start - 1; written over the logits when they are float32), and summed CE."""
-    logits = _logits(model, ids)[:, start:-1]
+    logits = model_logits(model, ids)[:, start:-1]
     targets = ids[:, start + 1 :]
     logp = (
         logits if logits.dtype == torch.float32 else torch.empty_like(logits, dtype=torch.float32)
@@ -114,7 +114,7 @@ def _spliced_pass(
 ) -> tuple[float, float]:
     """Summed CE of one forward pass (under whatever splice is attached) and, given the clean
     log-probabilities, summed KL(clean || this pass); the logits die on return."""
-    logits = _logits(model, ids)[:, start:-1]
+    logits = model_logits(model, ids)[:, start:-1]
     targets = ids[:, start + 1 :]
     ce = kl = 0.0
     for b, t in _spans(*logits.shape, chunk):
@@ -155,7 +155,9 @@ def downstream(
         )
     check_batch_size(batch_size)
     if batch_size is None:
-        batch_size = batch_size_for(contexts.shape[1], _logits(model, contexts[:1, :2]).shape[-1])
+        batch_size = batch_size_for(
+            contexts.shape[1], model_logits(model, contexts[:1, :2]).shape[-1]
+        )
     sums = {"ce_clean": 0.0, "ce_spliced": 0.0, "ce_zero": 0.0, "kl_div": 0.0}
     n = 0
     for i in range(0, contexts.shape[0], batch_size):

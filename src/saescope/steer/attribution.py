@@ -31,11 +31,11 @@ from torch import Tensor, nn
 
 from saescope.data.outliers import OutlierRule
 from saescope.errors import InputError
-from saescope.models.downstream import _logits as downstream_logits
+from saescope.models.downstream import model_logits as downstream_logits
 from saescope.models.hooks import attached
 from saescope.saes import SAE
 from saescope.steer.edits import Edit
-from saescope.steer.intervene import FeatureEdits, steering
+from saescope.steer.intervene import FeatureEdits, edited_positions, steering
 
 
 @dataclass(frozen=True)
@@ -78,22 +78,10 @@ def _positions(ids: Tensor, position: int, mask: Tensor | None) -> Tensor:
 Editor = Callable[[Tensor], Tensor]
 
 
-def _editor(keep_first: bool, mask: Tensor | None, outliers: OutlierRule | None) -> Editor:
-    """ok(x) -> (B, T) bool: the positions of x (B, T, d) an edit of the SAE's features
-    changes, as `FeatureEdits` chooses them (real tokens, not the first with keep_first,
-    within the outlier rule)."""
-
-    def ok(x: Tensor) -> Tensor:
-        chosen = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
-        if mask is not None:
-            chosen &= mask.bool().to(x.device)
-        if keep_first:
-            chosen[:, 0] = False
-        if outliers is not None:
-            chosen[chosen.clone()] = outliers.keep(x[chosen], x[chosen])
-        return chosen
-
-    return ok
+def _editor(iv: FeatureEdits, mask: Tensor | None) -> Editor:
+    """ok(x) -> (B, T) bool: the positions of x (B, T, d) the intervention iv changes, as
+    `steering` chooses them (`intervene.edited_positions`)."""
+    return lambda x: edited_positions(iv, x, mask)
 
 
 def _not(features: list[int], d_sae: int) -> Tensor:
@@ -204,12 +192,12 @@ def attribute(
     ids = torch.as_tensor(ids)
     if ids.dim() != 2:
         raise InputError(f"ids must be (contexts, positions), got shape {tuple(ids.shape)}")
-    FeatureEdits(hook, sae=sae)  # checks the hook's spelling
+    edits = FeatureEdits(hook, sae=sae, outliers=outliers, keep_first=keep_first)  # checks
     pos = _positions(ids, position, attention_mask)
     ids = ids[:, : int(pos.max()) + 1]  # later positions do not reach the logit
     mask = None if attention_mask is None else attention_mask[:, : ids.shape[1]]
     b = ids.shape[0]
-    logits, active = _active_at(sae, model, hook, ids, pos, _editor(keep_first, mask, outliers))
+    logits, active = _active_at(sae, model, hook, ids, pos, _editor(edits, mask))
     target = logits.argmax(-1) if target is None else torch.as_tensor(target).expand(b)
     target = target.cpu()
     copies = [(c, -1) for c in range(b)]
@@ -230,7 +218,7 @@ def attribute(
             ids[ctx],
             pos[ctx],
             target[ctx],
-            _editor(keep_first, sub, outliers),
+            _editor(edits, sub),
             halve,
         )
         contrib = (-(f * grad)).cpu()  # (N, d_sae)

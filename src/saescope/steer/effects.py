@@ -14,8 +14,8 @@ from torch import Tensor, nn
 
 from saescope.data.outliers import OutlierRule
 from saescope.errors import InputError
-from saescope.models.downstream import _logits as downstream_logits
 from saescope.models.downstream import batch_size_for, check_batch_size
+from saescope.models.downstream import model_logits as downstream_logits
 from saescope.models.lm import unembedding
 from saescope.saes import SAE
 from saescope.steer.edits import Edit

@@ -7,12 +7,17 @@ passes through unchanged, and with no feature changed x' is x exactly (bitwise: 
 features' decoder rows are ever added). `AddVector` adds alpha * v (a feature's decoder
 direction, or any vector) with no encoder (activation addition).
 
-Positions are absolute token positions: "all", "last" (each row's last real token in a forward
-pass; in cached generation, every new token), a slice or a list of positions (negative ones
-count from the end of the sequence so far). Inside generation with a KV cache a forward pass
-sees only the new tokens: `steering` reads the cache's length before each pass of the whole
-model, so position p means the same token cached or not. Position 0 is left alone by default
-(`keep_first`): harvest drops it, so an SAE never saw it (in SmolLM2 it is the attention sink).
+Positions are token positions within each row, padding not counted (a mask says which tokens
+are real, left or right padding alike): "all", "last" (each row's last real token in a forward
+pass), a slice or a list of positions (negative ones count back from each row's last real
+token so far). Inside generation with a KV cache a forward pass sees only the new tokens:
+`steering` reads the cache's length before each pass of the whole model, so a non-negative
+position p means the same token cached or not, and cached generation equals uncached for "all"
+and for non-negative slices and lists. "last" and negative positions are relative to the pass:
+uncached, each step steers the current last token only and recomputes the earlier ones
+unsteered; cached, the earlier steps' steered keys and values stay. Position 0 is left alone by
+default (`keep_first`): harvest drops it, so an SAE never saw it (in SmolLM2 it is the
+attention sink).
 """
 
 from __future__ import annotations
@@ -93,6 +98,22 @@ class FeatureEdits(Intervention):
         self.edits = tuple(self.edits)
         for e in self.edits:
             e.check(self.sae.cfg.d_sae)
+        cfg = self.sae.cfg
+        if cfg.d_out != cfg.d_in:
+            raise InputError(
+                f"the SAE is a transcoder (d_in {cfg.d_in}, d_out {cfg.d_out}): its decoder "
+                "writes another hook's activations; steer with an SAE whose output is its input"
+            )
+        if self.sae.training:
+            raise InputError(
+                "the SAE is in training mode (its codes may depend on the whole batch); "
+                "call sae.eval() before steering with it"
+            )
+        if self.outliers is not None and not isinstance(self.outliers, OutlierRule):
+            raise InputError(
+                f"outliers must be an OutlierRule or None, got {type(self.outliers).__name__}; "
+                "a run that records only a factor has no rule to steer with"
+            )
 
     def check_width(self, d: int) -> None:
         assert self.sae is not None
@@ -103,7 +124,7 @@ class FeatureEdits(Intervention):
             )
 
     def rows(self, x: Tensor) -> Tensor | None:
-        return None if self.outliers is None else self.outliers.keep(x, x)
+        return None if self.outliers is None else self.outliers.keep(x, x).to(x.device)
 
     def delta(self, x: Tensor) -> Tensor:
         sae = self.sae
@@ -111,13 +132,13 @@ class FeatureEdits(Intervention):
         ids = sorted({e.feature for e in self.edits})
         if not ids:
             return torch.zeros_like(x)
-        p = sae.W_dec
-        f = sae.encode(x.to(p.dtype))[:, ids]
+        w = sae.W_dec
+        f = sae.encode(x.to(w.device, w.dtype))[:, ids]
         new = f.clone()
         for e in self.edits:
             j = ids.index(e.feature)
             new[:, j] = e.apply(new[:, j])
-        return ((new - f) @ sae.W_dec[ids]).to(x.dtype)
+        return ((new - f) @ w[ids]).to(x.device, x.dtype)
 
 
 @dataclass
@@ -178,37 +199,61 @@ def _cache_length(args: tuple, kwargs: dict[str, Any]) -> int:
     return 0
 
 
+def token_positions(b: int, t: int, state: _Pass, device: torch.device) -> tuple[Tensor, Tensor]:
+    """(pos, real), both (B, T), for the T positions of a forward pass after state.offset
+    cached ones: each position's index among its row's real tokens (padding, left or right,
+    does not count) and whether it is a real token. Without a mask every token is real."""
+    mask = state.mask
+    end = state.offset + t
+    if mask is None or mask.shape[0] != b:
+        pos = torch.arange(state.offset, end, device=device).expand(b, t)
+        return pos, torch.ones(b, t, dtype=torch.bool, device=device)
+    full = mask[:, :end].to(device=device, dtype=torch.bool)
+    if full.shape[1] < end:  # generation beyond a prompt's mask: the new tokens are real
+        more = torch.ones(b, end - full.shape[1], dtype=torch.bool, device=device)
+        full = torch.cat((full, more), dim=1)
+    count = full.long().cumsum(1)
+    return (count - 1)[:, state.offset :], full[:, state.offset :]
+
+
 def _chosen(positions: Positions, pos: Tensor, last: Tensor) -> Tensor:
-    """(B, T) bool: which of the absolute positions pos (T,) are chosen; last (B,) is each
-    row's last real position."""
+    """(B, T) bool: which token positions pos (B, T) are chosen; last (B, 1) is each row's
+    last real token so far (negative positions count back from it)."""
     if positions == "all":
-        return torch.ones(last.shape[0], pos.shape[0], dtype=torch.bool)
+        return torch.ones_like(pos, dtype=torch.bool)
     if positions == "last":
-        return pos[None, :] == last[:, None]
-    end = int(last.max()) + 1
+        return pos == last
     if isinstance(positions, slice):
-        wanted = torch.arange(end)[positions]
-    else:
-        wanted = torch.tensor([p if p >= 0 else end + p for p in positions], dtype=torch.long)
-    return torch.isin(pos, wanted)[None, :].expand(last.shape[0], -1)
+        rows = [torch.arange(int(n) + 1, device=pos.device)[positions] for n in last[:, 0]]
+        return torch.stack([torch.isin(p, w) for p, w in zip(pos, rows, strict=True)])
+    wanted = torch.tensor(list(positions), dtype=torch.long, device=pos.device)
+    wanted = torch.where(wanted < 0, last + 1 + wanted, wanted)  # (B, n)
+    return (pos[:, :, None] == wanted[:, None, :]).any(-1)
 
 
 def _selection(iv: Intervention, x: Tensor, state: _Pass) -> Tensor:
-    """(B, T) bool: the positions of activation x (B, T, d) the intervention changes."""
-    b, t = x.shape[0], x.shape[1]
-    pos = torch.arange(state.offset, state.offset + t)
-    mask = state.mask
-    real = torch.ones(b, t, dtype=torch.bool)
-    if mask is not None and mask.shape[0] == b and mask.shape[1] > state.offset:
-        got = mask[:, state.offset : state.offset + t].bool().cpu()
-        real[:, : got.shape[1]] = got
-    if iv.positions == "last" and mask is not None and state.offset == 0 and mask.shape[1] == t:
-        last = (mask.bool().cpu().long().cumsum(1).argmax(1)).long()
-    else:
-        last = torch.full((b,), state.offset + t - 1, dtype=torch.long)
+    """(B, T) bool: the positions of activation x (B, T, d) the intervention changes: real
+    tokens, by their index among their row's real tokens, never the first with keep_first."""
+    pos, real = token_positions(x.shape[0], x.shape[1], state, x.device)
+    if iv.positions == "all" and not iv.keep_first:
+        return real
+    last = (pos.masked_fill(~real, -1)).amax(1, keepdim=True)
     chosen = _chosen(iv.positions, pos, last) & real
-    if iv.keep_first:
-        chosen &= (pos != 0)[None, :]
+    return chosen & (pos != 0) if iv.keep_first else chosen
+
+
+def edited_positions(
+    iv: Intervention, x: Tensor, mask: Tensor | None = None, offset: int = 0
+) -> Tensor:
+    """(B, T) bool: the positions of x (B, T, d) that `iv` changes in a pass after `offset`
+    cached positions (mask (B, positions), 1 for real tokens): its positions among the real
+    tokens, and for `FeatureEdits` only the tokens within its outlier rule. Attribution and
+    ablation use it so that they score exactly the edits `steering` makes."""
+    chosen = _selection(iv, x, _Pass(offset, mask))
+    allowed = iv.rows(x[chosen])
+    if allowed is not None:
+        chosen = chosen.clone()
+        chosen[chosen.clone()] = allowed
     return chosen
 
 
@@ -223,7 +268,7 @@ def _apply(iv: Intervention, x: Tensor, state: _Pass) -> Tensor:
             )
         chosen = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
     elif x.dim() == 3:
-        chosen = _selection(iv, x, state).to(x.device)
+        chosen = _selection(iv, x, state)
     else:
         raise InputError(f"hook {iv.hook}: activations of shape {tuple(x.shape)} not supported")
     rows = x[chosen]

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from saescope.data.outliers import OutlierRule
 from saescope.errors import ConfigError, InputError
 from saescope.models import max_context
-from saescope.models.downstream import _logits as downstream_logits
+from saescope.models.downstream import model_logits as downstream_logits
 from saescope.models.generate import generate
 from saescope.runs import Run
 from saescope.saes import SAE

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from saescope.data.outliers import OutlierRule
-from saescope.models.downstream import batch_size_for
+from saescope.models.downstream import batch_size_for, model_logits
 from saescope.models.generate import generate
 from saescope.saes import SAE
 from saescope.steer.edits import Edit
@@ -60,24 +60,19 @@ class Point:
     multiple: float | None = None
 
 
-def _logits(model: nn.Module, ids: Tensor) -> Tensor:
-    out = model(ids)
-    return out if isinstance(out, Tensor) else out.logits
-
-
 @torch.no_grad()
 def held_out(
     model: nn.Module, contexts: Tensor, ivs: Sequence[Intervention], word: int, watch: int
 ) -> tuple[float, float, Tensor]:
     """(mean CE, mean p(word), per-context mean p(watch)) over the predictions from position 1
     on (position 0 is never edited), with the interventions applied."""
-    size = batch_size_for(contexts.shape[1], _logits(model, contexts[:1, :2]).shape[-1])
+    size = batch_size_for(contexts.shape[1], model_logits(model, contexts[:1, :2]).shape[-1])
     ce = p_word = 0.0
     p_watch = []
     for i in range(0, contexts.shape[0], size):
         ids = contexts[i : i + size]
         with steering(model, list(ivs)):
-            logp = _logits(model, ids)[:, 1:-1].float().log_softmax(-1)  # (B, T - 2, vocab)
+            logp = model_logits(model, ids)[:, 1:-1].float().log_softmax(-1)  # (B, T - 2, vocab)
         ce -= float(logp.gather(-1, ids[:, 2:, None]).sum())
         p_word += float(logp[..., word].exp().sum())
         p_watch.append(logp[..., watch].exp().mean(1))
