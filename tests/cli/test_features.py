@@ -7,7 +7,7 @@ import pytest
 
 from saescope.cli import main
 from saescope.runs import Run
-from saescope.steer.search import run_contexts, token_features
+from saescope.steer.search import token_features
 
 TEXT = (
     "The Queen said to the King, and the King said to the Queen: off with his head! Alice "
@@ -38,7 +38,7 @@ def test_json_gives_the_librarys_numbers_and_top_tokens(run, capsys):
     out = _json(capsys, run, "--token", " Queen", "--top", "4", "--tokens", "500")
     r = Run.open(run)
     model, tok = r.data.load_model()
-    contexts = run_contexts(r, 500)
+    contexts = r.held_out_contexts(500)
     want = token_features(r.saes["run"], model, tok, "layers.1", contexts, " Queen", top=4)
     assert out["ids"] == tok.encode(" Queen") and out["contexts"] == contexts.shape[0]
     assert out["occurrences"] == want.occurrences > 0 and out["positions"] == want.positions

@@ -10,7 +10,7 @@ from saescope.errors import InputError
 from saescope.runs import DataSpec, Run
 from saescope.saes import make_sae
 from saescope.steer import Edit, FeatureEdits, steering
-from saescope.steer.prompt import pick_sae, steer_prompt
+from saescope.steer.prompt import steer_prompt
 
 GLASS = DataSpec("model", model="glassllm", hook="layers.2", context=128)
 
@@ -27,7 +27,7 @@ def test_probabilities_are_the_models_own(run, glass):
     out = steer_prompt(run, [(3, 6.0), (5, 0.0)], "Alice was very", "add", max_new_tokens=4)
     assert [f["id"] for f in out["features"]] == [3, 5]
     ids = torch.tensor([tok.encode("Alice was very")])
-    _, sae = pick_sae(run)
+    _, sae = run.sae()
     edit = FeatureEdits("layers.2", sae=sae, edits=[Edit(3, 6.0, "add"), Edit(5, 0.0, "add")])
     with torch.no_grad():
         before = torch.softmax(model(ids)[0, -1], -1)

@@ -45,7 +45,6 @@ from saescope.experiments.common import torch_threads
 from saescope.report import Claim, Section, save_figure, subplots
 from saescope.runs import DataSpec, Run, build_sae, steps_for_tokens, train_run
 from saescope.saes import SAE
-from saescope.steer.search import run_contexts, run_outliers
 from saescope.steer.sweep import OTHER, PICKS, Sweep, clamp_sweep
 from saescope.training import TrainConfig
 
@@ -178,19 +177,17 @@ def run(seed: int = 0, cfg: SteeringConfig = SteeringConfig()) -> Sweep:
 
 
 def from_run(path: str | Path, cfg: SteeringConfig, sae: str | None = None) -> Sweep:
-    """The sweep with a trained run's SAE (the first, or `sae`), at its hook, on its model's
-    held-out contexts, with its outlier rule."""
+    """The sweep with a trained run's SAE (its only one, or `sae`), at its hook, on its
+    model's held-out contexts, with its outlier rule."""
     check(cfg)
     r = Run.open(path)
-    contexts = run_contexts(r)  # every held-out context; refuses a run without a model
-    name = sae or next(iter(r.saes))
-    if name not in r.saes:
-        raise ConfigError(f"{r.path} has no SAE {name!r}; it has {', '.join(r.saes)}")
+    contexts = r.held_out_contexts()  # every one; refuses a run without a model
+    _, chosen = r.sae(sae)
     assert r.data is not None
     model, tokenizer = r.data.load_model()
     cfg = replace(cfg, hook=r.data.hooks.x, model=str(r.data.model))
     with torch_threads(cfg.threads):
-        return measure(r.saes[name].eval(), model, tokenizer, contexts, cfg, 0, run_outliers(r))
+        return measure(chosen.eval(), model, tokenizer, contexts, cfg, 0, r.outlier_rule)
 
 
 # ----- the report section -------------------------------------------------------------------

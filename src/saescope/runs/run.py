@@ -4,16 +4,17 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from saescope.data import ArticleTaskConfig, is_cache
 from saescope.data.outliers import DEFAULT_FACTOR, OutlierRule
-from saescope.errors import ConfigError, FormatError, check_keys
+from saescope.errors import ConfigError, FormatError, InputError, check_keys
 from saescope.evaluate import Outliers, evaluate, evaluate_in_model, plot_density
 from saescope.models.downstream import check_batch_size
 from saescope.runs.data import DataSpec, HeldOut
@@ -97,6 +98,41 @@ class Run:
         if self.metadata.get("outliers"):
             return OutlierRule.from_dict(self.metadata["outliers"])
         return self.train.outlier_factor if self.train is not None else DEFAULT_FACTOR
+
+    @property
+    def outlier_rule(self) -> OutlierRule | None:
+        """The outlier rule the run fitted, to steer and search with (None: it recorded none,
+        as runs from before outliers were set aside)."""
+        rule = self.outliers
+        return rule if isinstance(rule, OutlierRule) else None
+
+    def sae(self, name: str | None = None) -> tuple[str, SAE]:
+        """(name, SAE): the one called `name`, or the run's only one; a one-line error when the
+        run has several and none is chosen, or none of that name."""
+        names = ", ".join(self.saes)
+        if name is None:
+            if len(self.saes) > 1:
+                raise InputError(
+                    f"{self.path} holds several SAEs ({names}); choose one with --sae NAME"
+                )
+            return next(iter(self.saes.items()))
+        if name not in self.saes:
+            raise InputError(f"{self.path} has no SAE {name!r}; its SAEs: {names}")
+        return name, self.saes[name]
+
+    def held_out_contexts(self, tokens: int | None = None) -> Tensor:
+        """Held-out contexts (token ids) of a model run's text: enough for about `tokens`
+        tokens (at least one context), or all of them (None)."""
+        if self.data is None or self.data.kind not in ("model", "cache") or not self.data.model:
+            raise ConfigError(
+                f"{self.path} was not trained on a model's activations; this needs a model run"
+            )
+        if tokens is not None and tokens < 1:
+            raise ConfigError(f"--tokens must be at least 1, got {tokens}")
+        contexts = self.data.contexts("test")
+        if tokens is None:
+            return contexts
+        return contexts[: max(1, math.ceil(tokens / (contexts.shape[1] - 1)))]
 
     @property
     def model(self) -> nn.Module:

@@ -16,23 +16,9 @@ from saescope.models import max_context
 from saescope.models.downstream import model_logits as downstream_logits
 from saescope.models.generate import generate
 from saescope.runs import Run
-from saescope.saes import SAE
 from saescope.steer.edits import Edit, check_mode
 from saescope.steer.effects import logit_effects
 from saescope.steer.intervene import FeatureEdits, steering
-
-
-def pick_sae(run: Run, name: str | None = None) -> tuple[str, SAE]:
-    """The run's SAE called `name`, or its only one; a one-line error when the run has several
-    and none is chosen, or none of that name."""
-    names = ", ".join(run.saes)
-    if name is None:
-        if len(run.saes) > 1:
-            raise InputError(f"{run.path} holds several SAEs ({names}); choose one with --sae NAME")
-        return next(iter(run.saes.items()))
-    if name not in run.saes:
-        raise InputError(f"{run.path} has no SAE {name!r}; its SAEs: {names}")
-    return name, run.saes[name]
 
 
 def _edits(pairs: Sequence[tuple[int, float]], mode: str, d_sae: int) -> list[Edit]:
@@ -89,7 +75,7 @@ def steer_prompt(
     where top_tokens are each edited feature's `top_tokens` largest direct logit effects and
     p the next-token probability at the end of the prompt. With no edits, steered equals
     unsteered. With a one-token prompt the probabilities do not move: position 0 is kept."""
-    _, sae = pick_sae(run, sae_name)
+    _, sae = run.sae(sae_name)
     chosen = _edits(edits, mode, sae.cfg.d_sae)
     if run.data is None:
         raise ConfigError(f"{run.path} does not say what it was trained on, so not its model")

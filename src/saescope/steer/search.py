@@ -17,7 +17,6 @@ several tokens is found at its last token). Two rankings:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -284,27 +283,6 @@ def top_features(
     ]
 
 
-def run_contexts(run: Run, tokens: int | None = None) -> Tensor:
-    """Held-out contexts of a model run's text: enough for about `tokens` tokens (at least
-    one context), or all of them (None)."""
-    if run.data is None or run.data.kind not in ("model", "cache") or not run.data.model:
-        raise ConfigError(
-            f"{run.path} was not trained on a model's activations; feature search needs one"
-        )
-    if tokens is not None and tokens < 1:
-        raise ConfigError(f"--tokens must be at least 1, got {tokens}")
-    contexts = run.data.contexts("test")
-    if tokens is None:
-        return contexts
-    return contexts[: max(1, math.ceil(tokens / (contexts.shape[1] - 1)))]
-
-
-def run_outliers(run: Run) -> OutlierRule | None:
-    """The outlier rule the run fitted (None: the run recorded none)."""
-    rule = run.outliers
-    return rule if isinstance(rule, OutlierRule) else None
-
-
 def top_tokens(
     sae: SAE, model: nn.Module, tokenizer: Any, features: Sequence[int], k: int = 5
 ) -> dict[int, list[str]]:
@@ -329,13 +307,11 @@ def search_run(
     plus each feature's top direct-logit tokens."""
     if top < 1:
         raise ConfigError(f"--top must be at least 1, got {top}")
-    name = sae or next(iter(run.saes))
-    if name not in run.saes:
-        raise ConfigError(f"{run.path} has no SAE {name!r}; it has {', '.join(run.saes)}")
-    contexts = run_contexts(run, tokens)
+    name, chosen = run.sae(sae)
+    contexts = run.held_out_contexts(tokens)
     assert run.data is not None
     model, tokenizer = run.data.load_model()
-    picked, hook, rule = run.saes[name].eval(), run.data.hooks.x, run_outliers(run)
+    picked, hook, rule = chosen.eval(), run.data.hooks.x, run.outlier_rule
     out: dict[str, Any] = {"run": str(run.path), "sae": name, "hook": hook}
     out["contexts"] = int(contexts.shape[0])
     if token is None:
