@@ -7,18 +7,11 @@ import saescope
 from saescope import ConfigError
 from saescope.cli import main
 from saescope.saes import make_sae
-
-
-def _one_line_error(capsys, argv) -> str:
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "Traceback" not in err
-    assert err.startswith("saescope: error: ")
-    return err
+from tests.cli.common import one_line_error
 
 
 def test_unknown_architecture_lists_known(capsys, tmp_path):
-    err = _one_line_error(capsys, ["train", "--arch", "nope", "--out", str(tmp_path / "r")])
+    err = one_line_error(capsys, ["train", "--arch", "nope", "--out", str(tmp_path / "r")])
     for name in saescope.ARCHITECTURES:
         assert name in err
     with pytest.raises(ConfigError, match="known: relu"):
@@ -27,14 +20,14 @@ def test_unknown_architecture_lists_known(capsys, tmp_path):
 
 @pytest.mark.parametrize("k", [0, -1, 65])
 def test_k_out_of_range(capsys, tmp_path, k):
-    err = _one_line_error(
+    err = one_line_error(
         capsys, ["train", "--arch", "topk", "--k", str(k), "--d-sae", "64", "--out", str(tmp_path)]
     )
     assert "k must be between 1 and d_sae=64" in err
 
 
 def test_option_for_another_architecture(capsys, tmp_path):
-    err = _one_line_error(capsys, ["train", "--arch", "relu", "--k", "3", "--out", str(tmp_path)])
+    err = one_line_error(capsys, ["train", "--arch", "relu", "--k", "3", "--out", str(tmp_path)])
     assert "--k applies to topk, batchtopk, not relu" in err
 
 
@@ -59,7 +52,7 @@ def test_wrong_d_in_on_eval(capsys, tmp_path):
         == 0
     )
     np.save(tmp_path / "acts.npy", np.zeros((10, 7), np.float32))
-    err = _one_line_error(capsys, ["eval", str(run), "--data", str(tmp_path / "acts.npy")])
+    err = one_line_error(capsys, ["eval", str(run), "--data", str(tmp_path / "acts.npy")])
     assert "d_in=7" in err and "d_in=4" in err
 
 
@@ -67,7 +60,7 @@ def test_nan_batch_cli_message(capsys, tmp_path):
     x = np.random.default_rng(0).normal(size=(512, 4)).astype(np.float32)
     x[300, 2] = np.inf
     np.save(tmp_path / "acts.npy", x)
-    err = _one_line_error(
+    err = one_line_error(
         capsys,
         [
             "train",
@@ -85,12 +78,12 @@ def test_nan_batch_cli_message(capsys, tmp_path):
 
 
 def test_cli_load_errors_are_one_line(capsys, tmp_path):
-    err = _one_line_error(capsys, ["eval", str(tmp_path / "missing")])
+    err = one_line_error(capsys, ["eval", str(tmp_path / "missing")])
     assert "holds no saved SAE" in err
 
 
 def test_resume_without_checkpoint(capsys, tmp_path):
-    err = _one_line_error(capsys, ["train", "--arch", "topk", "--out", str(tmp_path), "--resume"])
+    err = one_line_error(capsys, ["train", "--arch", "topk", "--out", str(tmp_path), "--resume"])
     assert "nothing to resume" in err
 
 
@@ -108,7 +101,7 @@ def test_existing_run_is_not_overwritten(capsys, tmp_path):
     ]
     assert main(argv) == 0
     before = (tmp_path / "sae_weights.safetensors").read_bytes()
-    err = _one_line_error(capsys, [*argv, "--seed", "5"])
+    err = one_line_error(capsys, [*argv, "--seed", "5"])
     assert "already holds a run" in err and "--resume" in err
     assert (tmp_path / "sae_weights.safetensors").read_bytes() == before
     assert main([*argv, "--seed", "5", "--overwrite"]) == 0

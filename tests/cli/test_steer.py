@@ -11,6 +11,7 @@ import torch
 from saescope.cli import main
 from saescope.runs import DataSpec
 from saescope.saes import make_sae
+from tests.cli.common import one_line_error
 
 PROMPT = "Alice was beginning to get very"
 GLASS = DataSpec("model", model="glassllm", hook="layers.2", context=128)
@@ -49,14 +50,6 @@ def test_steer_json_and_table(glass_sae, capsys):
     assert "p_unsteered" in out and json.dumps(top["token"]) in out
 
 
-def _one_line_error(capsys, argv) -> str:
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "Traceback" not in err
-    assert err.startswith("saescope: error: ")
-    return err
-
-
 @pytest.fixture
 def small_run(tmp_path):
     """A run folder of an untrained SAE (d_sae 64) on glassllm's layers.2."""
@@ -81,7 +74,7 @@ def small_run(tmp_path):
 )
 def test_bad_input_is_one_line(capsys, small_run, args, message):
     argv = ["steer", str(small_run), "--prompt", PROMPT, *args]
-    assert message in _one_line_error(capsys, argv)
+    assert message in one_line_error(capsys, argv)
 
 
 def test_a_run_whose_model_is_gone(capsys, tmp_path):
@@ -90,7 +83,7 @@ def test_a_run_whose_model_is_gone(capsys, tmp_path):
     run = make_sae({"architecture": "topk", "d_in": 128, "d_sae": 64, "k": 4}).save(
         tmp_path / "run", {"data": spec.to_dict()}
     )
-    err = _one_line_error(capsys, ["steer", str(run), "--prompt", PROMPT])
+    err = one_line_error(capsys, ["steer", str(run), "--prompt", PROMPT])
     assert f"no model folder at {folder}" in err
 
 
@@ -98,7 +91,7 @@ def test_an_sae_of_another_width(capsys, tmp_path):
     run = make_sae({"architecture": "topk", "d_in": 64, "d_sae": 64, "k": 4}).save(
         tmp_path / "run", {"data": GLASS.to_dict()}
     )
-    err = _one_line_error(capsys, ["steer", str(run), "--prompt", PROMPT, "--feature", "1=2"])
+    err = one_line_error(capsys, ["steer", str(run), "--prompt", PROMPT, "--feature", "1=2"])
     assert "the SAE takes d_in 64 but hook layers.2 has width 128" in err
 
 
@@ -106,9 +99,9 @@ def test_a_run_of_several_saes_needs_sae(capsys, small_run, tmp_path):
     both = tmp_path / "both"
     for name in ("sae_0", "sae_1"):
         shutil.copytree(small_run, both / name)
-    err = _one_line_error(capsys, ["steer", str(both), "--prompt", PROMPT])
+    err = one_line_error(capsys, ["steer", str(both), "--prompt", PROMPT])
     assert "holds several SAEs (sae_0, sae_1); choose one with --sae NAME" in err
-    err = _one_line_error(capsys, ["steer", str(both), "--prompt", PROMPT, "--sae", "sae_2"])
+    err = one_line_error(capsys, ["steer", str(both), "--prompt", PROMPT, "--sae", "sae_2"])
     assert "has no SAE 'sae_2'; its SAEs: sae_0, sae_1" in err
     argv = ["steer", str(both), "--prompt", PROMPT, "--sae", "sae_1", "--max-new-tokens", "3"]
     assert main([*argv, "--json"]) == 0

@@ -10,6 +10,7 @@ from saescope.errors import InputError
 from saescope.runs import Run
 from saescope.saes import make_sae
 from saescope.steer.attribution import attribute, true_ablation
+from tests.steer.common import random_topk
 
 # ----- attribution on a toy model -------------------------------------------------------------
 
@@ -34,11 +35,7 @@ class Toy(nn.Module):
 
 @pytest.fixture(scope="module")
 def toy_sae():
-    torch.manual_seed(3)
-    s = make_sae({"architecture": "topk", "d_in": 8, "d_sae": 32, "k": 4}).eval()
-    with torch.no_grad():
-        s.W_enc.normal_(0, 0.5)
-    return s
+    return random_topk(8, 32, 4, seed=3, spread=0.5)
 
 
 def _toy(quadratic):

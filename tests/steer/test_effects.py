@@ -8,20 +8,16 @@ import torch.nn.functional as F
 
 from saescope.errors import InputError
 from saescope.runs import Run
-from saescope.saes import make_sae
 from saescope.steer import AddVector, Edit, FeatureEdits, decoder_direction, steering
 from saescope.steer.effects import ablate, direct_logits
+from tests.steer.common import random_topk
 
 # ----- ablation ---------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def sae():
-    torch.manual_seed(1)
-    s = make_sae({"architecture": "topk", "d_in": 128, "d_sae": 512, "k": 16}).eval()
-    with torch.no_grad():
-        s.W_enc.normal_(0, 0.3)
-    return s
+    return random_topk(128, 512, 16, seed=1, spread=0.3)
 
 
 @pytest.fixture

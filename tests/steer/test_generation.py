@@ -8,14 +8,13 @@ import torch
 
 from saescope.models import load_model
 from saescope.models.generate import generate
-from saescope.saes import make_sae
 from saescope.steer import AddVector, Edit, FeatureEdits, decoder_direction, steering
 from tests.models.test_generate import hf_folder  # noqa: F401  (the tiny HF folder fixture)
+from tests.steer.common import random_topk
 
 
 def _sae(d: int, seed: int = 0):
-    torch.manual_seed(seed)
-    return make_sae({"architecture": "topk", "d_in": d, "d_sae": 4 * d, "k": 8}).eval()
+    return random_topk(d, 4 * d, 8, seed)
 
 
 def _both(model, ids, ivs, new=20, **kw):

@@ -8,6 +8,7 @@ import torch
 from saescope.errors import ConfigError, InputError
 from saescope.saes import make_sae
 from saescope.steer import AddVector, Edit, FeatureEdits, decoder_direction, steering
+from tests.steer.common import random_topk
 
 TEXT = (
     "Alice was beginning to get very tired of sitting by her sister on the bank, and of "
@@ -17,11 +18,7 @@ TEXT = (
 
 @pytest.fixture(scope="module")
 def sae():
-    torch.manual_seed(1)
-    s = make_sae({"architecture": "topk", "d_in": 128, "d_sae": 512, "k": 16}).eval()
-    with torch.no_grad():
-        s.W_enc.normal_(0, 0.3)
-    return s
+    return random_topk(128, 512, 16, seed=1, spread=0.3)
 
 
 @pytest.fixture

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from saescope.models import load_model
-from saescope.saes import make_sae
 from saescope.steer import Edit, FeatureEdits, steering
+from tests.steer.common import random_topk
 
 TEXT = (
     "Sparse autoencoders decompose the activations of a neural network into many features, "
@@ -16,8 +16,7 @@ TEXT = (
 
 
 def _sae(d: int, seed: int = 0):
-    torch.manual_seed(seed)
-    return make_sae({"architecture": "topk", "d_in": d, "d_sae": 4 * d, "k": 8}).eval()
+    return random_topk(d, 4 * d, 8, seed)
 
 
 def _padded(tok, n: int = 20, short: int = 12) -> tuple[torch.Tensor, torch.Tensor]:

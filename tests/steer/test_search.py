@@ -10,6 +10,7 @@ from saescope.errors import InputError
 from saescope.saes import make_sae
 from saescope.steer.effects import direct_logits
 from saescope.steer.search import token_features, top_features, word_ids, word_positions
+from tests.steer.common import random_topk
 
 TEXT = (
     "The Queen said to the King, and the King said to the Queen: off with his head! "
@@ -21,11 +22,7 @@ HOOK = "layers.1"
 
 @pytest.fixture(scope="module")
 def sae():
-    torch.manual_seed(3)
-    s = make_sae({"architecture": "topk", "d_in": 128, "d_sae": 256, "k": 8}).eval()
-    with torch.no_grad():
-        s.W_enc.normal_(0, 0.3)
-    return s
+    return random_topk(128, 256, 8, seed=3, spread=0.3)
 
 
 @pytest.fixture(scope="module")
