@@ -69,3 +69,31 @@ def test_the_report_says_whether_it_is_a_quick_run(tmp_path, capsys, quick):
         assert verdicts == ["yes", "NO"]
         assert 'class="banner"' not in page and "<td>does not hold</td>" in page
         assert "Quick run" not in out and "1 of 2 claims hold. Report:" in out
+
+
+def _fake(name: str) -> demo.Experiment:
+    def run(seeds: list[int], quick: bool) -> Section:
+        return Section(name, name.title(), f"seeds {seeds}", [Claim("ran", str(seeds), True)])
+
+    return demo.Experiment(name, run, all_seeds=name == "cheap", seconds=1)
+
+
+def test_one_job_runs_in_this_process_in_order(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(demo, "EXPERIMENTS", (_fake("cheap"), _fake("costly")))
+    shown = demo.run(tmp_path, seeds=2, jobs=1)
+    assert [(s.key, s.text) for s in shown] == [("cheap", "seeds [0, 1]"), ("costly", "seeds [0]")]
+    assert list(json.loads((tmp_path / "demo.json").read_text())["timings_s"]) == [
+        "cheap",
+        "costly",
+    ]
+
+
+def test_jobs_below_one_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="jobs must be at least 1.*--jobs"):
+        demo.run(tmp_path, jobs=0)
+
+
+def test_an_error_in_a_worker_stops_the_demo():
+    # A worker that fails (here: an experiment that does not exist) raises in the parent.
+    with pytest.raises(IndexError):
+        demo._run_parallel([(len(EXPERIMENTS), [0])], quick=True, jobs=2, bar=demo.tqdm())

@@ -20,6 +20,13 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="run the expensive experiments on every seed too (about 3x longer)",
     )
     d.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="experiments run at once, each in its own process (default: one per core, at "
+        "most 4; 1 runs them one after the other in this process)",
+    )
+    d.add_argument(
         "--quick",
         action="store_true",
         help="a few steps each: the report's shape, not its claims (a claim that fails is shown "
@@ -31,5 +38,5 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 def run(ns: argparse.Namespace) -> int:
     from saescope.experiments import demo  # imported here: every experiment and matplotlib
 
-    demo.run(ns.out, seeds=ns.seeds, quick=ns.quick, all_seeds=ns.all_seeds)
+    demo.run(ns.out, seeds=ns.seeds, quick=ns.quick, all_seeds=ns.all_seeds, jobs=ns.jobs)
     return 0

@@ -3,7 +3,8 @@ one self-contained page, `runs/demo/report.html`, with a summary table in the te
 
 Each experiment is a function of (seed, quick) that returns its report `Section`. The cheap
 ones run on 3 seeds, the expensive ones on seed 0 (`make claims` tests all of them on seeds
-0-2). `quick=True` cuts every step count to a sliver: the page keeps its shape (the tests
+0-2). The experiments run in parallel worker processes, one per core (`--jobs`).
+`quick=True` cuts every step count to a sliver: the page keeps its shape (the tests
 check its sections and figures) but a claim that fails there is not refuted, so the quick
 report says it is a quick run and shows such claims as not checked at these settings.
 """
@@ -11,14 +12,18 @@ report says it is a quick run and shows such claims as not checked at these sett
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from saescope.atomic import atomic_write_bytes
+from saescope.errors import ConfigError
 from saescope.experiments import (
     absorption,
     correlated,
@@ -94,18 +99,21 @@ class Experiment:
     name: str
     run: Callable[[list[int], bool], Section | tuple[Section, ...]]
     all_seeds: bool  # cheap enough to run every seed in the demo
+    seconds: float
+    """Its time in the demo on one core of the 2-core development machine (2026-11-30), used
+    only to start the longest first when experiments run in parallel."""
 
 
 EXPERIMENTS = (
-    Experiment("superposition: intro", _intro, False),
-    Experiment("superposition: 5 features in 2 neurons", _five_in_two, True),
-    Experiment("superposition: phase diagram", _phase, False),
-    Experiment("superposition: geometry", _geometry, False),
-    Experiment("recovery: the seed's generator", _recovery, False),
-    Experiment("recovery: correlated generator, shrinkage", _correlated, False),
-    Experiment("monosemanticity", _mono, True),
-    Experiment("absorption", _absorption, False),
-    Experiment("steering: the Golden Gate experiment", _steering, False),
+    Experiment("superposition: intro", _intro, False, 9),
+    Experiment("superposition: 5 features in 2 neurons", _five_in_two, True, 13),
+    Experiment("superposition: phase diagram", _phase, False, 17),
+    Experiment("superposition: geometry", _geometry, False, 47),
+    Experiment("recovery: the seed's generator", _recovery, False, 109),
+    Experiment("recovery: correlated generator, shrinkage", _correlated, False, 73),
+    Experiment("monosemanticity", _mono, True, 11),
+    Experiment("absorption", _absorption, False, 11),
+    Experiment("steering: the Golden Gate experiment", _steering, False, 25),
 )
 
 INTRO = (
@@ -120,19 +128,80 @@ QUICK_BANNER = (
 )
 
 
-def run(out: Path, seeds: int = 3, quick: bool = False, all_seeds: bool = False) -> list[Section]:
-    """Run every experiment (the expensive ones on seed 0 only unless all_seeds), write
-    out/report.html and out/demo.json, and print the summary."""
-    sections: list[Section] = []
-    timings: dict[str, float] = {}
-    bar = tqdm(EXPERIMENTS, desc="demo", unit="experiment")
-    for exp in bar:
-        bar.set_postfix_str(exp.name)
-        t = time.perf_counter()
-        got = exp.run(list(range(seeds if exp.all_seeds or all_seeds else 1)), quick)
-        sections.extend(got if isinstance(got, tuple) else (got,))
-        timings[exp.name] = round(time.perf_counter() - t, 1)
+def default_jobs() -> int:
+    """Experiments run at once by default: one per core, at most 4. Most of them are small
+    models whose training steps are bound by one core's Python and dispatch overhead, so a
+    second process nearly halves the demo's time on a 2-core machine."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def run(
+    out: Path,
+    seeds: int = 3,
+    quick: bool = False,
+    all_seeds: bool = False,
+    jobs: int | None = None,
+) -> list[Section]:
+    """Run every experiment (the expensive ones on seed 0 only unless all_seeds), `jobs` at
+    once in worker processes (default `default_jobs()`; 1: in this process, one after the
+    other), write out/report.html and out/demo.json, and print the summary. The page keeps
+    the experiments' order whatever order they finish in."""
+    jobs = default_jobs() if jobs is None else jobs
+    if jobs < 1:
+        raise ConfigError(f"jobs must be at least 1, got {jobs}; pass --jobs 1 or more")
+    plan = [
+        (i, list(range(seeds if e.all_seeds or all_seeds else 1)))
+        for i, e in enumerate(EXPERIMENTS)
+    ]
+    bar = tqdm(total=len(plan), desc="demo", unit="experiment")
+    done: dict[int, tuple[list[Section], float]] = {}
+    if jobs == 1:
+        for i, seed_list in plan:
+            bar.set_postfix_str(EXPERIMENTS[i].name)
+            done[i] = _run_one(i, seed_list, quick)
+            bar.update(1)
+    else:
+        done = _run_parallel(plan, quick, jobs, bar)
+    bar.close()
+    sections = [s for i in range(len(EXPERIMENTS)) for s in done[i][0]]
+    timings = {e.name: done[i][1] for i, e in enumerate(EXPERIMENTS)}
     return write(sections, out, quick, timings)
+
+
+def _run_one(index: int, seeds: list[int], quick: bool) -> tuple[list[Section], float]:
+    """One experiment: its sections and its time in seconds."""
+    t = time.perf_counter()
+    got = EXPERIMENTS[index].run(seeds, quick)
+    return list(got if isinstance(got, tuple) else (got,)), round(time.perf_counter() - t, 1)
+
+
+def _run_parallel(
+    plan: list[tuple[int, list[int]]], quick: bool, jobs: int, bar: tqdm
+) -> dict[int, tuple[list[Section], float]]:
+    """The plan on `jobs` worker processes (spawned: a fork of a process that has started
+    torch's thread pool can hang), the longest experiments first, each worker with its share
+    of the cores as torch threads."""
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    order = sorted(plan, key=lambda p: -EXPERIMENTS[p[0]].seconds * len(p[1]))
+    done: dict[int, tuple[list[Section], float]] = {}
+    context = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker, initargs=(threads,))
+    try:
+        futures = {pool.submit(_run_one, i, seed_list, quick): i for i, seed_list in order}
+        for future in as_completed(futures):
+            i = futures[future]
+            done[i] = future.result()  # an experiment's error stops the demo here
+            bar.set_postfix_str(EXPERIMENTS[i].name)
+            bar.update(1)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # after an error: run nothing more
+    return done
+
+
+def _worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 def write(
