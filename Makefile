@@ -27,7 +27,7 @@ demo: $(BIN)/saescope corpus
 # Every unit, contract and error test, and each claim of the seed article on seed 0. Two
 # workers; an idle one takes tests from the other's queue (worksteal), and the long tests come
 # first (tests/conftest.py), so neither waits while the other runs the last long one.
-test: $(BIN)/saescope corpus
+test: $(BIN)/saescope corpus $(CHROMIUM)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -n 2 --dist worksteal
 
@@ -67,6 +67,12 @@ bench-cache: $(BIN)/saescope
 # git revision REV); writes bench/EVAL.md. Tens of minutes on 2 cores (the default eval).
 bench-eval: $(BIN)/saescope corpus
 	$(BIN)/python bench/eval_rss.py $(if $(BEFORE),--before $(BEFORE))
+
+# Debian's Chromium for the browser tests (Playwright drives it; nothing is downloaded by
+# Playwright itself). apt as root, else through sudo.
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	$(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -q chromium > /dev/null
 
 lint: $(BIN)/saescope
 	$(BIN)/ruff check .
