@@ -131,6 +131,14 @@ def train_sae(H: Tensor, l1_coef: float, seed: int, mono: MonoConfig) -> SAE:
     return train([sae], RowBatches(H, mono.sae_batch, seed), tcfg).saes[0]
 
 
+def neuron_fvu(H: Tensor, rec: Tensor) -> Tensor:
+    """(d_hidden,) each neuron's fraction of variance the reconstruction leaves unexplained
+    (0 for a neuron that never varies)."""
+    total = (H - H.mean(0)).double().pow(2).sum(0)
+    resid = (H - rec).double().pow(2).sum(0)
+    return torch.where(total > 1e-12, resid / total.clamp_min(1e-12), torch.zeros_like(total))
+
+
 def level(
     sae: SAE, l1_coef: float, H: Tensor, labels: Tensor, rows: list[int], mono: MonoConfig
 ) -> dict[str, Any]:
@@ -151,6 +159,7 @@ def level(
         "d_sae": mono.d_sae,
         "mean_purity": feats["mean_purity"],
         "median_purity": feats["median_purity"],
+        "neuron_fvu": _round(neuron_fvu(H, rec)),
         "features": feats["units"],
         "heatmap": {
             "features": cols,
