@@ -112,6 +112,13 @@ def test_ensure_builds_only_when_missing_or_stale(tmp_path, monkeypatch):
     assert len(calls) == 3
 
 
+def test_ensure_defaults_to_runs_demo(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(seed_demos, "build", lambda p, **kw: p.parent.mkdir(parents=True))
+    assert seed_demos.ensure(None) == seed_demos.DEFAULT_PATH
+    assert (tmp_path / "runs" / "demo").is_dir()
+
+
 @pytest.mark.parametrize("coefs", [(), (1.0, 0.5), (1.0, 1.0)])
 def test_bad_l1_coefs(coefs):
     with pytest.raises(ConfigError, match="l1_coefs"):

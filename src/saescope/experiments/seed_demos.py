@@ -149,7 +149,7 @@ def level(
         rec = sae.decode(f)
     feats = _units(f, labels, mono.n_classes, _alive(f, mono.fire_threshold))
     cols = [u["id"] for u in feats["units"]]
-    acts = f[rows][:, cols]
+    acts = _round(f[rows][:, cols])
     return {
         "l1_coef": l1_coef,
         "l0": metrics.l0(f),
@@ -163,8 +163,8 @@ def level(
         "features": feats["units"],
         "heatmap": {
             "features": cols,
-            "acts": _round(acts),
-            "max": float(acts.max()) if acts.numel() else 0.0,
+            "acts": acts,
+            "max": max((v for row in acts for v in row), default=0.0),
         },
     }
 
@@ -176,15 +176,18 @@ def build_data(seed: int = 0, cfg: DemoConfig = DemoConfig(), progress: bool = T
             f"l1_coefs {cfg.l1_coefs} must be distinct and increasing (dense to sparse)"
         )
     mono = cfg.mono
-    with torch_threads(mono.threads):
+    bar = tqdm(total=len(cfg.l1_coefs) + 1, desc="seed demos", unit="model", disable=not progress)
+    with torch_threads(mono.threads), bar:
+        bar.set_postfix_str("classifier")
         H, labels, accuracy = hidden_activations(seed, mono)
         neurons = _units(H, labels, mono.n_classes, _alive(H, mono.fire_threshold), False)
         rows = sample_inputs(labels, cfg.inputs_per_class, seed)
+        bar.update(1)
         levels = []
-        bar = tqdm(cfg.l1_coefs, desc="seed demos: SAEs", unit="SAE", disable=not progress)
-        for l1 in bar:
-            bar.set_postfix(l1=l1)
+        for l1 in cfg.l1_coefs:
+            bar.set_postfix_str(f"SAE L1 {l1}")
             levels.append(level(train_sae(H, l1, seed, mono), l1, H, labels, rows, mono))
+            bar.update(1)
     stops = list(cfg.l1_coefs)
     return {
         "format": FORMAT,
@@ -193,7 +196,12 @@ def build_data(seed: int = 0, cfg: DemoConfig = DemoConfig(), progress: bool = T
         "config": {**asdict(cfg), "mono": asdict(mono)},
         "classes": [f"class {c}" for c in range(mono.n_classes)],
         "accuracy": accuracy,
-        "neurons": {"d_hidden": mono.d_hidden, "alive": len(neurons["units"]), **neurons},
+        "neurons": {
+            "d_hidden": mono.d_hidden,
+            "alive": len(neurons["units"]),
+            "respond_threshold": mono.respond_threshold,
+            **neurons,
+        },
         "inputs": [{"index": i, "class": int(labels[i])} for i in rows],
         "default": stops.index(cfg.default) if cfg.default in stops else len(stops) - 1,
         "levels": levels,
@@ -217,8 +225,10 @@ def is_current(path: Path) -> bool:
         return False
 
 
-def ensure(path: Path = DEFAULT_PATH, progress: bool = True, **kwargs: Any) -> Path:
-    """The demo file at `path`, built (with a progress bar) when missing or out of date."""
+def ensure(path: Path | str | None = None, progress: bool = True, **kwargs: Any) -> Path:
+    """The demo file at `path` (None: DEFAULT_PATH), built (with a progress bar, about 15 s
+    on one core) when missing or out of date; `saescope explore` calls it."""
+    path = DEFAULT_PATH if path is None else Path(path)
     if not is_current(path):
         build(path, progress=progress, **kwargs)
     return Path(path)

@@ -48,7 +48,7 @@ function main(data) {
   const slider = document.getElementById("slider");
   const x0 = LABEL_W + data.classes.length * CELL_W + 10;
   const neurons = data.neurons.units.map((u) => ({
-    ...u, responds: u.class_means.filter((v) => v > 0.5).length,
+    ...u, responds: u.class_means.filter((v) => v > data.neurons.respond_threshold).length,
   }));
 
   function show(i) {
@@ -73,7 +73,7 @@ function main(data) {
   document.getElementById("npurity").textContent = seedFmt(data.neurons.mean_purity, 3);
   document.getElementById("neurons-note").textContent =
     `${neurons.length} neurons (classifier accuracy ${seedFmt(100 * data.accuracy, 1)}%); ` +
-    `${neurons.filter((u) => u.responds >= 2).length} respond (mean > 0.5) to 2 or more classes. ` +
+    `${neurons.filter((u) => u.responds >= 2).length} respond (mean > ${data.neurons.respond_threshold}) to 2 or more classes. ` +
     "Red: variance the SAE leaves unexplained.";
   slider.max = data.levels.length - 1;
   slider.value = data.default;

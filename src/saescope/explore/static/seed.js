@@ -1,4 +1,5 @@
-// Shared by the seed demos' pages: a dark-to-bright colour scale (viridis), dark = 0.
+// Shared by the seed demos' pages: the app's nav bar when nav.js is there, a dark-to-bright colour
+// scale (viridis, dark = 0), SVG and fetch helpers.
 "use strict";
 const VIRIDIS = [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]];
 
@@ -30,4 +31,10 @@ async function seedFetch(url) {
 
 function seedFmt(x, digits) {
   return Number(x).toFixed(digits);
+}
+
+// The app's nav bar (nav.js, when served with it); the demos need no run, so a failure there
+// (no runs) leaves the page working.
+if (window.saescope && typeof window.saescope.setup === "function") {
+  window.saescope.setup().catch(() => {});
 }
