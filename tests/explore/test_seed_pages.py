@@ -3,6 +3,7 @@ changes both panels and the L0/MSE/purity numbers; a click on a bright cell of t
 Explorer's heatmap names the feature's class. Screenshots go to docs/screenshots/."""
 
 import json
+from dataclasses import replace
 
 import pytest
 from fastapi import FastAPI
@@ -13,31 +14,34 @@ from saescope.explore import seed
 from tests.explore.browser import SCREENSHOTS, served
 
 STATIC = seed.__file__.rsplit("/", 1)[0] + "/static"
+CFG = replace(seed_demos.DemoConfig(), mono=replace(seed_demos.DemoConfig().mono, sae_steps=700))
+"""The real slider's stops with fewer SAE steps (about 6 s): the screenshots show the trade-off."""
 
 
-def make_app(demo):
-    """The routes and static files as the app serves them (create_app, saescope.explore.app):
-    the seed router, the pages under /static/."""
+def make_app(demo, tmp):
+    """The app of `saescope explore` (create_app, with one run: it needs one) or, before the
+    web app is merged, the seed router and the pages under /static/ as create_app serves them."""
     try:
         from saescope.explore import create_app
-    except ImportError:  # before the web app is merged
+        from tests.explore.common import random_run
+    except ImportError:
         app = FastAPI()
         app.state.demo = demo
         app.include_router(seed.router)
         app.mount("/static", StaticFiles(directory=STATIC), name="static")
         return app
-    return create_app([], demo=demo)
+    return create_app([random_run(tmp / "run")], demo=demo)
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     path = tmp_path_factory.mktemp("seed") / "seed_demos.json"
-    return seed_demos.build(path, seed=0, cfg=seed_demos.quick_config(), progress=False)
+    return seed_demos.build(path, seed=0, cfg=CFG, progress=False)
 
 
 @pytest.fixture(scope="module")
-def base(demo):
-    with served(make_app(demo)) as url:
+def base(demo, tmp_path_factory):
+    with served(make_app(demo, tmp_path_factory.mktemp("app"))) as url:
         yield url
 
 
@@ -56,14 +60,14 @@ def test_disentangler_slider_changes_both_panels(base, page):
     slider = page.locator("#slider")
     assert slider.is_enabled()
     n = int(slider.get_attribute("max")) + 1
-    assert n == len(seed_demos.quick_config().l1_coefs)
-    assert page.locator("#neurons g.row").count() == seed_demos.quick_config().mono.d_hidden
+    assert n == len(CFG.l1_coefs)
+    assert page.locator("#neurons g.row").count() == CFG.mono.d_hidden
     start = int(slider.input_value())
     seen = []
     for i in range(n):
         slider.fill(str(i))  # sets the value and fires input, as a drag does
         seen.append((_numbers(page), _panel(page, "#neurons"), _panel(page, "#features")))
-    assert [s[0]["l1"] for s in seen] == [f"{x:g}" for x in seed_demos.quick_config().l1_coefs]
+    assert [s[0]["l1"] for s in seen] == [f"{x:g}" for x in CFG.l1_coefs]
     l0 = [float(s[0]["l0"]) for s in seen]
     mse = [float(s[0]["mse"]) for s in seen]
     assert l0 == sorted(l0, reverse=True) and l0[0] > l0[-1]
@@ -110,7 +114,7 @@ def test_sparsity_click_bright_cell_names_its_class(base, page, demo):
 
 @pytest.mark.slow
 def test_pages_say_how_to_make_missing_data(tmp_path, page):
-    with served(make_app(tmp_path / "missing.json")) as url:
+    with served(make_app(tmp_path / "missing.json", tmp_path)) as url:
         for name in ("disentangler", "sparsity"):
             page.goto(f"{url}/static/{name}.html")
             page.wait_for_selector("#error:not([hidden])")
