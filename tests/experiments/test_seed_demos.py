@@ -78,6 +78,31 @@ def test_neurons_match_the_experiment(built):
     assert [i["class"] for i in d["inputs"]] == [int(labels[i["index"]]) for i in d["inputs"]]
 
 
+def test_classifier_index_names_each_features_class(built):
+    """The default stop's SAE, saved with its classes index: the feature browser's top example
+    of each feature is the class the demo file gives it."""
+    analysis = pytest.importorskip("saescope.analysis")  # helper A's index (issue 15)
+    path, d = built
+    folder = path.parent / seed_demos.CLASSIFIER_RUN
+    assert d["index_run"] == folder.name
+    idx = analysis.FeatureIndex.open(folder)
+    try:
+        assert idx.info["kind"] == "classes" and idx.info["d_sae"] == CFG.mono.d_sae
+        for f in d["levels"][d["default"]]["features"]:
+            if f["purity"] > 0.9:
+                assert idx.feature(f["id"])["top"][0]["tokens"] == [d["classes"][f["class"]]]
+    finally:
+        idx.close()
+
+
+def test_no_index_without_analysis(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "saescope.analysis", None)  # as if not installed
+    got = seed_demos.index_classifier(tmp_path / "run", None, None, None, [], 1.0)
+    assert got is None and not (tmp_path / "run").exists()
+
+
 def test_sample_inputs_per_class():
     labels = torch.arange(4).repeat_interleave(10)
     rows = seed_demos.sample_inputs(labels, 3, seed=1)

@@ -19,8 +19,9 @@ CFG = replace(seed_demos.DemoConfig(), mono=replace(seed_demos.DemoConfig().mono
 
 
 def make_app(demo, tmp):
-    """The app of `saescope explore` (create_app, with one run: it needs one) or, before the
-    web app is merged, the seed router and the pages under /static/ as create_app serves them."""
+    """The app of `saescope explore` (create_app, with the classifier SAE's run beside the demo
+    file when the index was built, else a random one: it needs a run) or, before the web app is
+    merged, the seed router and the pages under /static/ as create_app serves them."""
     try:
         from saescope.explore import create_app
         from tests.explore.common import random_run
@@ -30,7 +31,8 @@ def make_app(demo, tmp):
         app.include_router(seed.router)
         app.mount("/static", StaticFiles(directory=STATIC), name="static")
         return app
-    return create_app([random_run(tmp / "run")], demo=demo)
+    run = demo.parent / seed_demos.CLASSIFIER_RUN
+    return create_app([run if run.is_dir() else random_run(tmp / "run")], demo=demo)
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +112,34 @@ def test_sparsity_click_bright_cell_names_its_class(base, page, demo):
         data["levels"][0]["features"]
     )
     assert page.js_errors == []
+
+
+@pytest.mark.slow
+def test_sparsity_links_a_feature_to_its_dashboard(base, page, demo):
+    """With the feature index and the web app there, a clicked feature opens in the feature
+    browser, whose dashboard shows the class it fires on."""
+    data = json.loads(demo.read_text())
+    if not data["index_run"] or not _has_app():
+        pytest.skip("needs saescope.analysis and saescope.explore.create_app (issue 15)")
+    page.goto(f"{base}/static/sparsity.html")
+    page.wait_for_function("window.saescope && window.saescope.runs")
+    page.wait_for_selector("#heatmap rect.cell")
+    lvl = data["levels"][data["default"]]
+    col = max(range(len(lvl["features"])), key=lambda j: lvl["features"][j]["purity"])
+    feat = lvl["features"][col]
+    page.locator(f"#heatmap rect.cell[data-col='{col}']").first.click()
+    page.click("#info-browser")
+    page.wait_for_url(f"**/index.html?run={data['index_run']}&feature={feat['id']}")
+    page.wait_for_selector(f"text={data['classes'][feat['class']]}")
+    assert page.js_errors == []
+
+
+def _has_app():
+    try:
+        from saescope.explore import create_app  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 @pytest.mark.slow

@@ -49,6 +49,9 @@ FORMAT = 1
 """The JSON layout's version; `ensure` rebuilds a file of another version."""
 DEFAULT_PATH = Path("runs") / "demo" / "seed_demos.json"
 """Where `saescope explore` and `saescope demo` keep the file (relative to the working folder)."""
+CLASSIFIER_RUN = "seed_classifier"
+"""The folder, beside the JSON file, of the default stop's SAE with its classes index (when
+saescope.analysis is there): `saescope explore runs/demo/seed_classifier` browses it."""
 DIGITS = 4
 """Decimals kept for the activations in the file (it stays small: ~0.3 MB)."""
 
@@ -169,8 +172,15 @@ def level(
     }
 
 
-def build_data(seed: int = 0, cfg: DemoConfig = DemoConfig(), progress: bool = True) -> dict:
-    """Everything both demos draw, as a JSON-ready dict (see the module docstring)."""
+def build_data(
+    seed: int = 0,
+    cfg: DemoConfig = DemoConfig(),
+    progress: bool = True,
+    sae_dir: Path | None = None,
+) -> dict:
+    """Everything both demos draw, as a JSON-ready dict (see the module docstring). With
+    `sae_dir`, the default stop's SAE is also saved there with its classes index
+    (`index_classifier`); the dict's `index_run` names that folder (None without it)."""
     if not cfg.l1_coefs or list(cfg.l1_coefs) != sorted(set(cfg.l1_coefs)):
         raise ConfigError(
             f"l1_coefs {cfg.l1_coefs} must be distinct and increasing (dense to sparse)"
@@ -183,18 +193,23 @@ def build_data(seed: int = 0, cfg: DemoConfig = DemoConfig(), progress: bool = T
         neurons = _units(H, labels, mono.n_classes, _alive(H, mono.fire_threshold), False)
         rows = sample_inputs(labels, cfg.inputs_per_class, seed)
         bar.update(1)
-        levels = []
-        for l1 in cfg.l1_coefs:
+        levels, stops = [], list(cfg.l1_coefs)
+        default = stops.index(cfg.default) if cfg.default in stops else len(stops) - 1
+        classes = [f"class {c}" for c in range(mono.n_classes)]
+        indexed = None
+        for i, l1 in enumerate(stops):
             bar.set_postfix_str(f"SAE L1 {l1}")
-            levels.append(level(train_sae(H, l1, seed, mono), l1, H, labels, rows, mono))
+            sae = train_sae(H, l1, seed, mono)
+            levels.append(level(sae, l1, H, labels, rows, mono))
+            if i == default and sae_dir is not None:
+                indexed = index_classifier(sae_dir, sae, H, labels, classes, l1)
             bar.update(1)
-    stops = list(cfg.l1_coefs)
     return {
         "format": FORMAT,
         "experiment": "monosemanticity",
         "seed": seed,
         "config": {**asdict(cfg), "mono": asdict(mono)},
-        "classes": [f"class {c}" for c in range(mono.n_classes)],
+        "classes": classes,
         "accuracy": accuracy,
         "neurons": {
             "d_hidden": mono.d_hidden,
@@ -203,18 +218,45 @@ def build_data(seed: int = 0, cfg: DemoConfig = DemoConfig(), progress: bool = T
             **neurons,
         },
         "inputs": [{"index": i, "class": int(labels[i])} for i in rows],
-        "default": stops.index(cfg.default) if cfg.default in stops else len(stops) - 1,
+        "default": default,
+        "index_run": None if indexed is None else indexed.name,
         "levels": levels,
     }
 
 
+def index_classifier(
+    folder: Path, sae: SAE, H: Tensor, labels: Tensor, classes: list[str], l1_coef: float
+) -> Path | None:
+    """Save `sae` as a run folder and build its classes index there (each input an example
+    whose one token is its class name: `saescope.analysis.index_classes`), so the feature
+    browser opens the classifier's SAE. None (nothing written) when saescope.analysis is not
+    installed."""
+    try:
+        from saescope.analysis import index_classes
+    except ModuleNotFoundError as e:
+        if e.name and not e.name.startswith("saescope.analysis"):
+            raise
+        return None
+    meta = {"experiment": "monosemanticity (seed demos)", "l1_coef": l1_coef}
+    sae.save(folder, meta)
+    index_classes(folder, sae, H, labels, classes)
+    return Path(folder)
+
+
 def build(
-    path: Path = DEFAULT_PATH, seed: int = 0, cfg: DemoConfig = DemoConfig(), progress: bool = True
+    path: Path = DEFAULT_PATH,
+    seed: int = 0,
+    cfg: DemoConfig = DemoConfig(),
+    progress: bool = True,
+    index: bool = True,
 ) -> Path:
-    """Train and measure (`build_data`) and write the JSON file atomically; returns its path."""
-    data = build_data(seed, cfg, progress)
-    atomic_write_bytes(Path(path), json.dumps(data, separators=(",", ":")).encode())
-    return Path(path)
+    """Train and measure (`build_data`) and write the JSON file atomically; returns its path.
+    With `index`, the default stop's SAE and its classes index go to the CLASSIFIER_RUN folder
+    beside it (when saescope.analysis is there)."""
+    path = Path(path)
+    data = build_data(seed, cfg, progress, path.parent / CLASSIFIER_RUN if index else None)
+    atomic_write_bytes(path, json.dumps(data, separators=(",", ":")).encode())
+    return path
 
 
 def is_current(path: Path) -> bool:

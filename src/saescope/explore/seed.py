@@ -11,7 +11,9 @@ how to make it. The file is re-read when it changes on disk (its mtime), else se
                                     SAE features' class responses
     GET /api/seed/sparsity?level=i  the Sparsity Explorer's heatmap at stop i (default: the
                                     file's `default`): the sampled inputs with their classes,
-                                    the features (id, class, purity) and acts[input][feature]
+                                    the features (id, class, purity) and acts[input][feature];
+                                    `index_run`: the run folder's name of the default stop's
+                                    SAE with its classes index (null when not built)
 """
 
 from __future__ import annotations
@@ -102,6 +104,8 @@ def sparsity(
         "classes": data["classes"],
         "levels": [_summary(x) for x in levels],
         "level": i,
+        "default": data["default"],
+        "index_run": data.get("index_run"),
         "inputs": data["inputs"],
         "features": lvl["features"],
         "acts": lvl["heatmap"]["acts"],

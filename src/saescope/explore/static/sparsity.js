@@ -43,6 +43,23 @@ function describe(data, j, i) {
   cap.className = "legend";
   cap.textContent = "Mean activation of the feature over each class (all inputs):";
   info.append(h, p, cap, bars);
+  const link = browserLink(data, f.id);
+  if (link) info.append(link);
+}
+
+// At the default stop, when the app serves the classifier SAE's run (data.index_run), a link
+// to the feature's dashboard in the feature browser.
+function browserLink(data, id) {
+  const runs = (window.saescope && window.saescope.runs) || [];
+  if (!data.index_run || data.level !== data.default) return null;
+  if (!runs.some((r) => r.name === data.index_run)) return null;
+  const a = document.createElement("a");
+  a.id = "info-browser";
+  a.href = `index.html?run=${encodeURIComponent(data.index_run)}&feature=${id}`;
+  a.textContent = `Open f${id} in the feature browser (its dashboard over all inputs)`;
+  const p = document.createElement("p");
+  p.append(a);
+  return p;
 }
 
 function draw(data) {
