@@ -53,7 +53,7 @@ CLASSIFIER_RUN = "seed_classifier"
 """The folder, beside the JSON file, of the default stop's SAE with its classes index (when
 saescope.analysis is there): `saescope explore runs/demo/seed_classifier` browses it."""
 DIGITS = 4
-"""Decimals kept for the activations in the file (it stays small: ~0.3 MB)."""
+"""Decimals kept for the activations in the file (it stays small: about 95 kB)."""
 
 
 @dataclass(frozen=True)
@@ -268,7 +268,7 @@ def is_current(path: Path) -> bool:
 
 
 def ensure(path: Path | str | None = None, progress: bool = True, **kwargs: Any) -> Path:
-    """The demo file at `path` (None: DEFAULT_PATH), built (with a progress bar, about 15 s
+    """The demo file at `path` (None: DEFAULT_PATH), built (with a progress bar, 15-20 s
     on one core) when missing or out of date; `saescope explore` calls it."""
     path = DEFAULT_PATH if path is None else Path(path)
     if not is_current(path):
