@@ -54,7 +54,9 @@ def test_log2_bins_clamp_to_the_ends():
 
 def _brute_top(group, score, ctx, groups, k):
     best = {}
-    for g, s, c, i in zip(group.tolist(), score.tolist(), ctx.tolist(), range(len(group))):
+    for g, s, c, i in zip(
+        group.tolist(), score.tolist(), ctx.tolist(), range(len(group)), strict=True
+    ):
         if (g, c) not in best or s > best[(g, c)][0]:
             best[(g, c)] = (s, i)
     out = {g: [] for g in range(groups)}
@@ -82,7 +84,7 @@ def test_group_top_equals_a_full_sort(k):
         top.offer(group[sl], score[sl], key[sl], ctx[sl], windows)
     want = _brute_top(group, score, ctx, groups, k)
     for g in range(groups):
-        got = [(float(s), int(i)) for s, i in zip(top.score[g], top.key[g]) if i >= 0]
+        got = [(float(s), int(i)) for s, i in zip(top.score[g], top.key[g], strict=True) if i >= 0]
         assert got == [(s, i) for s, i in want[g]]
         for slot, (_, i) in enumerate(want[g]):
             assert torch.equal(top.acts[g, slot], acts[i])
@@ -99,6 +101,6 @@ def test_row_sample_keeps_the_smallest_priorities():
         sample.offer(prio[sl], f[sl])
     want = torch.topk(prio, 40, largest=False).indices
     assert torch.equal(sample.prio, prio[want])
-    for row, i in zip(sample.feats, want):
+    for row, i in zip(sample.feats, want, strict=True):
         active = set(torch.topk(f[i], 5).indices[torch.topk(f[i], 5).values > 0].tolist())
         assert {int(x) for x in row if x >= 0} == active

@@ -28,7 +28,9 @@ def built(tmp_path_factory):
 def test_info(built):
     idx, f, _ = built
     info = idx.info
-    assert info["kind"] == "classes" and info["d_sae"] == D_SAE and info["d_in"] == f.shape[0] * 0 + 8
+    assert (
+        info["kind"] == "classes" and info["d_sae"] == D_SAE and info["d_in"] == f.shape[0] * 0 + 8
+    )
     assert info["tokens"] == info["examples"] == f.shape[0]
     assert info["model"] is None and info["hook"] is None and info["architecture"] == "topk"
     json.dumps(info)
@@ -45,7 +47,9 @@ def test_every_page_matches_brute_force(built):
         assert page["density"] == pytest.approx(float(on.float().mean()))
         assert page["max_act"] == pytest.approx(float(col.max()))
         if not on.any():
-            assert page["top"] == [] and page["intervals"] == [] and page["histogram"]["counts"] == []
+            assert (
+                page["top"] == [] and page["intervals"] == [] and page["histogram"]["counts"] == []
+            )
             continue
         assert page["mean_act"] == pytest.approx(float(col[on].mean()), rel=1e-5)
         order = torch.argsort(col, descending=True)[: min(CFG.top, int(on.sum()))]
@@ -73,8 +77,8 @@ def test_every_page_matches_brute_force(built):
 
 
 def test_search_token_finds_the_features_that_peak_on_a_class(built):
-    idx, f, labels = built
-    for c, name in enumerate(CLASSES):
+    idx = built[0]
+    for name in CLASSES:
         got = idx.search_token(name, limit=D_SAE)
         assert got, name
         for r in got:

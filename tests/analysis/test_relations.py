@@ -37,7 +37,9 @@ def test_cofiring_is_the_ochiai_coefficient_on_the_sample(monkeypatch):
     for i in range(d - 1):
         want = torch.topk(ochiai[i], 3)
         assert torch.allclose(score[i], want.values, atol=1e-6)
-        assert set(ids[i].tolist()) == set(want.indices.tolist()) or len(set(want.values.tolist())) < 3
+        assert (
+            set(ids[i].tolist()) == set(want.indices.tolist()) or len(set(want.values.tolist())) < 3
+        )
     assert (ids[9] == -1).all()
 
 

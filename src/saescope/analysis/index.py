@@ -118,20 +118,20 @@ class FeatureIndex:
         ).fetchone()
         page = json.loads(page)
         rows = con.execute(
-            "SELECT kind, example, at, max, tokens, acts FROM examples WHERE feature = ? "
+            "SELECT kind, example, position, at, max, tokens, acts FROM examples WHERE feature = ? "
             "ORDER BY slot",
             (i,),
         ).fetchall()
         top: list[dict[str, Any]] = []
         intervals = [{"lo": lo, "hi": hi, "examples": []} for lo, hi in page["intervals"]]
-        for kind, example, at, act, toks, acts in rows:
+        for kind, example, pos, at, act, toks, acts in rows:
             words = [self.vocab.get(t, "") for t in np.frombuffer(toks, np.int32).tolist()]
             ex = {
                 "example": example,
                 "tokens": words,
                 "acts": np.frombuffer(acts, np.float32).tolist(),
             }
-            ex.update(max=act, at=at)
+            ex.update(max=act, at=at, position=pos)
             (top if kind == 0 else intervals[kind - 1]["examples"]).append(ex)
         logits = page["logits"]
         if logits is not None:

@@ -32,10 +32,11 @@ class Relations:
 @dataclass
 class FeatureRows:
     """One feature's rows: `feature` (id, density, max_act, mean_act, fired, page dict),
-    `examples` (slot, kind, example, at, max, token ids, acts), `peaks` {token id: [acts]}."""
+    `examples` (slot, kind, example, position, at, max, token ids, acts), `peaks` {token id:
+    [acts]}."""
 
     feature: tuple[int, float, float, float, int, dict[str, Any]]
-    examples: list[tuple[int, int, int, int, float, np.ndarray, np.ndarray]]
+    examples: list[tuple[int, int, int, int, int, float, np.ndarray, np.ndarray]]
     peaks: dict[int, list[float]]
 
 
@@ -160,6 +161,7 @@ def feature_rows(state: IndexState, contexts: Tensor, rel: Relations) -> Iterato
     inside = toks >= 0
     at = (cfg.before - (~inside[:, : cfg.before]).sum(1)).tolist()
     ctx = (ex.key // win.positions).tolist()
+    pos = (ex.key % win.positions).tolist()
     acts, mx, kind, slot = ex.acts.numpy(), ex.max.tolist(), ex.kind.tolist(), ex.slot.tolist()
     bounds = torch.searchsorted(ex.feature, torch.arange(state.d_sae + 1)).tolist()
     edges, hist = s.edges().numpy(), s.hist.numpy()
@@ -172,7 +174,7 @@ def feature_rows(state: IndexState, contexts: Tensor, rel: Relations) -> Iterato
         for e in range(bounds[i], bounds[i + 1]):
             m = inside[e]
             t = toks[e][m].astype(np.int32)
-            rows.append((slot[e], kind[e], ctx[e], at[e], mx[e], t, acts[e][m]))
+            rows.append((slot[e], kind[e], ctx[e], pos[e], at[e], mx[e], t, acts[e][m]))
             if kind[e] == 0:
                 peaks.setdefault(int(toks[e, cfg.before]), []).append(mx[e])
         page: dict[str, Any] = {

@@ -22,8 +22,9 @@ CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE features (id INTEGER PRIMARY KEY, density REAL NOT NULL, max_act REAL NOT NULL,
     mean_act REAL NOT NULL, fired INTEGER NOT NULL, page TEXT NOT NULL);
 CREATE TABLE examples (feature INTEGER NOT NULL, slot INTEGER NOT NULL, kind INTEGER NOT NULL,
-    example INTEGER NOT NULL, at INTEGER NOT NULL, max REAL NOT NULL, tokens BLOB NOT NULL,
-    acts BLOB NOT NULL, PRIMARY KEY (feature, slot)) WITHOUT ROWID;
+    example INTEGER NOT NULL, position INTEGER NOT NULL, at INTEGER NOT NULL,
+    max REAL NOT NULL, tokens BLOB NOT NULL, acts BLOB NOT NULL,
+    PRIMARY KEY (feature, slot)) WITHOUT ROWID;
 CREATE TABLE peaks (token INTEGER NOT NULL, feature INTEGER NOT NULL, count INTEGER NOT NULL,
     mean_act REAL NOT NULL, PRIMARY KEY (token, feature)) WITHOUT ROWID;
 CREATE TABLE texts (feature INTEGER NOT NULL, text TEXT NOT NULL);
@@ -89,13 +90,13 @@ def _insert(con: sqlite3.Connection, batch: list[FeatureRows], text: Callable[[i
     for r in batch:
         i, density, max_act, mean_act, fired, page = r.feature
         feats.append((i, density, max_act, mean_act, fired, json.dumps(page)))
-        for slot, kind, example, at, act, toks, acts in r.examples:
-            examples.append((i, slot, kind, example, at, act, toks.tobytes(), acts.tobytes()))
+        for slot, kind, example, pos, at, act, toks, acts in r.examples:
+            examples.append((i, slot, kind, example, pos, at, act, toks.tobytes(), acts.tobytes()))
             if kind == 0:
                 texts.append((i, "".join(text(t) for t in toks.tolist())))
         for tok, acts_on in r.peaks.items():
             peaks.append((tok, i, len(acts_on), sum(acts_on) / len(acts_on)))
     con.executemany("INSERT INTO features VALUES (?, ?, ?, ?, ?, ?)", feats)
-    con.executemany("INSERT INTO examples VALUES (?, ?, ?, ?, ?, ?, ?, ?)", examples)
+    con.executemany("INSERT INTO examples VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", examples)
     con.executemany("INSERT INTO peaks VALUES (?, ?, ?, ?)", peaks)
     con.executemany("INSERT INTO texts VALUES (?, ?)", texts)
