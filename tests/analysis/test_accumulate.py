@@ -98,7 +98,8 @@ def test_row_sample_keeps_the_smallest_priorities():
     prio = priority(torch.arange(n), salt=2)
     sample = RowSample(40, width=5)
     for sl in _chunks(n):
-        sample.offer(prio[sl], f[sl])
+        rows, feats = (f[sl] > 0).nonzero(as_tuple=True)
+        sample.offer(prio[sl], rows, feats, f[sl][rows, feats])
     want = torch.topk(prio, 40, largest=False).indices
     assert torch.equal(sample.prio, prio[want])
     for row, i in zip(sample.feats, want, strict=True):

@@ -77,12 +77,20 @@ class Stats:
 class GroupTop:
     """Per group, the `k` items of highest score seen, at most one per context (its best),
     best first: `score` (groups, k) float64 (-inf: empty), `key` (groups, k) int64 (the
-    item's token key, -1: empty) and `acts` (groups, k, width) float32."""
+    item's token key, -1: empty) and `ptr` (groups, k), the item's row in `pool` (groups x k,
+    width) float32, its window of activations. A merge moves pointers, and writes the windows
+    of the new items only (into the rows of the items they evict)."""
 
     def __init__(self, groups: int, k: int, width: int) -> None:
         self.score = torch.full((groups, k), -math.inf, dtype=torch.float64)
         self.key = torch.full((groups, k), -1, dtype=torch.int64)
-        self.acts = torch.zeros(groups, k, width, dtype=torch.float32)
+        self.ptr = torch.arange(groups * k).view(groups, k)
+        self.pool = torch.zeros(groups * k, width, dtype=torch.float32)
+
+    @property
+    def acts(self) -> Tensor:
+        """(groups, k, width): every slot's window (empty slots: stale values)."""
+        return self.pool[self.ptr]
 
     def offer(self, group: Tensor, score: Tensor, key: Tensor, ctx: Tensor, windows) -> None:
         """Candidates (c,) each: group, score, token key and context; windows(idx) gives the
@@ -105,22 +113,31 @@ class GroupTop:
         sc[inv, k + rank] = score[idx].double()
         keys = torch.cat([self.key[u], torch.full_like(self.key[u], -1)], 1)
         keys[inv, k + rank] = key[idx]
-        acts = torch.cat([self.acts[u], torch.zeros_like(self.acts[u])], 1)
-        acts[inv, k + rank] = windows(idx)
         best = torch.topk(sc, k, dim=1).indices  # sorted, best first
+        kept = torch.zeros_like(sc, dtype=torch.bool).scatter_(1, best, True)
+        # each new slot kept takes the row of an old slot dropped (as many of each per group)
+        old_ptr = self.ptr[u]
+        ptrs = torch.cat([old_ptr, torch.full_like(old_ptr, -1)], 1)
+        du, dp = (~kept[:, :k]).nonzero(as_tuple=True)
+        nu, npos = kept[:, k:].nonzero(as_tuple=True)
+        ptrs[nu, k + npos] = old_ptr[du, dp]
+        cand = torch.full((u.numel(), k), -1, dtype=torch.int64)
+        cand[inv, rank] = torch.arange(idx.numel())
+        c = cand[nu, npos]
+        real = c >= 0
+        if real.any():
+            self.pool[ptrs[nu[real], k + npos[real]]] = windows(idx[c[real]])
         self.score[u] = sc.gather(1, best)
         self.key[u] = keys.gather(1, best)
-        self.acts[u] = acts.gather(1, best[..., None].expand(-1, -1, acts.shape[2]))
+        self.ptr[u] = ptrs.gather(1, best)
 
     def state(self, prefix: str) -> dict[str, Tensor]:
-        return {
-            f"{prefix}.score": self.score,
-            f"{prefix}.key": self.key,
-            f"{prefix}.acts": self.acts,
-        }
+        names = ("score", "key", "ptr", "pool")
+        return {f"{prefix}.{n}": getattr(self, n) for n in names}
 
     def load(self, s: dict[str, Tensor], prefix: str) -> None:
-        self.score, self.key, self.acts = (s[f"{prefix}.{n}"] for n in ("score", "key", "acts"))
+        for n in ("score", "key", "ptr", "pool"):
+            setattr(self, n, s[f"{prefix}.{n}"])
 
 
 def _best_per_context(idx: Tensor, group: Tensor, score: Tensor, ctx: Tensor) -> Tensor:
@@ -143,25 +160,37 @@ class RowSample:
         self.prio = torch.full((n,), math.inf, dtype=torch.float64)
         self.feats = torch.full((n, width), -1, dtype=torch.int32)
 
-    def offer(self, prio: Tensor, f: Tensor) -> None:
-        """prio (m,) the tokens' priorities, f (m, d_sae) their activations."""
-        cand = (prio < self.prio.max()).nonzero().flatten()
-        if cand.numel() == 0:
+    def offer(self, prio: Tensor, rows: Tensor, feats: Tensor, values: Tensor) -> None:
+        """prio (m,) the batch's tokens' priorities; rows, feats, values (e,): its non-zero
+        activations (row, feature, value)."""
+        cand = prio < self.prio.max()
+        n = int(cand.sum())
+        if n == 0:
             return
         width = self.feats.shape[1]
-        top = torch.topk(f[cand], min(width, f.shape[1]), dim=1)
-        feats = torch.where(top.values > 0, top.indices, -1).int()
-        if feats.shape[1] < width:
-            feats = torch.cat(
-                [feats, feats.new_full((feats.shape[0], width - feats.shape[1]), -1)], 1
-            )
+        slot = torch.cumsum(cand, 0) - 1  # each candidate row's place among them
+        e = cand[rows].nonzero().flatten()
+        order = torch.argsort(values[e], descending=True, stable=True)
+        e = e[order][torch.argsort(rows[e][order], stable=True)]
+        r = rows[e]
+        rank = rank_in_runs(r)
+        e, r, rank = e[rank < width], r[rank < width], rank[rank < width]
+        got = torch.full((n, width), -1, dtype=torch.int32)
+        got[slot[r], rank] = feats[e].int()
         allp = torch.cat([self.prio, prio[cand].double()])
         keep = torch.topk(allp, self.prio.numel(), largest=False).indices
         self.prio = allp[keep]
-        self.feats = torch.cat([self.feats, feats])[keep]
+        self.feats = torch.cat([self.feats, got])[keep]
 
     def state(self) -> dict[str, Tensor]:
         return {"sample.prio": self.prio, "sample.feats": self.feats}
 
     def load(self, s: dict[str, Tensor]) -> None:
         self.prio, self.feats = s["sample.prio"], s["sample.feats"]
+
+
+def rank_in_runs(sorted_groups: Tensor) -> Tensor:
+    """Each item's rank within its run of equal values."""
+    _, counts = torch.unique_consecutive(sorted_groups, return_counts=True)
+    starts = counts.cumsum(0) - counts
+    return torch.arange(sorted_groups.numel()) - torch.repeat_interleave(starts, counts)

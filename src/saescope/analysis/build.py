@@ -59,7 +59,7 @@ class IndexState:
         bucket = log2_bins(values, self.cfg.low, 1.0, self.cfg.buckets)
         prio = priority(tok * self.d_sae + feats, salt=1)
         self.buckets.offer(feats * self.cfg.buckets + bucket, prio, tok, ctx, windows)
-        self.sample.offer(priority(key, salt=2), f)
+        self.sample.offer(priority(key, salt=2), rows, feats, values)
         self.batches += 1
         self.tokens += f.shape[0]
         self.set_aside += b.set_aside

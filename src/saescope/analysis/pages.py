@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from saescope.analysis.accumulate import rank_in_runs
 from saescope.analysis.build import IndexState
 from saescope.analysis.relations import Ranked
 
@@ -125,31 +126,24 @@ def examples(state: IndexState) -> Examples:
     p = prio[f_i, b_i, s_i]
     order = torch.argsort(p, descending=True, stable=True)
     order = order[torch.argsort(grp[order], stable=True)]
-    rank = _rank(grp[order])
+    rank = rank_in_runs(grp[order])
     order = order[rank < cfg.interval_examples]
     f_i, b_i, s_i = f_i[order], b_i[order], s_i[order]
     flat = (f_i * nb + b_i) * s + s_i
-    acts_i = bk.acts.view(d * nb * s, -1)[flat]
+    acts_i = bk.pool[bk.ptr.view(-1)[flat]]
     at_i = acts_i[:, cfg.before].double()
     grp = grp[order]
     order = torch.argsort(at_i, descending=True, stable=True)
     order = order[torch.argsort(grp[order], stable=True)]
     feature = torch.cat([f_top, f_i[order]])
     kinds = torch.cat([torch.zeros_like(f_top), kind[f_i, b_i][order]])
-    slot = kinds * SLOTS + torch.cat([r_top, _rank(grp[order])])
+    slot = kinds * SLOTS + torch.cat([r_top, rank_in_runs(grp[order])])
     keys = torch.cat([top.key[f_top, r_top], bk.key.view(-1)[flat][order]])
-    acts = torch.cat([top.acts[f_top, r_top], acts_i[order]])
+    acts = torch.cat([top.pool[top.ptr[f_top, r_top]], acts_i[order]])
     by = torch.argsort(slot, stable=True)
     by = by[torch.argsort(feature[by], stable=True)]
     mx = acts[by, cfg.before]
     return Examples(feature[by], slot[by], kinds[by], keys[by], mx, acts[by], span)
-
-
-def _rank(sorted_groups: Tensor) -> Tensor:
-    """Each item's rank within its run of equal values."""
-    _, counts = torch.unique_consecutive(sorted_groups, return_counts=True)
-    starts = counts.cumsum(0) - counts
-    return torch.arange(sorted_groups.numel()) - torch.repeat_interleave(starts, counts)
 
 
 def feature_rows(state: IndexState, contexts: Tensor, rel: Relations) -> Iterator[FeatureRows]:

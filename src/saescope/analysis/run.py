@@ -22,7 +22,7 @@ from saescope.analysis.build import Batch, IndexState
 from saescope.analysis.config import IndexConfig
 from saescope.analysis.pages import Relations, feature_rows
 from saescope.analysis.relations import cofiring, direct_logits, neighbours
-from saescope.analysis.store import FILE, write
+from saescope.analysis.store import FILE, FORMAT_VERSION, write
 from saescope.data.outliers import OutlierRule
 from saescope.errors import ConfigError, InputError
 from saescope.models.harvest import harvest
@@ -164,6 +164,7 @@ def _build(
     sae = sae.eval()
     params = [p for _, p in sorted(sae.state_dict().items())]
     meta = {"sae": fingerprint(*params), "source": src, "config": cfg.stored()}
+    meta["format_version"] = FORMAT_VERSION
     if _built(path, meta):
         return path
     ckpt = path.with_name(CHECKPOINT)
