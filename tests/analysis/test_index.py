@@ -152,6 +152,21 @@ def test_open_names_the_missing_index_and_bad_files(tmp_path):
         FeatureIndex.open(bad)
 
 
+def test_open_finds_the_file_from_a_folder_or_a_run(tmp_path):
+    path = build(tmp_path / "plain")[0]
+    assert FeatureIndex.open(tmp_path / "plain").path == path == FeatureIndex.open(path).path
+    from tests.steer.common import random_topk
+
+    for name in ("sae_0", "sae_1"):
+        random_topk(4, 8, 2, seed=0).save(tmp_path / "run" / name)
+    build(tmp_path / "run" / "sae_1")
+    assert FeatureIndex.open(tmp_path / "run", sae="sae_1").path.parent.name == "sae_1"
+    with pytest.raises(InputError, match="holds several SAEs"):
+        FeatureIndex.open(tmp_path / "run")
+    with pytest.raises(InputError, match="is not indexed"):
+        FeatureIndex.open(tmp_path / "run", sae="sae_0")
+
+
 def test_closed_index_refuses(tmp_path):
     path = build(tmp_path)[0]
     idx = FeatureIndex.open(path)

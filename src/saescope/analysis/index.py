@@ -23,10 +23,12 @@ MAX_LIMIT = 1000
 
 def index_path(path: str | Path, sae: str | None = None) -> Path:
     """The index file of a run folder (its SAE chosen as `Run.sae` chooses: the one named, or
-    the only one), of an SAE folder, or the file itself."""
+    the only one), of an SAE folder or any folder holding one, or the file itself."""
     path = Path(path)
     if path.is_file():
         return path
+    if (path / FILE).is_file() and sae is None:
+        return path / FILE
     found = [path] if is_saved(path) else sorted(p for p in path.glob("sae_*") if is_saved(p))
     names = {p.name: p for p in found}
     if not found:
