@@ -22,9 +22,9 @@ from saescope.analysis.build import Batch, IndexState
 from saescope.analysis.config import IndexConfig
 from saescope.analysis.pages import Relations, feature_rows
 from saescope.analysis.relations import cofiring, direct_logits, neighbours
-from saescope.analysis.store import FILE, FORMAT_VERSION, write
+from saescope.analysis.store import FILE, FORMAT_VERSION, built, write
 from saescope.data.outliers import OutlierRule
-from saescope.errors import ConfigError, InputError
+from saescope.errors import InputError
 from saescope.models.harvest import harvest
 from saescope.runs import Run
 from saescope.saes import SAE
@@ -165,7 +165,7 @@ def _build(
     params = [p for _, p in sorted(sae.state_dict().items())]
     meta = {"sae": fingerprint(*params), "source": src, "config": cfg.stored()}
     meta["format_version"] = FORMAT_VERSION
-    if _built(path, meta):
+    if built(path, meta):
         return path
     ckpt = path.with_name(CHECKPOINT)
     state = IndexState.resume(ckpt, meta, sae.cfg.d_sae, contexts.shape[1], cfg)
@@ -215,22 +215,4 @@ def _build(
     return path
 
 
-def _built(path: Path, meta: dict[str, Any]) -> bool:
-    """Whether `path` is an index already built with `meta`."""
-    import json
-    import sqlite3
-
-    if not path.is_file():
-        return False
-    try:
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
-            row = con.execute("SELECT value FROM meta WHERE key = 'info'").fetchone()
-        finally:
-            con.close()
-        return row is not None and json.loads(row[0]).get("build") == meta
-    except (sqlite3.DatabaseError, json.JSONDecodeError):
-        return False
-
-
-__all__ = ["ConfigError", "index_classes", "index_run"]
+__all__ = ["index_classes", "index_run", "run_contexts"]

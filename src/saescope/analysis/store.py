@@ -100,3 +100,18 @@ def _insert(con: sqlite3.Connection, batch: list[FeatureRows], text: Callable[[i
     con.executemany("INSERT INTO examples VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", examples)
     con.executemany("INSERT INTO peaks VALUES (?, ?, ?, ?)", peaks)
     con.executemany("INSERT INTO texts VALUES (?, ?)", texts)
+
+
+def built(path: Path, meta: dict[str, Any]) -> bool:
+    """Whether `path` is an index built with the record `meta` (its info's "build")."""
+    if not path.is_file():
+        return False
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            row = con.execute("SELECT value FROM meta WHERE key = 'info'").fetchone()
+        finally:
+            con.close()
+        return row is not None and json.loads(row[0]).get("build") == meta
+    except (sqlite3.DatabaseError, json.JSONDecodeError):
+        return False
