@@ -41,8 +41,6 @@ def test_killed_build_resumes_to_the_uninterrupted_index(glass_sae, tmp_path, ca
     cut = copy_run(glass_sae, tmp_path / "cut" / "run")
     ckpt = cut / CHECKPOINT
     proc = _saescope("index", cut, *ARGS, "--checkpoint-every", "3", "--no-progress")
-    assert main(["index", str(whole), *ARGS, "--no-progress"]) == 0  # meanwhile
-    assert "indexed 2,048 features of run over" in capsys.readouterr().out
     deadline = time.monotonic() + 120
     while not ckpt.is_file() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
@@ -50,6 +48,8 @@ def test_killed_build_resumes_to_the_uninterrupted_index(glass_sae, tmp_path, ca
     proc.communicate()
     assert proc.returncode == -signal.SIGKILL, "the build ended before it could be killed"
     assert ckpt.is_file() and not (cut / "index.sqlite").exists()
+    assert main(["index", str(whole), *ARGS, "--no-progress"]) == 0
+    assert "indexed 2,048 features of run over" in capsys.readouterr().out
     again = _saescope("index", cut, *ARGS)
     out, err = again.communicate(timeout=300)
     assert again.returncode == 0, err.decode()
