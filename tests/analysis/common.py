@@ -8,8 +8,10 @@ from tests.steer.common import random_topk
 
 CLASSES = ["ant", "bee", "cat", "dog", "eel"]
 N, D_IN, D_SAE, K = 700, 8, 24, 4
-CFG = IndexConfig(top=6, samples=2, buckets=12, low=-4, intervals=3, interval_examples=3)
-CFG = CFG.__class__(**{**CFG.__dict__, "batch_size": 1, "cofire_tokens": 1024})
+CFG = IndexConfig(
+    top=6, samples=2, buckets=12, low=-4, intervals=3, interval_examples=3, batch_size=1
+)
+"""Small enough that the 700 inputs (6 batches of 128) fill and overflow every accumulator."""
 
 
 def classes_data(seed: int = 0):

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
 from saescope.analysis.accumulate import GroupTop, RowSample, Stats, log2_bins, priority
@@ -110,7 +110,7 @@ class IndexState:
                 if {k: body.get(k) for k in meta} != meta:
                     return state
                 s = {k: fh.get_tensor(k) for k in fh.keys()}
-        except (OSError, ValueError, json.JSONDecodeError):  # unreadable: start over
+        except (OSError, ValueError, SafetensorError):  # unreadable: start over
             return state
         state.stats.load(s)
         state.top.load(s, "top")
