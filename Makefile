@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Dev installs pin the CPU build of torch; the library itself declares a range.
 TORCH_PIN := torch==2.13.0
 
-.PHONY: demo test claims lint bench bench-gpu bench-harvest bench-steer bench-cache bench-eval clean corpus
+.PHONY: demo test claims lint bench bench-gpu bench-harvest bench-steer bench-cache bench-eval bench-index clean corpus
 
 $(BIN)/saescope: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -67,6 +67,14 @@ bench-cache: $(BIN)/saescope
 # git revision REV); writes bench/EVAL.md. Tens of minutes on 2 cores (the default eval).
 bench-eval: $(BIN)/saescope corpus
 	$(BIN)/python bench/eval_rss.py $(if $(BEFORE),--before $(BEFORE))
+
+# The feature index on a glassllm SAE of d_sae 16,384 (trained briefly in a temp folder): build
+# time against harvest + encode and peak RSS at 250k and 1M tokens, page and search latency,
+# SQLite against DuckDB (installed for this benchmark only); writes bench/INDEX.md. About half
+# an hour on 2 cores.
+bench-index: $(BIN)/saescope corpus
+	$(BIN)/pip install -q duckdb==2.0.1
+	$(BIN)/python bench/index.py
 
 # Debian's Chromium for the browser tests (Playwright drives it; nothing is downloaded by
 # Playwright itself). apt as root, else through sudo.
