@@ -63,6 +63,11 @@ def _handlers(app: FastAPI) -> None:
     async def malformed(_: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"detail": _one_line(exc)}, status_code=422)
 
+    @app.exception_handler(Exception)
+    async def failed(_: Request, exc: Exception) -> JSONResponse:  # a bug: say so, in JSON
+        message = f"internal error: {type(exc).__name__}: {exc}".splitlines()[0]
+        return JSONResponse({"detail": message}, status_code=500)
+
     @app.middleware("http")
     async def limit_body(request: Request, call_next: Callable[..., Any]) -> Any:
         size = request.headers.get("content-length", "0")
