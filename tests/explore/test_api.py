@@ -204,3 +204,18 @@ def test_concurrent_model_calls_give_what_each_alone_gives(app):
     for i, r in enumerate(got):
         assert r.status_code == 200, r.text
         assert r.json() == (steer if i % 4 == 3 else alone[i % 5])
+
+
+def test_a_bug_is_a_json_500_and_the_server_serves_on(app):
+    idx = app.state.runs["glass"].index(None)
+
+    def broken(i):
+        raise RuntimeError("the index broke\nsecond line")
+
+    with pytest.MonkeyPatch.context() as mp, TestClient(app, raise_server_exceptions=False) as c:
+        mp.setattr(idx, "feature", broken)
+        r = c.get("/api/features/1")
+        assert r.status_code == 500
+        assert r.json() == {"detail": "internal error: RuntimeError: the index broke"}
+    with TestClient(app) as c:
+        assert c.get("/api/features/1").status_code == 200
