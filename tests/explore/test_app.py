@@ -109,8 +109,7 @@ def test_runs_get_unique_names_and_a_folder_without_an_sae_is_refused(tmp_path):
 def test_the_seed_router_and_demo_path_are_wired(tmp_path):
     app = create_app([random_run(tmp_path / "glass")], demo=tmp_path / "demo.json")
     assert app.state.demo == tmp_path / "demo.json"
-    try:
-        import saescope.explore.seed  # noqa: F401
-    except ModuleNotFoundError:
-        pytest.skip("helper C's saescope.explore.seed is not merged yet")
-    assert any(getattr(r, "path", "").startswith("/api/seed") for r in app.routes)
+    with TestClient(app) as c:
+        r = c.get("/api/seed/disentangler")  # the file is missing: a 404 saying how to make it
+        assert r.status_code == 404 and "demo.json" in r.json()["detail"]
+        assert c.get("/static/disentangler.html").status_code == 200
