@@ -70,6 +70,14 @@ def test_no_page_or_script_fetches_anything_from_elsewhere():
         assert "http://" not in text and "https://" not in text and "//cdn" not in text, f
 
 
+def test_the_dashboard_script_fetches_nothing_itself():
+    """The export inlines it into a page with no server: clicks go through its callback."""
+    js = (STATIC / "dashboard.js").read_text()
+    assert "renderFeature" in js and "onFeature" in js
+    for call in ("fetch(", "XMLHttpRequest", "import(", "location"):
+        assert call not in js
+
+
 @pytest.mark.parametrize("path", TRAVERSALS)
 def test_path_traversal_reaches_no_file_outside_static(address, path):
     source = (STATIC.parent / "app.py").read_text()
