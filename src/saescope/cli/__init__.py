@@ -10,10 +10,10 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-from saescope.cli import demo, eval, features, harvest, hooks, index, runs, steer, train
+from saescope.cli import demo, eval, explore, features, harvest, hooks, index, runs, steer, train
 from saescope.errors import SaescopeError
 
-COMMANDS = (train, eval, harvest, hooks, runs, steer, features, index, demo)
+COMMANDS = (train, eval, harvest, hooks, runs, steer, features, index, demo, explore)
 
 
 def build_parser() -> argparse.ArgumentParser:
