@@ -10,10 +10,10 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-from saescope.cli import demo, eval, features, harvest, hooks, runs, steer, train
+from saescope.cli import demo, eval, export, features, harvest, hooks, runs, steer, train
 from saescope.errors import SaescopeError
 
-COMMANDS = (train, eval, harvest, hooks, runs, steer, features, demo)
+COMMANDS = (train, eval, harvest, hooks, runs, steer, features, demo, export)
 
 
 def build_parser() -> argparse.ArgumentParser:
