@@ -63,7 +63,7 @@ def run(ns: argparse.Namespace) -> int:
     index = FeatureIndex.open(r.path, sae=name if len(r.saes) > 1 else None)
     try:
         if ns.html is not None:
-            path = export_html(index, features or [], ns.html)
+            path = export_html(index, features or [], ns.html, run=r.path.name)
             print(f"wrote {path} ({len(set(features or []))} features; open it in a browser)")
         if ns.neuronpedia is not None:
             dataset = ", ".join(r.data.text or ()) if r.data is not None else ""

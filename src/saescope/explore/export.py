@@ -130,24 +130,30 @@ def render_html(features: Sequence[dict[str, Any]], title: str, about: str = "")
 """
 
 
-def feature_payloads(index: Index, features: Sequence[int]) -> list[dict[str, Any]]:
-    """The chosen features' JSON, as the app serves it (ids checked against the index)."""
-    ids = check_features(features, int(index.info["d_sae"]))
-    return [index.feature(i) for i in ids]
+def feature_payloads(index: Index, features: Sequence[int], run: str) -> list[dict[str, Any]]:
+    """The chosen features' JSON as GET /api/features/{id} serves it: the index's feature
+    plus "run" and "sae" (ids checked against the index)."""
+    info = index.info
+    ids = check_features(features, int(info["d_sae"]))
+    return [{**index.feature(i), "run": run, "sae": info.get("sae")} for i in ids]
 
 
 def export_html(
-    index: Index, features: Sequence[int], out: str | Path, title: str | None = None
+    index: Index,
+    features: Sequence[int],
+    out: str | Path,
+    run: str = "run",
+    title: str | None = None,
 ) -> Path:
     """Write one self-contained HTML file with the chosen features' dashboards to `out`
-    (atomically); returns its path."""
+    (atomically); `run` names the run as the app would. Returns the file's path."""
     info = index.info
-    title = title or f"saescope features: {Path(str(info.get('path', 'run'))).parent.name}"
+    title = title or f"saescope features: {run}"
     about = (
         ", ".join(str(x) for x in (info.get("model"), info.get("hook"), info.get("sae")) if x)
         + f" · d_sae {info['d_sae']:,} · {int(info.get('tokens') or 0):,} tokens indexed"
     )
-    page = render_html(feature_payloads(index, features), title, about)
+    page = render_html(feature_payloads(index, features, run), title, about)
     out = Path(out)
     atomic_write_bytes(out, page.encode("utf-8"))
     return out
