@@ -10,10 +10,21 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-from saescope.cli import demo, eval, export, features, harvest, hooks, runs, steer, train
+from saescope.cli import (
+    demo,
+    eval,
+    explore,
+    export,
+    features,
+    harvest,
+    hooks,
+    runs,
+    steer,
+    train,
+)
 from saescope.errors import SaescopeError
 
-COMMANDS = (train, eval, harvest, hooks, runs, steer, features, demo, export)
+COMMANDS = (train, eval, harvest, hooks, runs, steer, features, demo, explore, export)
 
 
 def build_parser() -> argparse.ArgumentParser:

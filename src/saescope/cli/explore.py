@@ -1,0 +1,43 @@
+"""`saescope explore RUN [RUN ...]`: a local web app on the runs' features (a feature browser
+with dashboards, a prompt view, a steering playground and the seed's demos), served on
+127.0.0.1 until Ctrl-C; it prints the URL to open."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from saescope.explore import create_app
+from saescope.explore.serve import bind, serve, url
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    e = sub.add_parser(
+        "explore", help="browse runs' features, prompts and steering in a local web app"
+    )
+    e.add_argument(
+        "runs", nargs="+", metavar="RUN", help="run folders (index each: saescope index RUN)"
+    )
+    e.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: a free one)")
+    e.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1: this machine only)",
+    )
+    e.add_argument("--demo", default=None, help="the seed demos' JSON file (runs/demo/...)")
+    return e
+
+
+def run(ns: argparse.Namespace) -> int:
+    app = create_app(ns.runs, ns.demo)
+    sock = bind(ns.host, ns.port)
+    if ns.host not in ("127.0.0.1", "localhost", "::1"):
+        print(
+            f"saescope: warning: listening on {ns.host}: other machines can reach it",
+            file=sys.stderr,
+        )
+    print(
+        f"saescope explore: {', '.join(app.state.runs)} at {url(sock)} (Ctrl-C stops)", flush=True
+    )
+    serve(app, sock)
+    return 0
