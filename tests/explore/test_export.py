@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from itertools import pairwise
 
 import pytest
 
@@ -106,7 +107,7 @@ def test_the_html_export_opens_offline_and_switches(index, chosen, tmp_path, pag
 
 
 def _close(got: list[float], want: list[float]) -> bool:
-    return len(got) == len(want) and all(abs(a - b) <= 6e-4 for a, b in zip(got, want))
+    return len(got) == len(want) and all(abs(a - b) <= 6e-4 for a, b in zip(got, want, strict=True))
 
 
 def test_neuronpedia_features_agree_with_the_index(index, chosen, indexed_glass, tmp_path):
@@ -126,7 +127,7 @@ def test_neuronpedia_features_agree_with_the_index(index, chosen, indexed_glass,
         assert _close(got["neg_values"], [t["value"] for t in f["logits"]["bottom"]])
         assert got["freq_hist_data_bar_heights"] == f["histogram"]["counts"]
         edges = f["histogram"]["edges"]
-        centres = [(a + b) / 2 for a, b in zip(edges, edges[1:])]
+        centres = [(a + b) / 2 for a, b in pairwise(edges)]
         assert _close(got["freq_hist_data_bar_values"], centres)
         assert got["correlated_features_indices"] == [c["feature"] for c in f["cofiring"]]
         assert _close(got["correlated_features_pearson"], [c["score"] for c in f["cofiring"]])
@@ -138,14 +139,14 @@ def test_neuronpedia_features_agree_with_the_index(index, chosen, indexed_glass,
         acts = got["activations"]
         examples = f["top"] + [e for iv in f["intervals"] for e in iv["examples"]]
         assert len(acts) == len(examples) > 0
-        for a, e in zip(acts, examples):
+        for a, e in zip(acts, examples, strict=True):
             assert a["tokens"] == e["tokens"] and _close(a["values"], e["acts"])
         for a in acts[: len(f["top"])]:
             assert (a["bin_min"], a["bin_contains"]) == (-1, -1)
             assert math.isclose(a["bin_max"], f["max_act"], abs_tol=6e-4)
         rest = acts[len(f["top"]) :]
         bins = [(iv["lo"], iv["hi"]) for iv in f["intervals"] for _ in iv["examples"]]
-        for a, (lo, hi) in zip(rest, bins):
+        for a, (lo, hi) in zip(rest, bins, strict=True):
             assert math.isclose(a["bin_min"], lo, abs_tol=6e-4)
             assert math.isclose(a["bin_max"], hi, abs_tol=6e-4)
             assert 0 <= a["bin_contains"] <= 1
