@@ -17,16 +17,22 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any, Protocol
 
+import torch
 from torch import Tensor
 
+from saescope.analysis import FeatureIndex
 from saescope.atomic import atomic_write_bytes
-from saescope.errors import InputError
+from saescope.errors import ConfigError, InputError
+from saescope.models.lm import unembedding
+from saescope.runs import Run
 
 DIGITS = 3
 """Decimals kept, as SAEDashboard's converter rounds."""
 NEURONS = 3
 """Neurons listed in the neuron alignment (SAEDashboard's FeatureTablesConfig(n_rows=3))."""
 ALIGNMENT_KEYS = ("neuron_alignment_indices", "neuron_alignment_values", "neuron_alignment_l1")
+LOGIT_BINS = 40
+"""Bins of the histogram of a feature's direct logit effects over the vocabulary."""
 TOP_BIN = (-1.0, -1.0)
 """(bin_min, bin_contains) of the top-activations group: SAEDashboard's marker for "TOP"."""
 
@@ -97,6 +103,18 @@ def neuron_alignment(row: Tensor, n: int = NEURONS) -> dict[str, list[Any]]:
     }
 
 
+def logit_histogram(row: Tensor, gamma: Tensor, w_u: Tensor) -> tuple[list[float], list[int]]:
+    """The histogram of a decoder row's direct logit effect on every token, (row * gamma) @
+    W_U (as the index's top and bottom logits): bin centres and counts, LOGIT_BINS bins."""
+    logits = (row.detach().float() * gamma.float()) @ w_u.float()
+    lo, hi = float(logits.min()), float(logits.max())
+    if hi <= lo:
+        hi = lo + 1e-6
+    counts = torch.histc(logits, LOGIT_BINS, lo, hi)
+    width = (hi - lo) / LOGIT_BINS
+    return _round([lo + (j + 0.5) * width for j in range(LOGIT_BINS)]), counts.long().tolist()
+
+
 def _histogram(hist: dict[str, list[Any]]) -> tuple[list[float], list[int]]:
     """Bin centres and counts: SAEDashboard's bar values and bar heights."""
     edges, counts = hist.get("edges") or [], hist.get("counts") or []
@@ -142,9 +160,14 @@ def activations(feature: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def to_neuronpedia(
-    feature: dict[str, Any], settings: Settings, decoder_row: Tensor | None = None
+    feature: dict[str, Any],
+    settings: Settings,
+    decoder_row: Tensor | None = None,
+    unembed: tuple[Tensor, Tensor] | None = None,
 ) -> dict[str, Any]:
-    """One feature of `FeatureIndex.feature(i)` as a Neuronpedia dashboard feature."""
+    """One feature of `FeatureIndex.feature(i)` as a Neuronpedia dashboard feature; with its
+    decoder row, the neuron alignment, and with the model's (gamma, W_U) too, the logit
+    histogram."""
     logits = feature.get("logits") or {"top": [], "bottom": []}
     bar_values, bar_heights = _histogram(feature["histogram"])
     cofiring = feature.get("cofiring") or []
@@ -152,6 +175,10 @@ def to_neuronpedia(
         alignment = neuron_alignment(decoder_row)
     else:
         alignment = {k: [] for k in ALIGNMENT_KEYS}
+    logit_values: list[float] = []
+    logit_heights: list[int] = []
+    if decoder_row is not None and unembed is not None:
+        logit_values, logit_heights = logit_histogram(decoder_row, *unembed)
     return {
         "feature_index": int(feature["id"]),
         **alignment,
@@ -168,8 +195,8 @@ def to_neuronpedia(
         "frac_nonzero": round(float(feature["density"]), 6),
         "freq_hist_data_bar_values": bar_values,
         "freq_hist_data_bar_heights": bar_heights,
-        "logits_hist_data_bar_heights": [],
-        "logits_hist_data_bar_values": [],
+        "logits_hist_data_bar_heights": logit_heights,
+        "logits_hist_data_bar_values": logit_values,
         "n_prompts_total": settings.n_prompts_total,
         "n_tokens_in_prompt": settings.n_tokens_in_prompt,
         "dataset": settings.dataset,
@@ -195,14 +222,16 @@ def export_neuronpedia(
     out: str | Path,
     features: Sequence[int] | None = None,
     decoder: Tensor | None = None,
+    unembed: tuple[Tensor, Tensor] | None = None,
     sae_set: str = "saescope",
     dataset: str = "",
     per_batch: int = 128,
 ) -> Path:
     """Write the chosen features (None: every feature that fired; those that never did go to
     skipped_indexes.json) in Neuronpedia's layout under `out`, `per_batch` features per batch
-    file; `decoder` (d_sae, d_in), the SAE's W_dec, gives the neuron alignment. Returns the
-    folder written. Each file is written atomically."""
+    file; `decoder` (d_sae, d_in), the SAE's W_dec, gives the neuron alignment, and with
+    `unembed` (the model's final-norm scale and W_U, `models.lm.unembedding`) the logit
+    histogram. Returns the folder written. Each file is written atomically."""
     if per_batch < 1:
         raise InputError(f"per_batch must be at least 1, got {per_batch}")
     info = index.info
@@ -219,7 +248,7 @@ def export_neuronpedia(
         rows = []
         for i in chosen[start : start + per_batch]:
             row = decoder[i] if decoder is not None else None
-            rows.append(to_neuronpedia(index.feature(i), settings, row))
+            rows.append(to_neuronpedia(index.feature(i), settings, row, unembed))
         batch = {"model_id": settings.model_id, "layer": settings.layer}
         batch |= {"sae_set": settings.sae_set, "features": rows}
         _write(folder / f"batch-{b}.json", batch)
@@ -234,3 +263,38 @@ def export_neuronpedia(
 
 def _write(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, json.dumps(obj, ensure_ascii=False, allow_nan=False).encode())
+
+
+def export_run(
+    run: Run,
+    out: str | Path,
+    features: Sequence[int] | None,
+    sae: str | None = None,
+    sae_set: str | None = None,
+    per_batch: int = 128,
+) -> Path:
+    """`export_neuronpedia` for one SAE of a run (its only one, or `sae`): its index, its
+    decoder, the model's unembedding where it has one, the run's text as the dataset, and the
+    run folder's name as the set name unless `sae_set` is given."""
+    name, model_sae = run.sae(sae)
+    index = FeatureIndex.open(run.path, sae=name if len(run.saes) > 1 else None)
+    try:
+        unembed = None
+        if index.info.get("kind") == "lm" and run.data is not None and run.data.model:
+            try:
+                unembed = unembedding(run.model)
+            except ConfigError:  # an encoder: no logits
+                unembed = None
+        text = run.data.text if run.data is not None else None
+        return export_neuronpedia(
+            index,
+            out,
+            features,
+            decoder=model_sae.W_dec.detach(),
+            unembed=unembed,
+            sae_set=sae_set or run.path.name,
+            dataset=", ".join(text) if text else "saescope default corpus",
+            per_batch=per_batch,
+        )
+    finally:
+        index.close()

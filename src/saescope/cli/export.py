@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import argparse
 
-from saescope.analysis import FeatureIndex
-from saescope.analysis.neuronpedia import export_neuronpedia
+from saescope.analysis import neuronpedia
 from saescope.errors import InputError
-from saescope.explore.export import export_html
+from saescope.explore import export
 from saescope.runs import Run
 
 
@@ -59,24 +58,12 @@ def run(ns: argparse.Namespace) -> int:
     if features is None and ns.html is not None:
         raise InputError("--features all is for --neuronpedia only; give ids for --html")
     r = Run.open(ns.run)
-    name, sae = r.sae(ns.sae)
-    index = FeatureIndex.open(r.path, sae=name if len(r.saes) > 1 else None)
-    try:
-        if ns.html is not None:
-            path = export_html(index, features or [], ns.html, run=r.path.name)
-            print(f"wrote {path} ({len(set(features or []))} features; open it in a browser)")
-        if ns.neuronpedia is not None:
-            dataset = ", ".join(r.data.text or ()) if r.data is not None else ""
-            folder = export_neuronpedia(
-                index,
-                ns.neuronpedia,
-                features,
-                decoder=sae.W_dec.detach().float(),
-                sae_set=ns.set_name or r.path.name,
-                dataset=dataset or "saescope default corpus",
-                per_batch=ns.per_batch,
-            )
-            print(f"wrote {folder} (Neuronpedia batch files; see docs/EXPORT.md)")
-    finally:
-        index.close()
+    if ns.html is not None:
+        path = export.export_run(r, features or [], ns.html, ns.sae)
+        print(f"wrote {path} ({len(set(features or []))} features; open it in a browser)")
+    if ns.neuronpedia is not None:
+        folder = neuronpedia.export_run(
+            r, ns.neuronpedia, features, ns.sae, ns.set_name, ns.per_batch
+        )
+        print(f"wrote {folder} (Neuronpedia batch files; see docs/EXPORT.md)")
     return 0

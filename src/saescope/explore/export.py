@@ -12,9 +12,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from saescope.analysis import FeatureIndex
 from saescope.analysis.neuronpedia import Index, check_features
 from saescope.atomic import atomic_write_bytes
 from saescope.errors import FormatError
+from saescope.runs import Run
 
 STATIC = Path(__file__).resolve().parent / "static"
 SCRIPTS = ("dashboard.js",)
@@ -157,3 +159,14 @@ def export_html(
     out = Path(out)
     atomic_write_bytes(out, page.encode("utf-8"))
     return out
+
+
+def export_run(run: Run, features: Sequence[int], out: str | Path, sae: str | None = None) -> Path:
+    """`export_html` for one SAE of a run (its only one, or `sae`), named as the app names it
+    (the run folder's name)."""
+    name, _ = run.sae(sae)
+    index = FeatureIndex.open(run.path, sae=name if len(run.saes) > 1 else None)
+    try:
+        return export_html(index, features, out, run=run.path.name)
+    finally:
+        index.close()
