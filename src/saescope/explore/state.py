@@ -87,8 +87,10 @@ class RunState:
 
 def open_index(path: Path, sae: str, several: bool) -> Any:
     """The FeatureIndex of SAE `sae` of the run at `path`."""
-    from saescope.analysis import FeatureIndex
-
+    try:  # helper A's module (issue 15), until it is on main
+        from saescope.analysis import FeatureIndex
+    except ModuleNotFoundError:
+        raise InputError("saescope.analysis (the feature index) is not there yet") from None
     return FeatureIndex.open(path, sae=sae if several else None)
 
 

@@ -1,0 +1,63 @@
+"""`saescope explore`: it prints the URL, serves the runs there on 127.0.0.1 until Ctrl-C, and a
+folder without an SAE or a port in use is a one-line error."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from saescope.cli import build_parser
+from tests.cli.common import one_line_error
+from tests.explore.common import random_run
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+
+
+def test_the_defaults_bind_this_machine_only():
+    ns = build_parser().parse_args(["explore", "a", "b"])
+    assert (ns.runs, ns.host, ns.port) == (["a", "b"], "127.0.0.1", 8000)
+
+
+@pytest.mark.slow
+def test_it_prints_the_url_serves_the_runs_and_stops_on_ctrl_c(tmp_path):
+    run = random_run(tmp_path / "glass")
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "saescope", "explore", str(run), "--port", "0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("saescope explore: glass at http://127.0.0.1:"), line
+        url = line.split(" at ")[1].split()[0]
+        with urllib.request.urlopen(f"{url}api/runs", timeout=30) as r:
+            assert [x["name"] for x in json.load(r)] == ["glass"]
+        with urllib.request.urlopen(url, timeout=30) as r:
+            assert "Feature browser" in r.read().decode()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        proc.kill()
+        _, err = proc.communicate()
+    assert "Traceback" not in err and "error" not in err
+
+
+def test_a_folder_without_an_sae_is_one_line(capsys, tmp_path):
+    err = one_line_error(capsys, ["explore", str(tmp_path)])
+    assert "holds no saved SAE" in err
+
+
+def test_a_port_in_use_is_one_line(capsys, tmp_path):
+    run = random_run(tmp_path / "glass")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        err = one_line_error(capsys, ["explore", str(run), "--port", str(port)])
+    assert f"cannot listen on 127.0.0.1:{port}" in err and "--port" in err
+    err = one_line_error(capsys, ["explore", str(run), "--port", "70000"])
+    assert "not a port" in err
