@@ -62,7 +62,6 @@ def test_the_html_file_holds_everything_it_needs(index, chosen, indexed_glass, t
         assert f == json.loads(json.dumps(want))
 
 
-@pytest.mark.slow
 def test_the_html_export_opens_offline_and_switches(index, chosen, tmp_path, page):
     out = export_html(index, chosen, tmp_path / "features.html", run="glass")
     requests: list[str] = []
@@ -155,6 +154,7 @@ def test_neuronpedia_features_agree_with_the_index(index, chosen, indexed_glass,
     assert not (folder / "skipped_indexes.json").exists()
 
 
+@pytest.mark.slow
 def test_neuronpedia_all_features_batches_and_skipped(index, tmp_path):
     d_sae = index.info["d_sae"]
     folder = export_neuronpedia(index, tmp_path, None, per_batch=700)
@@ -164,8 +164,8 @@ def test_neuronpedia_all_features_batches_and_skipped(index, tmp_path):
     skipped = json.loads((folder / "skipped_indexes.json").read_text())["skipped_indexes"]
     assert sorted(ids + skipped) == list(range(d_sae))
     assert len(batches) == math.ceil(len(ids) / 700)
-    dead = [r["feature"] for r in index.features("density", descending=False, hi=0.0, limit=d_sae)]
-    assert sorted(skipped) == sorted(dead)
+    dead = [r["feature"] for r in index.features("density", descending=False, hi=0.0, limit=1000)]
+    assert sorted(skipped) == sorted(dead) and len(dead) < 1000
     assert all(index.feature(i)["fired"] == 0 for i in skipped[:20])
 
 

@@ -237,22 +237,31 @@ def export_neuronpedia(
     info = index.info
     settings = Settings.from_info(info, sae_set, dataset)
     folder = Path(out) / settings.folder
-    skipped: list[int] | None = None
-    if features is None:
-        chosen, skipped = [], []
-        for i in range(settings.d_sae):
-            (chosen if index.feature(i)["fired"] else skipped).append(i)
-    else:
-        chosen = check_features(features, settings.d_sae)
-    for b, start in enumerate(range(0, len(chosen), per_batch)):
-        rows = []
-        for i in chosen[start : start + per_batch]:
-            row = decoder[i] if decoder is not None else None
-            rows.append(to_neuronpedia(index.feature(i), settings, row, unembed))
+    ids = range(settings.d_sae) if features is None else check_features(features, settings.d_sae)
+    chosen: list[int] = []
+    skipped: list[int] = []
+    rows: list[dict[str, Any]] = []
+    batches = 0
+
+    def flush() -> None:
+        nonlocal batches, rows
         batch = {"model_id": settings.model_id, "layer": settings.layer}
-        batch |= {"sae_set": settings.sae_set, "features": rows}
-        _write(folder / f"batch-{b}.json", batch)
-    if skipped is not None:
+        _write(folder / f"batch-{batches}.json", batch | {"sae_set": sae_set, "features": rows})
+        batches, rows = batches + 1, []
+
+    for i in ids:
+        feature = index.feature(i)
+        if features is None and not feature["fired"]:
+            skipped.append(i)
+            continue
+        chosen.append(i)
+        row = decoder[i] if decoder is not None else None
+        rows.append(to_neuronpedia(feature, settings, row, unembed))
+        if len(rows) == per_batch:
+            flush()
+    if rows:
+        flush()
+    if features is None:
         head = {"model_id": settings.model_id, "layer": str(settings.layer)}
         head |= {"sae_set": settings.sae_set, "skipped_indexes": skipped}
         _write(folder / "skipped_indexes.json", head)
