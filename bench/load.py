@@ -212,7 +212,20 @@ def summary(results: list[dict]) -> list[dict]:
     return rows
 
 
-def report(rows: list[dict], meta: dict[str, Any]) -> str:
+def _table(rows: list[dict]) -> list[str]:
+    lines = [
+        "| route | requests | errors | p50 ms | p95 ms | max ms |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['route']} | {r['requests']} | {r['errors']} | {r['p50']:.1f} | "
+            f"{r['p95']:.1f} | {r['max']:.1f} |"
+        )
+    return lines
+
+
+def report(rows: list[dict], solo_rows: list[dict], meta: dict[str, Any]) -> str:
     lines = [
         "# Load test: `saescope explore`",
         "",
@@ -224,25 +237,23 @@ def report(rows: list[dict], meta: dict[str, Any]) -> str:
         "tasks sharing one httpx client in another process), a shuffled mix of pages, static "
         "files and API calls, after one warm-up call per route. Feature ids uniform over "
         "the SAE; searches for common tokens and words; prompts of about 10 tokens; steering "
-        "8 new tokens with one feature clamped.",
+        "8 new tokens with one feature clamped. `GET /` follows its redirect to the browser "
+        "page (two requests, one latency).",
         "",
         f"**{meta['errors']} errors** (any status but 200, or no answer) in "
         f"{meta['requests']:,} requests; {meta['wall']:.1f} s wall, "
         f"{meta['requests'] / meta['wall']:.0f} requests/s.",
         "",
-        "| route | requests | errors | p50 ms | p95 ms | max ms |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        lines.append(
-            f"| {r['route']} | {r['requests']} | {r['errors']} | {r['p50']:.1f} | "
-            f"{r['p95']:.1f} | {r['max']:.1f} |"
-        )
-    lines += [
+        *_table(rows),
         "",
-        "Latency is measured at the client, so it includes queueing behind the other 31 "
-        "clients: on one worker the model calls (prompt, steer) hold the run's lock one at a "
-        "time, and every request shares the same cores as the clients.",
+        "Latency is measured at the client, so it includes queueing behind the other "
+        f"{meta['clients'] - 1} clients: one uvicorn worker answers them all, the model calls "
+        "(prompt, steer) hold the run's lock one at a time, and the server shares the cores "
+        f"with the clients (load average {meta['load']:.1f} at the start). The time of one "
+        f"request alone: {meta['solo']} more requests of the same mix from one client, "
+        f"{meta['solo_errors']} errors, {meta['solo_wall']:.1f} s:",
+        "",
+        *_table(solo_rows),
         "",
     ]
     return "\n".join(lines)
@@ -253,19 +264,28 @@ def main() -> None:
     p.add_argument("--run", type=Path, default=None, help="an indexed glassllm run folder")
     p.add_argument("--requests", type=int, default=1200)
     p.add_argument("--clients", type=int, default=32)
+    p.add_argument("--solo", type=int, default=300, help="requests from one client, after")
     p.add_argument("--index-tokens", type=int, default=262_144)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--keep", type=Path, default=None, help="build the run in this folder and keep it"
+    )
     p.add_argument("--out", type=Path, default=HERE / "LOAD.md")
     ns = p.parse_args()
+    if ns.run is not None:
+        load(ns.run, ns)
+        return
+    if ns.keep is not None:
+        done = ns.keep / "glass_load"
+        load(done if (done / "index.sqlite").exists() else build_run(ns.keep, ns.index_tokens), ns)
+        return
     with tempfile.TemporaryDirectory() as tmp:
-        run = ns.run or build_run(Path(tmp), ns.index_tokens)
-        load(run, ns)
+        load(build_run(Path(tmp), ns.index_tokens), ns)
 
 
 def load(run: Path, ns: argparse.Namespace) -> None:
-    from saescope.explore.app import STATIC
-
     from saescope.analysis import FeatureIndex
+    from saescope.explore.app import STATIC
 
     idx = FeatureIndex.open(run)
     info = idx.info
@@ -282,12 +302,16 @@ def load(run: Path, ns: argparse.Namespace) -> None:
         bad = [r for r in warm_results if r["status"] != 200]
         if bad:
             raise SystemExit(f"warm-up failed: {bad}")
+        load_avg = os.getloadavg()[0]
         results, wall = asyncio.run(fire(base, requests, ns.clients))
+        solo_plan = plan(ns.solo, int(info["d_sae"]), pages, static, ns.seed + 1)
+        solo, solo_wall = asyncio.run(fire(base, solo_plan, 1))
     finally:
         server.terminate()
         server.wait(timeout=30)
     rows = summary(results)
     errors = sum(r["status"] != 200 for r in results)
+    solo_rows = summary(solo)
     meta = {
         "date": date.today().isoformat(),
         "cpu": cpu_name(),
@@ -298,8 +322,12 @@ def load(run: Path, ns: argparse.Namespace) -> None:
         "clients": ns.clients,
         "errors": errors,
         "wall": wall,
+        "load": load_avg,
+        "solo": len(solo),
+        "solo_errors": sum(r["status"] != 200 for r in solo),
+        "solo_wall": solo_wall,
     }
-    ns.out.write_text(report(rows, meta))
+    ns.out.write_text(report(rows, solo_rows, meta))
     print(ns.out.read_text())
     for r in [r for r in results if r["error"]][:10]:
         print("error:", json.dumps(r))
