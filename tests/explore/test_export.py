@@ -16,7 +16,9 @@ from saescope.analysis import FeatureIndex
 from saescope.analysis.neuronpedia import export_neuronpedia
 from saescope.errors import InputError
 from saescope.explore.export import export_html
+from saescope.models.lm import unembedding
 from saescope.runs import Run
+from tests.explore.common import FakeIndex
 
 
 @pytest.fixture(scope="module")
@@ -110,8 +112,12 @@ def _close(got: list[float], want: list[float]) -> bool:
 
 
 def test_neuronpedia_features_agree_with_the_index(index, chosen, indexed_glass, tmp_path):
-    _, sae = Run.open(indexed_glass).sae()
-    folder = export_neuronpedia(index, tmp_path, chosen, decoder=sae.W_dec, sae_set="glass")
+    run = Run.open(indexed_glass)
+    _, sae = run.sae()
+    gamma, w_u = unembedding(run.model)
+    folder = export_neuronpedia(
+        index, tmp_path, chosen, decoder=sae.W_dec, unembed=(gamma, w_u), sae_set="glass"
+    )
     batch = json.loads((folder / "batch-0.json").read_text())
     info = index.info
     assert folder.name == f"glassllm_glass_{info['hook']}_{info['d_sae']}"
@@ -135,6 +141,12 @@ def test_neuronpedia_features_agree_with_the_index(index, chosen, indexed_glass,
         assert got["neuron_alignment_indices"] == top
         assert _close(got["neuron_alignment_values"], row[top].tolist())
         assert _close(got["neuron_alignment_l1"], (row[top] / row.abs().sum()).tolist())
+        # the logit histogram covers the vocabulary, from the index's bottom to its top logit
+        heights, centres = got["logits_hist_data_bar_heights"], got["logits_hist_data_bar_values"]
+        assert sum(heights) == w_u.shape[1] and len(centres) == len(heights) == 40
+        half = (centres[1] - centres[0]) / 2
+        assert math.isclose(centres[0] - half, f["logits"]["bottom"][0]["value"], abs_tol=2e-3)
+        assert math.isclose(centres[-1] + half, f["logits"]["top"][0]["value"], abs_tol=2e-3)
         acts = got["activations"]
         examples = f["top"] + [e for iv in f["intervals"] for e in iv["examples"]]
         assert len(acts) == len(examples) > 0
@@ -178,3 +190,20 @@ def test_bad_feature_ids_are_one_line_errors(index, tmp_path):
     with pytest.raises(InputError, match="no features chosen"):
         export_html(index, [], tmp_path / "x.html")
     assert not (tmp_path / "x.html").exists()
+
+
+class MarkupIndex(FakeIndex):
+    """The stand-in index, its examples' tokens holding markup that would end a script."""
+
+    def feature(self, i: int) -> dict:
+        f = super().feature(i)
+        f["top"][0]["tokens"][0] = "</script><script>alert(1)</script>\u2028"
+        return f
+
+
+def test_tokens_that_look_like_markup_stay_data(tmp_path):
+    idx = MarkupIndex()
+    text = export_html(idx, [2, 3], tmp_path / "m.html", run="fake").read_text()
+    assert text.count("<script") == 3  # the data, the renderer, the page's own script
+    want = [{**idx.feature(i), "run": "fake", "sae": "fake"} for i in (2, 3)]
+    assert _payload(text)["features"] == want
