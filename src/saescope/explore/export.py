@@ -31,7 +31,7 @@ body { margin: 0; font-family: system-ui, sans-serif; display: flex; min-height:
 #export-list { width: 13rem; flex: none; border-right: 1px solid #ddd; padding: .75rem;
   overflow-y: auto; max-height: 100vh; box-sizing: border-box; position: sticky; top: 0; }
 #export-list h1 { font-size: 1rem; margin: 0 0 .25rem; }
-#export-list p { font-size: .8rem; color: #555; margin: 0 0 .75rem; word-break: break-all; }
+#export-list p { font-size: .8rem; color: #555; margin: 0 0 .75rem; overflow-wrap: anywhere; }
 #export-list button { display: block; width: 100%; text-align: left; margin: 0 0 .25rem;
   padding: .35rem .5rem; border: 1px solid #ccc; border-radius: 4px; background: #fff;
   cursor: pointer; font: inherit; font-size: .9rem; }
