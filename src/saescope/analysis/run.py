@@ -206,7 +206,10 @@ def _build(
         if rel.logits is None
         else torch.cat([rel.logits[0][0], rel.logits[1][0]]).unique().tolist()
     )
-    write(path, info, feature_rows(state, contexts, rel), decode, extra)
+    rows = feature_rows(state, contexts, rel)
+    bar = tqdm(rows, total=sae.cfg.d_sae, disable=not progress, unit="feature", desc="writing")
+    with bar:
+        write(path, info, bar, decode, extra)
     ckpt.unlink(missing_ok=True)
     return path
 

@@ -18,13 +18,14 @@ from saescope.cli import (
     features,
     harvest,
     hooks,
+    index,
     runs,
     steer,
     train,
 )
 from saescope.errors import SaescopeError
 
-COMMANDS = (train, eval, harvest, hooks, runs, steer, features, demo, explore, export)
+COMMANDS = (train, eval, harvest, hooks, runs, steer, features, index, demo, explore, export)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,7 +9,7 @@ from shlex import quote
 import torch
 
 from saescope import runs
-from saescope.cli import archs, options
+from saescope.cli import archs, index, options
 from saescope.cli.options import NONE
 from saescope.data import ArticleTaskConfig
 from saescope.errors import ConfigError
@@ -42,6 +42,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int, help=f"tokens per batch (default: {BATCH_SIZE})")
     t.add_argument("--resume", action="store_true", help=RESUME_HELP)
     t.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    t.add_argument("--index", action="store_true", help=index.TRAIN_HELP)
     t.add_argument("--log", nargs="+", choices=logs.LOGGERS, metavar="NAME", default=[], help=LOG)
     t.add_argument("--d-sae", dest="d_sae", type=int, help="latents (default 8 x d_in)")
     keep = {"dest": "outlier_factor", "action": "store_const", "const": NONE, "help": KEEP}
@@ -99,7 +100,7 @@ def run(ns: argparse.Namespace) -> int:
     cols = ["run", "step", "loss", "l0", "mse", "explained_variance", "dead_fraction"]
     print(table([{"run": str(ns.out), **result.final_metrics[0]}], cols))
     print(f"saved to {ns.out}")
-    return 0
+    return index.after_training(ns)
 
 
 def interrupted(ns: argparse.Namespace, e: KeyboardInterrupt) -> str:
