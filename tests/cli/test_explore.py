@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from saescope.cli import build_parser
+from saescope.cli import build_parser, explore
+from saescope.experiments import seed_demos
 from tests.cli.common import one_line_error
 from tests.explore.common import random_run
 
@@ -28,7 +29,7 @@ def test_the_defaults_bind_this_machine_only():
 def test_it_prints_the_url_serves_the_runs_and_stops_on_ctrl_c(tmp_path):
     run = random_run(tmp_path / "glass")
     env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "saescope", "explore", str(run), "--port", "0"]
+    cmd = [sys.executable, "-m", "saescope", "explore", str(run), "--port", "0", "--no-demo"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         line = proc.stdout.readline()
@@ -47,7 +48,7 @@ def test_it_prints_the_url_serves_the_runs_and_stops_on_ctrl_c(tmp_path):
 
 
 def test_a_folder_without_an_sae_is_one_line(capsys, tmp_path):
-    err = one_line_error(capsys, ["explore", str(tmp_path)])
+    err = one_line_error(capsys, ["explore", str(tmp_path), "--no-demo"])
     assert "holds no saved SAE" in err
 
 
@@ -57,7 +58,27 @@ def test_a_port_in_use_is_one_line(capsys, tmp_path):
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        err = one_line_error(capsys, ["explore", str(run), "--port", str(port)])
+        err = one_line_error(capsys, ["explore", str(run), "--port", str(port), "--no-demo"])
     assert f"cannot listen on 127.0.0.1:{port}" in err and "--port" in err
-    err = one_line_error(capsys, ["explore", str(run), "--port", "70000"])
+    err = one_line_error(capsys, ["explore", str(run), "--port", "70000", "--no-demo"])
     assert "not a port" in err
+
+
+def test_the_demo_is_built_when_missing_and_its_indexed_run_served(tmp_path, monkeypatch):
+    built = []
+
+    def ensure(path):
+        built.append(path)
+        return tmp_path / "demo" / "seed_demos.json"
+
+    monkeypatch.setattr(seed_demos, "ensure", ensure)
+    run = str(random_run(tmp_path / "glass"))
+    ns = build_parser().parse_args(["explore", run])
+    assert explore._demo(ns) == (tmp_path / "demo" / "seed_demos.json", [run])
+    assert built == [None]  # the default file, built when missing
+    classifier = random_run(tmp_path / "demo" / seed_demos.CLASSIFIER_RUN)
+    assert explore._demo(ns)[1] == [run, str(classifier)]
+    ns = build_parser().parse_args(["explore", run, str(classifier), "--demo", "x.json"])
+    assert explore._demo(ns)[1] == [run, str(classifier)] and built[-1] == "x.json"
+    ns = build_parser().parse_args(["explore", run, "--no-demo"])
+    assert explore._demo(ns) == (None, [run]) and len(built) == 3

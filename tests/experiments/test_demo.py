@@ -89,7 +89,7 @@ def test_one_job_runs_in_this_process_in_order(tmp_path, monkeypatch, capsys):
 
 
 def test_jobs_below_one_is_a_clear_error(tmp_path):
-    with pytest.raises(ValueError, match="jobs must be at least 1.*--jobs"):
+    with pytest.raises(ValueError, match=r"jobs must be at least 1.*--jobs"):
         demo.run(tmp_path, jobs=0)
 
 

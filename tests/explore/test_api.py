@@ -3,12 +3,15 @@
 the stand-in of tests/explore/common.py here; test_index.py runs the routes on a real one."""
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
 from saescope.errors import InputError
 from saescope.explore import create_app, state
+from tests.explore.browser import served
 from tests.explore.common import FakeIndex, random_run
 
 D_SAE = 64
@@ -182,3 +185,37 @@ def test_the_server_keeps_serving_after_bad_requests(client):
         client.post("/api/steer", content='{"prompt": "a", "features": [{"id": 1, "value": NaN}]}')
     assert client.get("/api/runs").status_code == 200
     assert client.get("/api/features/2").json()["id"] == 2
+
+
+def test_concurrent_model_calls_give_what_each_alone_gives(app):
+    texts = [f"The Queen said {w}" for w in ["yes", "no", "to the King", "nothing", "it"]] * 3
+    with TestClient(app) as c:
+        alone = [c.post("/api/prompt", json={"text": t}).json() for t in texts[:5]]
+        steer = c.post("/api/steer", json={"prompt": "The King", "max_new_tokens": 4}).json()
+    with served(app) as url, httpx.Client(base_url=url, timeout=60) as http:
+
+        def call(i: int) -> dict:
+            if i % 4 == 3:
+                return http.post("/api/steer", json={"prompt": "The King", "max_new_tokens": 4})
+            return http.post("/api/prompt", json={"text": texts[i]})
+
+        with ThreadPoolExecutor(8) as pool:
+            got = list(pool.map(call, range(len(texts))))
+    for i, r in enumerate(got):
+        assert r.status_code == 200, r.text
+        assert r.json() == (steer if i % 4 == 3 else alone[i % 5])
+
+
+def test_a_bug_is_a_json_500_and_the_server_serves_on(app):
+    idx = app.state.runs["glass"].index(None)
+
+    def broken(i):
+        raise RuntimeError("the index broke\nsecond line")
+
+    with pytest.MonkeyPatch.context() as mp, TestClient(app, raise_server_exceptions=False) as c:
+        mp.setattr(idx, "feature", broken)
+        r = c.get("/api/features/1")
+        assert r.status_code == 500
+        assert r.json() == {"detail": "internal error: RuntimeError: the index broke"}
+    with TestClient(app) as c:
+        assert c.get("/api/features/1").status_code == 200

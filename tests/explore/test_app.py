@@ -70,6 +70,14 @@ def test_no_page_or_script_fetches_anything_from_elsewhere():
         assert "http://" not in text and "https://" not in text and "//cdn" not in text, f
 
 
+def test_the_dashboard_script_fetches_nothing_itself():
+    """The export inlines it into a page with no server: clicks go through its callback."""
+    js = (STATIC / "dashboard.js").read_text()
+    assert "renderFeature" in js and "onFeature" in js
+    for call in ("fetch(", "XMLHttpRequest", "import(", "location"):
+        assert call not in js
+
+
 @pytest.mark.parametrize("path", TRAVERSALS)
 def test_path_traversal_reaches_no_file_outside_static(address, path):
     source = (STATIC.parent / "app.py").read_text()
@@ -109,8 +117,7 @@ def test_runs_get_unique_names_and_a_folder_without_an_sae_is_refused(tmp_path):
 def test_the_seed_router_and_demo_path_are_wired(tmp_path):
     app = create_app([random_run(tmp_path / "glass")], demo=tmp_path / "demo.json")
     assert app.state.demo == tmp_path / "demo.json"
-    try:
-        import saescope.explore.seed  # noqa: F401
-    except ModuleNotFoundError:
-        pytest.skip("helper C's saescope.explore.seed is not merged yet")
-    assert any(getattr(r, "path", "").startswith("/api/seed") for r in app.routes)
+    with TestClient(app) as c:
+        r = c.get("/api/seed/disentangler")  # the file is missing: a 404 saying how to make it
+        assert r.status_code == 404 and "demo.json" in r.json()["detail"]
+        assert c.get("/static/disentangler.html").status_code == 200

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
+from saescope.experiments import seed_demos
 from saescope.explore import create_app
 from saescope.explore.serve import bind, serve, url
 
@@ -24,12 +26,30 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         default="127.0.0.1",
         help="address to listen on (default 127.0.0.1: this machine only)",
     )
-    e.add_argument("--demo", default=None, help="the seed demos' JSON file (runs/demo/...)")
+    e.add_argument(
+        "--demo",
+        default=None,
+        help=f"the seed demos' data (default {seed_demos.DEFAULT_PATH}, built when missing)",
+    )
+    e.add_argument("--no-demo", action="store_true", help="serve no seed demo (build nothing)")
     return e
 
 
+def _demo(ns: argparse.Namespace) -> tuple[Path | None, list[str]]:
+    """The seed demos' file (built when missing) and the runs to serve: those given, plus the
+    demo's classifier run when it was indexed (the Sparsity Explorer links to it)."""
+    if ns.no_demo:
+        return None, list(ns.runs)
+    demo = seed_demos.ensure(ns.demo)
+    extra = demo.parent / seed_demos.CLASSIFIER_RUN
+    given = {Path(r).resolve() for r in ns.runs}
+    more = [str(extra)] if extra.is_dir() and extra.resolve() not in given else []
+    return demo, [*ns.runs, *more]
+
+
 def run(ns: argparse.Namespace) -> int:
-    app = create_app(ns.runs, ns.demo)
+    demo, runs = _demo(ns)
+    app = create_app(runs, demo)
     sock = bind(ns.host, ns.port)
     if ns.host not in ("127.0.0.1", "localhost", "::1"):
         print(

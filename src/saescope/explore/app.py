@@ -27,14 +27,8 @@ from fastapi.staticfiles import StaticFiles
 
 from saescope.errors import SaescopeError
 from saescope.explore import api
+from saescope.explore.seed import router as seed_router
 from saescope.explore.state import NotFound, load_runs
-
-try:  # the seed's demos (helper C's module, issue 15), until it is on main
-    from saescope.explore.seed import router as seed_router
-except ModuleNotFoundError as e:
-    if e.name != "saescope.explore.seed":
-        raise
-    seed_router = None
 
 STATIC = Path(__file__).resolve().parent / "static"
 MAX_BODY = 1 << 20
@@ -63,6 +57,11 @@ def _handlers(app: FastAPI) -> None:
     async def malformed(_: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"detail": _one_line(exc)}, status_code=422)
 
+    @app.exception_handler(Exception)
+    async def failed(_: Request, exc: Exception) -> JSONResponse:  # a bug: say so, in JSON
+        message = f"internal error: {type(exc).__name__}: {exc}".splitlines()[0]
+        return JSONResponse({"detail": message}, status_code=500)
+
     @app.middleware("http")
     async def limit_body(request: Request, call_next: Callable[..., Any]) -> Any:
         size = request.headers.get("content-length", "0")
@@ -83,8 +82,7 @@ def create_app(runs: list[Path], demo: Path | None = None) -> FastAPI:
     app.state.demo = None if demo is None else Path(demo)
     _handlers(app)
     app.include_router(api.router, prefix="/api")
-    if seed_router is not None:
-        app.include_router(seed_router, prefix="/api/seed")
+    app.include_router(seed_router)  # its routes are under /api/seed
 
     @app.get("/", include_in_schema=False)
     def home() -> RedirectResponse:

@@ -2,7 +2,8 @@
 with the SAE's error term added back, `AddVector`), applied by the `steering` context manager
 in any forward pass or generation; feature effects (direct logits, ablation, attribution); and
 `steer_prompt`, what `saescope steer` prints; the features specific to a word (`token_features`,
-what `saescope features` prints) and the clamp sweep of the Golden Gate experiment."""
+what `saescope features` prints), the features on each token of a text (`token_activations`,
+the prompt view of `saescope explore`) and the clamp sweep of the Golden Gate experiment."""
 
 from saescope.steer.attribution import Attribution, attribute, true_ablation
 from saescope.steer.edits import MODES, Edit
@@ -17,6 +18,7 @@ from saescope.steer.intervene import (
 from saescope.steer.prompt import steer_prompt
 from saescope.steer.search import TokenFeatures, search_run, token_features, top_features
 from saescope.steer.sweep import Probe, Sweep, clamp_sweep
+from saescope.steer.tokens import token_activations
 
 __all__ = [
     "MODES",
@@ -39,6 +41,7 @@ __all__ = [
     "search_run",
     "steer_prompt",
     "steering",
+    "token_activations",
     "token_features",
     "top_features",
     "true_ablation",

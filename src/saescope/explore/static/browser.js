@@ -11,6 +11,9 @@
     try {
       const f = await saescope.api(`/api/features/${encodeURIComponent(id)}?${saescope.query()}`);
       renderFeature($("dashboard"), f, { onFeature: (j) => openFeature(j, true) });
+      $("steer-link").hidden = false;
+      $("steer-link").firstElementChild.href =
+        `steer.html?${saescope.query({ feature: f.id, value: Math.ceil(2 * f.max_act) || 10 })}`;
       if (push) history.pushState({ feature: f.id }, "", `?${saescope.query({ feature: f.id })}`);
       document.title = `saescope explore: feature ${f.id}`;
     } catch (e) { showError(e); }

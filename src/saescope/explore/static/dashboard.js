@@ -84,6 +84,8 @@
     label(L - 4, H - B, "0", "end");
     if (edges.length) {
       label(L, H - 6, fmt(edges[0], 2), "start");
+      const mid = Math.floor(counts.length / 2);
+      label(L + mid * bw, H - 6, fmt(edges[mid], 2));
       label(W - 4, H - 6, fmt(edges[edges.length - 1], 2), "end");
     }
     return box;

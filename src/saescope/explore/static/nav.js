@@ -76,6 +76,7 @@
     apply();
     pick.addEventListener("change", () => { apply(); if (onChange) onChange(); });
     saescope.runs = runs;
+    document.body.dataset.ready = "true";  // the runs are known (tests wait for this)
     return runs;
   }
 

@@ -31,6 +31,7 @@
     for (const s of $("tokens").children) s.classList.toggle("on", Number(s.dataset.i) === i);
     const box = $("token-features");
     box.replaceChildren();
+    box.classList.remove("muted");
     const title = document.createElement("div");
     title.textContent = `${JSON.stringify(t.token)} (position ${i})`;
     box.append(title);

@@ -46,6 +46,10 @@
     for (const row of $("edits").children) {
       const id = row.querySelector(".fid").value, value = row.querySelector(".fval").value;
       if (id === "") continue;
+      if (value === "" || !isFinite(Number(value))) {
+        showError(`feature ${id}: give a finite value`);
+        return;
+      }
       features.push({ id: Number(id), value: Number(value) });
     }
     const body = { run: saescope.run, sae: saescope.sae, prompt: $("prompt").value, features,
@@ -55,8 +59,12 @@
     $("status").textContent = "generating...";
     try {
       const got = await saescope.api("/api/steer", body);
-      $("unsteered").textContent = got.unsteered;
-      $("steered").textContent = got.steered;
+      for (const side of ["unsteered", "steered"]) {
+        const lead = document.createElement("span");
+        lead.className = "prompt";
+        lead.textContent = got.prompt;
+        $(side).replaceChildren(lead, got[side]);
+      }
       effects(got.features);
       $("status").textContent = "";
     } catch (e) { showError(e); $("status").textContent = ""; }
