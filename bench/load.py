@@ -1,16 +1,18 @@
 """Load test of `saescope explore`: the app (`create_app`) served by uvicorn on 127.0.0.1 in its
 own process, on an indexed glassllm run, answers >= 1000 requests from 32 concurrent clients,
 a shuffled mix of its pages and static files and its JSON API (feature dashboards, searches by
-token, by text and by density, the prompt view's forward pass, steering); writes bench/LOAD.md
-with the errors (any status other than 200, or no answer) and p50 / p95 / max per route.
+token, by text and by density, the prompt view's forward pass, steering, the seed demos'
+data); writes bench/LOAD.md with the errors (any status other than 200, or no answer) and
+p50 / p95 / max per route, then the same mix from one client alone.
 
     make bench-load            # or: .venv/bin/python bench/load.py [--run RUN] [--requests N]
 
 Without --run, a glassllm run (TopK, d_sae 4096, k 32, layers.2, trained on 262,144 tokens) is
 trained and indexed over --index-tokens tokens in a temp folder first (a few minutes on 2
-cores). Each route is called once before the clock starts (the index opened, the model loaded),
-so the numbers are those of a warm server. Clients are asyncio tasks sharing one httpx client
-(32 connections) in this process; the server is one uvicorn worker.
+cores; --keep DIR keeps it); the seed demos' file (for /api/seed) is built there too, as
+`saescope explore` does. Each route is called once before the clock starts (the index opened,
+the model loaded), so the numbers are those of a warm server. Clients are asyncio tasks
+sharing one httpx client (32 connections) in this process; the server is one uvicorn worker.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -50,6 +53,8 @@ WEIGHTS = {  # share of requests per route
     "GET /api/search?text=": 8,
     "GET /api/search?order=density": 6,
     "GET /api/runs": 3,
+    "GET /api/seed/disentangler": 3,
+    "GET /api/seed/sparsity": 3,
     "POST /api/prompt": 10,
     "POST /api/steer": 3,
     "GET /": 4,
@@ -84,15 +89,34 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(run: Path, port: int) -> subprocess.Popen[bytes]:
-    """uvicorn serving create_app([run]) on 127.0.0.1:port, in a child process."""
+def build_demo(folder: Path) -> Path:
+    """The seed demos' file (saescope explore builds the same when it is missing)."""
+    from saescope.experiments import seed_demos
+
+    return seed_demos.ensure(folder / "seed_demos.json", progress=False)
+
+
+@dataclass(frozen=True)
+class Site:
+    """What requests can name: the SAE's width, the pages and other static files, the seed
+    demo's sparsity levels."""
+
+    d_sae: int
+    pages: list[str]
+    static: list[str]
+    levels: int
+
+
+def start_server(run: Path, demo: Path, port: int) -> subprocess.Popen[bytes]:
+    """uvicorn serving create_app([run], demo) on 127.0.0.1:port, in a child process."""
     code = (
         "import sys, uvicorn; from saescope.explore import create_app; "
-        "uvicorn.run(create_app([sys.argv[1]]), host='127.0.0.1', port=int(sys.argv[2]), "
+        "uvicorn.run(create_app([sys.argv[1]], sys.argv[3]), host='127.0.0.1', "
+        "port=int(sys.argv[2]), "
         "log_level='warning')"
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-c", code, str(run), str(port)], env=env)
+    proc = subprocess.Popen([sys.executable, "-c", code, str(run), str(port), str(demo)], env=env)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -106,7 +130,7 @@ def start_server(run: Path, port: int) -> subprocess.Popen[bytes]:
     raise RuntimeError("the server did not start within 60 s")
 
 
-def plan(n: int, d_sae: int, pages: list[str], static: list[str], seed: int) -> list[tuple]:
+def plan(n: int, site: Site, seed: int) -> list[tuple]:
     """n requests (route, method, path, json body), shuffled, in the WEIGHTS proportions."""
     rng = random.Random(seed)
     routes = rng.choices(list(WEIGHTS), weights=list(WEIGHTS.values()), k=n)
@@ -115,11 +139,12 @@ def plan(n: int, d_sae: int, pages: list[str], static: list[str], seed: int) -> 
     rng.shuffle(routes)
     out = []
     for route in routes:
-        out.append(request_for(route, rng, d_sae, pages, static))
+        out.append(request_for(route, rng, site))
     return out
 
 
-def request_for(route: str, rng: random.Random, d_sae: int, pages: list[str], static: list[str]):
+def request_for(route: str, rng: random.Random, site: Site) -> tuple:
+    d_sae, pages, static = site.d_sae, site.pages, site.static
     if route == "GET /api/features/{id}":
         return route, "GET", f"/api/features/{rng.randrange(d_sae)}", None
     if route == "GET /api/search?token=":
@@ -136,6 +161,10 @@ def request_for(route: str, rng: random.Random, d_sae: int, pages: list[str], st
         )
     if route == "GET /api/runs":
         return route, "GET", "/api/runs", None
+    if route == "GET /api/seed/disentangler":
+        return route, "GET", "/api/seed/disentangler", None
+    if route == "GET /api/seed/sparsity":
+        return route, "GET", "/api/seed/sparsity", {"level": rng.randrange(site.levels)}
     if route == "POST /api/prompt":
         return route, "POST", "/api/prompt", {"text": rng.choice(PROMPTS), "top": 5}
     if route == "POST /api/steer":
@@ -268,22 +297,21 @@ def main() -> None:
     p.add_argument("--index-tokens", type=int, default=262_144)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
-        "--keep", type=Path, default=None, help="build the run in this folder and keep it"
+        "--keep", type=Path, default=None, help="build the run and the demo file here, kept"
     )
     p.add_argument("--out", type=Path, default=HERE / "LOAD.md")
     ns = p.parse_args()
-    if ns.run is not None:
-        load(ns.run, ns)
-        return
-    if ns.keep is not None:
-        done = ns.keep / "glass_load"
-        load(done if (done / "index.sqlite").exists() else build_run(ns.keep, ns.index_tokens), ns)
-        return
     with tempfile.TemporaryDirectory() as tmp:
-        load(build_run(Path(tmp), ns.index_tokens), ns)
+        folder = ns.keep or Path(tmp)
+        run = ns.run
+        if run is None:
+            run = folder / "glass_load"
+            if not (run / "index.sqlite").exists():
+                run = build_run(folder, ns.index_tokens)
+        load(run, build_demo(folder), ns)
 
 
-def load(run: Path, ns: argparse.Namespace) -> None:
+def load(run: Path, demo: Path, ns: argparse.Namespace) -> None:
     from saescope.analysis import FeatureIndex
     from saescope.explore.app import STATIC
 
@@ -292,19 +320,21 @@ def load(run: Path, ns: argparse.Namespace) -> None:
     idx.close()
     pages = sorted(p.name for p in STATIC.glob("*.html"))
     static = sorted(p.name for p in STATIC.iterdir() if p.suffix in (".js", ".css"))
-    requests = plan(ns.requests, int(info["d_sae"]), pages, static, ns.seed)
+    levels = len(json.loads(demo.read_text())["levels"])
+    site = Site(int(info["d_sae"]), pages, static, levels)
+    requests = plan(ns.requests, site, ns.seed)
     port = free_port()
-    server = start_server(run, port)
+    server = start_server(run, demo, port)
     try:
         base = f"http://127.0.0.1:{port}"
-        warm = [request_for(route, random.Random(1), 1, pages, static) for route in WEIGHTS]
+        warm = [request_for(route, random.Random(1), site) for route in WEIGHTS]
         warm_results, _ = asyncio.run(fire(base, warm, 1))
         bad = [r for r in warm_results if r["status"] != 200]
         if bad:
             raise SystemExit(f"warm-up failed: {bad}")
         load_avg = os.getloadavg()[0]
         results, wall = asyncio.run(fire(base, requests, ns.clients))
-        solo_plan = plan(ns.solo, int(info["d_sae"]), pages, static, ns.seed + 1)
+        solo_plan = plan(ns.solo, site, ns.seed + 1)
         solo, solo_wall = asyncio.run(fire(base, solo_plan, 1))
     finally:
         server.terminate()
