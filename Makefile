@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Dev installs pin the CPU build of torch; the library itself declares a range.
 TORCH_PIN := torch==2.13.0
 
-.PHONY: demo test claims lint bench bench-gpu bench-harvest bench-steer bench-cache bench-eval bench-index clean corpus
+.PHONY: demo test claims lint bench bench-gpu bench-harvest bench-steer bench-cache bench-eval bench-index bench-load clean corpus
 
 $(BIN)/saescope: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -75,6 +75,12 @@ bench-eval: $(BIN)/saescope corpus
 bench-index: $(BIN)/saescope corpus
 	$(BIN)/pip install -q duckdb==2.0.1
 	$(BIN)/python bench/index.py
+
+# Load test of `saescope explore`: >= 1000 requests from 32 concurrent clients, pages, static
+# files and API calls mixed, on an indexed glassllm run (trained and indexed in a temp folder
+# first unless RUN=... names one); writes bench/LOAD.md. A few minutes on 2 cores.
+bench-load: $(BIN)/saescope corpus
+	$(BIN)/python bench/load.py $(if $(RUN),--run $(RUN))
 
 # Debian's Chromium for the browser tests (Playwright drives it; nothing is downloaded by
 # Playwright itself). apt as root, else through sudo.

@@ -10,10 +10,22 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-from saescope.cli import demo, eval, explore, features, harvest, hooks, index, runs, steer, train
+from saescope.cli import (
+    demo,
+    eval,
+    explore,
+    export,
+    features,
+    harvest,
+    hooks,
+    index,
+    runs,
+    steer,
+    train,
+)
 from saescope.errors import SaescopeError
 
-COMMANDS = (train, eval, harvest, hooks, runs, steer, features, index, demo, explore)
+COMMANDS = (train, eval, harvest, hooks, runs, steer, features, index, demo, explore, export)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,69 @@
+"""`saescope export RUN --features 1,5,9`: chosen features of an indexed run as one
+self-contained HTML file (`--html FILE`, opens with no server and no network) and/or as
+feature JSON in Neuronpedia's upload layout (`--neuronpedia DIR`, as SAEDashboard writes it)."""
+
+from __future__ import annotations
+
+import argparse
+
+from saescope.analysis import neuronpedia
+from saescope.errors import InputError
+from saescope.explore import export
+from saescope.runs import Run
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    e = sub.add_parser(
+        "export", help="export features of an indexed run: offline HTML, Neuronpedia JSON"
+    )
+    e.add_argument("run", help="run folder indexed by saescope index")
+    e.add_argument(
+        "--features",
+        required=True,
+        help="feature ids, comma-separated (e.g. 1,5,9; ranges as 10-20), or 'all' "
+        "(every feature that fired; Neuronpedia only)",
+    )
+    e.add_argument("--sae", default=None, help="which SAE of a run with several (sae_0, ...)")
+    e.add_argument("--html", default=None, metavar="FILE", help="write one offline HTML file")
+    e.add_argument(
+        "--neuronpedia", default=None, metavar="DIR", help="write Neuronpedia batch JSON under DIR"
+    )
+    e.add_argument(
+        "--set-name", default=None, help="Neuronpedia SAE set name (default: the run's folder name)"
+    )
+    e.add_argument("--per-batch", type=int, default=128, help="features per batch file (128)")
+    return e
+
+
+def parse_features(text: str) -> list[int] | None:
+    """'1,5,9' or '10-20' (inclusive) -> ids; 'all' -> None; else a one-line error."""
+    if text.strip().lower() == "all":
+        return None
+    ids: list[int] = []
+    for part in (p.strip() for p in text.split(",")):
+        lo, dash, hi = part.partition("-")
+        try:
+            ids += list(range(int(lo), int(hi) + 1)) if dash and lo else [int(part)]
+        except ValueError:
+            raise InputError(
+                f"--features {text!r}: {part!r} is not a feature id; give integers, e.g. 1,5,9"
+            ) from None
+    return ids
+
+
+def run(ns: argparse.Namespace) -> int:
+    if ns.html is None and ns.neuronpedia is None:
+        raise InputError("nothing to write: give --html FILE and/or --neuronpedia DIR")
+    features = parse_features(ns.features)
+    if features is None and ns.html is not None:
+        raise InputError("--features all is for --neuronpedia only; give ids for --html")
+    r = Run.open(ns.run)
+    if ns.html is not None:
+        path = export.export_run(r, features or [], ns.html, ns.sae)
+        print(f"wrote {path} ({len(set(features or []))} features; open it in a browser)")
+    if ns.neuronpedia is not None:
+        folder = neuronpedia.export_run(
+            r, ns.neuronpedia, features, ns.sae, ns.set_name, ns.per_batch
+        )
+        print(f"wrote {folder} (Neuronpedia batch files; see docs/EXPORT.md)")
+    return 0
