@@ -7,6 +7,7 @@ from dataclasses import replace
 import pytest
 import torch
 
+from saescope.analysis import FeatureIndex
 from saescope.errors import ConfigError
 from saescope.experiments import seed_demos
 from saescope.experiments.monosemanticity import class_means, hidden_activations, purity
@@ -81,11 +82,10 @@ def test_neurons_match_the_experiment(built):
 def test_classifier_index_names_each_features_class(built):
     """The default stop's SAE, saved with its classes index: the feature browser's top example
     of each feature is the class the demo file gives it."""
-    analysis = pytest.importorskip("saescope.analysis")  # helper A's index (issue 15)
     path, d = built
     folder = path.parent / seed_demos.CLASSIFIER_RUN
     assert d["index_run"] == folder.name
-    idx = analysis.FeatureIndex.open(folder)
+    idx = FeatureIndex.open(folder)
     try:
         assert idx.info["kind"] == "classes" and idx.info["d_sae"] == CFG.mono.d_sae
         for f in d["levels"][d["default"]]["features"]:
@@ -93,14 +93,6 @@ def test_classifier_index_names_each_features_class(built):
                 assert idx.feature(f["id"])["top"][0]["tokens"] == [d["classes"][f["class"]]]
     finally:
         idx.close()
-
-
-def test_no_index_without_analysis(tmp_path, monkeypatch):
-    import sys
-
-    monkeypatch.setitem(sys.modules, "saescope.analysis", None)  # as if not installed
-    got = seed_demos.index_classifier(tmp_path / "run", None, None, None, [], 1.0)
-    assert got is None and not (tmp_path / "run").exists()
 
 
 def test_sample_inputs_per_class():

@@ -6,31 +6,19 @@ import json
 from dataclasses import replace
 
 import pytest
-from fastapi import FastAPI
-from fastapi.staticfiles import StaticFiles
 
 from saescope.experiments import seed_demos
-from saescope.explore import seed
+from saescope.explore import create_app
 from tests.explore.browser import SCREENSHOTS, served
+from tests.explore.common import random_run
 
-STATIC = seed.__file__.rsplit("/", 1)[0] + "/static"
 CFG = replace(seed_demos.DemoConfig(), mono=replace(seed_demos.DemoConfig().mono, sae_steps=700))
 """The real slider's stops with fewer SAE steps (about 6 s): the screenshots show the trade-off."""
 
 
 def make_app(demo, tmp):
-    """The app of `saescope explore` (create_app, with the classifier SAE's run beside the demo
-    file when the index was built, else a random one: it needs a run) or, before the web app is
-    merged, the seed router and the pages under /static/ as create_app serves them."""
-    try:
-        from saescope.explore import create_app
-        from tests.explore.common import random_run
-    except ImportError:
-        app = FastAPI()
-        app.state.demo = demo
-        app.include_router(seed.router)
-        app.mount("/static", StaticFiles(directory=STATIC), name="static")
-        return app
+    """The app of `saescope explore`, with the classifier SAE's run beside the demo file when
+    its index was built, else a random run (the app needs one)."""
     run = demo.parent / seed_demos.CLASSIFIER_RUN
     return create_app([run if run.is_dir() else random_run(tmp / "run")], demo=demo)
 
@@ -119,8 +107,7 @@ def test_sparsity_links_a_feature_to_its_dashboard(base, page, demo):
     """With the feature index and the web app there, a clicked feature opens in the feature
     browser, whose dashboard shows the class it fires on."""
     data = json.loads(demo.read_text())
-    if not data["index_run"] or not _has_app():
-        pytest.skip("needs saescope.analysis and saescope.explore.create_app (issue 15)")
+    assert data["index_run"]  # the classifier SAE's run, indexed
     page.goto(f"{base}/static/sparsity.html")
     page.wait_for_function("window.saescope && window.saescope.runs")
     page.wait_for_selector("#heatmap rect.cell")
@@ -132,14 +119,6 @@ def test_sparsity_links_a_feature_to_its_dashboard(base, page, demo):
     page.wait_for_url(f"**/index.html?run={data['index_run']}&feature={feat['id']}")
     page.wait_for_selector(f"text={data['classes'][feat['class']]}")
     assert page.js_errors == []
-
-
-def _has_app():
-    try:
-        from saescope.explore import create_app  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 @pytest.mark.slow

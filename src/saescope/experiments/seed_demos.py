@@ -32,6 +32,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from saescope import metrics
+from saescope.analysis import index_classes
 from saescope.atomic import atomic_write_bytes
 from saescope.data.stream import RowBatches
 from saescope.errors import ConfigError
@@ -229,14 +230,7 @@ def index_classifier(
 ) -> Path | None:
     """Save `sae` as a run folder and build its classes index there (each input an example
     whose one token is its class name: `saescope.analysis.index_classes`), so the feature
-    browser opens the classifier's SAE. None (nothing written) when saescope.analysis is not
-    installed."""
-    try:
-        from saescope.analysis import index_classes
-    except ModuleNotFoundError as e:
-        if e.name and not e.name.startswith("saescope.analysis"):
-            raise
-        return None
+    browser opens the classifier's SAE."""
     meta = {"experiment": "monosemanticity (seed demos)", "l1_coef": l1_coef}
     sae.save(folder, meta)
     index_classes(folder, sae, H, labels, classes)
@@ -252,7 +246,7 @@ def build(
 ) -> Path:
     """Train and measure (`build_data`) and write the JSON file atomically; returns its path.
     With `index`, the default stop's SAE and its classes index go to the CLASSIFIER_RUN folder
-    beside it (when saescope.analysis is there)."""
+    beside it ."""
     path = Path(path)
     data = build_data(seed, cfg, progress, path.parent / CLASSIFIER_RUN if index else None)
     atomic_write_bytes(path, json.dumps(data, separators=(",", ":")).encode())

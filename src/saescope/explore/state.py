@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from saescope.analysis import FeatureIndex
 from saescope.errors import ConfigError, InputError, SaescopeError
 from saescope.runs import Run
 from saescope.saes.io import is_saved
@@ -87,10 +88,6 @@ class RunState:
 
 def open_index(path: Path, sae: str, several: bool) -> Any:
     """The FeatureIndex of SAE `sae` of the run at `path`."""
-    try:  # helper A's module (issue 15), until it is on main
-        from saescope.analysis import FeatureIndex
-    except ModuleNotFoundError:
-        raise InputError("saescope.analysis (the feature index) is not there yet") from None
     return FeatureIndex.open(path, sae=sae if several else None)
 
 
