@@ -148,3 +148,21 @@ def test_cli_modules_are_short():
     """A command parses, calls the library and prints: about 100 lines at most."""
     lines = {p.name: len(p.read_text().splitlines()) for p in (SRC / "cli").glob("*.py")}
     assert max(lines.values()) <= 110, lines
+
+
+def test_explore_uses_the_public_api():
+    """The web app imports other packages only through their `__init__` (../shared/DESIGN.md:
+    explore never reaches into private modules): `from saescope.steer import steer_prompt`,
+    not `from saescope.steer.prompt import ...` nor a submodule by name."""
+    bad = []
+    for path in sorted((SRC / "explore").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.ImportFrom) and node.module and node.level == 0):
+                continue
+            parts = node.module.split(".")
+            if parts[0] != "saescope" or parts[1:2] == ["explore"]:
+                continue
+            deep = len(parts) > 2 or any(_exists(f"{node.module}.{a.name}") for a in node.names)
+            if deep:
+                bad.append(f"{path.relative_to(SRC)}:{node.lineno} imports from {node.module}")
+    assert not bad, bad

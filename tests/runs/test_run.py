@@ -11,7 +11,15 @@ from safetensors.torch import save_file
 
 from saescope.data import ActivationFile, ArticleTask, ArticleTaskConfig
 from saescope.errors import ConfigError, InputError
-from saescope.runs import DataSpec, Run, build_sae, harvest, steps_for_tokens, train_run
+from saescope.runs import (
+    DataSpec,
+    Run,
+    build_sae,
+    harvest,
+    sae_folders,
+    steps_for_tokens,
+    train_run,
+)
 from saescope.saes import ReLUSAE, TopKSAE, make_sae
 from saescope.training import TrainConfig
 
@@ -91,6 +99,22 @@ def test_a_bare_saved_sae_opens_without_data(tmp_path):
         run.model  # noqa: B018
     got = run.evaluate(tokens=100, data=DataSpec.synthetic())
     assert got["bare"]["n_tokens"] == 100 and "mmcs" in got["bare"]
+
+
+def test_sae_folders_lists_a_folders_saved_saes_without_loading_them(tmp_path):
+    sae = make_sae({"architecture": "relu", "d_in": 4, "d_sae": 8})
+    sae.save(tmp_path / "one")
+    for name in ("sae_1", "sae_0", "sae_x"):
+        sae.save(tmp_path / "many" / name)
+    (tmp_path / "many" / "sae_2").mkdir()  # no cfg.json: not a saved SAE
+    (tmp_path / "many" / "other").mkdir()
+    assert sae_folders(tmp_path / "one") == [tmp_path / "one"]
+    assert sae_folders(str(tmp_path / "many")) == [
+        tmp_path / "many" / n for n in ("sae_0", "sae_1", "sae_x")
+    ]
+    assert sae_folders(tmp_path / "many" / "other") == []
+    assert sae_folders(tmp_path / "missing") == []
+    assert list(Run.open(tmp_path / "many").saes) == ["sae_0", "sae_1", "sae_x"]
 
 
 # ----- evaluating ---------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from saescope.analysis import FeatureIndex
+from saescope.analysis.index import FeatureIndex
 from saescope.atomic import atomic_write_bytes
 from saescope.errors import ConfigError, InputError
 from saescope.models.lm import unembedding

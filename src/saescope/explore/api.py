@@ -15,8 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from saescope.errors import InputError
 from saescope.explore.state import NotFound, RunState
-from saescope.steer.prompt import steer_prompt
-from saescope.steer.tokens import token_activations
+from saescope.steer import steer_prompt, token_activations
 
 MAX_TEXT = 20_000
 """The longest prompt taken, in characters (the model's context bounds it in tokens)."""

@@ -12,8 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from saescope.analysis import FeatureIndex
-from saescope.analysis.neuronpedia import Index, check_features
+from saescope.analysis import FeatureIndex, check_features
 from saescope.atomic import atomic_write_bytes
 from saescope.errors import FormatError
 from saescope.runs import Run
@@ -132,7 +131,9 @@ def render_html(features: Sequence[dict[str, Any]], title: str, about: str = "")
 """
 
 
-def feature_payloads(index: Index, features: Sequence[int], run: str) -> list[dict[str, Any]]:
+def feature_payloads(
+    index: FeatureIndex, features: Sequence[int], run: str
+) -> list[dict[str, Any]]:
     """The chosen features' JSON as GET /api/features/{id} serves it: the index's feature
     plus "run" and "sae" (ids checked against the index)."""
     info = index.info
@@ -141,7 +142,7 @@ def feature_payloads(index: Index, features: Sequence[int], run: str) -> list[di
 
 
 def export_html(
-    index: Index,
+    index: FeatureIndex,
     features: Sequence[int],
     out: str | Path,
     run: str = "run",

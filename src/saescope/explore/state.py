@@ -13,8 +13,7 @@ from typing import Any
 
 from saescope.analysis import FeatureIndex
 from saescope.errors import ConfigError, InputError, SaescopeError
-from saescope.runs import Run
-from saescope.saes.io import is_saved
+from saescope.runs import Run, sae_folders
 
 
 class NotFound(InputError):
@@ -23,9 +22,7 @@ class NotFound(InputError):
 
 def sae_names(path: Path) -> list[str]:
     """The names `Run.open` gives the SAEs of a run folder, read without loading them."""
-    if is_saved(path):
-        return [path.name]
-    return sorted(p.name for p in path.glob("sae_*") if is_saved(p))
+    return [p.name for p in sae_folders(path)]
 
 
 @dataclass

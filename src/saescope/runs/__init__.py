@@ -10,7 +10,8 @@ evaluation (held-out contexts of the text, or held-out draws of a synthetic task
 `Run.open(path)` gives a trained run's SAEs, its DataSpec and training config, and loads its
 model only when asked. `train` (CLI and library), `eval` and every later command go through
 here, so a run is described and opened in one place; `find_runs(folder)` lists the runs under
-a folder (architecture, data, steps, final metrics) without loading any weights;
+a folder (architecture, data, steps, final metrics) without loading any weights, and
+`sae_folders(folder)` the saved SAEs of one folder (the names `Run.open` gives them);
 `resume_run(path)` continues a run with the settings its checkpoint recorded (`Recorded`),
 checking those a caller gives (`Given`).
 """
@@ -29,7 +30,7 @@ from saescope.errors import ConfigError
 from saescope.runs.data import KINDS, DataSpec, HeldOut
 from saescope.runs.listing import find_runs
 from saescope.runs.resume import Given, Recorded
-from saescope.runs.run import Run
+from saescope.runs.run import Run, sae_folders
 from saescope.saes import SAE, architecture, make_sae
 from saescope.training import TrainConfig, TrainResult, checkpoint, sae_dirs, train
 from saescope.training.checkpoint import mismatch
@@ -191,6 +192,7 @@ __all__ = [
     "resume_run",
     "run_metadata",
     "sae_dirs",
+    "sae_folders",
     "steps_for_tokens",
     "train_run",
 ]

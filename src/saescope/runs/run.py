@@ -23,6 +23,15 @@ from saescope.saes.io import is_saved
 from saescope.training import TrainConfig
 
 
+def sae_folders(path: str | Path) -> list[Path]:
+    """The saved SAEs of a folder, read without loading them: the folder itself when it is
+    one SAE's folder, else its sae_0, sae_1, ... folders that hold one (sorted); [] for none."""
+    path = Path(path)
+    if is_saved(path):
+        return [path]
+    return sorted(p for p in path.glob("sae_*") if is_saved(p))
+
+
 @dataclass
 class Run:
     """A trained run folder: its SAEs by name (the folder's own name for a single SAE, else
@@ -38,7 +47,7 @@ class Run:
     @classmethod
     def open(cls, path: str | Path, device: str | torch.device = "cpu") -> Run:
         path = Path(path)
-        found = [path] if is_saved(path) else sorted(p for p in path.glob("sae_*") if is_saved(p))
+        found = sae_folders(path)
         if not found:
             raise ConfigError(
                 f"{path} holds no saved SAE (cfg.json); give a folder made by saescope train"
