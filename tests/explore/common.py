@@ -90,6 +90,10 @@ class FakeIndex:
         self.closed = True
 
 
+LOCAL = "http://127.0.0.1"
+"""The base URL of the tests' TestClient: a Host the app accepts (its default, testserver, gets
+400 from the Host check)."""
+
 GLASS = DataSpec("model", model="glassllm", hook="layers.2", context=128)
 
 

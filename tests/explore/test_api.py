@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from saescope.errors import InputError
 from saescope.explore import create_app, state
 from tests.explore.browser import served
-from tests.explore.common import FakeIndex, random_run
+from tests.explore.common import LOCAL, FakeIndex, random_run
 
 D_SAE = 64
 
@@ -42,7 +42,7 @@ def app(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(app):
-    with TestClient(app) as c:
+    with TestClient(app, base_url=LOCAL) as c:
         yield c
 
 
@@ -189,7 +189,7 @@ def test_the_server_keeps_serving_after_bad_requests(client):
 
 def test_concurrent_model_calls_give_what_each_alone_gives(app):
     texts = [f"The Queen said {w}" for w in ["yes", "no", "to the King", "nothing", "it"]] * 3
-    with TestClient(app) as c:
+    with TestClient(app, base_url=LOCAL) as c:
         alone = [c.post("/api/prompt", json={"text": t}).json() for t in texts[:5]]
         steer = c.post("/api/steer", json={"prompt": "The King", "max_new_tokens": 4}).json()
     with served(app) as url, httpx.Client(base_url=url, timeout=60) as http:
@@ -212,10 +212,13 @@ def test_a_bug_is_a_json_500_and_the_server_serves_on(app):
     def broken(i):
         raise RuntimeError("the index broke\nsecond line")
 
-    with pytest.MonkeyPatch.context() as mp, TestClient(app, raise_server_exceptions=False) as c:
+    with (
+        pytest.MonkeyPatch.context() as mp,
+        TestClient(app, base_url=LOCAL, raise_server_exceptions=False) as c,
+    ):
         mp.setattr(idx, "feature", broken)
         r = c.get("/api/features/1")
         assert r.status_code == 500
         assert r.json() == {"detail": "internal error: RuntimeError: the index broke"}
-    with TestClient(app) as c:
+    with TestClient(app, base_url=LOCAL) as c:
         assert c.get("/api/features/1").status_code == 200

@@ -7,13 +7,14 @@ from fastapi.testclient import TestClient
 
 from saescope.analysis import FeatureIndex
 from saescope.explore import create_app
+from tests.explore.common import LOCAL
 
 pytestmark = pytest.mark.slow  # the session's glass_sae run and its index (about 20 s, once)
 
 
 @pytest.fixture(scope="module")
 def client(indexed_glass):
-    with TestClient(create_app([indexed_glass])) as c:
+    with TestClient(create_app([indexed_glass]), base_url=LOCAL) as c:
         yield c
 
 

@@ -3,16 +3,19 @@ path says, encoded `..` too, over a real socket as a browser sends it), the runs
 with, and the seed's router."""
 
 import http.client
+import json
+import socket
+import threading
 
 import pytest
 from fastapi.testclient import TestClient
 
 from saescope.errors import ConfigError
 from saescope.explore import create_app
-from saescope.explore.app import STATIC
+from saescope.explore.app import MAX_BODY, STATIC, allowed_hosts
 from saescope.explore.state import load_runs
 from tests.explore.browser import served
-from tests.explore.common import random_run
+from tests.explore.common import LOCAL, random_run
 
 SVG_NS = "http://www.w3.org/2000/svg"
 PAGES = ["index.html", "prompt.html", "steer.html"]
@@ -52,7 +55,7 @@ def raw_get(conn: http.client.HTTPConnection, path: str) -> tuple[int, str]:
 
 
 def test_the_pages_and_their_files_are_served(app):
-    with TestClient(app) as c:
+    with TestClient(app, base_url=LOCAL) as c:
         r = c.get("/", follow_redirects=False)
         assert r.status_code in (302, 307) and r.headers["location"] == "/static/index.html"
         for page in PAGES:
@@ -117,7 +120,89 @@ def test_runs_get_unique_names_and_a_folder_without_an_sae_is_refused(tmp_path):
 def test_the_seed_router_and_demo_path_are_wired(tmp_path):
     app = create_app([random_run(tmp_path / "glass")], demo=tmp_path / "demo.json")
     assert app.state.demo == tmp_path / "demo.json"
-    with TestClient(app) as c:
+    with TestClient(app, base_url=LOCAL) as c:
         r = c.get("/api/seed/disentangler")  # the file is missing: a 404 saying how to make it
         assert r.status_code == 404 and "demo.json" in r.json()["detail"]
         assert c.get("/static/disentangler.html").status_code == 200
+
+
+def post_chunked(address: tuple[str, int], size: int, chunk: int = 1 << 16) -> tuple[int, str]:
+    """POST /api/prompt with a chunked body (no Content-Length) of `size` bytes over a raw
+    socket; the status and body of the reply, read while the body is sent (the server may
+    answer, and close, before the body ends)."""
+    reply = bytearray()
+
+    def read(sock: socket.socket) -> None:
+        try:
+            while block := sock.recv(1 << 16):
+                reply.extend(block)
+        except OSError:  # reset: closed with the rest of the body unread
+            pass
+
+    with socket.create_connection(address, timeout=30) as sock:
+        reader = threading.Thread(target=read, args=(sock,))
+        reader.start()
+        data = b'{"text": "' + b"a" * (size - 12) + b'"}'
+        try:
+            sock.sendall(
+                b"POST /api/prompt HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+                b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+            )
+            for at in range(0, len(data), chunk):
+                part = data[at : at + chunk]
+                sock.sendall(b"%x\r\n%s\r\n" % (len(part), part))
+            sock.sendall(b"0\r\n\r\n")
+        except OSError:  # the server answered and closed before the body ended
+            pass
+        reader.join(30)
+    head, _, body = bytes(reply).partition(b"\r\n\r\n")
+    status = int(head.split(b" ")[1])
+    if b"chunked" in head.lower():  # one chunk: its size line, then the data
+        body = body.split(b"\r\n")[1]
+    return status, body.decode()
+
+
+def test_a_chunked_body_over_the_limit_is_413_and_the_server_serves_on(address):
+    status, body = post_chunked(address, 4 * MAX_BODY)
+    assert status == 413, body
+    assert str(MAX_BODY) in json.loads(body)["detail"]
+    conn = http.client.HTTPConnection(*address, timeout=10)
+    assert raw_get(conn, "/api/runs")[0] == 200
+    conn.close()
+    status, body = post_chunked(address, 100, chunk=16)  # under the limit: read, answered
+    assert status == 200 and json.loads(body)["tokens"], body
+
+
+def test_a_content_length_over_the_limit_is_413_before_the_body(address):
+    with socket.create_connection(address, timeout=10) as sock:
+        sock.sendall(
+            b"POST /api/prompt HTTP/1.1\r\nHost: localhost\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n" % (MAX_BODY + 1)
+        )
+        reply = sock.recv(1 << 16)  # no byte of the body sent: the answer comes anyway
+    assert reply.startswith(b"HTTP/1.1 413"), reply
+
+
+@pytest.mark.parametrize("host", ["evil.example", "evil.example:8000", "127.0.0.1.evil.example"])
+def test_a_request_for_another_host_is_400(app, host):
+    with TestClient(app, base_url=LOCAL) as c:
+        assert c.get("/api/runs", headers={"host": host}).status_code == 400
+        assert c.post("/api/prompt", json={"text": "a"}, headers={"host": host}).status_code == 400
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.1:8000", "localhost:8000", "[::1]:8000"])
+def test_this_machines_loopback_names_are_served(app, host):
+    with TestClient(app, base_url=LOCAL) as c:
+        assert c.get("/api/runs", headers={"host": host}).status_code == 200
+
+
+def test_the_host_the_server_listens_on_is_served(tmp_path):
+    app = create_app([random_run(tmp_path / "glass")], hosts=["10.1.2.3", "fe80::1"])
+    with TestClient(app, base_url="http://10.1.2.3:8000") as c:
+        assert c.get("/api/runs").status_code == 200
+        assert c.get("/api/runs", headers={"host": "[fe80::1]:8000"}).status_code == 200
+        assert c.get("/api/runs", headers={"host": "evil.example"}).status_code == 400
+    assert {"127.0.0.1", "localhost", "[::1]", "10.1.2.3", "[fe80::1]"} <= set(
+        allowed_hosts(["10.1.2.3", "fe80::1"])
+    )
+    assert socket.gethostname().lower() in allowed_hosts(["0.0.0.0"])

@@ -49,7 +49,7 @@ def _demo(ns: argparse.Namespace) -> tuple[Path | None, list[str]]:
 
 def run(ns: argparse.Namespace) -> int:
     demo, runs = _demo(ns)
-    app = create_app(runs, demo)
+    app = create_app(runs, demo, hosts=[ns.host])
     sock = bind(ns.host, ns.port)
     if ns.host not in ("127.0.0.1", "localhost", "::1"):
         print(

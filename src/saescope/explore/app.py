@@ -10,20 +10,25 @@
 
 Errors are JSON {"detail": "one line"}: 404 for an unknown run, SAE or feature, 400 for a
 request the library refuses, 422 for a malformed one (a non-finite number among them), 413 for
-a body over MAX_BODY bytes; the server keeps serving.
+a body over MAX_BODY bytes (counted as it arrives, so a chunked body is cut off too), 400 for
+a Host header that is not this machine's loopback name or the address the server listens on
+(`allowed_hosts`: a DNS rebinding page gets nothing); the server keeps serving.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+import socket
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.datastructures import Headers
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from saescope.errors import SaescopeError
 from saescope.explore import api
@@ -62,25 +67,102 @@ def _handlers(app: FastAPI) -> None:
         message = f"internal error: {type(exc).__name__}: {exc}".splitlines()[0]
         return JSONResponse({"detail": message}, status_code=500)
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next: Callable[..., Any]) -> Any:
-        size = request.headers.get("content-length", "0")
-        if not re.fullmatch(r"\d{1,12}", size) or int(size) > MAX_BODY:
-            return JSONResponse(
-                {"detail": f"request body over {MAX_BODY} bytes (or a bad content-length)"},
-                status_code=413,
-            )
-        return await call_next(request)
+
+class BodyTooLarge(HTTPException):
+    """A request body over MAX_BODY bytes (413); raised while the body arrives."""
+
+    def __init__(self) -> None:
+        super().__init__(413, f"request body over {MAX_BODY} bytes; send at most {MAX_BODY}")
 
 
-def create_app(runs: list[Path], demo: Path | None = None) -> FastAPI:
+class LimitBody:
+    """ASGI middleware: a request body over `limit` bytes gets 413 {"detail": ...}, said at
+    once when its Content-Length (or a malformed one) says so, else as soon as the bytes
+    received pass the limit (a chunked body has no Content-Length), so no more than about
+    `limit` bytes of a body are ever held."""
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        size = Headers(scope=scope).get("content-length")
+        if size is not None and (not re.fullmatch(r"\d{1,12}", size) or int(size) > self.limit):
+            await _too_large(scope, receive, send)
+            return
+        received, started = 0, False
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise BodyTooLarge
+            return message
+
+        async def watched(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted, watched)
+        except BodyTooLarge:  # raised outside a route (a route's error handler answers it)
+            if started:
+                raise
+            await _too_large(scope, receive, send)
+
+
+async def _too_large(scope: Scope, receive: Receive, send: Send) -> None:
+    detail = BodyTooLarge().detail
+    await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
+
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+"""The names this machine answers to that the app always accepts in a request's Host."""
+
+
+def allowed_hosts(hosts: Sequence[str] = ()) -> list[str]:
+    """The Host header values the app accepts: this machine's loopback names and `hosts`
+    (the address the server listens on; an IPv6 address also in brackets, as a Host header
+    writes it). A wildcard address (0.0.0.0, ::) adds this machine's name and addresses.
+    Any other Host gets 400: a page on another site that a DNS rebinding points at this
+    server names its own site there."""
+    out = list(LOCAL_HOSTS)
+    for host in hosts:
+        if host in ("0.0.0.0", "::", ""):
+            out += _machine_names()
+        else:
+            out += [host, f"[{host}]"] if ":" in host and not host.startswith("[") else [host]
+    return list(dict.fromkeys(h.lower() for h in out))
+
+
+def _machine_names() -> list[str]:
+    """This machine's host name, full name and IPv4 addresses (what a browser elsewhere on
+    the network uses to reach a server listening on every address)."""
+    names = [socket.gethostname(), socket.getfqdn()]
+    try:
+        names += socket.gethostbyname_ex(socket.gethostname())[2]
+    except OSError:
+        pass
+    return names
+
+
+def create_app(runs: list[Path], demo: Path | None = None, hosts: Sequence[str] = ()) -> FastAPI:
     """The app serving `runs` (run folders; each opened on first use) and, with `demo`, the
-    seed demos' JSON file (read by the /api/seed routes, `app.state.demo`)."""
+    seed demos' JSON file (read by the /api/seed routes, `app.state.demo`). It answers only
+    requests whose Host is this machine's loopback name or one of `hosts` (`allowed_hosts`;
+    give the address the server listens on), and takes bodies of at most MAX_BODY bytes."""
     states = load_runs([Path(r) for r in runs])
     app = FastAPI(title="saescope explore", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.runs = states
     app.state.demo = None if demo is None else Path(demo)
     _handlers(app)
+    app.add_middleware(LimitBody, limit=MAX_BODY)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts(hosts))
     app.include_router(api.router, prefix="/api")
     app.include_router(seed_router)  # its routes are under /api/seed
 
@@ -92,4 +174,13 @@ def create_app(runs: list[Path], demo: Path | None = None) -> FastAPI:
     return app
 
 
-__all__ = ["MAX_BODY", "STATIC", "NotFound", "create_app"]
+__all__ = [
+    "LOCAL_HOSTS",
+    "MAX_BODY",
+    "STATIC",
+    "BodyTooLarge",
+    "LimitBody",
+    "NotFound",
+    "allowed_hosts",
+    "create_app",
+]
