@@ -187,7 +187,7 @@ def to_neuronpedia(
         "correlated_neurons_pearson": [],
         "correlated_features_indices": [int(c["feature"]) for c in cofiring],
         "correlated_features_l1": _round([c["score"] for c in cofiring]),
-        "correlated_features_pearson": _round([c["score"] for c in cofiring]),
+        "correlated_features_pearson": [],  # the index keeps no counts to compute one
         "neg_str": [t["token"] for t in logits["bottom"]],
         "neg_values": _round([t["value"] for t in logits["bottom"]]),
         "pos_str": [t["token"] for t in logits["top"]],
@@ -228,16 +228,18 @@ def export_neuronpedia(
     per_batch: int = 128,
 ) -> Path:
     """Write the chosen features (None: every feature that fired; those that never did go to
-    skipped_indexes.json) in Neuronpedia's layout under `out`, `per_batch` features per batch
-    file; `decoder` (d_sae, d_in), the SAE's W_dec, gives the neuron alignment, and with
-    `unembed` (the model's final-norm scale and W_U, `models.lm.unembedding`) the logit
-    histogram. Returns the folder written. Each file is written atomically."""
+        skipped_indexes.json) in Neuronpedia's layout under `out`, `per_batch` features per batch
+        file; `decoder` (d_sae, d_in), the SAE's W_dec, gives the neuron alignment, and with
+        `unembed` (the model's final-norm scale and W_U, `models.lm.unembedding`) the logit
+        histogram. Returns the folder written. Each file is written atomically; an earlier export's
+    batch files and skipped list in the same folder are removed first (`remove_stale`)."""
     if per_batch < 1:
         raise InputError(f"per_batch must be at least 1, got {per_batch}")
     info = index.info
     settings = Settings.from_info(info, sae_set, dataset)
     folder = Path(out) / settings.folder
     ids = range(settings.d_sae) if features is None else check_features(features, settings.d_sae)
+    remove_stale(folder)
     chosen: list[int] = []
     skipped: list[int] = []
     rows: list[dict[str, Any]] = []
@@ -268,6 +270,20 @@ def export_neuronpedia(
     run = {**asdict(settings), "features": chosen, "per_batch": per_batch, "index": info}
     _write(folder / "run_settings.json", run)
     return folder
+
+
+STALE = re.compile(r"batch-\d+\.json|skipped_indexes\.json")
+"""The files of an earlier export into the same folder that a new one may not rewrite."""
+
+
+def remove_stale(folder: Path) -> list[Path]:
+    """Remove an earlier export's batch files and skipped_indexes.json from `folder` (an
+    export of fewer features writes fewer batches, and one of chosen features no skipped
+    list, so the old ones would be uploaded with it); other files stay. Returns those removed."""
+    gone = [p for p in folder.glob("*.json") if STALE.fullmatch(p.name) and p.is_file()]
+    for p in gone:
+        p.unlink()
+    return gone
 
 
 def _write(path: Path, obj: Any) -> None:
