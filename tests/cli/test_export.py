@@ -50,6 +50,22 @@ def test_features_parse_lists_ranges_and_all():
         parse_features("1,x")
 
 
+def test_a_range_is_checked_against_the_sae_before_it_is_listed():
+    assert parse_features("0-3,15", d_sae=16) == [0, 1, 2, 3, 15]
+    # a billion ids would take tens of GB as a list: refused from its bounds alone
+    for text, bad in [("0-1000000000", 1000000000), ("2,7-16", 16), ("-3", -3), ("16", 16)]:
+        with pytest.raises(InputError, match=f"feature {bad} is out of range.*0 to 15"):
+            parse_features(text, d_sae=16)
+
+
+def test_a_huge_range_is_a_one_line_error_before_the_index_is_read(tmp_path, capsys):
+    sae = make_sae({"architecture": "topk", "d_in": 8, "d_sae": 16, "k": 2})
+    run = sae.save(tmp_path / "bare")  # not indexed: the range is refused first
+    argv = ["export", str(run), "--features", "0-1000000000000", "--html", "x.html"]
+    err = one_line_error(capsys, argv)
+    assert "feature 1000000000000 is out of range" in err and "0 to 15" in err
+
+
 def test_bad_ids_and_missing_outputs_are_one_line_errors(indexed_glass, tmp_path, capsys):
     run = str(indexed_glass)
     html = ["--html", str(tmp_path / "f.html")]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from saescope.analysis import neuronpedia
+from saescope.analysis import check_features, neuronpedia
 from saescope.errors import InputError
 from saescope.explore import export
 from saescope.runs import Run
@@ -35,29 +35,33 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return e
 
 
-def parse_features(text: str) -> list[int] | None:
-    """'1,5,9' or '10-20' (inclusive) -> ids; 'all' -> None; else a one-line error."""
+def parse_features(text: str, d_sae: int | None = None) -> list[int] | None:
+    """'1,5,9' or '10-20' (inclusive) -> ids; 'all' -> None; else a one-line error. With
+    `d_sae`, a range's bounds are checked before it is listed (0-1000000000 lists nothing)."""
     if text.strip().lower() == "all":
         return None
     ids: list[int] = []
     for part in (p.strip() for p in text.split(",")):
         lo, dash, hi = part.partition("-")
         try:
-            ids += list(range(int(lo), int(hi) + 1)) if dash and lo else [int(part)]
+            bounds = (int(lo), int(hi)) if dash and lo else (int(part), int(part))
         except ValueError:
             raise InputError(
                 f"--features {text!r}: {part!r} is not a feature id; give integers, e.g. 1,5,9"
             ) from None
+        if d_sae is not None:
+            check_features(bounds, d_sae)
+        ids += range(bounds[0], bounds[1] + 1)
     return ids
 
 
 def run(ns: argparse.Namespace) -> int:
     if ns.html is None and ns.neuronpedia is None:
         raise InputError("nothing to write: give --html FILE and/or --neuronpedia DIR")
-    features = parse_features(ns.features)
-    if features is None and ns.html is not None:
+    if ns.features.strip().lower() == "all" and ns.html is not None:
         raise InputError("--features all is for --neuronpedia only; give ids for --html")
     r = Run.open(ns.run)
+    features = parse_features(ns.features, r.sae(ns.sae)[1].cfg.d_sae)
     if ns.html is not None:
         path = export.export_run(r, features or [], ns.html, ns.sae)
         print(f"wrote {path} ({len(set(features or []))} features; open it in a browser)")
