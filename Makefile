@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Dev installs pin the CPU build of torch; the library itself declares a range.
 TORCH_PIN := torch==2.13.0
 
-.PHONY: demo test claims lint bench bench-gpu bench-harvest bench-steer bench-cache bench-eval bench-index bench-load clean corpus
+.PHONY: demo test claims lint bench bench-gpu bench-harvest bench-steer bench-cache bench-eval bench-index bench-load clean corpus screenshots
 
 $(BIN)/saescope: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -86,7 +86,12 @@ bench-load: $(BIN)/saescope corpus
 # Playwright itself). apt as root, else through sudo.
 CHROMIUM := /usr/bin/chromium
 $(CHROMIUM):
+	$(if $(filter 0,$(shell id -u)),,sudo) apt-get update -q > /dev/null
 	$(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -q chromium > /dev/null
+
+# The README's screenshots, made by the browser tests (which otherwise write to a temp folder).
+screenshots: $(BIN)/saescope corpus $(CHROMIUM)
+	SAESCOPE_SCREENSHOTS=$(CURDIR)/docs/screenshots $(BIN)/python -m pytest -q -n 2 tests/explore
 
 lint: $(BIN)/saescope
 	$(BIN)/ruff check .

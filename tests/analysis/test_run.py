@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from saescope.analysis import FeatureIndex, IndexConfig, index_run, run_contexts
+from saescope.analysis.accumulate import GroupTop
 from saescope.analysis.build import IndexState
 from saescope.analysis.run import CHECKPOINT
 from saescope.errors import InputError
@@ -74,26 +75,56 @@ def test_index_run_on_glassllm(glass_sae, tmp_path):
 
 
 def test_an_interrupted_build_resumes_to_the_same_index(tmp_path, monkeypatch):
+    """Ctrl-C between batches: the state is checkpointed and the build goes on from there."""
     whole = pages(build(tmp_path / "whole")[0])
-    real_add, calls = IndexState.add, []
+    kind = type(classes_data(0)[0])
+    real_encode, calls = kind.encode, []
 
-    def add(self, f, b):
+    def encode(self, x):
         calls.append(1)
-        if len(calls) == 3:
+        if len(calls) == 3:  # Ctrl-C while the third batch is encoded: two are in
             raise KeyboardInterrupt
-        real_add(self, f, b)
+        return real_encode(self, x)
 
-    monkeypatch.setattr(IndexState, "add", add)
+    monkeypatch.setattr(kind, "encode", encode)
     with pytest.raises(KeyboardInterrupt):
         build(tmp_path / "cut")
     assert (tmp_path / "cut" / CHECKPOINT).is_file() and not (
         tmp_path / "cut" / "index.sqlite"
     ).exists()
-    monkeypatch.setattr(IndexState, "add", real_add)
+    monkeypatch.setattr(kind, "encode", real_encode)
     resumed = []
     monkeypatch.setattr(IndexState, "resume", _spy(IndexState.resume, resumed))
     assert pages(build(tmp_path / "cut")[0]) == whole
     assert resumed == [2]  # it went on from the two batches checkpointed
+
+
+def test_ctrl_c_in_the_middle_of_a_batch_saves_nothing_half_done(tmp_path, monkeypatch):
+    """Ctrl-C while a batch is half added (its counts in, its top examples not): no checkpoint
+    of that state is written, and the build run again equals an uninterrupted one."""
+    whole = pages(build(tmp_path / "whole")[0])
+    real_offer, calls = GroupTop.offer, []
+
+    def offer(self, *a, **kw):
+        calls.append(1)
+        if len(calls) == 5:  # the third batch's counts are in, its top lists not yet
+            raise KeyboardInterrupt
+        return real_offer(self, *a, **kw)
+
+    monkeypatch.setattr(GroupTop, "offer", offer)
+    with pytest.raises(KeyboardInterrupt):
+        build(tmp_path / "cut")
+    assert not (tmp_path / "cut" / CHECKPOINT).exists()
+    monkeypatch.setattr(GroupTop, "offer", real_offer)
+    assert pages(build(tmp_path / "cut")[0]) == whole
+
+
+def test_an_index_in_a_folder_named_with_uri_characters(tmp_path):
+    """'#', '?' and '%' in the path: the index opens that file (an SQLite URI is encoded)."""
+    path = build(tmp_path / "a#b?c%20d")[0]
+    with FeatureIndex.open(path) as idx:
+        assert idx.info["d_sae"] == D_SAE
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a#b?c%20d"]
 
 
 def _spy(resume, seen):

@@ -77,7 +77,7 @@ def test_train_with_index(tmp_path, capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--tokens", "0"], "--tokens must be at least 1"),
+        (["--tokens", "-5"], "--tokens must be at least 1 (or 0 for all the text), got -5"),
         (["--batch-size", "0"], "batch_size must be at least 1"),
         (["--sae", "sae_7"], "has no SAE 'sae_7'"),
     ],

@@ -1,6 +1,7 @@
 """`token_activations`: the features on each token equal the SAE's codes of that token's
 activation in a plain forward pass; position 0 and outlier tokens are reported, not encoded;
-bad texts and settings are one-line errors."""
+bad texts and settings are one-line errors. `activation_matrix`: the same codes, dense, for the
+text's most active features."""
 
 import pytest
 import torch
@@ -9,7 +10,7 @@ from saescope.data.outliers import OutlierRule
 from saescope.errors import ConfigError, InputError
 from saescope.models.hooks import attached
 from saescope.saes import make_sae
-from saescope.steer.tokens import token_activations
+from saescope.steer.tokens import activation_matrix, token_activations
 
 TEXT = "The Queen said to the King that the Queen was tired"
 
@@ -79,3 +80,30 @@ def test_bad_texts_and_settings_are_one_line_errors(sae, glass):
     small = make_sae({"architecture": "topk", "d_in": 16, "d_sae": 8, "k": 2}).eval()
     with pytest.raises(InputError, match=r"d_in 16 but hook layers\.2 has width 128"):
         token_activations(small, model, tok, "layers.2", TEXT)
+
+
+def test_the_matrix_is_the_codes_of_the_most_active_features(sae, glass):
+    model, tok = glass
+    ids = tok.encode(TEXT)
+    with torch.no_grad():
+        f = sae.encode(layer2(model, ids))
+    f[0] = 0  # position 0 is not encoded
+    out = activation_matrix(sae, model, tok, "layers.2", TEXT, columns=5)
+    assert [t["token"] for t in out["tokens"]] == [tok.decode([i]) for i in ids]
+    assert out["tokens"][0]["skipped"] == "first"
+    cols = [c["feature"] for c in out["features"]]
+    peak = f.max(0).values
+    assert len(cols) == 5 and sorted(peak[cols].tolist()) == sorted(peak.topk(5).values.tolist())
+    acts = torch.tensor(out["acts"])
+    assert acts.shape == (len(ids), 5)
+    assert torch.allclose(acts, f[:, cols], atol=1e-5)
+    assert out["max"] == pytest.approx(float(peak.max()))
+    first_peaks = [int(acts[:, j].argmax()) for j in range(5)]
+    assert first_peaks == sorted(first_peaks)  # columns by the token where each peaks
+    assert [c["max"] for c in out["features"]] == pytest.approx(acts.max(0).values.tolist())
+    wide = activation_matrix(sae, model, tok, "layers.2", TEXT, columns=10_000)
+    assert len(wide["features"]) == int((f > 0).any(0).sum()) < 10_000
+    with pytest.raises(ConfigError, match="columns must be at least 1"):
+        activation_matrix(sae, model, tok, "layers.2", TEXT, columns=0)
+    with pytest.raises(InputError, match="empty"):
+        activation_matrix(sae, model, tok, "layers.2", "")

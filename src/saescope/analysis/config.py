@@ -14,8 +14,10 @@ NEUTRAL = ("checkpoint_seconds", "checkpoint_batches")
 
 @dataclass(frozen=True)
 class IndexConfig:
-    tokens: int | None = None
-    """Tokens to index: the held-out text first, then the training text (None: all of it)."""
+    tokens: int | None = 1_000_000
+    """Tokens to index: the held-out text first, then the training text (None: all of it).
+    A million by default: a feature of density 1e-5 fires about ten times in it, and the
+    build's time stays bounded on a large corpus (bench/INDEX.md times a million tokens)."""
     top: int = 16
     """Top activating examples kept per feature (at most one per context)."""
     before: int = 16
@@ -28,7 +30,7 @@ class IndexConfig:
     low: int = -8
     """The first bucket's upper edge is 2^(low + 1)."""
     samples: int = 3
-    """Examples kept per bucket (a uniform sample: the smallest hash priorities)."""
+    """Examples kept per bucket (a uniform sample: those of largest hash priority)."""
     intervals: int = 5
     """Intervals a feature's page shows (its non-empty buckets split into this many runs)."""
     interval_examples: int = 5
@@ -58,7 +60,9 @@ class IndexConfig:
 
     def __post_init__(self) -> None:
         if self.tokens is not None and self.tokens < 1:
-            raise ConfigError(f"--tokens must be at least 1, got {self.tokens}")
+            raise ConfigError(
+                f"--tokens must be at least 1 (or 0 for all the text), got {self.tokens}"
+            )
         positive = ("top", "buckets", "samples", "intervals", "interval_examples", "hist_bins")
         positive += ("hist_shown", "cofire_tokens", "cofire_active", "batch_size")
         for name in positive:

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from saescope.analysis.store import FILE, FORMAT_VERSION
+from saescope.analysis.store import FILE, FORMAT_VERSION, read_only_uri
 from saescope.errors import FormatError, InputError
 from saescope.saes.io import is_saved
 
@@ -82,7 +82,7 @@ class FeatureIndex:
             raise InputError(f"the index {self.path} is closed")
         con = getattr(self._local, "con", None)
         if con is None:
-            con = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
+            con = sqlite3.connect(read_only_uri(self.path), uri=True, check_same_thread=False)
             self._local.con = con
             with self._lock:
                 self._all.append(con)

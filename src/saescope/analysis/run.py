@@ -175,17 +175,22 @@ def _build(
     bar.set_description("indexing" if state.batches == 0 else f"resumed at batch {state.batches}")
     last = time.monotonic()
     p = sae.W_dec
+    clean = True  # the state holds whole batches only (not so while a batch is being added)
     try:
         with torch.no_grad():
             for b in batches(state.batches):
-                state.add(sae.encode(b.x.to(p.device, p.dtype)).float().cpu(), b)
+                f = sae.encode(b.x.to(p.device, p.dtype)).float().cpu()
+                clean = False
+                state.add(f, b)
+                clean = True
                 bar.update(1)
                 every = cfg.checkpoint_batches and state.batches % cfg.checkpoint_batches == 0
                 if every or time.monotonic() - last >= cfg.checkpoint_seconds:
                     state.save(ckpt, meta)
                     last = time.monotonic()
     except KeyboardInterrupt:
-        state.save(ckpt, meta)
+        if clean:  # else half a batch is in: the last checkpoint on disk is the one to resume
+            state.save(ckpt, meta)
         raise
     finally:
         bar.close()

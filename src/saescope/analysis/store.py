@@ -102,12 +102,18 @@ def _insert(con: sqlite3.Connection, batch: list[FeatureRows], text: Callable[[i
     con.executemany("INSERT INTO texts VALUES (?, ?)", texts)
 
 
+def read_only_uri(path: str | Path) -> str:
+    """The SQLite URI that opens `path` read-only; the path is percent-encoded, so a folder
+    named with '#', '?' or '%' opens that file and no other."""
+    return f"{Path(path).resolve().as_uri()}?mode=ro"
+
+
 def built(path: Path, meta: dict[str, Any]) -> bool:
     """Whether `path` is an index built with the record `meta` (its info's "build")."""
     if not path.is_file():
         return False
     try:
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        con = sqlite3.connect(read_only_uri(path), uri=True)
         try:
             row = con.execute("SELECT value FROM meta WHERE key = 'info'").fetchone()
         finally:

@@ -1,6 +1,7 @@
-"""`saescope explore RUN [RUN ...]`: a local web app on the runs' features (a feature browser
+"""`saescope explore [RUN ...]`: a local web app on the runs' features (a feature browser
 with dashboards, a prompt view, a steering playground and the seed's demos), served on
-127.0.0.1 until Ctrl-C; it prints the URL to open."""
+127.0.0.1 until Ctrl-C; it prints the URL to open. With no RUN: the seed demos and their
+indexed classifier run (built when missing)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from saescope.errors import ConfigError
 from saescope.experiments import seed_demos
 from saescope.explore import create_app
 from saescope.explore.serve import bind, serve, url
@@ -18,7 +20,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "explore", help="browse runs' features, prompts and steering in a local web app"
     )
     e.add_argument(
-        "runs", nargs="+", metavar="RUN", help="run folders (index each: saescope index RUN)"
+        "runs",
+        nargs="*",
+        metavar="RUN",
+        help="run folders (index each: saescope index RUN); none: the seed demos' run",
     )
     e.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: a free one)")
     e.add_argument(
@@ -39,11 +44,21 @@ def _demo(ns: argparse.Namespace) -> tuple[Path | None, list[str]]:
     """The seed demos' file (built when missing) and the runs to serve: those given, plus the
     demo's classifier run when it was indexed (the Sparsity Explorer links to it)."""
     if ns.no_demo:
+        if not ns.runs:
+            raise ConfigError(
+                "--no-demo with no RUN leaves nothing to serve; give a RUN folder or drop "
+                "--no-demo (then the seed demos are served)"
+            )
         return None, list(ns.runs)
     demo = seed_demos.ensure(ns.demo)
     extra = demo.parent / seed_demos.CLASSIFIER_RUN
     given = {Path(r).resolve() for r in ns.runs}
     more = [str(extra)] if extra.is_dir() and extra.resolve() not in given else []
+    if not ns.runs and not more:
+        raise ConfigError(
+            f"{demo} has no indexed classifier run beside it ({extra}); delete {demo} and run "
+            "`saescope explore` again to rebuild both, or give a RUN folder"
+        )
     return demo, [*ns.runs, *more]
 
 

@@ -11,13 +11,15 @@ from saescope.analysis import FeatureIndex, IndexConfig, index_run
 from saescope.runs import Run
 
 TRAIN_HELP = "at the end, build the feature index of each SAE (as saescope index RUN does)"
-TOKENS_HELP = "tokens to index, held-out text first, then training text (default: all of it)"
+TOKENS_HELP = (
+    "tokens to index, held-out text first, then training text (default 1,000,000; 0: all of it)"
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("index", help="build the feature index of a run (for saescope explore)")
     p.add_argument("run", help="run folder written by saescope train on a model's activations")
-    p.add_argument("--tokens", type=int, default=None, help=TOKENS_HELP)
+    p.add_argument("--tokens", type=int, default=IndexConfig.tokens, help=TOKENS_HELP)
     p.add_argument("--sae", default=None, help="which SAE of a run of several")
     p.add_argument(
         "--batch-size", type=int, default=IndexConfig.batch_size, help="contexts per pass"
@@ -34,8 +36,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(ns: argparse.Namespace) -> int:
+    tokens = None if ns.tokens == 0 else ns.tokens
     cfg = IndexConfig(
-        tokens=ns.tokens, batch_size=ns.batch_size, checkpoint_batches=ns.checkpoint_every
+        tokens=tokens, batch_size=ns.batch_size, checkpoint_batches=ns.checkpoint_every
     )
     _report(index_run(Run.open(ns.run), ns.sae, cfg, progress=not ns.no_progress))
     return 0

@@ -51,8 +51,8 @@ FORMAT = 1
 DEFAULT_PATH = Path("runs") / "demo" / "seed_demos.json"
 """Where `saescope explore` and `saescope demo` keep the file (relative to the working folder)."""
 CLASSIFIER_RUN = "seed_classifier"
-"""The folder, beside the JSON file, of the default stop's SAE with its classes index (when
-saescope.analysis is there): `saescope explore runs/demo/seed_classifier` browses it."""
+"""The folder, beside the JSON file, of the default stop's SAE with its classes index:
+`saescope explore runs/demo/seed_classifier` browses it."""
 DIGITS = 4
 """Decimals kept for the activations in the file (it stays small: about 95 kB)."""
 

@@ -15,12 +15,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from saescope.errors import InputError
 from saescope.explore.state import NotFound, RunState
-from saescope.steer import steer_prompt, token_activations
+from saescope.steer import activation_matrix, steer_prompt, token_activations
 
 MAX_TEXT = 20_000
 """The longest prompt taken, in characters (the model's context bounds it in tokens)."""
 MAX_LIMIT = 500
 """The most search results one request returns."""
+MAX_COLUMNS = 256
+"""The most features one heatmap shows."""
 MAX_NEW_TOKENS = 64
 MAX_EDITS = 16
 
@@ -109,20 +111,42 @@ class PromptRequest(BaseModel):
     top: int = Field(5, ge=1, le=50)
 
 
+def _on_text(state: RunState, sae_name: str, fn: Any, text: str, *args: Any) -> Any:
+    """fn(sae, model, tokenizer, hook, text, *args, outliers) on the run's model, under its
+    lock (steer.tokens' token_activations or activation_matrix)."""
+    run = state.run
+    _, sae = run.sae(sae_name)
+    if run.data is None or not run.data.model:
+        raise InputError(f"run {state.name} was not trained on a model's activations")
+    with state.lock:
+        model, tokenizer = run.data.load_model()
+        return fn(sae.eval(), model, tokenizer, run.data.hooks.x, text, *args, run.outlier_rule)
+
+
 @router.post("/prompt")
 def prompt(request: Request, body: PromptRequest) -> dict[str, Any]:
     """The features firing on each token of the text (one forward pass)."""
     state = _state(request, body.run)
     name = state.sae_name(body.sae)
-    run = state.run
-    _, sae = run.sae(name)
-    if run.data is None or not run.data.model:
-        raise InputError(f"run {state.name} was not trained on a model's activations")
-    with state.lock:
-        model, tokenizer = run.data.load_model()
-        got = token_activations(
-            sae.eval(), model, tokenizer, run.data.hooks.x, body.text, body.top, run.outlier_rule
-        )
+    got = _on_text(state, name, token_activations, body.text, body.top)
+    return {**got, "run": state.name, "sae": name}
+
+
+class HeatmapRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    run: str | None = None
+    sae: str | None = None
+    text: str = Field(max_length=MAX_TEXT)
+    columns: int = Field(32, ge=1, le=MAX_COLUMNS)
+
+
+@router.post("/heatmap")
+def heatmap(request: Request, body: HeatmapRequest) -> dict[str, Any]:
+    """The Sparsity Explorer's tokens x features matrix of the text's most active features
+    (steer.tokens.activation_matrix; one forward pass)."""
+    state = _state(request, body.run)
+    name = state.sae_name(body.sae)
+    got = _on_text(state, name, activation_matrix, body.text, body.columns)
     return {**got, "run": state.name, "sae": name}
 
 

@@ -5,6 +5,7 @@
     GET  /api/features/{id}?run=&sae=       one feature's dashboard (FeatureIndex.feature)
     GET  /api/search?token= | text= | order=&lo=&hi=&limit=&offset=   find features
     POST /api/prompt   {run, sae, text, top}                 features on each token
+    POST /api/heatmap  {run, sae, text, columns}    tokens x the text's most active features
     POST /api/steer    {run, sae, prompt, features, mode, ...}  continuations side by side
     /api/seed/...      the seed's two demos (saescope.explore.seed)
 

@@ -3,7 +3,8 @@ with the SAE's error term added back, `AddVector`), applied by the `steering` co
 in any forward pass or generation; feature effects (direct logits, ablation, attribution); and
 `steer_prompt`, what `saescope steer` prints; the features specific to a word (`token_features`,
 what `saescope features` prints), the features on each token of a text (`token_activations`,
-the prompt view of `saescope explore`) and the clamp sweep of the Golden Gate experiment."""
+the prompt view of `saescope explore`; `activation_matrix`, its heatmap) and the clamp sweep of
+the Golden Gate experiment."""
 
 from saescope.steer.attribution import Attribution, attribute, true_ablation
 from saescope.steer.edits import MODES, Edit
@@ -18,7 +19,7 @@ from saescope.steer.intervene import (
 from saescope.steer.prompt import steer_prompt
 from saescope.steer.search import TokenFeatures, search_run, token_features, top_features
 from saescope.steer.sweep import Probe, Sweep, clamp_sweep
-from saescope.steer.tokens import token_activations
+from saescope.steer.tokens import activation_matrix, token_activations
 
 __all__ = [
     "MODES",
@@ -33,6 +34,7 @@ __all__ = [
     "Sweep",
     "TokenFeatures",
     "ablate",
+    "activation_matrix",
     "attribute",
     "clamp_sweep",
     "decoder_direction",

@@ -58,26 +58,12 @@ def token_activations(
      "max": the largest activation of all (0 when none fired)}."""
     if top < 1:
         raise ConfigError(f"top must be at least 1, got {top}")
-    ids = text_ids(tokenizer, model, text, limit)
-    x = Harvester(model, [hook])(torch.tensor([ids]))[hook][0]  # (T, d)
-    if x.shape[1] != sae.cfg.d_in:
-        raise InputError(
-            f"the SAE takes d_in {sae.cfg.d_in} but hook {hook} has width {x.shape[1]}; "
-            "give the hook the SAE was trained on"
-        )
-    keep = torch.ones(len(ids), dtype=torch.bool)
-    keep[0] = False
-    far = ~outliers.keep(x, x).cpu() if outliers is not None else torch.zeros_like(keep)
-    keep &= ~far
-    w = sae.W_dec
-    with torch.no_grad():
-        f = sae.encode(x[keep].to(w.device, w.dtype)).float().cpu()
+    ids, skipped, f = encode_text(sae, model, tokenizer, hook, text, outliers, limit)
     rows: list[dict[str, Any]] = []
     codes = iter(f)
     for pos, token in enumerate(ids):
-        skipped = "first" if pos == 0 else ("outlier" if bool(far[pos]) else None)
         fired: list[dict[str, Any]] = []
-        if skipped is None:
+        if skipped[pos] is None:
             row = next(codes)
             vals, idx = torch.topk(row, min(top, row.numel()))
             fired = [
@@ -85,8 +71,77 @@ def token_activations(
                 for v, i in zip(vals, idx, strict=True)
                 if v > 0
             ]
-        rows.append({"token": tokenizer.decode([token]), "skipped": skipped, "features": fired})
+        rows.append(
+            {"token": tokenizer.decode([token]), "skipped": skipped[pos], "features": fired}
+        )
     return {"tokens": rows, "features": _summary(f), "max": float(f.max()) if f.numel() else 0.0}
+
+
+def encode_text(
+    sae: SAE,
+    model: nn.Module,
+    tokenizer: Any,
+    hook: str,
+    text: str,
+    outliers: OutlierRule | None = None,
+    limit: int | None = None,
+) -> tuple[list[int], list[str | None], torch.Tensor]:
+    """The text's token ids, why each position was not encoded (None, "first" or "outlier")
+    and the SAE's codes (float32, on the CPU) of the encoded positions, in order."""
+    ids = text_ids(tokenizer, model, text, limit)
+    x = Harvester(model, [hook])(torch.tensor([ids]))[hook][0]  # (T, d)
+    if x.shape[1] != sae.cfg.d_in:
+        raise InputError(
+            f"the SAE takes d_in {sae.cfg.d_in} but hook {hook} has width {x.shape[1]}; "
+            "give the hook the SAE was trained on"
+        )
+    far = ~outliers.keep(x, x).cpu() if outliers is not None else torch.zeros(len(ids), dtype=bool)
+    skipped = [
+        "first" if pos == 0 else ("outlier" if bool(far[pos]) else None) for pos in range(len(ids))
+    ]
+    keep = torch.tensor([s is None for s in skipped])
+    w = sae.W_dec
+    with torch.no_grad():
+        f = sae.encode(x[keep].to(w.device, w.dtype)).float().cpu()
+    return ids, skipped, f
+
+
+def activation_matrix(
+    sae: SAE,
+    model: nn.Module,
+    tokenizer: Any,
+    hook: str,
+    text: str,
+    columns: int = 32,
+    outliers: OutlierRule | None = None,
+    limit: int | None = None,
+) -> dict[str, Any]:
+    """A dense tokens x features matrix of the `columns` features most active on `text` (by
+    their largest activation; ordered by the first token where each peaks), as JSON values:
+    {"tokens": [{"token", "skipped"}], "features": [{"feature", "max", "count"}],
+     "acts": [[float]] (one row per token, one column per feature; 0 where the feature is
+     silent and on skipped tokens), "max": the largest activation (0 when none fired)}.
+    What the Sparsity Explorer of `saescope explore` draws for a language model."""
+    if columns < 1:
+        raise ConfigError(f"columns must be at least 1, got {columns}")
+    ids, skipped, f = encode_text(sae, model, tokenizer, hook, text, outliers, limit)
+    chosen = _summary(f)[:columns]
+    cols = torch.tensor([c["feature"] for c in chosen], dtype=torch.long)
+    dense = torch.zeros(len(ids), len(chosen))
+    keep = torch.tensor([s is None for s in skipped])
+    if len(chosen):
+        dense[keep] = f[:, cols]
+        order = sorted(range(len(chosen)), key=lambda j: (int(dense[:, j].argmax()), j))
+        chosen, dense = [chosen[j] for j in order], dense[:, order]
+    tokens = [
+        {"token": tokenizer.decode([t]), "skipped": s} for t, s in zip(ids, skipped, strict=True)
+    ]
+    return {
+        "tokens": tokens,
+        "features": chosen,
+        "acts": dense.tolist(),
+        "max": float(dense.max()) if dense.numel() else 0.0,
+    }
 
 
 def _summary(f: torch.Tensor) -> list[dict[str, Any]]:

@@ -144,5 +144,5 @@
   }
 
   root.renderFeature = renderFeature;
-  root.saescopeDashboard = { renderFeature, shade, fmt, shown };
+  root.saescopeDashboard = { renderFeature, context, shade, fmt, shown };
 })(typeof window !== "undefined" ? window : this);

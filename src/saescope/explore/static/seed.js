@@ -34,7 +34,7 @@ function seedFmt(x, digits) {
 }
 
 // The app's nav bar (nav.js, when served with it); the demos need no run, so a failure there
-// (no runs) leaves the page working.
+// (no runs) leaves the page working. saescope.ready: the runs (null when unknown).
 if (window.saescope && typeof window.saescope.setup === "function") {
-  window.saescope.setup().catch(() => {});
+  window.saescope.ready = window.saescope.setup().catch(() => null);
 }

@@ -17,8 +17,14 @@ function describe(data, j, i) {
   info.replaceChildren();
   const h = document.createElement("p");
   h.id = "info-title";
-  h.innerHTML = `Feature <b>f${f.id}</b> represents <b id="info-class" style="color:${hue(f.class)}">` +
-    `${data.classes[f.class]}</b> (purity ${seedFmt(f.purity, 3)}).`;
+  // Built from nodes, never HTML: class names come from a data file.
+  const fid = document.createElement("b");
+  fid.textContent = `f${f.id}`;
+  const cls = document.createElement("b");
+  cls.id = "info-class";
+  cls.style.color = hue(f.class);
+  cls.textContent = data.classes[f.class];
+  h.append("Feature ", fid, " represents ", cls, ` (purity ${seedFmt(f.purity, 3)}).`);
   const p = document.createElement("p");
   p.textContent = act > 0
     ? `It fires at ${seedFmt(act, 3)} on input #${inp.index} (${data.classes[inp.class]}).`
