@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from saescope.errors import ConfigError
 from saescope.explore import create_app
-from saescope.explore.app import MAX_BODY, STATIC, allowed_hosts
+from saescope.explore.app import MAX_BODY, STATIC, LimitBody, allowed_hosts
 from saescope.explore.state import load_runs
 from tests.explore.browser import served
 from tests.explore.common import LOCAL, random_run
@@ -206,3 +206,23 @@ def test_the_host_the_server_listens_on_is_served(tmp_path):
         allowed_hosts(["10.1.2.3", "fe80::1"])
     )
     assert socket.gethostname().lower() in allowed_hosts(["0.0.0.0"])
+
+
+async def _echo_length(scope, receive, send):
+    """A bare ASGI app that reads the whole body and answers its length."""
+    size, more = 0, True
+    while more:
+        message = await receive()
+        size, more = size + len(message.get("body", b"")), message.get("more_body", False)
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": str(size).encode()})
+
+
+def test_limit_body_answers_413_around_any_app():
+    """Outside FastAPI's routes (no handler turns the error into a reply) LimitBody answers."""
+    c = TestClient(LimitBody(_echo_length, limit=10))  # no `with`: the app has no lifespan
+    assert c.post("/", content=b"x" * 10).text == "10"
+    chunks = iter([b"x" * 6, b"x" * 6])  # sent chunked: no Content-Length
+    r = c.post("/", content=chunks)
+    assert r.status_code == 413 and "over 10 bytes" in r.json()["detail"]
+    assert c.post("/", content=b"x" * 11).status_code == 413

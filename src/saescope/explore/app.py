@@ -72,8 +72,8 @@ def _handlers(app: FastAPI) -> None:
 class BodyTooLarge(HTTPException):
     """A request body over MAX_BODY bytes (413); raised while the body arrives."""
 
-    def __init__(self) -> None:
-        super().__init__(413, f"request body over {MAX_BODY} bytes; send at most {MAX_BODY}")
+    def __init__(self, limit: int = MAX_BODY) -> None:
+        super().__init__(413, f"request body over {limit} bytes; send at most {limit}")
 
 
 class LimitBody:
@@ -91,7 +91,7 @@ class LimitBody:
             return
         size = Headers(scope=scope).get("content-length")
         if size is not None and (not re.fullmatch(r"\d{1,12}", size) or int(size) > self.limit):
-            await _too_large(scope, receive, send)
+            await _too_large(scope, receive, send, self.limit)
             return
         received, started = 0, False
 
@@ -101,7 +101,7 @@ class LimitBody:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.limit:
-                    raise BodyTooLarge
+                    raise BodyTooLarge(self.limit)
             return message
 
         async def watched(message: Message) -> None:
@@ -114,11 +114,11 @@ class LimitBody:
         except BodyTooLarge:  # raised outside a route (a route's error handler answers it)
             if started:
                 raise
-            await _too_large(scope, receive, send)
+            await _too_large(scope, receive, send, self.limit)
 
 
-async def _too_large(scope: Scope, receive: Receive, send: Send) -> None:
-    detail = BodyTooLarge().detail
+async def _too_large(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+    detail = BodyTooLarge(limit).detail
     await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
 
 
