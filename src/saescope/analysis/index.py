@@ -15,7 +15,7 @@ import numpy as np
 
 from saescope.analysis.store import FILE, FORMAT_VERSION, read_only_uri
 from saescope.errors import FormatError, InputError
-from saescope.saes.io import is_saved
+from saescope.runs import sae_folders
 
 ORDERS = ("density", "max_act", "mean_act", "fired", "id")
 MAX_LIMIT = 1000
@@ -29,7 +29,7 @@ def index_path(path: str | Path, sae: str | None = None) -> Path:
         return path
     if (path / FILE).is_file() and sae is None:
         return path / FILE
-    found = [path] if is_saved(path) else sorted(p for p in path.glob("sae_*") if is_saved(p))
+    found = sae_folders(path)
     names = {p.name: p for p in found}
     if not found:
         raise InputError(f"{path} holds no saved SAE and no index; give a run folder or {FILE}")
