@@ -1,4 +1,5 @@
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -103,4 +104,27 @@ def glass_sae(tmp_path_factory) -> Path:
             torch.manual_seed(cfg.seed)
             sae = runs.build_sae("topk", stream, d_sae=2048, k=16)
             runs.train_run(sae, data, stream, cfg, out, overwrite=True)
+    return out
+
+
+INDEX_TOKENS = 8192
+
+
+@pytest.fixture(scope="session")
+def indexed_glass(glass_sae, tmp_path_factory) -> Path:
+    """A copy of the `glass_sae` run indexed by saescope.analysis over INDEX_TOKENS held-out
+    tokens: built once per test session, shared by the xdist workers (the explore, export and
+    CLI tests read it, never write it)."""
+    from saescope.analysis import IndexConfig, index_run
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the workers' common folder
+    out = root / "indexed" / "glass"
+    with FileLock(f"{out.parent}.lock"):
+        if not (out / "index.sqlite").is_file():  # the file is written last, whole
+            if not out.is_dir():
+                ignore = shutil.ignore_patterns("checkpoint*", "*.lock")
+                shutil.copytree(glass_sae, out, ignore=ignore)
+            index_run(runs.Run.open(out), cfg=IndexConfig(tokens=INDEX_TOKENS), progress=False)
     return out
