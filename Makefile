@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Dev installs pin the CPU build of torch; the library itself declares a range.
 TORCH_PIN := torch==2.13.0
 
-.PHONY: demo test claims lint bench bench-gpu bench-harvest bench-steer bench-cache bench-eval bench-index bench-load clean corpus screenshots
+.PHONY: demo test claims lint fixtures bench bench-gpu bench-harvest bench-steer bench-cache bench-eval bench-index bench-load clean corpus screenshots
 
 $(BIN)/saescope: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -39,6 +39,11 @@ claims: $(BIN)/saescope corpus
 # use) and the roofline; writes bench/RESULTS.md and bench/scaling.png. About 20 minutes.
 bench: $(BIN)/saescope
 	$(BIN)/python bench/train_step.py
+
+# SAEs saved by SAELens, sparsify and dictionary_learning themselves (in the peers' venv that
+# `make bench` builds), with their own encode/decode outputs: tests/fixtures/<library>/<name>/.
+fixtures: $(BIN)/saescope
+	$(BIN)/python bench/fixtures.py
 
 # On a machine with a GPU (a CUDA build of torch in .venv): every architecture trained on the
 # CPU and the GPU side by side, resume and evaluation on the GPU, training speed; writes

@@ -1,0 +1,265 @@
+"""Fixtures written by the peer libraries themselves, for saescope's interop tests.
+
+    make fixtures                   # or: .venv/bin/python bench/fixtures.py [--only saelens]
+
+Run with saescope's Python, it builds the peers' venv (bench/.peers-venv, as `make bench`
+does) and runs itself again with the peers' Python, which never imports saescope. Each
+fixture is a tiny SAE (d_in 16, d_sae 32) with random, non-trivial parameters (non-zero biases
+and thresholds, decoder rows not of unit norm where the library allows), saved by the
+library's OWN save function into tests/fixtures/<library>/<name>/, next to:
+
+- expected.safetensors: the fixed input `x` (8, d_in), and the library's own `f` = encode(x),
+  `x_hat` = decode(f) and `out` = forward(x) (float32, on the CPU);
+- fixture.json: library, version, the class and save function used, the config flags that
+  change the math, and whether saescope is expected to load it ("expressible": false marks a
+  file saescope must refuse with a one-line error, and says why).
+
+Fixtures are deterministic (fixed seeds); rerunning overwrites them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE.parent / "tests" / "fixtures"
+D_IN, D_SAE, N, K = 16, 32, 8, 4
+HOOK = {"model_name": "glassllm", "hook_name": "blocks.1.hook_resid_post"}
+
+
+def _peers_python() -> Path:
+    sys.path.insert(0, str(HERE))
+    from train_step import ensure_peers  # bench/train_step.py builds the peers' venv
+
+    py = ensure_peers(HERE / ".peers-venv")
+    if py is None:
+        sys.exit("could not build the peers' venv (bench/.peers-venv); see the pip error above")
+    return py
+
+
+# ----- shared helpers (peers' venv) -----------------------------------------------------------
+
+
+def _gen(seed: int):
+    import torch
+
+    return torch.Generator().manual_seed(seed)
+
+
+def _input(seed: int = 0):
+    import torch
+
+    x = torch.randn(N, D_IN, generator=_gen(1000 + seed)) * 1.5 + 0.3
+    return x.float()
+
+
+def _randomise(module, seed: int, positive: tuple[str, ...] = ()) -> None:
+    """Every parameter/buffer random: matrices ~ N(0, 1/fan_in), vectors ~ N(0, 0.3), those in
+    `positive` uniform in (0.2, 0.8); decoder rows get norms spread over (0.5, 2)."""
+    import torch
+
+    g = _gen(seed)
+    with torch.no_grad():
+        for name, p in [*module.named_parameters(), *module.named_buffers()]:
+            if not p.is_floating_point() or p.dim() == 0:
+                continue
+            if name in positive:
+                p.copy_(torch.rand(p.shape, generator=g) * 0.6 + 0.2)
+            elif p.dim() == 1:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) / p.shape[0] ** 0.5)
+        w_dec = getattr(module, "W_dec", None)
+        if w_dec is not None and w_dec.dim() == 2:
+            rows = w_dec.shape[0]
+            scale = torch.rand(rows, generator=g) * 1.5 + 0.5
+            w_dec.mul_(scale[:, None] / w_dec.norm(dim=1, keepdim=True))
+
+
+def _write(folder: Path, outputs: dict[str, Any], info: dict[str, Any]) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().to(torch.float32).contiguous() for k, v in outputs.items()}
+    save_file(tensors, str(folder / "expected.safetensors"))
+    (folder / "fixture.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    shapes = ", ".join(f"{k}{tuple(v.shape)}" for k, v in tensors.items())
+    print(f"  {folder.relative_to(OUT)}: {shapes}")
+
+
+# ----- SAELens ----------------------------------------------------------------------------------
+
+
+def _saelens_meta():
+    from sae_lens.saes.sae import SAEMetadata
+
+    return SAEMetadata(**HOOK, context_size=64, prepend_bos=True)
+
+
+def _saelens_inference(arch: str, flags: dict[str, Any], seed: int):
+    """An inference SAE of SAELens's registry, random parameters."""
+    from sae_lens.registry import get_sae_class
+
+    sae_cls, cfg_cls = get_sae_class(arch)
+    cfg = cfg_cls(d_in=D_IN, d_sae=D_SAE, metadata=_saelens_meta(), **flags)
+    sae = sae_cls(cfg)
+    _randomise(sae, seed, positive=("threshold",))
+    return sae.eval()
+
+
+def _saelens_training(arch: str, flags: dict[str, Any], seed: int):
+    """A training SAE of SAELens's registry, random parameters; the threshold BatchTopK keeps
+    (a buffer) set by hand."""
+    import torch
+    from sae_lens.registry import get_sae_training_class
+
+    sae_cls, cfg_cls = get_sae_training_class(arch)
+    cfg = cfg_cls(d_in=D_IN, d_sae=D_SAE, metadata=_saelens_meta(), **flags)
+    sae = sae_cls(cfg)
+    _randomise(sae, seed, positive=("threshold",))
+    if hasattr(sae, "topk_threshold"):
+        sae.topk_threshold = torch.tensor(0.37, dtype=torch.double)
+    return sae.eval()
+
+
+def _record_saelens(sae, folder: Path, x, loader: Callable[[Path], Any]) -> dict[str, Any]:
+    """encode / decode / forward of the SAE as saved and loaded back by SAELens itself."""
+    import torch
+
+    loaded = loader(folder)
+    with torch.no_grad():
+        f = loaded.encode(x)
+        x_hat = loaded.decode(f)
+        out = loaded(x)
+    return {"x": x, "f": f, "x_hat": x_hat, "out": out}
+
+
+SAELENS: list[tuple[str, str, str, dict[str, Any], str | None]] = [
+    # name, registry ("inference" | "training"), architecture, config flags, refusal reason
+    ("standard", "inference", "standard", {}, None),
+    ("standard_no_b_dec_in", "inference", "standard", {"apply_b_dec_to_input": False}, None),
+    ("topk", "inference", "topk", {"k": K}, None),
+    (
+        "topk_rescale",
+        "inference",
+        "topk",
+        {"k": K, "rescale_acts_by_decoder_norm": True},
+        None,
+    ),
+    ("jumprelu", "inference", "jumprelu", {}, None),
+    ("gated", "inference", "gated", {}, None),
+    ("batchtopk", "training", "batchtopk", {"k": K}, None),
+    (
+        "matryoshka_batchtopk",
+        "training",
+        "matryoshka_batchtopk",
+        {"k": K, "matryoshka_widths": [8, 16, D_SAE]},
+        None,
+    ),
+    ("transcoder", "inference", "transcoder", {"d_out": 12, "apply_b_dec_to_input": False}, None),
+    (
+        "jumprelu_transcoder",
+        "inference",
+        "jumprelu_transcoder",
+        {"d_out": 12, "apply_b_dec_to_input": False},
+        None,
+    ),
+    (
+        "skip_transcoder",
+        "inference",
+        "skip_transcoder",
+        {"d_out": 12, "apply_b_dec_to_input": False},
+        "a skip connection W_skip (saescope has none)",
+    ),
+    ("abstopk", "inference", "abstopk", {"k": K}, "top-k by absolute value (abstopk)"),
+    (
+        "standard_layer_norm",
+        "inference",
+        "standard",
+        {"normalize_activations": "layer_norm"},
+        "normalize_activations='layer_norm' (a per-token normalisation saescope lacks)",
+    ),
+    (
+        "standard_constant_norm_rescale",
+        "inference",
+        "standard",
+        {"normalize_activations": "constant_norm_rescale"},
+        "normalize_activations='constant_norm_rescale' (a per-token rescale saescope lacks)",
+    ),
+]
+
+
+def saelens(out: Path) -> None:
+    import sae_lens
+    from sae_lens import SAE
+
+    print(f"SAELens {sae_lens.__version__}")
+    for seed, (name, registry, arch, flags, refusal) in enumerate(SAELENS):
+        folder = out / "saelens" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        x = _input(seed)
+        if registry == "inference":
+            sae = _saelens_inference(arch, flags, seed)
+            sae.save_model(folder)
+            saved_with = f"{type(sae).__name__}.save_model"
+        else:  # the training runner's final save: the inference model (a JumpReLU SAE)
+            sae = _saelens_training(arch, flags, seed)
+            sae.save_inference_model(folder)
+            saved_with = f"{type(sae).__name__}.save_inference_model"
+        outputs = _record_saelens(sae, folder, x, lambda p: SAE.load_from_disk(p).eval())
+        cfg = json.loads((folder / "cfg.json").read_text())
+        _write(
+            folder,
+            outputs,
+            {
+                "library": "sae_lens",
+                "version": version("sae-lens"),
+                "saved_with": saved_with,
+                "loaded_with": "SAE.load_from_disk",
+                "architecture": cfg["architecture"],
+                "flags": flags,
+                "hook": HOOK,
+                "expressible": refusal is None,
+                "refusal": refusal,
+            },
+        )
+
+
+# ----- driver -----------------------------------------------------------------------------------
+
+LIBRARIES: dict[str, Callable[[Path], None]] = {"saelens": saelens}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--only", choices=sorted(LIBRARIES), action="append")
+    p.add_argument("--out", type=Path, default=OUT)
+    a = p.parse_args()
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    peers = torch is not None and _has("sae_lens")
+    if not peers:  # saescope's (or a bare) Python: rerun under the peers' venv
+        py = _peers_python()
+        os.execv(str(py), [str(py), __file__, *sys.argv[1:]])
+    torch.manual_seed(0)
+    for lib in a.only or LIBRARIES:
+        LIBRARIES[lib](a.out)
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+if __name__ == "__main__":
+    main()
