@@ -1,0 +1,210 @@
+"""SAELens folders (cfg.json + sae_weights.safetensors) as saescope SAEs.
+
+SAELens's inference architectures map onto saescope's with the same encode/decode numbers:
+
+| SAELens `architecture` | saescope | notes |
+|---|---|---|
+| `standard` | `relu` | |
+| `topk` | `topk` | `rescale_acts_by_decoder_norm`: decoder norms folded into the weights |
+| `jumprelu` | `jumprelu` | also what SAELens's runner writes for (Matryoshka) BatchTopK |
+| `gated` | `gated` | |
+| `transcoder` | `relu` | `d_out`, `apply_b_dec_to_input=False` |
+| `jumprelu_transcoder` | `jumprelu` | as `transcoder` |
+
+`normalize_activations` "none", "expected_average_only_in" and "covariance_whitening" leave
+SAELens's own encode/decode untouched at inference (the factor or the whitening is folded into
+the weights before saving), so they load as they are; "layer_norm" and "constant_norm_rescale"
+normalise each token and are refused, as is every architecture saescope cannot express (skip
+transcoders, abstopk, temporal, matching pursuit, and training checkpoints). Nothing is
+unpickled: JSON and safetensors only.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import Tensor
+
+from saescope.errors import ConfigError, FormatError
+from saescope.saes import SAE, make_sae
+
+CFG_FILE = "cfg.json"
+WEIGHTS_FILE = "sae_weights.safetensors"
+ARCHITECTURES = {
+    "standard": "relu",
+    "topk": "topk",
+    "jumprelu": "jumprelu",
+    "gated": "gated",
+    "transcoder": "relu",
+    "jumprelu_transcoder": "jumprelu",
+}
+"""SAELens architecture -> saescope architecture."""
+REFUSED = {
+    "skip_transcoder": "a skip connection (W_skip), which saescope has no equivalent for",
+    "jumprelu_skip_transcoder": "a skip connection (W_skip), which saescope has no equivalent for",
+    "abstopk": "top-k by absolute value, which saescope has no equivalent for",
+    "temporal": "a temporal SAE (attention over context), which saescope has no equivalent for",
+    "matching_pursuit": "matching-pursuit encoding, which saescope has no equivalent for",
+    "batchtopk": "a SAELens training checkpoint; load the folder its runner's final "
+    "save_inference_model wrote (a jumprelu SAE)",
+    "matryoshka_batchtopk": "a SAELens training checkpoint; load the folder its runner's final "
+    "save_inference_model wrote (a jumprelu SAE)",
+}
+"""SAELens architectures refused, and why."""
+IDENTITY_NORMS = ("none", "expected_average_only_in", "covariance_whitening")
+"""normalize_activations values under which SAELens's inference encode/decode are plain."""
+TENSORS = {
+    "relu": ("W_enc", "W_dec", "b_enc", "b_dec"),
+    "topk": ("W_enc", "W_dec", "b_enc", "b_dec"),
+    "jumprelu": ("W_enc", "W_dec", "b_enc", "b_dec", "threshold"),
+    "gated": ("W_enc", "W_dec", "b_dec", "b_gate", "b_mag", "r_mag"),
+}
+METADATA_KEYS = ("model_name", "hook_name", "hook_head_index", "context_size", "prepend_bos")
+
+
+def is_saelens(path: str | Path) -> bool:
+    """Whether `path` is a folder with SAELens's two files."""
+    path = Path(path)
+    return (path / CFG_FILE).is_file() and (path / WEIGHTS_FILE).is_file()
+
+
+def read_cfg(path: str | Path) -> dict[str, Any]:
+    """A SAELens cfg.json, checked to be a JSON object with an architecture and sizes."""
+    file = Path(path) / CFG_FILE
+    if not file.is_file():
+        raise FormatError(f"{file} not found: point at a folder SAELens saved (save_model)")
+    try:
+        cfg = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise FormatError(f"{file} is not valid JSON ({e}); re-save it with SAELens") from None
+    if not isinstance(cfg, dict):
+        raise FormatError(f"{file} must hold a JSON object; re-save it with SAELens")
+    cfg.setdefault("architecture", "standard")  # SAELens < 6 wrote none for standard SAEs
+    missing = [k for k in ("d_in", "d_sae") if k not in cfg]
+    if missing:
+        raise FormatError(f"{file} lacks {', '.join(missing)}; re-save it with SAELens")
+    return cfg
+
+
+def metadata(path: str | Path) -> dict[str, Any]:
+    """What a SAELens folder says about where the SAE belongs: model_name, hook_name,
+    hook_head_index, context_size, prepend_bos (those present), and the SAELens architecture
+    it was saved as (plus the training architecture, when the runner recorded one)."""
+    cfg = read_cfg(path)
+    meta = cfg.get("metadata") or {}
+    if not isinstance(meta, dict):
+        meta = {}
+    flat = {**{k: v for k, v in cfg.items() if k in METADATA_KEYS}, **meta}
+    out = {k: flat[k] for k in METADATA_KEYS if flat.get(k) is not None}
+    out["saelens_architecture"] = cfg["architecture"]
+    if meta.get("training_architecture"):
+        out["training_architecture"] = meta["training_architecture"]
+    return out
+
+
+def _target(cfg: dict[str, Any], file: Path) -> str:
+    arch = cfg["architecture"]
+    if arch in REFUSED:
+        raise FormatError(f"{file}: architecture {arch!r} is {REFUSED[arch]}")
+    if arch not in ARCHITECTURES:
+        known = ", ".join(ARCHITECTURES)
+        raise FormatError(f"{file}: unknown SAELens architecture {arch!r}; saescope reads {known}")
+    norm = cfg.get("normalize_activations", "none")
+    if norm not in IDENTITY_NORMS:
+        raise FormatError(
+            f"{file}: normalize_activations={norm!r} normalises each token inside the SAE, "
+            "which saescope has no equivalent for; fold it or re-train with 'none'"
+        )
+    reshape = cfg.get("reshape_activations", "none")
+    if reshape != "none":
+        raise FormatError(
+            f"{file}: reshape_activations={reshape!r} (per-head input) is not supported yet; "
+            "flatten the heads and save with reshape_activations='none'"
+        )
+    return ARCHITECTURES[arch]
+
+
+def _config(cfg: dict[str, Any], arch: str) -> dict[str, Any]:
+    d_out = cfg.get("d_out", cfg["d_in"])
+    out: dict[str, Any] = {"architecture": arch, "d_in": cfg["d_in"], "d_sae": cfg["d_sae"]}
+    out["d_out"] = d_out
+    out["apply_b_dec_to_input"] = bool(cfg.get("apply_b_dec_to_input", True))
+    if arch == "topk":
+        out["k"] = cfg.get("k", 100)  # SAELens's default k
+    return out
+
+
+def _read_weights(path: Path) -> dict[str, Tensor]:
+    file = path / WEIGHTS_FILE
+    if not file.is_file():
+        raise FormatError(f"{file} not found; the SAELens save is incomplete")
+    try:
+        return load_file(file)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise FormatError(f"{file} is truncated or corrupt ({msg}); re-save it") from None
+
+
+def _check_tensors(file: Path, arch: str, cfg: dict[str, Any], w: dict[str, Tensor]) -> None:
+    """Names and shapes against the config: one line naming the first disagreement."""
+    d_in, d_sae = cfg["d_in"], cfg["d_sae"]
+    d_out = cfg.get("d_out", d_in)
+    shapes = {"W_enc": (d_in, d_sae), "W_dec": (d_sae, d_out), "b_dec": (d_out,)}
+    for name in TENSORS[arch]:
+        if name not in w:
+            raise FormatError(f"{file}: tensor {name!r} is missing for {cfg['architecture']!r}")
+        want = shapes.get(name, (d_sae,))
+        if tuple(w[name].shape) != want:
+            raise FormatError(
+                f"{file}: tensor {name!r} has shape {tuple(w[name].shape)} but cfg.json's "
+                f"d_in={d_in}, d_sae={d_sae}, d_out={d_out} give {want}; fix cfg.json or re-save"
+            )
+    extra = sorted(set(w) - set(TENSORS[arch]))
+    if extra:
+        raise FormatError(
+            f"{file}: tensors {extra} have no place in a {cfg['architecture']!r} SAE "
+            "saescope can express; re-save the SAE without them"
+        )
+
+
+def _fold_decoder_norms(w: dict[str, Tensor]) -> dict[str, Tensor]:
+    """rescale_acts_by_decoder_norm: pre * ||d_i|| chooses the top k and f / ||d_i|| is decoded,
+    which is the plain TopK SAE with W_enc, b_enc scaled by ||d_i|| and unit decoder rows."""
+    norms = w["W_dec"].norm(dim=-1).clamp_min(1e-8)  # as SAELens: W_dec.norm(dim=-1)
+    w = dict(w)
+    w["W_enc"] = w["W_enc"] * norms
+    w["b_enc"] = w["b_enc"] * norms
+    w["W_dec"] = w["W_dec"] / norms[:, None]
+    return w
+
+
+def load_saelens(path: str | Path, device: str | torch.device = "cpu") -> SAE:
+    """A SAELens folder as a saescope SAE in eval mode, with SAELens's encode/decode numbers;
+    a one-line FormatError for what saescope cannot express."""
+    path = Path(path)
+    cfg = read_cfg(path)
+    file = path / CFG_FILE
+    arch = _target(cfg, file)
+    w = _read_weights(path)
+    _check_tensors(path / WEIGHTS_FILE, arch, cfg, w)
+    w = {k: v.to(torch.float32) for k, v in w.items()}
+    if arch == "topk" and cfg.get("rescale_acts_by_decoder_norm", False):
+        w = _fold_decoder_norms(w)
+    if arch == "jumprelu":  # SAELens: ReLU(pre) * (pre > theta), so theta < 0 acts as 0
+        w["threshold"] = w["threshold"].clamp_min(0.0)
+    if arch == "relu":
+        unit = torch.allclose(w["W_dec"].norm(dim=-1), torch.ones(cfg["d_sae"]), atol=1e-4)
+        config = {**_config(cfg, arch), "l1_mode": "unit" if unit else "weighted"}
+    else:
+        config = _config(cfg, arch)
+    try:
+        sae = make_sae(config)
+    except ConfigError as e:
+        raise FormatError(f"{file}: {e}") from None
+    sae.load_state_dict(sae.from_file_tensors(w))
+    return sae.to(device).eval()

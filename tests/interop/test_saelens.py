@@ -1,0 +1,140 @@
+"""SAELens folders saved by SAELens itself (tests/fixtures/saelens, `make fixtures`): loaded,
+they encode and decode as SAELens did on the recorded input; what saescope cannot express is
+refused in one line; bad files are one-line errors."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from saescope.errors import FormatError
+from saescope.interop import is_saelens, load_saelens, saelens_metadata
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "saelens"
+RTOL, ATOL = 1e-4, 1e-5
+
+
+def _fixtures(expressible: bool) -> list[str]:
+    names = []
+    for folder in sorted(FIXTURES.iterdir()):
+        info = json.loads((folder / "fixture.json").read_text())
+        if info["expressible"] == expressible:
+            names.append(folder.name)
+    return names
+
+
+LOADABLE = _fixtures(True)
+REFUSED = _fixtures(False)
+
+
+def test_fixtures_present():
+    assert {"standard", "topk", "jumprelu", "gated", "batchtopk", "transcoder"} <= set(LOADABLE)
+    assert REFUSED
+
+
+@pytest.mark.parametrize("name", LOADABLE)
+def test_outputs_match_saelens(name):
+    folder = FIXTURES / name
+    want = load_file(folder / "expected.safetensors")
+    sae = load_saelens(folder)
+    with torch.no_grad():
+        f = sae.encode(want["x"])
+        torch.testing.assert_close(f, want["f"], rtol=RTOL, atol=ATOL)
+        assert torch.equal(f != 0, want["f"] != 0)  # the same latents fire
+        torch.testing.assert_close(sae.decode(want["f"]), want["x_hat"], rtol=RTOL, atol=ATOL)
+        torch.testing.assert_close(sae(want["x"]), want["out"], rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("name", LOADABLE)
+def test_architecture_and_hook_come_through(name):
+    folder = FIXTURES / name
+    info = json.loads((folder / "fixture.json").read_text())
+    meta = saelens_metadata(folder)
+    assert meta["hook_name"] == info["hook"]["hook_name"]
+    assert meta["model_name"] == info["hook"]["model_name"]
+    assert meta["saelens_architecture"] == info["architecture"]
+    expected = {"standard": "relu", "transcoder": "relu", "jumprelu_transcoder": "jumprelu"}
+    arch = expected.get(info["architecture"], info["architecture"])
+    assert load_saelens(folder).cfg.name == arch
+
+
+def test_training_architecture_recorded():
+    assert saelens_metadata(FIXTURES / "batchtopk")["training_architecture"] == "batchtopk"
+
+
+def test_transcoder_keeps_its_output_width():
+    sae = load_saelens(FIXTURES / "transcoder")
+    assert (sae.cfg.d_in, sae.cfg.d_out, sae.cfg.apply_b_dec_to_input) == (16, 12, False)
+
+
+@pytest.mark.parametrize("name", REFUSED)
+def test_inexpressible_refused_in_one_line(name):
+    folder = FIXTURES / name
+    cfg = json.loads((folder / "cfg.json").read_text())
+    with pytest.raises(FormatError) as e:
+        load_saelens(folder)
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert cfg["architecture"] in msg or cfg["normalize_activations"] in msg
+
+
+def _copy(tmp_path, name="standard"):
+    dst = tmp_path / name
+    shutil.copytree(FIXTURES / name, dst)
+    return dst
+
+
+def _edit_cfg(folder, **changes):
+    cfg = json.loads((folder / "cfg.json").read_text())
+    cfg.update(changes)
+    (folder / "cfg.json").write_text(json.dumps(cfg))
+
+
+def test_unknown_architecture_named(tmp_path):
+    folder = _copy(tmp_path)
+    _edit_cfg(folder, architecture="hyperbolic")
+    with pytest.raises(FormatError, match="unknown SAELens architecture 'hyperbolic'"):
+        load_saelens(folder)
+
+
+def test_shapes_disagreeing_with_config(tmp_path):
+    folder = _copy(tmp_path)
+    _edit_cfg(folder, d_sae=64)
+    with pytest.raises(FormatError, match="'W_enc' has shape"):
+        load_saelens(folder)
+
+
+def test_missing_tensor_named(tmp_path):
+    folder = _copy(tmp_path, "jumprelu")
+    w = load_file(folder / "sae_weights.safetensors")
+    del w["threshold"]
+    save_file(w, folder / "sae_weights.safetensors")
+    with pytest.raises(FormatError, match="'threshold' is missing"):
+        load_saelens(folder)
+
+
+def test_not_a_saelens_folder(tmp_path):
+    assert not is_saelens(tmp_path)
+    assert is_saelens(FIXTURES / "standard")
+    with pytest.raises(FormatError, match=r"cfg\.json not found"):
+        load_saelens(tmp_path)
+
+
+def test_corrupt_weights(tmp_path):
+    folder = _copy(tmp_path)
+    (folder / "sae_weights.safetensors").write_bytes(b"\x00" * 5)
+    with pytest.raises(FormatError, match="truncated or corrupt"):
+        load_saelens(folder)
+
+
+def test_rescaled_topk_folds_decoder_norms():
+    """rescale_acts_by_decoder_norm is honoured by folding: saescope's decoder rows come out
+    unit norm while the file's are not."""
+    folder = FIXTURES / "topk_rescale"
+    norms = load_file(folder / "sae_weights.safetensors")["W_dec"].norm(dim=-1)
+    assert not torch.allclose(norms, torch.ones_like(norms), atol=1e-2)
+    sae = load_saelens(folder)
+    torch.testing.assert_close(sae.W_dec.norm(dim=-1), torch.ones_like(norms))
