@@ -129,11 +129,11 @@ def _saelens_training(arch: str, flags: dict[str, Any], seed: int):
     return sae.eval()
 
 
-def _record_saelens(sae, folder: Path, x, loader: Callable[[Path], Any]) -> dict[str, Any]:
+def _record_saelens(folder: Path, x, loader: Callable[[Path], Any]) -> dict[str, Any]:
     """encode / decode / forward of the SAE as saved and loaded back by SAELens itself."""
     import torch
 
-    loaded = loader(folder)
+    loaded = loader(folder).eval()
     with torch.no_grad():
         f = loaded.encode(x)
         x_hat = loaded.decode(f)
@@ -142,7 +142,9 @@ def _record_saelens(sae, folder: Path, x, loader: Callable[[Path], Any]) -> dict
 
 
 SAELENS: list[tuple[str, str, str, dict[str, Any], str | None]] = [
-    # name, registry ("inference" | "training"), architecture, config flags, refusal reason
+    # name, registry, architecture, config flags, refusal reason. registry: "inference" (an
+    # inference SAE, save_model), "training" (the training runner's final save of a training
+    # SAE, save_inference_model) or "checkpoint" (a training SAE, save_model)
     ("standard", "inference", "standard", {}, None),
     ("standard_no_b_dec_in", "inference", "standard", {"apply_b_dec_to_input": False}, None),
     ("topk", "inference", "topk", {"k": K}, None),
@@ -193,27 +195,66 @@ SAELENS: list[tuple[str, str, str, dict[str, Any], str | None]] = [
         {"normalize_activations": "constant_norm_rescale"},
         "normalize_activations='constant_norm_rescale' (a per-token rescale saescope lacks)",
     ),
+    # training checkpoints (the trainer's periodic TrainingSAE.save_model): training classes
+    ("ckpt_batchtopk", "checkpoint", "batchtopk", {"k": K}, None),
+    ("ckpt_topk", "checkpoint", "topk", {"k": K}, None),
+    ("ckpt_jumprelu", "checkpoint", "jumprelu", {}, None),
+    (
+        "ckpt_matryoshka_batchtopk",
+        "checkpoint",
+        "matryoshka_batchtopk",
+        {"k": K, "matryoshka_widths": [8, 16, D_SAE]},
+        "a Matryoshka BatchTopK training checkpoint (no Matryoshka architecture in saescope yet)",
+    ),
 ]
+
+
+def _save_saelens(registry: str, arch: str, flags: dict[str, Any], seed: int, folder: Path):
+    """Build and save one SAELens SAE; its loader (SAELens's own) and how it was saved."""
+    from sae_lens import SAE, TrainingSAE
+
+    if registry == "inference":
+        sae = _saelens_inference(arch, flags, seed)
+        sae.save_model(folder)
+        return SAE.load_from_disk, f"{type(sae).__name__}.save_model", "SAE.load_from_disk"
+    sae = _saelens_training(arch, flags, seed)
+    if registry == "training":  # the runner's final save: the inference model
+        sae.save_inference_model(folder)
+        how = f"{type(sae).__name__}.save_inference_model"
+        return SAE.load_from_disk, how, "SAE.load_from_disk"
+    sae.save_model(folder)
+    how = f"{type(sae).__name__}.save_model"
+    return TrainingSAE.load_from_disk, how, "TrainingSAE.load_from_disk"
+
+
+def _saelens_inference_outputs(folder: Path, x) -> dict[str, Any]:
+    """A checkpoint's inference behaviour as SAELens defines it: save_inference_model of the
+    loaded checkpoint, loaded back, encoded (BatchTopK: JumpReLU at the learnt threshold)."""
+    import tempfile
+
+    import torch
+    from sae_lens import SAE, TrainingSAE
+
+    with tempfile.TemporaryDirectory() as tmp:
+        TrainingSAE.load_from_disk(folder).save_inference_model(tmp)
+        inference = SAE.load_from_disk(tmp).eval()
+        with torch.no_grad():
+            f = inference.encode(x)
+            return {"f_inference": f, "out_inference": inference(x)}
 
 
 def saelens(out: Path) -> None:
     import sae_lens
-    from sae_lens import SAE
 
     print(f"SAELens {sae_lens.__version__}")
     for seed, (name, registry, arch, flags, refusal) in enumerate(SAELENS):
         folder = out / "saelens" / name
         folder.mkdir(parents=True, exist_ok=True)
         x = _input(seed)
-        if registry == "inference":
-            sae = _saelens_inference(arch, flags, seed)
-            sae.save_model(folder)
-            saved_with = f"{type(sae).__name__}.save_model"
-        else:  # the training runner's final save: the inference model (a JumpReLU SAE)
-            sae = _saelens_training(arch, flags, seed)
-            sae.save_inference_model(folder)
-            saved_with = f"{type(sae).__name__}.save_inference_model"
-        outputs = _record_saelens(sae, folder, x, lambda p: SAE.load_from_disk(p).eval())
+        loader, saved_with, loaded_with = _save_saelens(registry, arch, flags, seed, folder)
+        outputs = _record_saelens(folder, x, loader)
+        if registry == "checkpoint":
+            outputs |= _saelens_inference_outputs(folder, x)
         cfg = json.loads((folder / "cfg.json").read_text())
         _write(
             folder,
@@ -222,7 +263,7 @@ def saelens(out: Path) -> None:
                 "library": "sae_lens",
                 "version": version("sae-lens"),
                 "saved_with": saved_with,
-                "loaded_with": "SAE.load_from_disk",
+                "loaded_with": loaded_with,
                 "architecture": cfg["architecture"],
                 "flags": flags,
                 "hook": HOOK,
@@ -399,9 +440,12 @@ def main() -> None:
     except ImportError:
         torch = None
     peers = torch is not None and _has("sae_lens")
-    if not peers:  # saescope's (or a bare) Python: rerun under the peers' venv
-        py = _peers_python()
-        os.execv(str(py), [str(py), __file__, *sys.argv[1:]])
+    if not peers or os.environ.get("PYTHONHASHSEED") != "0":
+        # rerun under the peers' venv (from saescope's Python) with a fixed hash seed: SAELens
+        # writes some cfg.json keys in set order, so the files come out the same every run
+        py = Path(sys.executable) if peers else _peers_python()
+        env = {**os.environ, "PYTHONHASHSEED": "0"}
+        os.execve(str(py), [str(py), __file__, *sys.argv[1:]], env)
     torch.manual_seed(0)
     for lib in a.only or LIBRARIES:
         LIBRARIES[lib](a.out)

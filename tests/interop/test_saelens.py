@@ -32,20 +32,39 @@ REFUSED = _fixtures(False)
 
 def test_fixtures_present():
     assert {"standard", "topk", "jumprelu", "gated", "batchtopk", "transcoder"} <= set(LOADABLE)
+    assert {"ckpt_batchtopk", "ckpt_topk"} <= set(LOADABLE)
     assert REFUSED
 
 
 @pytest.mark.parametrize("name", LOADABLE)
 def test_outputs_match_saelens(name):
+    """encode, decode and forward as SAELens's own loader gave them. A BatchTopK training
+    checkpoint encodes by batch top-k in SAELens, as saescope's BatchTopK does in train mode."""
     folder = FIXTURES / name
     want = load_file(folder / "expected.safetensors")
     sae = load_saelens(folder)
+    sae.train(sae.cfg.name == "batchtopk")
     with torch.no_grad():
         f = sae.encode(want["x"])
         torch.testing.assert_close(f, want["f"], rtol=RTOL, atol=ATOL)
         assert torch.equal(f != 0, want["f"] != 0)  # the same latents fire
         torch.testing.assert_close(sae.decode(want["f"]), want["x_hat"], rtol=RTOL, atol=ATOL)
         torch.testing.assert_close(sae(want["x"]), want["out"], rtol=RTOL, atol=ATOL)
+
+
+CHECKPOINTS = [n for n in LOADABLE if n.startswith("ckpt_")]
+
+
+@pytest.mark.parametrize("name", CHECKPOINTS)
+def test_checkpoint_inference_matches_saelens(name):
+    """A training checkpoint in eval mode gives what SAELens's save_inference_model of it
+    gives (BatchTopK: JumpReLU at the learnt threshold)."""
+    want = load_file(FIXTURES / name / "expected.safetensors")
+    sae = load_saelens(FIXTURES / name)
+    with torch.no_grad():
+        f = sae.encode(want["x"])
+        torch.testing.assert_close(f, want["f_inference"], rtol=RTOL, atol=ATOL)
+        torch.testing.assert_close(sae(want["x"]), want["out_inference"], rtol=RTOL, atol=ATOL)
 
 
 @pytest.mark.parametrize("name", LOADABLE)

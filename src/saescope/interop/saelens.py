@@ -10,6 +10,7 @@ SAELens's inference architectures map onto saescope's with the same encode/decod
 | `gated` | `gated` | |
 | `transcoder` | `relu` | `d_out`, `apply_b_dec_to_input=False` |
 | `jumprelu_transcoder` | `jumprelu` | as `transcoder` |
+| `batchtopk` (a training checkpoint) | `batchtopk` | `topk_threshold` as the threshold |
 
 `normalize_activations` "none", "expected_average_only_in" and "covariance_whitening" leave
 SAELens's own encode/decode untouched at inference (the factor or the whitening is folded into
@@ -42,6 +43,7 @@ ARCHITECTURES = {
     "gated": "gated",
     "transcoder": "relu",
     "jumprelu_transcoder": "jumprelu",
+    "batchtopk": "batchtopk",
 }
 """SAELens architecture -> saescope architecture."""
 REFUSED = {
@@ -50,10 +52,8 @@ REFUSED = {
     "abstopk": "top-k by absolute value, which saescope has no equivalent for",
     "temporal": "a temporal SAE (attention over context), which saescope has no equivalent for",
     "matching_pursuit": "matching-pursuit encoding, which saescope has no equivalent for",
-    "batchtopk": "a SAELens training checkpoint; load the folder its runner's final "
-    "save_inference_model wrote (a jumprelu SAE)",
-    "matryoshka_batchtopk": "a SAELens training checkpoint; load the folder its runner's final "
-    "save_inference_model wrote (a jumprelu SAE)",
+    "matryoshka_batchtopk": "a Matryoshka BatchTopK training checkpoint, which saescope has "
+    "no architecture for yet; load the folder the runner's final save wrote (a jumprelu SAE)",
 }
 """SAELens architectures refused, and why."""
 IDENTITY_NORMS = ("none", "expected_average_only_in", "covariance_whitening")
@@ -63,7 +63,10 @@ TENSORS = {
     "topk": ("W_enc", "W_dec", "b_enc", "b_dec"),
     "jumprelu": ("W_enc", "W_dec", "b_enc", "b_dec", "threshold"),
     "gated": ("W_enc", "W_dec", "b_dec", "b_gate", "b_mag", "r_mag"),
+    "batchtopk": ("W_enc", "W_dec", "b_enc", "b_dec", "topk_threshold"),
 }
+RESCALE_DEFAULT = {"topk": False, "batchtopk": True}
+"""SAELens's default rescale_acts_by_decoder_norm: TopKSAEConfig's and the training config's."""
 METADATA_KEYS = ("model_name", "hook_name", "hook_head_index", "context_size", "prepend_bos")
 
 
@@ -134,7 +137,7 @@ def _config(cfg: dict[str, Any], arch: str) -> dict[str, Any]:
     out: dict[str, Any] = {"architecture": arch, "d_in": cfg["d_in"], "d_sae": cfg["d_sae"]}
     out["d_out"] = d_out
     out["apply_b_dec_to_input"] = bool(cfg.get("apply_b_dec_to_input", True))
-    if arch == "topk":
+    if arch in ("topk", "batchtopk"):
         out["k"] = cfg.get("k", 100)  # SAELens's default k
     return out
 
@@ -155,6 +158,7 @@ def _check_tensors(file: Path, arch: str, cfg: dict[str, Any], w: dict[str, Tens
     d_in, d_sae = cfg["d_in"], cfg["d_sae"]
     d_out = cfg.get("d_out", d_in)
     shapes = {"W_enc": (d_in, d_sae), "W_dec": (d_sae, d_out), "b_dec": (d_out,)}
+    shapes["topk_threshold"] = ()
     for name in TENSORS[arch]:
         if name not in w:
             raise FormatError(f"{file}: tensor {name!r} is missing for {cfg['architecture']!r}")
@@ -193,8 +197,11 @@ def load_saelens(path: str | Path, device: str | torch.device = "cpu") -> SAE:
     w = _read_weights(path)
     _check_tensors(path / WEIGHTS_FILE, arch, cfg, w)
     w = {k: v.to(torch.float32) for k, v in w.items()}
-    if arch == "topk" and cfg.get("rescale_acts_by_decoder_norm", False):
+    if arch in RESCALE_DEFAULT and cfg.get("rescale_acts_by_decoder_norm", RESCALE_DEFAULT[arch]):
         w = _fold_decoder_norms(w)
+    if arch == "batchtopk":  # one learnt threshold; SAELens starts it at 0 (not yet learnt)
+        theta = float(w.pop("topk_threshold"))
+        w["threshold"] = torch.full((cfg["d_sae"],), theta if theta > 0 else -1.0)
     if arch == "jumprelu":  # SAELens: ReLU(pre) * (pre > theta), so theta < 0 acts as 0
         w["threshold"] = w["threshold"].clamp_min(0.0)
     if arch == "relu":
