@@ -32,6 +32,7 @@ HERE = Path(__file__).resolve().parent
 OUT = HERE.parent / "tests" / "fixtures"
 D_IN, D_SAE, N, K = 16, 32, 8, 4
 HOOK = {"model_name": "glassllm", "hook_name": "blocks.1.hook_resid_post"}
+HOOK_OUT = "blocks.1.hook_mlp_out"
 
 
 def _peers_python() -> Path:
@@ -97,10 +98,12 @@ def _write(folder: Path, outputs: dict[str, Any], info: dict[str, Any]) -> None:
 # ----- SAELens ----------------------------------------------------------------------------------
 
 
-def _saelens_meta():
+def _saelens_meta(arch: str):
+    """Where the SAE belongs; a transcoder also names the hook it writes (hook_name_out)."""
     from sae_lens.saes.sae import SAEMetadata
 
-    return SAEMetadata(**HOOK, context_size=64, prepend_bos=True)
+    out = {"hook_name_out": HOOK_OUT} if "transcoder" in arch else {}
+    return SAEMetadata(**HOOK, **out, context_size=64, prepend_bos=True)
 
 
 def _saelens_inference(arch: str, flags: dict[str, Any], seed: int):
@@ -108,7 +111,7 @@ def _saelens_inference(arch: str, flags: dict[str, Any], seed: int):
     from sae_lens.registry import get_sae_class
 
     sae_cls, cfg_cls = get_sae_class(arch)
-    cfg = cfg_cls(d_in=D_IN, d_sae=D_SAE, metadata=_saelens_meta(), **flags)
+    cfg = cfg_cls(d_in=D_IN, d_sae=D_SAE, metadata=_saelens_meta(arch), **flags)
     sae = sae_cls(cfg)
     _randomise(sae, seed, positive=("threshold",))
     return sae.eval()
@@ -121,7 +124,7 @@ def _saelens_training(arch: str, flags: dict[str, Any], seed: int):
     from sae_lens.registry import get_sae_training_class
 
     sae_cls, cfg_cls = get_sae_training_class(arch)
-    cfg = cfg_cls(d_in=D_IN, d_sae=D_SAE, metadata=_saelens_meta(), **flags)
+    cfg = cfg_cls(d_in=D_IN, d_sae=D_SAE, metadata=_saelens_meta(arch), **flags)
     sae = sae_cls(cfg)
     _randomise(sae, seed, positive=("threshold",))
     if hasattr(sae, "topk_threshold"):
@@ -266,7 +269,7 @@ def saelens(out: Path) -> None:
                 "loaded_with": loaded_with,
                 "architecture": cfg["architecture"],
                 "flags": flags,
-                "hook": HOOK,
+                "hook": {**HOOK, **({"hook_name_out": HOOK_OUT} if "transcoder" in arch else {})},
                 "expressible": refusal is None,
                 "refusal": refusal,
             },

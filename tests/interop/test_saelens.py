@@ -74,6 +74,7 @@ def test_architecture_and_hook_come_through(name):
     meta = saelens_metadata(folder)
     assert meta["hook_name"] == info["hook"]["hook_name"]
     assert meta["model_name"] == info["hook"]["model_name"]
+    assert meta.get("hook_name_out") == info["hook"].get("hook_name_out")
     assert meta["saelens_architecture"] == info["architecture"]
     expected = {"standard": "relu", "transcoder": "relu", "jumprelu_transcoder": "jumprelu"}
     arch = expected.get(info["architecture"], info["architecture"])
@@ -157,3 +158,15 @@ def test_rescaled_topk_folds_decoder_norms():
     assert not torch.allclose(norms, torch.ones_like(norms), atol=1e-2)
     sae = load_saelens(folder)
     torch.testing.assert_close(sae.W_dec.norm(dim=-1), torch.ones_like(norms))
+
+
+def test_float64_file_stays_float64(tmp_path):
+    folder = _copy(tmp_path, "gated")
+    w = load_file(folder / "sae_weights.safetensors")
+    save_file({k: v.double() for k, v in w.items()}, folder / "sae_weights.safetensors")
+    want = load_file(FIXTURES / "gated" / "expected.safetensors")
+    sae = load_saelens(folder)
+    assert sae.W_enc.dtype == torch.float64
+    with torch.no_grad():
+        f = sae.encode(want["x"].double())
+    torch.testing.assert_close(f.float(), want["f"], rtol=RTOL, atol=ATOL)

@@ -67,7 +67,14 @@ TENSORS = {
 }
 RESCALE_DEFAULT = {"topk": False, "batchtopk": True}
 """SAELens's default rescale_acts_by_decoder_norm: TopKSAEConfig's and the training config's."""
-METADATA_KEYS = ("model_name", "hook_name", "hook_head_index", "context_size", "prepend_bos")
+METADATA_KEYS = (
+    "model_name",
+    "hook_name",
+    "hook_name_out",
+    "hook_head_index",
+    "context_size",
+    "prepend_bos",
+)
 
 
 def is_saelens(path: str | Path) -> bool:
@@ -96,7 +103,8 @@ def read_cfg(path: str | Path) -> dict[str, Any]:
 
 def metadata(path: str | Path) -> dict[str, Any]:
     """What a SAELens folder says about where the SAE belongs: model_name, hook_name,
-    hook_head_index, context_size, prepend_bos (those present), and the SAELens architecture
+    hook_name_out (a transcoder's target), hook_head_index, context_size, prepend_bos (those
+    present), and the SAELens architecture
     it was saved as (plus the training architecture, when the runner recorded one)."""
     cfg = read_cfg(path)
     meta = cfg.get("metadata") or {}
@@ -196,7 +204,9 @@ def load_saelens(path: str | Path, device: str | torch.device = "cpu") -> SAE:
     arch = _target(cfg, file)
     w = _read_weights(path)
     _check_tensors(path / WEIGHTS_FILE, arch, cfg, w)
-    w = {k: v.to(torch.float32) for k, v in w.items()}
+    # float64 weights stay float64; others (bf16, fp16) become float32, which holds them exactly
+    dtype = torch.float64 if w["W_enc"].dtype == torch.float64 else torch.float32
+    w = {k: v.to(dtype) for k, v in w.items()}
     if arch in RESCALE_DEFAULT and cfg.get("rescale_acts_by_decoder_norm", RESCALE_DEFAULT[arch]):
         w = _fold_decoder_norms(w)
     if arch == "batchtopk":  # one learnt threshold; SAELens starts it at 0 (not yet learnt)
@@ -205,7 +215,8 @@ def load_saelens(path: str | Path, device: str | torch.device = "cpu") -> SAE:
     if arch == "jumprelu":  # SAELens: ReLU(pre) * (pre > theta), so theta < 0 acts as 0
         w["threshold"] = w["threshold"].clamp_min(0.0)
     if arch == "relu":
-        unit = torch.allclose(w["W_dec"].norm(dim=-1), torch.ones(cfg["d_sae"]), atol=1e-4)
+        norms = w["W_dec"].norm(dim=-1)
+        unit = torch.allclose(norms, torch.ones_like(norms), atol=1e-4)
         config = {**_config(cfg, arch), "l1_mode": "unit" if unit else "weighted"}
     else:
         config = _config(cfg, arch)
@@ -213,5 +224,6 @@ def load_saelens(path: str | Path, device: str | torch.device = "cpu") -> SAE:
         sae = make_sae(config)
     except ConfigError as e:
         raise FormatError(f"{file}: {e}") from None
+    sae = sae.to(dtype)
     sae.load_state_dict(sae.from_file_tensors(w))
     return sae.to(device).eval()
