@@ -209,13 +209,39 @@ SAELENS: list[tuple[str, str, str, dict[str, Any], str | None]] = [
         {"k": K, "matryoshka_widths": [8, 16, D_SAE]},
         "a Matryoshka BatchTopK training checkpoint (no Matryoshka architecture in saescope yet)",
     ),
+    # cfg.json in the layout SAELens < 6 wrote (read by SAELens 6's own loader)
+    ("pre6_standard", "pre6", "standard", {}, None),
+    ("pre6_topk", "pre6", "topk", {"k": K}, None),
 ]
+
+
+def _pre6_cfg(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A SAELens 6 cfg.json in the layout SAELens 5 wrote: no architecture or metadata keys,
+    hook_point for hook_name, the activation as activation_fn_str (+ kwargs), a boolean
+    normalize_activations, the version at the top level."""
+    meta = cfg["metadata"]
+    old = {k: cfg[k] for k in ("d_in", "d_sae", "dtype", "device", "apply_b_dec_to_input")}
+    old |= {"model_name": meta["model_name"], "hook_point": meta["hook_name"]}
+    old |= {"hook_point_layer": 1, "hook_point_head_index": None, "context_size": 64}
+    old |= {"prepend_bos": True, "normalize_activations": False, "sae_lens_version": "5.9.1"}
+    old |= {"finetuning_scaling_factor": False, "activation_fn_kwargs": {}}
+    old["activation_fn_str"] = cfg["architecture"] if cfg["architecture"] == "topk" else "relu"
+    if "k" in cfg:
+        old["activation_fn_kwargs"] = {"k": cfg["k"]}
+    return old
 
 
 def _save_saelens(registry: str, arch: str, flags: dict[str, Any], seed: int, folder: Path):
     """Build and save one SAELens SAE; its loader (SAELens's own) and how it was saved."""
     from sae_lens import SAE, TrainingSAE
 
+    if registry == "pre6":
+        sae = _saelens_inference(arch, flags, seed)
+        sae.save_model(folder)
+        cfg = _pre6_cfg(json.loads((folder / "cfg.json").read_text()))
+        (folder / "cfg.json").write_text(json.dumps(cfg))
+        how = f"{type(sae).__name__}.save_model, cfg.json rewritten as SAELens 5 wrote it"
+        return SAE.load_from_disk, how, "SAE.load_from_disk"
     if registry == "inference":
         sae = _saelens_inference(arch, flags, seed)
         sae.save_model(folder)
@@ -246,6 +272,10 @@ def _saelens_inference_outputs(folder: Path, x) -> dict[str, Any]:
             return {"f_inference": f, "out_inference": inference(x)}
 
 
+def _saved_arch(folder: Path) -> str:
+    return json.loads((folder / "cfg.json").read_text())["architecture"]
+
+
 def saelens(out: Path) -> None:
     import sae_lens
 
@@ -258,7 +288,6 @@ def saelens(out: Path) -> None:
         outputs = _record_saelens(folder, x, loader)
         if registry == "checkpoint":
             outputs |= _saelens_inference_outputs(folder, x)
-        cfg = json.loads((folder / "cfg.json").read_text())
         _write(
             folder,
             outputs,
@@ -267,7 +296,7 @@ def saelens(out: Path) -> None:
                 "version": version("sae-lens"),
                 "saved_with": saved_with,
                 "loaded_with": loaded_with,
-                "architecture": cfg["architecture"],
+                "architecture": arch if registry == "pre6" else _saved_arch(folder),
                 "flags": flags,
                 "hook": {**HOOK, **({"hook_name_out": HOOK_OUT} if "transcoder" in arch else {})},
                 "expressible": refusal is None,

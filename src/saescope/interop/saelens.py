@@ -94,11 +94,47 @@ def read_cfg(path: str | Path) -> dict[str, Any]:
         raise FormatError(f"{file} is not valid JSON ({e}); re-save it with SAELens") from None
     if not isinstance(cfg, dict):
         raise FormatError(f"{file} must hold a JSON object; re-save it with SAELens")
-    cfg.setdefault("architecture", "standard")  # SAELens < 6 wrote none for standard SAEs
+    if _pre_6(cfg):
+        cfg = _from_pre_6(cfg)
     missing = [k for k in ("d_in", "d_sae") if k not in cfg]
     if missing:
         raise FormatError(f"{file} lacks {', '.join(missing)}; re-save it with SAELens")
     return cfg
+
+
+def _pre_6(cfg: dict[str, Any]) -> bool:
+    """Whether cfg.json is in the layout SAELens wrote before 6.0 (as SAELens decides it)."""
+    meta = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
+    version = cfg.get("sae_lens_version") or meta.get("sae_lens_version")
+    if not isinstance(version, str):
+        return True
+    try:
+        return int(version.split(".")[0]) < 6
+    except ValueError:
+        return True
+
+
+PRE_6_RENAMES = {"hook_point": "hook_name", "hook_point_head_index": "hook_head_index"}
+
+
+def _from_pre_6(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A pre-6 cfg.json read as SAELens 6 reads it: hook_point -> hook_name, no architecture
+    -> standard, activation_fn_str "topk" with a k -> topk, a boolean normalize_activations ->
+    "expected_average_only_in" / "none", a hook_z hook -> reshape_activations "hook_z"."""
+    new = {PRE_6_RENAMES.get(k, k): v for k, v in cfg.items()}
+    new.setdefault("architecture", "standard")
+    new.setdefault("apply_b_dec_to_input", True)
+    kwargs = new.get("activation_fn_kwargs") or {}
+    act = new.get("activation_fn_str", new.get("activation_fn"))
+    if act == "topk" and isinstance(kwargs, dict) and kwargs.get("k") is not None:
+        new["architecture"], new["k"] = "topk", kwargs["k"]
+    norm = new.get("normalize_activations")
+    if isinstance(norm, bool) or norm is None:
+        new["normalize_activations"] = "expected_average_only_in" if norm else "none"
+    new.setdefault(
+        "reshape_activations", "hook_z" if "hook_z" in str(new.get("hook_name")) else "none"
+    )
+    return new
 
 
 def metadata(path: str | Path) -> dict[str, Any]:
