@@ -127,6 +127,21 @@ SAELENS: list[tuple[str, str, str, dict[str, Any], str | None]] = [
     # cfg.json in the layout SAELens < 6 wrote (read by SAELens 6's own loader)
     ("pre6_standard", "pre6", "standard", {}, None),
     ("pre6_topk", "pre6", "topk", {"k": K}, None),
+    # normalisations SAELens's own inference encode/decode leave untouched (folded at save)
+    (
+        "standard_expected_average",
+        "inference",
+        "standard",
+        {"normalize_activations": "expected_average_only_in"},
+        None,
+    ),
+    (
+        "standard_covariance_whitening",
+        "inference",
+        "standard",
+        {"normalize_activations": "covariance_whitening"},
+        None,
+    ),
 ]
 
 
