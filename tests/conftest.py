@@ -66,7 +66,7 @@ def seeds(request) -> list[int]:
 
 def small_config(arch: str, d_in: int = 6, d_sae: int = 16, **kw) -> dict:
     """A small config of each architecture for tests."""
-    extra = {"topk": {"k": 3}, "batchtopk": {"k": 3}}.get(arch, {})
+    extra = {"topk": {"k": 3}, "batchtopk": {"k": 3}, "matryoshka": {"k": 3}}.get(arch, {})
     return {"architecture": arch, "d_in": d_in, "d_sae": d_sae, **extra, **kw}
 
 

@@ -100,10 +100,32 @@ def jumprelu_terms(p, x, y, cfg, scale=1.0, dead=None):
     return {"mse": _mse(y, y_hat), "l0": cfg["l0_coef"] * scale * l0}
 
 
+def matryoshka_terms(p, x, y, cfg, scale=1.0, dead=None):
+    """Batch top-k codes; each nested prefix (group sizes summed) decoded on its own with
+    b_dec; the mse term is the mean of the prefixes' squared errors; AuxK on the full
+    reconstruction's residual."""
+    pre = _centre(p, x, cfg) @ p["W_enc"] + p["b_enc"]
+    flat = torch.relu(pre).reshape(-1)
+    n_keep = max(1, round(cfg["k"] * pre.shape[0]))
+    keep = torch.zeros_like(flat)
+    keep[flat.argsort(descending=True)[:n_keep]] = 1.0
+    f = (flat * keep).reshape(pre.shape)
+    errors, end = [], 0
+    for size in cfg["group_sizes"]:
+        end += size
+        mask = (torch.arange(pre.shape[1]) < end).double()
+        y_hat = (f * mask) @ p["W_dec"] + p["b_dec"]
+        errors.append(_mse(y, y_hat))
+    aux = _auxk(p, pre, y, y_hat, cfg, dead)
+    mse = torch.stack(errors).mean()
+    return {"mse": mse, "auxk": cfg.get("aux_coef", 1 / 32) * aux}
+
+
 REFERENCE = {
     "relu": relu_terms,
     "topk": topk_terms,
     "batchtopk": batchtopk_terms,
+    "matryoshka": matryoshka_terms,
     "gated": gated_terms,
     "jumprelu": jumprelu_terms,
 }

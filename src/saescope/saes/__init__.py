@@ -11,7 +11,7 @@ from typing import Any
 # Each module's final class enters ARCHITECTURES on import, in this order (the order of help
 # texts and docs): the seed's L1 SAE, the TopK family, then the gated and threshold ones.
 # isort: off
-from saescope.saes import relu, topk, batchtopk, gated, jumprelu  # noqa: F401
+from saescope.saes import relu, topk, batchtopk, matryoshka, gated, jumprelu  # noqa: F401
 
 # isort: on
 from saescope.saes.auxk import AuxKConfig
@@ -28,6 +28,7 @@ from saescope.saes.base import (
 from saescope.saes.batchtopk import BatchTopKConfig, BatchTopKSAE
 from saescope.saes.gated import GatedConfig, GatedSAE
 from saescope.saes.jumprelu import JumpReLUConfig, JumpReLUSAE
+from saescope.saes.matryoshka import MatryoshkaConfig, MatryoshkaSAE
 from saescope.saes.relu import ReLUConfig, ReLUSAE
 from saescope.saes.topk import TopKConfig, TopKSAE
 
@@ -51,6 +52,8 @@ __all__ = [
     "JumpReLUSAE",
     "LossContext",
     "LossOutput",
+    "MatryoshkaConfig",
+    "MatryoshkaSAE",
     "ReLUConfig",
     "ReLUSAE",
     "SAEConfig",

@@ -83,48 +83,67 @@ class BatchTopKSAE(SAE):
             y_hat, f, {"mse": self.mse(y, y_hat), "auxk": aux}, {"min_kept": min_kept}
         )
 
-    @torch.no_grad()
     def after_step(self, out: LossOutput) -> None:
         """theta <- theta + rate (min_kept - theta); the first batch sets it outright."""
-        m = out.extras["min_kept"]
-        if m <= 0:
-            return
-        if bool((self.threshold < 0).any()):
-            self.threshold.fill_(float(m))
-        else:
-            self.threshold.add_(self.cfg.threshold_rate * (m - self.threshold))
+        update_threshold(self.threshold, out.extras["min_kept"], self.cfg.threshold_rate)
 
     def finish_training(self, xs: Sequence[Tensor]) -> dict[str, Any]:
         """theta <- the smallest activation batch top-k keeps in each of the last training
         batches xs, with the final weights, averaged (weighted by tokens): what the running
         average estimates, without its lag. Warns (`ThresholdWarning`) when fewer than
         SETTLED_TOKENS tokens had a positive kept activation."""
-        running = float(self.threshold[0])
-        with torch.no_grad():
-            kept = [(x.shape[0], self._min_kept(x)) for x in xs]
+        return settle_threshold(self, self.threshold, self.cfg.k, xs)
+
+
+# ----- the inference threshold, shared with the Matryoshka BatchTopK SAE ----------------------
+
+
+@torch.no_grad()
+def update_threshold(threshold: Tensor, min_kept: Tensor, rate: float) -> None:
+    """The running average of the kept minimum: theta <- theta + rate (m - theta); the first
+    positive m sets it outright (theta < 0 means not yet estimated)."""
+    m = min_kept
+    if m <= 0:
+        return
+    if bool((threshold < 0).any()):
+        threshold.fill_(float(m))
+    else:
+        threshold.add_(rate * (m - threshold))
+
+
+def settle_threshold(
+    sae: SAE, threshold: Tensor, k: float, xs: Sequence[Tensor]
+) -> dict[str, Any]:
+    """threshold <- the token-weighted mean over xs of the smallest activation batch top-k
+    keeps with sae's current weights; warns below SETTLED_TOKENS tokens. Returns the final
+    metrics' threshold fields."""
+    running = float(threshold[0])
+    with torch.no_grad():
+        kept = [(x.shape[0], min_kept(sae, x, k)) for x in xs]
         kept = [(n, m) for n, m in kept if m > 0]
         tokens = sum(n for n, _ in kept)
         if tokens:
-            self.threshold.fill_(sum(n * m for n, m in kept) / tokens)
-        settled = tokens >= SETTLED_TOKENS
-        if not settled:
-            warnings.warn(
-                f"BatchTopK's inference threshold rests on {tokens} tokens (fewer than "
-                f"{SETTLED_TOKENS}): eval-mode L0 may differ from k={self.cfg.k}. Train on "
-                "more tokens (more steps or bigger batches)",
-                ThresholdWarning,
-                stacklevel=2,
-            )
-        return {
-            "threshold": float(self.threshold[0]),
-            "threshold_running": running,
-            "threshold_tokens": tokens,
-            "threshold_settled": settled,
-        }
+            threshold.fill_(sum(n * m for n, m in kept) / tokens)
+    settled = tokens >= SETTLED_TOKENS
+    if not settled:
+        warnings.warn(
+            f"{sae.cfg.name}'s inference threshold rests on {tokens} tokens (fewer than "
+            f"{SETTLED_TOKENS}): eval-mode L0 may differ from k={k}. Train on "
+            "more tokens (more steps or bigger batches)",
+            ThresholdWarning,
+            stacklevel=3,
+        )
+    return {
+        "threshold": float(threshold[0]),
+        "threshold_running": running,
+        "threshold_tokens": tokens,
+        "threshold_settled": settled,
+    }
 
-    def _min_kept(self, x: Tensor) -> float:
-        """The smallest positive activation batch top-k keeps in the batch x (0 if none)."""
-        pre = self.pre_acts(x)  # (N, d_sae)
-        n_keep = ops.batch_topk_count(self.cfg.k, pre.shape[0], self.cfg.d_sae)
-        chosen = sparse.batch_topk(n_keep)(pre)
-        return float(ops.smallest_positive(pre.reshape(-1)[chosen.flat]))
+
+def min_kept(sae: SAE, x: Tensor, k: float) -> float:
+    """The smallest positive activation batch top-k keeps in the batch x (0 if none)."""
+    pre = sae.pre_acts(x)  # (N, d_sae)
+    n_keep = ops.batch_topk_count(k, pre.shape[0], pre.shape[1])
+    chosen = sparse.batch_topk(n_keep)(pre)
+    return float(ops.smallest_positive(pre.reshape(-1)[chosen.flat]))

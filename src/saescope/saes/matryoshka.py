@@ -1,0 +1,181 @@
+"""Matryoshka BatchTopK SAE (Bussmann, Nabeshima, Karvonen, Nanda 2025, arXiv 2503.17547;
+Nabeshima 2024, "Matryoshka Sparse Autoencoders").
+
+The latents form nested prefixes: the first m_1 < m_2 < ... < m_G = d_sae latents. One
+BatchTopK encoding (the N*k largest ReLU'd pre-activations of the batch, as `batchtopk.py`) is
+decoded G times, prefix g with b_dec + f[:, :m_g] W_dec[:m_g], and every prefix is trained to
+reconstruct: the `mse` term is the mean over prefixes of each one's squared error (the sum
+with weights 1/G, dictionary_learning's default group weights), so the early latents must
+carry the general features on their own and a later latent cannot absorb its parent's
+direction. The reconstruction is the full prefix's; AuxK on its residual as for TopK.
+Inference is a JumpReLU at one threshold, estimated as BatchTopK's is.
+
+`group_sizes` are the sizes of the groups the prefixes add (they sum to d_sae), as
+dictionary_learning's `MatryoshkaBatchTopKSAE(group_sizes=...)` stores them; `prefixes` are
+their running sums.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import accumulate
+from typing import Any, ClassVar, final
+
+import torch
+from torch import Tensor
+
+from saescope import ops, sparse
+from saescope.errors import ConfigError
+from saescope.saes.auxk import AuxKConfig, auxk_loss
+from saescope.saes.base import SAE, LossContext, LossOutput
+from saescope.saes.batchtopk import settle_threshold, update_threshold
+from saescope.sparse import Pattern, SparseCodes
+
+
+def default_group_sizes(d_sae: int) -> tuple[int, ...]:
+    """Groups whose prefixes are d_sae/8, d_sae/4, d_sae/2 and d_sae (fewer, each at least
+    one latent, when d_sae is small)."""
+    prefixes = sorted({max(1, d_sae // 2**j) for j in (3, 2, 1, 0)})
+    return tuple(b - a for a, b in zip([0, *prefixes], prefixes, strict=False))
+
+
+def _int_tuple(value: Any) -> tuple[int, ...]:
+    """A tuple of ints from a tuple, a list (JSON) or "a,b,c" (the command line)."""
+    if isinstance(value, str):
+        value = [v for v in value.replace(" ", "").split(",") if v]
+    try:
+        out = tuple(int(v) for v in value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"group_sizes must be whole numbers like 64,64,128, got {value!r}")
+    if any(o != v for o, v in zip(out, value, strict=True) if not isinstance(v, str)):
+        raise ConfigError(f"group_sizes must be whole numbers, got {value!r}")
+    return out
+
+
+@dataclass(frozen=True)
+class MatryoshkaConfig(AuxKConfig):
+    name: ClassVar[str] = "matryoshka"
+
+    k: float = 32
+    """Mean active latents per token over a batch."""
+    group_sizes: tuple[int, ...] | None = None
+    """Sizes of the nested groups, summing to d_sae (e.g. 64,64,128,256): prefix g is the
+    first group_sizes[0] + ... + group_sizes[g] latents; default: prefixes d_sae/8, d_sae/4,
+    d_sae/2, d_sae."""
+    threshold_rate: float = 0.01
+    """Rate of the running average of the inference threshold during training (the final
+    threshold is measured again with the final weights)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.k, bool) or not 0 < self.k <= self.d_sae:
+            raise ConfigError(f"k must be in (0, d_sae={self.d_sae}], got {self.k}")
+        if not 0 < self.threshold_rate <= 1:
+            raise ConfigError(f"threshold_rate must be in (0, 1], got {self.threshold_rate}")
+        sizes = (
+            default_group_sizes(self.d_sae)
+            if self.group_sizes is None
+            else _int_tuple(self.group_sizes)
+        )
+        if not sizes or min(sizes) < 1 or sum(sizes) != self.d_sae:
+            raise ConfigError(
+                f"group_sizes must be positive and sum to d_sae={self.d_sae}, got "
+                f"{list(sizes)} (sum {sum(sizes)}); give e.g. "
+                f"{','.join(map(str, default_group_sizes(self.d_sae)))}"
+            )
+        object.__setattr__(self, "group_sizes", sizes)
+
+    @property
+    def prefixes(self) -> tuple[int, ...]:
+        """The nested prefix sizes m_1 < ... < m_G = d_sae."""
+        return tuple(accumulate(self.group_sizes or ()))
+
+
+@final
+class MatryoshkaSAE(SAE):
+    config_cls = MatryoshkaConfig
+    cfg: MatryoshkaConfig
+
+    def _extra_params(self) -> None:
+        # (d_sae,) all equal, as BatchTopK's; -1 until training has estimated it.
+        self.register_buffer("threshold", torch.full((self.cfg.d_sae,), -1.0))
+
+    def _encode(self, x: Tensor) -> Tensor:
+        pre = self.pre_acts(x)
+        if self.training or bool((self.threshold < 0).any()):
+            return ops.batch_topk_activation(pre, self.cfg.k)[0]
+        return pre * (pre > self.threshold)  # JumpReLU; threshold > 0 implies ReLU
+
+    def loss(self, x: Tensor, y: Tensor, ctx: LossContext | None = None) -> LossOutput:
+        ctx = ctx or LossContext()
+        x = self._flat(x)
+        if self.use_sparse(self.cfg.k / self.cfg.d_sae):
+            return self._sparse_loss(x, y, ctx)
+        pre = self.pre_acts(x)
+        f, min_kept = ops.batch_topk_activation(pre, self.cfg.k)
+        mses = []
+        for m in self.cfg.prefixes:
+            y_hat = f[:, :m] @ self.W_dec[:m] + self.b_dec
+            mses.append(self.mse(y, y_hat))
+        aux = self.cfg.aux_coef * auxk_loss(self, pre, y, y_hat, ctx)
+        return self._output(y_hat, f, mses, aux, min_kept)
+
+    def _sparse_loss(self, x: Tensor, y: Tensor, ctx: LossContext) -> LossOutput:
+        """The same values and gradients on the sparse path: prefix g decodes the codes of
+        latents below m_g, the first entries of each row of the pattern."""
+        n_keep = ops.batch_topk_count(self.cfg.k, x.shape[0], self.cfg.d_sae)
+        dead = ctx.dead
+        use_aux = dead is not None and bool(dead.any())
+        choosers = [sparse.batch_topk(n_keep)]
+        if use_aux:
+            choosers.append(sparse.aux_topk(dead, self.cfg.k_aux))  # type: ignore[arg-type]
+        coded = sparse.encode(x, self.W_enc, self.b_enc, self.centring_bias(), choosers)
+        p, z = coded[0]
+        vals = z.relu()
+        mses = []
+        for m in self.cfg.prefixes[:-1]:
+            sub, keep = prefix_pattern(p, m)
+            mses.append(sparse.decode_error(sub, vals[keep], self.W_dec, self.b_dec, y)[1])
+        y_hat, mse = sparse.decode_error(p, vals, self.W_dec, self.b_dec, y)
+        mses.append(mse)
+        aux = y_hat.new_zeros(())
+        if use_aux:
+            aux_p, aux_z = coded[1]
+            e = (y - y_hat).detach()
+            aux = ops.fvu(e - sparse.decode(aux_p, aux_z.relu(), self.W_dec, None), e)
+        codes = SparseCodes(p, vals.detach())
+        min_kept = ops.smallest_positive(codes.vals)
+        return self._output(y_hat, None, mses, self.cfg.aux_coef * aux, min_kept, codes)
+
+    def _output(
+        self,
+        y_hat: Tensor,
+        f: Tensor | None,
+        mses: list[Tensor],
+        aux: Tensor,
+        min_kept: Tensor,
+        codes: SparseCodes | None = None,
+    ) -> LossOutput:
+        prefix_mse = torch.stack([m.detach() for m in mses])
+        terms = {"mse": sum(mses) / len(mses), "auxk": aux}
+        extras = {"min_kept": min_kept, "prefix_mse": prefix_mse}
+        return LossOutput(y_hat, f, terms, extras, codes)  # type: ignore[arg-type]
+
+    def after_step(self, out: LossOutput) -> None:
+        """theta <- theta + rate (min_kept - theta); the first batch sets it outright."""
+        update_threshold(self.threshold, out.extras["min_kept"], self.cfg.threshold_rate)
+
+    def finish_training(self, xs: Sequence[Tensor]) -> dict[str, Any]:
+        """theta measured again with the final weights on the last training batches, as
+        BatchTopK's (`batchtopk.settle_threshold`)."""
+        return settle_threshold(self, self.threshold, self.cfg.k, xs)
+
+
+def prefix_pattern(p: Pattern, m: int) -> tuple[Pattern, Tensor]:
+    """The part of p on latents below m, and the mask (nnz,) of p's entries it keeps. Each
+    row's latents ascend, so they are its first entries; O(nnz)."""
+    keep = p.col < m
+    before = torch.zeros(p.nnz + 1, dtype=torch.int64, device=p.col.device)
+    before[1:] = keep.cumsum(0)
+    return Pattern(before[p.crow], p.col[keep], p.m), keep
