@@ -111,9 +111,7 @@ def update_threshold(threshold: Tensor, min_kept: Tensor, rate: float) -> None:
         threshold.add_(rate * (m - threshold))
 
 
-def settle_threshold(
-    sae: SAE, threshold: Tensor, k: float, xs: Sequence[Tensor]
-) -> dict[str, Any]:
+def settle_threshold(sae: SAE, threshold: Tensor, k: float, xs: Sequence[Tensor]) -> dict[str, Any]:
     """threshold <- the token-weighted mean over xs of the smallest activation batch top-k
     keeps with sae's current weights; warns below SETTLED_TOKENS tokens. Returns the final
     metrics' threshold fields."""

@@ -47,7 +47,9 @@ def _int_tuple(value: Any) -> tuple[int, ...]:
     try:
         out = tuple(int(v) for v in value)
     except (TypeError, ValueError):
-        raise ConfigError(f"group_sizes must be whole numbers like 64,64,128, got {value!r}")
+        raise ConfigError(
+            f"group_sizes must be whole numbers like 64,64,128, got {value!r}"
+        ) from None
     if any(o != v for o, v in zip(out, value, strict=True) if not isinstance(v, str)):
         raise ConfigError(f"group_sizes must be whole numbers, got {value!r}")
     return out
