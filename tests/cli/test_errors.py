@@ -28,7 +28,7 @@ def test_k_out_of_range(capsys, tmp_path, k):
 
 def test_option_for_another_architecture(capsys, tmp_path):
     err = one_line_error(capsys, ["train", "--arch", "relu", "--k", "3", "--out", str(tmp_path)])
-    assert "--k applies to topk, batchtopk, not relu" in err
+    assert "--k applies to topk, batchtopk, matryoshka, not relu" in err
 
 
 def test_wrong_d_in_on_eval(capsys, tmp_path):

@@ -151,10 +151,11 @@ def test_help_comes_from_field_docs(capsys):
     text = " ".join(capsys.readouterr().out.split())
     # k means something else for topk and batchtopk: each says its own, in ARCHITECTURES order
     topk, batch = (field_docs(c)["k"].rstrip(".") for c in (TopKConfig, BatchTopKConfig))
-    assert f"--k K topk: {topk}; batchtopk: {batch}. [topk, batchtopk]" in text
+    ks = f"topk: {topk}; batchtopk: {batch}; matryoshka: {batch}."
+    assert f"--k K {ks} [topk, batchtopk, matryoshka]" in text
     assert field_docs(TrainConfig)["steps"] in text
     # defaults the data sets are said as the code computes them (build_sae), not the config's
-    assert "[topk, batchtopk] (default: min(32, d_in // 2))" in text
+    assert "[topk, batchtopk, matryoshka] (default: min(32, d_in // 2))" in text
     assert "--keep-outliers" in text and "(default: 10.0)" in text
 
 
