@@ -163,3 +163,23 @@ def test_auto_mode_takes_the_sparse_path_when_big_and_sparse():
     x = torch.randn(32, 64)
     assert big.loss(x, x).codes is not None
     assert small.loss(x[:, :6], x[:, :6]).codes is None
+
+
+@pytest.mark.filterwarnings("ignore::saescope.saes.batchtopk.ThresholdWarning")
+def test_a_stopped_run_resumes_bitwise(tmp_path):
+    """Its config (a tuple of group sizes) passes the checkpoint's same-run check, and the
+    threshold's running average comes back with the weights: on the sparse path (auto)."""
+    from saescope.data import RowBatches
+    from tests.training.test_checkpoint import (
+        _assert_same_saes,
+        _stopped_then_resumed,
+        _uninterrupted,
+    )
+
+    configs = [{"architecture": "matryoshka", "d_in": 32, "d_sae": 512, "k": 4,
+                "group_sizes": [64, 64, 128, 256]}]  # fmt: skip
+    stream = RowBatches(torch.randn(2048, 32, generator=torch.Generator().manual_seed(0)), 128)
+    cfg = TrainConfig(steps=12, checkpoint_every=5, init_samples=128, progress=False)
+    resumed = _stopped_then_resumed(configs, stream, cfg, 5, tmp_path / "run")
+    _assert_same_saes(_uninterrupted(configs, stream, cfg), resumed)
+    assert float(resumed[0].threshold[0]) > 0
