@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import accumulate
+from itertools import accumulate, pairwise
 from typing import Any, ClassVar, final
 
 import torch
@@ -116,12 +116,20 @@ class MatryoshkaSAE(SAE):
             return self._sparse_loss(x, y, ctx)
         pre = self.pre_acts(x)
         f, min_kept = ops.batch_topk_activation(pre, self.cfg.k)
-        mses = []
-        for m in self.cfg.prefixes:
-            y_hat = f[:, :m] @ self.W_dec[:m] + self.b_dec
-            mses.append(self.mse(y, y_hat))
+        y_hat, mses = self._prefix_errors(f, y)
         aux = self.cfg.aux_coef * auxk_loss(self, pre, y, y_hat, ctx)
         return self._output(y_hat, f, mses, aux, min_kept)
+
+    def _prefix_errors(self, f: Tensor, y: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """(the full prefix's reconstruction (N, d_out), each prefix's squared error): each
+        group decoded once and added to the previous prefix's decode, so the work is one
+        decode's, not G."""
+        bounds = (0, *self.cfg.prefixes)
+        y_hat, mses = self.b_dec, []
+        for a, b in pairwise(bounds):
+            y_hat = y_hat + f[:, a:b] @ self.W_dec[a:b]
+            mses.append(self.mse(y, y_hat))
+        return y_hat, mses  # type: ignore[return-value]
 
     def _sparse_loss(self, x: Tensor, y: Tensor, ctx: LossContext) -> LossOutput:
         """The same values and gradients on the sparse path: prefix g decodes the codes of
