@@ -12,7 +12,8 @@ decoder cosine), then on held-out samples:
   direction, against the mean cosine with the other parents' directions (the control).
 
 Absorption is the parent latent not firing when a child fires, the child latent's decoder
-carrying the parent's direction instead.
+carrying the parent's direction instead. A Matryoshka SAE (Bussmann et al. 2025) on the same
+stream should resist it: its claims are the opposite ones, and its recall beside TopK's.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class AbsorptionConfig:
     saes: tuple[dict[str, Any], ...] = (
         {"architecture": "topk", "k": 3},
         {"architecture": "relu", "l1_coef": 2.0},
+        {"architecture": "matryoshka", "k": 3},
     )
     """SAEs trained together on one stream; d_in is the task's, d_sae defaults to n_total."""
     train: TrainConfig = field(
@@ -222,6 +224,12 @@ LEAN = 0.2
 default 64-D have cosine s.d. 1/8, so a mean over 32 children has s.d. about 0.02."""
 
 
+RESISTS = ("matryoshka",)
+"""Architectures claimed to resist absorption (their claims are the opposite ones)."""
+KEEP = 0.1
+"""A resisting SAE's parent recall with a child stays this close to it without one."""
+
+
 def _per_arch(results: list[AbsorptionResult], i: int) -> list[dict[str, float]]:
     return [r.saes[i].summary() for r in results]
 
@@ -260,6 +268,44 @@ def _arch_claims(results: list[AbsorptionResult], i: int) -> list[Claim]:
         all(m["child_cos_parent"] - m["child_cos_control"] >= LEAN for m in rows),
     )
     return [drop, specific, lean]
+
+
+def _resist_claims(results: list[AbsorptionResult], i: int) -> list[Claim]:
+    """Claims for an SAE that should not absorb, and its parent recall beside TopK's."""
+    label, rows, seeds = results[0].saes[i].label, _per_arch(results, i), [r.seed for r in results]
+    topk = [j for j, s in enumerate(results[0].saes) if s.architecture == "topk"][:1]
+    base = _per_arch(results, topk[0]) if topk else []
+    recall = "; ".join(
+        f"seed {s}: {m['recall_alone']:.2f} without a child, {m['recall_with_child']:.2f} with one"
+        + (f" ({b['recall_with_child']:.2f} for topk)" if base else "")
+        for s, m, b in zip(seeds, rows, base or rows, strict=True)
+    )
+    leans = "; ".join(
+        f"seed {s}: {m['child_cos_parent']:.2f} vs {m['child_cos_control']:+.2f}"
+        for s, m in zip(seeds, rows, strict=True)
+    )
+    claims = [
+        Claim(
+            f"{label}: a parent's latent keeps firing when one of its children fires (recall "
+            f"with a child within {KEEP} of recall without)",
+            recall,
+            all(m["recall_alone"] - m["recall_with_child"] < KEEP for m in rows),
+        ),
+        Claim(
+            f"{label}: child latents' decoders do not lean toward their parent's direction "
+            f"(cosine with the own parent exceeds that with unrelated parents by < {LEAN})",
+            leans,
+            all(m["child_cos_parent"] - m["child_cos_control"] < LEAN for m in rows),
+        ),
+    ]
+    if base:
+        gaps = [
+            m["recall_with_child"] - b["recall_with_child"] for m, b in zip(rows, base, strict=True)
+        ]
+        text = f"{label} resists absorption where {results[0].saes[topk[0]].label} does not: "
+        text += f"its parent-latent recall with a child is higher by >= {RECALL_DROP}"
+        claims.append(Claim(text, recall, all(g >= RECALL_DROP for g in gaps)))
+    return claims
 
 
 def _strip(ax: Any, x: float, values: list[float], color: str, rng: torch.Generator) -> None:
@@ -310,7 +356,8 @@ def figure(results: list[AbsorptionResult]) -> Figure:
 def section(results: list[AbsorptionResult]) -> Section:
     """The absorption section of the report, from one result per seed."""
     t = results[0].task
-    claims = [c for i in range(len(results[0].saes)) for c in _arch_claims(results, i)]
+    kinds = [_resist_claims if s.architecture in RESISTS else _arch_claims for s in results[0].saes]
+    claims = [c for i, kind in enumerate(kinds) for c in kind(results, i)]
     text = (
         f"Hierarchical ground truth: {t.n_parents} parent features, each with "
         f"{t.n_children} mutually exclusive children, plus {t.n_independent} independent "
@@ -330,7 +377,9 @@ def section(results: list[AbsorptionResult]) -> Section:
         "the cosine of each child latent's decoder row with its own parent's direction against "
         "the mean cosine with the other parents'. Absorption (Chanin et al. 2024) predicts the "
         "parent latent goes quiet when a child fires and the child latent's decoder carries the "
-        "parent's direction."
+        "parent's direction. A Matryoshka SAE (nested prefixes of the dictionary, each trained "
+        "to reconstruct on its own; Bussmann et al. 2025) is predicted to resist it: its "
+        "first latents must stand for the parents whatever the later ones do."
     )
     table = [{"seed": r.seed, "sae": s.label, **s.summary()} for r in results for s in r.saes]
     return Section(

@@ -112,7 +112,7 @@ EXPERIMENTS = (
     Experiment("recovery: the seed's generator", _recovery, False, 109),
     Experiment("recovery: correlated generator, shrinkage", _correlated, False, 73),
     Experiment("monosemanticity", _mono, True, 11),
-    Experiment("absorption", _absorption, False, 11),
+    Experiment("absorption", _absorption, False, 18),
     Experiment("steering: the Golden Gate experiment", _steering, False, 25),
 )
 
