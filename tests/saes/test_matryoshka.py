@@ -183,3 +183,35 @@ def test_a_stopped_run_resumes_bitwise(tmp_path):
     resumed = _stopped_then_resumed(configs, stream, cfg, 5, tmp_path / "run")
     _assert_same_saes(_uninterrupted(configs, stream, cfg), resumed)
     assert float(resumed[0].threshold[0]) > 0
+
+
+def test_dictionary_learnings_matryoshka_maps_directly():
+    """dictionary_learning's MatryoshkaBatchTopKSAE (saved by the library, tests/fixtures/):
+    its tensors, k, group_sizes and scalar threshold copied across give its own encode and
+    forward outputs exactly."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    folder = Path(__file__).parents[1] / "fixtures/dictionary_learning/MatryoshkaBatchTopKSAE"
+    state = torch.load(folder / "ae.pt", weights_only=True)
+    expected = load_file(folder / "expected.safetensors")
+    d_in, d_sae = state["W_enc"].shape
+    sae = make_sae(
+        {
+            "architecture": "matryoshka",
+            "d_in": d_in,
+            "d_sae": d_sae,
+            "k": int(state["k"]),
+            "group_sizes": state["group_sizes"].tolist(),
+        }  # fmt: skip
+    )
+    assert len(sae.cfg.prefixes) > 1 and float(state["threshold"]) > 0
+    with torch.no_grad():
+        for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+            getattr(sae, name).copy_(state[name])
+        sae.threshold.fill_(float(state["threshold"]))
+        sae.eval()
+        x = expected["x"]
+        torch.testing.assert_close(sae.encode(x), expected["f"], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(sae(x), expected["x_hat"], rtol=1e-4, atol=1e-5)
