@@ -204,7 +204,7 @@ def test_dictionary_learnings_matryoshka_maps_directly():
             "d_sae": d_sae,
             "k": int(state["k"]),
             "group_sizes": state["group_sizes"].tolist(),
-        }  # fmt: skip
+        }
     )
     assert len(sae.cfg.prefixes) > 1 and float(state["threshold"]) > 0
     with torch.no_grad():
