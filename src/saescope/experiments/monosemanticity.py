@@ -26,7 +26,7 @@ from saescope import metrics
 from saescope.data.stream import RowBatches
 from saescope.experiments.common import torch_threads
 from saescope.report import Claim, Section, subplots
-from saescope.saes import make_sae
+from saescope.saes import SAE, make_sae
 from saescope.training import TrainConfig, train
 
 N_EXAMPLES = 4
@@ -178,18 +178,15 @@ def hidden_activations(
     return H, labels, accuracy
 
 
-def _run(seed: int, cfg: MonoConfig, progress: bool) -> MonoResult:
-    H, labels, accuracy = hidden_activations(seed, cfg)
-    n_means = class_means(H, labels, cfg.n_classes)
-    n_classes = responds_to(n_means, cfg.respond_threshold)
-    alive_n = [i for i, cs in enumerate(n_classes) if cs]
-    poly = [i for i in alive_n if len(n_classes[i]) >= 2]
-    examples = poly[:N_EXAMPLES]
-
+def train_sae(
+    H: Tensor, seed: int, cfg: MonoConfig, l1_coef: float | None = None, progress: bool = False
+) -> SAE:
+    """The experiment's ReLU SAE on the hidden activations H (its width, steps, lr, batch),
+    with `l1_coef` instead of the config's when given."""
     torch.manual_seed(seed)  # the SAE's initial weights
-    sae = make_sae(
-        {"architecture": "relu", "d_in": cfg.d_hidden, "d_sae": cfg.d_sae, "l1_coef": cfg.l1_coef}
-    )
+    l1 = cfg.l1_coef if l1_coef is None else l1_coef
+    spec = {"architecture": "relu", "d_in": cfg.d_hidden, "d_sae": cfg.d_sae, "l1_coef": l1}
+    sae = make_sae(spec)
     tcfg = TrainConfig(
         steps=cfg.sae_steps,
         lr=cfg.sae_lr,
@@ -199,7 +196,18 @@ def _run(seed: int, cfg: MonoConfig, progress: bool) -> MonoResult:
         log_every=max(1, cfg.sae_steps // 10),
         resample_every=cfg.resample_every,
     )
-    sae = train([sae], RowBatches(H, cfg.sae_batch, seed), tcfg).saes[0]
+    return train([sae], RowBatches(H, cfg.sae_batch, seed), tcfg).saes[0]
+
+
+def _run(seed: int, cfg: MonoConfig, progress: bool) -> MonoResult:
+    H, labels, accuracy = hidden_activations(seed, cfg)
+    n_means = class_means(H, labels, cfg.n_classes)
+    n_classes = responds_to(n_means, cfg.respond_threshold)
+    alive_n = [i for i, cs in enumerate(n_classes) if cs]
+    poly = [i for i in alive_n if len(n_classes[i]) >= 2]
+    examples = poly[:N_EXAMPLES]
+
+    sae = train_sae(H, seed, cfg, progress=progress)
     with torch.no_grad():
         f = sae.encode(H)
         ev = metrics.explained_variance(H, sae.decode(f))

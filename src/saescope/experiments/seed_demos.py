@@ -34,7 +34,6 @@ from tqdm.auto import tqdm
 from saescope import metrics
 from saescope.analysis import index_classes
 from saescope.atomic import atomic_write_bytes
-from saescope.data.stream import RowBatches
 from saescope.errors import ConfigError
 from saescope.experiments.common import torch_threads
 from saescope.experiments.monosemanticity import (
@@ -42,9 +41,9 @@ from saescope.experiments.monosemanticity import (
     class_means,
     hidden_activations,
     purity,
+    train_sae,
 )
-from saescope.saes import SAE, make_sae
-from saescope.training import TrainConfig, train
+from saescope.saes import SAE
 
 FORMAT = 1
 """The JSON layout's version; `ensure` rebuilds a file of another version."""
@@ -117,24 +116,6 @@ def sample_inputs(labels: Tensor, per_class: int, seed: int) -> list[int]:
     return rows
 
 
-def train_sae(H: Tensor, l1_coef: float, seed: int, mono: MonoConfig) -> SAE:
-    """The experiment's ReLU SAE (its width, steps, lr, batch) with this L1 coefficient."""
-    torch.manual_seed(seed)
-    sae = make_sae(
-        {"architecture": "relu", "d_in": mono.d_hidden, "d_sae": mono.d_sae, "l1_coef": l1_coef}
-    )
-    tcfg = TrainConfig(
-        steps=mono.sae_steps,
-        lr=mono.sae_lr,
-        seed=seed,
-        progress=False,
-        init_samples=H.shape[0],
-        log_every=max(1, mono.sae_steps // 10),
-        resample_every=mono.resample_every,
-    )
-    return train([sae], RowBatches(H, mono.sae_batch, seed), tcfg).saes[0]
-
-
 def neuron_fvu(H: Tensor, rec: Tensor) -> Tensor:
     """(d_hidden,) each neuron's fraction of variance the reconstruction leaves unexplained
     (0 for a neuron that never varies)."""
@@ -200,7 +181,7 @@ def build_data(
         indexed = None
         for i, l1 in enumerate(stops):
             bar.set_postfix_str(f"SAE L1 {l1}")
-            sae = train_sae(H, l1, seed, mono)
+            sae = train_sae(H, seed, mono, l1)
             levels.append(level(sae, l1, H, labels, rows, mono))
             if i == default and sae_dir is not None:
                 indexed = index_classifier(sae_dir, sae, H, labels, classes, l1)

@@ -60,10 +60,7 @@ class BatchTopKSAE(SAE):
         self.register_buffer("threshold", torch.full((self.cfg.d_sae,), -1.0))
 
     def _encode(self, x: Tensor) -> Tensor:
-        pre = self.pre_acts(x)
-        if self.training or bool((self.threshold < 0).any()):
-            return ops.batch_topk_activation(pre, self.cfg.k)[0]
-        return pre * (pre > self.threshold)  # JumpReLU; threshold > 0 implies ReLU
+        return encode_at_threshold(self.pre_acts(x), self.cfg.k, self.threshold, self.training)
 
     def loss(self, x: Tensor, y: Tensor, ctx: LossContext | None = None) -> LossOutput:
         ctx = ctx or LossContext()
@@ -99,6 +96,14 @@ class BatchTopKSAE(SAE):
 
 
 @torch.no_grad()
+def encode_at_threshold(pre: Tensor, k: float, threshold: Tensor, training: bool) -> Tensor:
+    """Codes from pre-activations (N, d_sae): the batch's N*k largest while training or before
+    a threshold was estimated (-1), else a JumpReLU at the threshold (> 0 implies ReLU)."""
+    if training or bool((threshold < 0).any()):
+        return ops.batch_topk_activation(pre, k)[0]
+    return pre * (pre > threshold)
+
+
 def update_threshold(threshold: Tensor, min_kept: Tensor, rate: float) -> None:
     """The running average of the kept minimum: theta <- theta + rate (m - theta); the first
     positive m sets it outright (theta < 0 means not yet estimated)."""

@@ -29,7 +29,7 @@ from saescope import ops, sparse
 from saescope.errors import ConfigError
 from saescope.saes.auxk import AuxKConfig, auxk_loss
 from saescope.saes.base import SAE, LossContext, LossOutput
-from saescope.saes.batchtopk import settle_threshold, update_threshold
+from saescope.saes.batchtopk import encode_at_threshold, settle_threshold, update_threshold
 from saescope.sparse import Pattern, SparseCodes
 
 
@@ -104,10 +104,7 @@ class MatryoshkaSAE(SAE):
         self.register_buffer("threshold", torch.full((self.cfg.d_sae,), -1.0))
 
     def _encode(self, x: Tensor) -> Tensor:
-        pre = self.pre_acts(x)
-        if self.training or bool((self.threshold < 0).any()):
-            return ops.batch_topk_activation(pre, self.cfg.k)[0]
-        return pre * (pre > self.threshold)  # JumpReLU; threshold > 0 implies ReLU
+        return encode_at_threshold(self.pre_acts(x), self.cfg.k, self.threshold, self.training)
 
     def loss(self, x: Tensor, y: Tensor, ctx: LossContext | None = None) -> LossOutput:
         ctx = ctx or LossContext()
