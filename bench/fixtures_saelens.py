@@ -122,7 +122,7 @@ SAELENS: list[tuple[str, str, str, dict[str, Any], str | None]] = [
         "checkpoint",
         "matryoshka_batchtopk",
         {"k": K, "matryoshka_widths": [8, 16, D_SAE]},
-        "a Matryoshka BatchTopK training checkpoint (no Matryoshka architecture in saescope yet)",
+        None,
     ),
     # cfg.json in the layout SAELens < 6 wrote (read by SAELens 6's own loader)
     ("pre6_standard", "pre6", "standard", {}, None),

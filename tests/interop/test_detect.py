@@ -31,9 +31,9 @@ def test_saelens_folder():
 
 def test_neither_lists_what_was_looked_for(tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
-    with pytest.raises(FormatError, match="looked for saescope or SAELens") as e:
+    with pytest.raises(FormatError, match="looked for saescope") as e:
         detect(tmp_path)
-    assert "\n" not in str(e.value)
+    assert "\n" not in str(e.value) and "; SAELens (" in str(e.value)
 
 
 def test_not_a_folder(tmp_path):

@@ -32,18 +32,19 @@ REFUSED = _fixtures(False)
 
 def test_fixtures_present():
     assert {"standard", "topk", "jumprelu", "gated", "batchtopk", "transcoder"} <= set(LOADABLE)
-    assert {"ckpt_batchtopk", "ckpt_topk"} <= set(LOADABLE)
+    assert {"ckpt_batchtopk", "ckpt_topk", "ckpt_matryoshka_batchtopk"} <= set(LOADABLE)
     assert REFUSED
 
 
 @pytest.mark.parametrize("name", LOADABLE)
 def test_outputs_match_saelens(name):
     """encode, decode and forward as SAELens's own loader gave them. A BatchTopK training
-    checkpoint encodes by batch top-k in SAELens, as saescope's BatchTopK does in train mode."""
+    checkpoint encodes by batch top-k in SAELens, as saescope's BatchTopK (and Matryoshka) does
+    in train mode."""
     folder = FIXTURES / name
     want = load_file(folder / "expected.safetensors")
     sae = load_saelens(folder)
-    sae.train(sae.cfg.name == "batchtopk")
+    sae.train(sae.cfg.name in ("batchtopk", "matryoshka"))
     with torch.no_grad():
         f = sae.encode(want["x"])
         torch.testing.assert_close(f, want["f"], rtol=RTOL, atol=ATOL)
@@ -77,6 +78,7 @@ def test_architecture_and_hook_come_through(name):
     assert meta.get("hook_name_out") == info["hook"].get("hook_name_out")
     assert meta["saelens_architecture"] == info["architecture"]
     expected = {"standard": "relu", "transcoder": "relu", "jumprelu_transcoder": "jumprelu"}
+    expected["matryoshka_batchtopk"] = "matryoshka"
     arch = expected.get(info["architecture"], info["architecture"])
     assert load_saelens(folder).cfg.name == arch
 

@@ -90,9 +90,16 @@ METADATA_KEYS = (
 
 
 def is_saelens(path: str | Path) -> bool:
-    """Whether `path` is a folder with SAELens's two files."""
+    """Whether `path` is a folder with SAELens's two files whose cfg.json is not saescope's
+    own (which has `format_version`)."""
     path = Path(path)
-    return (path / CFG_FILE).is_file() and (path / WEIGHTS_FILE).is_file()
+    if not ((path / CFG_FILE).is_file() and (path / WEIGHTS_FILE).is_file()):
+        return False
+    try:
+        cfg = json.loads((path / CFG_FILE).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+        return True  # loading it says what is wrong with it
+    return not (isinstance(cfg, dict) and "format_version" in cfg)
 
 
 def read_cfg(path: str | Path) -> dict[str, Any]:
