@@ -23,7 +23,7 @@ __all__ = [
     "load_saelens",
     "metadata",
     "metadata_saelens",
+    "saelens_metadata",
     "save",
     "save_saelens",
-    "saelens_metadata",
 ]

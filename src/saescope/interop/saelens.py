@@ -11,7 +11,7 @@ SAELens's inference architectures map onto saescope's with the same encode/decod
 | `transcoder` | `relu` | `d_out`, `apply_b_dec_to_input=False` |
 | `jumprelu_transcoder` | `jumprelu` | as `transcoder` |
 | `batchtopk` (a training checkpoint) | `batchtopk` | `topk_threshold` as the threshold |
-| `matryoshka_batchtopk` (a training checkpoint) | `matryoshka` | `matryoshka_widths` (prefix sizes) -> `group_sizes` (their differences) |
+| `matryoshka_batchtopk` (a checkpoint) | `matryoshka` | `group_sizes`: `matryoshka_widths`' steps |
 
 `normalize_activations` "none", "expected_average_only_in" and "covariance_whitening" leave
 SAELens's own encode/decode untouched at inference (the factor or the whitening is folded into

@@ -1,13 +1,14 @@
 """saescope SAEs written as SAELens 6 folders (cfg.json + sae_weights.safetensors), which
 SAELens's own `SAE.load_from_disk` reads with saescope's encode/decode numbers.
 
-| saescope | SAELens `architecture` | notes |
-|---|---|---|
-| `relu` | `standard` (`transcoder` when d_out != d_in or without pre-centring) | `l1_mode` only changes training |
-| `topk` | `topk` | `rescale_acts_by_decoder_norm=False`; no TopK transcoder in SAELens (d_out != d_in refused) |
-| `jumprelu` | `jumprelu` (`jumprelu_transcoder` as for relu) | threshold = exp(log_threshold) |
-| `batchtopk`, `matryoshka` | `jumprelu` (`jumprelu_transcoder`) | the inference threshold, as SAELens's runner saves them; refused before it is estimated |
-| `gated` | `gated` | no gated transcoder in SAELens (d_out != d_in refused) |
+- `relu` -> `standard`; `transcoder` when d_out != d_in or without pre-centring (`l1_mode`
+  only changes training);
+- `topk` -> `topk` (`rescale_acts_by_decoder_norm=False`); SAELens has no TopK transcoder;
+- `jumprelu` -> `jumprelu` (`jumprelu_transcoder` when d_out != d_in), threshold =
+  exp(log_threshold);
+- `batchtopk`, `matryoshka` -> `jumprelu` (`jumprelu_transcoder`) at the inference threshold,
+  as SAELens's runner saves them; refused before the threshold is estimated;
+- `gated` -> `gated`; SAELens has no gated transcoder.
 
 saescope's own config goes into cfg.json's `metadata.saescope` (SAELens keeps `metadata`
 as it is and reads nothing there), and a JumpReLU's log-threshold, which exp does not invert
@@ -93,7 +94,7 @@ def saelens_cfg(sae: SAE, arch: str, metadata: dict[str, Any]) -> dict[str, Any]
 
 
 def _reshape(metadata: dict[str, Any]) -> str:
-    """"hook_z" when the SAE came from a SAELens hook_z folder (its hook name ends in _z, as
+    """ "hook_z" when the SAE came from a SAELens hook_z folder (its hook name ends in _z, as
     SAELens requires), else "none"."""
     if metadata.get("reshape_activations", "none") == "none":
         return "none"
