@@ -5,7 +5,6 @@ same numbers as SAELens reads them; what SAELens cannot express is refused in on
 (`make interop-check` has SAELens's own loader read these files.)"""
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -232,23 +231,19 @@ def test_exact_log_threshold_only_while_it_matches(tmp_path):
 
 
 def test_hook_z_round_trip(tmp_path):
-    """A SAELens hook_z SAE loads on the flattened heads, and is written back as hook_z."""
-    folder = tmp_path / "z"
-    shutil.copytree(SAELENS / "standard", folder)
-    cfg = json.loads((folder / "cfg.json").read_text())
-    cfg["reshape_activations"] = "hook_z"
-    cfg["metadata"]["hook_name"] = "blocks.1.attn.hook_z"
-    (folder / "cfg.json").write_text(json.dumps(cfg))
-    want = load_file(folder / "expected.safetensors")
-    sae = load_saelens(folder)
-    with torch.no_grad():  # (8, 16) is 8 tokens of 4 heads x 4 dims, flattened
-        torch.testing.assert_close(sae(want["x"]), want["out"], rtol=1e-4, atol=1e-5)
-    assert metadata(folder)["reshape_activations"] == "hook_z"
+    """SAELens's hook_z SAE -> saescope (on the flattened heads) -> SAELens: still hook_z at
+    the same hook, with SAELens's recorded outputs."""
+    folder = SAELENS / "standard_hook_z"
     convert(folder, tmp_path / "own", "saescope")
+    assert metadata(tmp_path / "own")["reshape_activations"] == "hook_z"
     convert(tmp_path / "own", tmp_path / "lens", "saelens")
-    assert json.loads((tmp_path / "lens" / "cfg.json").read_text())["reshape_activations"] == (
-        "hook_z"
-    )
+    cfg = json.loads((tmp_path / "lens" / "cfg.json").read_text())
+    assert cfg["reshape_activations"] == "hook_z"
+    assert cfg["metadata"]["hook_name"] == "blocks.1.attn.hook_z"
+    want = load_file(folder / "expected.safetensors")  # x, out: (8, 4 heads, 4)
+    with torch.no_grad():
+        out = load_saelens(tmp_path / "lens")(want["x"].flatten(-2))
+    torch.testing.assert_close(out, want["out"].flatten(-2), rtol=1e-4, atol=1e-5)
 
 
 def test_hook_z_needs_a_z_hook(tmp_path):

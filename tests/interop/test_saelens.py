@@ -42,7 +42,7 @@ def test_outputs_match_saelens(name):
     checkpoint encodes by batch top-k in SAELens, as saescope's BatchTopK (and Matryoshka) does
     in train mode."""
     folder = FIXTURES / name
-    want = load_file(folder / "expected.safetensors")
+    want = _flat_heads(folder, load_file(folder / "expected.safetensors"))
     sae = load_saelens(folder)
     sae.train(sae.cfg.name in ("batchtopk", "matryoshka"))
     with torch.no_grad():
@@ -51,6 +51,32 @@ def test_outputs_match_saelens(name):
         assert torch.equal(f != 0, want["f"] != 0)  # the same latents fire
         torch.testing.assert_close(sae.decode(want["f"]), want["x_hat"], rtol=RTOL, atol=ATOL)
         torch.testing.assert_close(sae(want["x"]), want["out"], rtol=RTOL, atol=ATOL)
+
+
+def _flat_heads(folder: Path, want: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A hook_z SAE's inputs and outputs (..., n_heads, d_head) as saescope takes and gives
+    them: flattened to (..., n_heads * d_head)."""
+    cfg = json.loads((folder / "cfg.json").read_text())
+    if cfg.get("reshape_activations") != "hook_z":
+        return want
+    return {k: v if k == "f" else v.flatten(-2) for k, v in want.items()}
+
+
+def test_hook_z_loads_on_flattened_heads():
+    folder = FIXTURES / "standard_hook_z"
+    assert load_file(folder / "expected.safetensors")["x"].dim() == 3  # (8, 4 heads, 4)
+    assert saelens_metadata(folder)["reshape_activations"] == "hook_z"
+    assert load_saelens(folder).cfg.d_in == 16
+
+
+def test_fractional_batch_top_k_keeps_what_saelens_keeps():
+    """k * N = 2.7 * 8 = 21.6: SAELens keeps int(21.6) = 21 codes of the batch, and so does
+    saescope (ops.batch_topk_count)."""
+    want = load_file(FIXTURES / "ckpt_batchtopk_fractional" / "expected.safetensors")
+    assert int((want["f"] != 0).sum()) == 21
+    sae = load_saelens(FIXTURES / "ckpt_batchtopk_fractional").train()
+    with torch.no_grad():
+        assert int((sae.encode(want["x"]) != 0).sum()) == 21
 
 
 CHECKPOINTS = [n for n in LOADABLE if n.startswith("ckpt_")]
