@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from saescope.errors import ConfigError, FormatError, InputError, SaescopeError
+from saescope.interop import load
 from saescope.interop import save as _save_as
 from saescope.saes import (
     ARCHITECTURES,
@@ -20,7 +21,6 @@ from saescope.saes import (
     ReLUConfig,
     SAEConfig,
     TopKConfig,
-    load,
     make_sae,
 )
 from saescope.training import TrainConfig, TrainResult, train

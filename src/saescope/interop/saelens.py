@@ -110,9 +110,9 @@ def read_cfg(path: str | Path) -> dict[str, Any]:
     try:
         cfg = json.loads(file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise FormatError(f"{file} is not valid JSON ({e}); re-save it with SAELens") from None
+        raise FormatError(f"{file} is not valid JSON ({e}); re-save the SAE") from None
     if not isinstance(cfg, dict):
-        raise FormatError(f"{file} must hold a JSON object; re-save it with SAELens")
+        raise FormatError(f"{file} must hold a JSON object; re-save the SAE")
     if _pre_6(cfg):
         cfg = _from_pre_6(cfg)
     missing = [k for k in ("d_in", "d_sae") if k not in cfg]
