@@ -5,7 +5,8 @@ peer library's OWN loader, which encodes, decodes and runs forward on the fixed 
     interop_peer.py WORK      # reads WORK/manifest.json and WORK/input.safetensors
 
 Writes, per entry, <folder>.peer.safetensors (f, x_hat, out) and WORK/peer.json (each entry's
-loader, or the one-line error the peer raised).
+loader, or the one-line error the peer raised). Each peer's function here gives that peer's
+own recorded outputs on the fixtures it wrote (tests/fixtures/<library>/, checked by hand).
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ def sparsify(folder: Path, x: torch.Tensor, entry: dict[str, Any]) -> Outputs:
     forward's sae_out (a transcoder is given a dummy target: sae_out does not depend on it)."""
     from sparsify import SparseCoder
 
+    if not (folder / "cfg.json").is_file():  # a run's layout: one folder per hook point
+        (folder,) = [p.parent for p in folder.glob("*/sae.safetensors")]
     coder = SparseCoder.load_from_disk(folder).eval()
     acts, idx, _ = coder.encode(x)
     f = torch.zeros(x.shape[0], coder.num_latents, dtype=acts.dtype).scatter(-1, idx, acts)
