@@ -119,11 +119,13 @@ def compare(work: Path, entry: dict[str, Any], peer: dict[str, Any]) -> dict[str
     ok = all(torch.allclose(got[k], want[k], rtol=RTOL, atol=ATOL) for k in want)
     ok &= torch.equal(got["f"] != 0, want["f"] != 0)
     row["max |diff| f / x_hat / out"] = " / ".join(f"{diffs[k]:.1e}" for k in ("f", "x_hat", "out"))
+    row["L0"] = f"{float((want['f'] != 0).sum(-1).float().mean()):.1f}"
     return {**row, "result": "same" if ok else "DIFFERENT"}
 
 
 def markdown(rows: list[dict[str, Any]], versions: str) -> str:
-    cols = ["format", "case", "written as", "peer loader", "max |diff| f / x_hat / out", "result"]
+    cols = ["format", "case", "written as", "peer loader", "L0"]
+    cols += ["max |diff| f / x_hat / out", "result"]
     lines = [
         "# Peer loaders reading saescope's writes (`make interop-check`)",
         "",
@@ -131,7 +133,8 @@ def markdown(rows: list[dict[str, Any]], versions: str) -> str:
         f"{D_IN}, d_sae {D_SAE}; transcoders d_out {D_OUT}, no pre-centring) with random "
         "non-trivial parameters, written with `convert` and read by the peer's own loader; "
         f"encode, decode and forward on a fixed input of {N} tokens against saescope's "
-        f"(same: all within rtol {RTOL}, atol {ATOL}, and the same latents fire).",
+        f"(same: all within rtol {RTOL}, atol {ATOL}, and the same latents fire; L0: "
+        "saescope's mean active latents per token, of 32).",
         "",
         "| " + " | ".join(cols) + " |",
         "|" + "---|" * len(cols),
