@@ -100,11 +100,13 @@ FORMATS: dict[str, Format] = {
         metadata_saelens,
         "SAELens (cfg.json + sae_weights.safetensors)",
     ),
-    # "sparsify": Format(is_sparsify, load_sparsify, save_sparsify, metadata_sparsify, ...),
-    #     from interop/sparsify.py (cfg.json + sae.safetensors, one folder per hook point)
+    # The lead adds, after merging (interop/sparsify.py, interop/dictionary_learning.py):
+    # "sparsify": Format(is_sparsify, load_sparsify, save_sparsify, metadata_sparsify,
+    #     "sparsify (cfg.json + sae.safetensors, one folder per hook point)"),
     # "dictionary_learning": Format(is_dictionary_learning, load_dictionary_learning,
-    #     save_dictionary_learning, metadata_dictionary_learning, ...),
-    #     from interop/dictionary_learning.py (ae.pt + config.json)
+    #     save_dictionary_learning, metadata_dictionary_learning,
+    #     "dictionary_learning (ae.pt + config.json)"),
+    # `detect` tries them in this order, `make interop-check` picks them up from here.
 }
 """Every format saescope reads and writes, by name, in the order `detect` tries them."""
 
