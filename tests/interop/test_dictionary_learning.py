@@ -307,4 +307,5 @@ def test_run_folder_picks_by_hook(tmp_path):
     assert load_dictionary_learning(run, hook="trainer_1").cfg.name == "topk"
     assert load_dictionary_learning(run, hook="resid_post_layer_2").cfg.name == "topk"
     assert metadata_dictionary_learning(run, hook="trainer_0")["hook_name"] == "resid_post_layer_1"
+    assert load_dictionary_learning(run / "trainer_1" / "ae.pt").cfg.name == "topk"
     _one_line_error(run, "0 matching hook='nowhere'", hook="nowhere")

@@ -78,10 +78,13 @@ def _is_dict_folder(path: Path) -> bool:
 
 
 def resolve(path: str | Path, hook: str | None = None) -> Path:
-    """The folder holding ae.pt: `path` itself, or, in a training run's output, the one
-    subfolder there is or the one `hook` names (its path under `path`, e.g. trainer_0, or its
-    config's submodule_name)."""
+    """The folder holding ae.pt: `path` itself (or ae.pt's folder, given the file; `hook` is
+    then not needed and not checked), or, in a training run's output, the one subfolder there
+    is or the one `hook` names (its path under `path`, e.g. trainer_0, or its config's
+    submodule_name)."""
     path = Path(path)
+    if path.name == AE_FILE and path.is_file():
+        path = path.parent
     if (path / AE_FILE).is_file():
         return path
     if not path.is_dir():
