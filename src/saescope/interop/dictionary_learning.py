@@ -31,9 +31,10 @@ a pre-centring ReLU SAE with unit decoder rows as `AutoEncoder` (then `from_pret
 renormalisation is a no-op), any other ReLU SAE as `AutoEncoderNew` (never renormalised; a
 pre-centring one with b_dec folded into the encoder bias). A pre-centring choice the class
 cannot make is folded the same way (e.g. JumpReLU's `b_enc - b_dec W_enc`); such folds, and
-JumpReLU's log-threshold, are not bitwise invertible, so config.json's `saescope` entry records
-saescope's config and those original tensors (the peer ignores it); loading uses them only when
-writing them again gives exactly the ae.pt found, so an ae.pt changed since is read as it is.
+JumpReLU's log-threshold, are not bitwise invertible, so config.json's `saescope` entry
+records saescope's config and saescope.safetensors those original tensors (the peer ignores
+both); loading uses them only when writing them again gives exactly the ae.pt found, so an
+ae.pt changed since is read as it is.
 Refused, in one line: transcoders (one `activation_dim`), other architectures, a BatchTopK or
 Matryoshka SAE without an inference threshold, and a non-integer k.
 """
@@ -47,9 +48,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 from torch import Tensor
 
-from saescope.atomic import atomic_write_bytes
+from saescope.atomic import atomic_save_tensors, atomic_write_bytes
 from saescope.errors import ConfigError, FormatError
 from saescope.interop.dictionary_learning_tensors import from_dl, to_dl
 from saescope.saes import SAE, make_sae
@@ -58,6 +60,8 @@ from saescope.version import __version__
 AE_FILE = "ae.pt"
 CONFIG_FILE = "config.json"
 RECORD_KEY = "saescope"
+STATE_FILE = "saescope.safetensors"
+"""saescope's own values of the tensors a write folds (the peer never reads this file)."""
 """config.json's entry for what saescope wrote (its config and the tensors folds change)."""
 
 
@@ -200,7 +204,7 @@ def load_dictionary_learning(
     state = read_state(file)
     config, tensors = from_dl(cfg["trainer"], state, file)
     sae = _build(config, tensors, folder / CONFIG_FILE)
-    recorded = _recorded(cfg.get(RECORD_KEY), sae, state)
+    recorded = _recorded(cfg.get(RECORD_KEY), sae, state, folder)
     return (recorded or sae).to(device).eval()
 
 
@@ -214,7 +218,7 @@ def _build(config: dict[str, Any], tensors: dict[str, Tensor], file: Path) -> SA
     return sae
 
 
-def _recorded(record: Any, sae: SAE, state: dict[str, Tensor]) -> SAE | None:
+def _recorded(record: Any, sae: SAE, state: dict[str, Tensor], folder: Path) -> SAE | None:
     """The SAE saescope wrote, from config.json's record: only when writing it again gives
     exactly this ae.pt (else None: the file as it is wins)."""
     if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
@@ -222,11 +226,13 @@ def _recorded(record: Any, sae: SAE, state: dict[str, Tensor]) -> SAE | None:
     try:
         cand = make_sae(record["config"]).to(sae.W_enc.dtype)
         own = dict(sae.state_dict())
-        for name, values in (record.get("state") or {}).items():
-            own[name] = torch.tensor(values, dtype=own[name].dtype).reshape(own[name].shape)
+        names = record.get("state") or []
+        if names:
+            kept = load_file(folder / STATE_FILE)
+            own.update({name: kept[name] for name in names})
         cand.load_state_dict(own)
         again = to_dl(cand)[1]
-    except (ConfigError, FormatError, KeyError, TypeError, ValueError, RuntimeError):
+    except (ConfigError, FormatError, KeyError, TypeError, ValueError, RuntimeError, OSError):
         return None
     same = again.keys() == state.keys() and all(
         again[k].dtype == state[k].dtype and torch.equal(again[k], state[k]) for k in state
@@ -265,9 +271,13 @@ def save_dictionary_learning(
     config[RECORD_KEY] = {
         "saescope_version": __version__,
         "config": sae.cfg.to_dict(),
-        "state": {name: own[name].detach().cpu().tolist() for name in changed},
+        "state": list(changed),
         "metadata": meta,
     }
+    if changed:  # exact tensors beside the peer's files (JSON has no -inf, and is bulky)
+        atomic_save_tensors(
+            path / STATE_FILE, {n: own[n].detach().cpu() for n in changed}, {"format": "pt"}
+        )
     buf = io.BytesIO()
     torch.save(state, buf)
     atomic_write_bytes(path / AE_FILE, buf.getvalue())
