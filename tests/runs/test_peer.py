@@ -83,6 +83,7 @@ def test_a_saescope_run_keeps_its_data_and_takes_model_only_when_it_records_none
     assert Run.open(tmp_path / "bare").data is None
 
 
+@pytest.mark.slow
 def test_its_evaluation_is_the_same_saes_as_a_saescope_run(tmp_path):
     """Every metric, CE loss recovered included, equals that of the same SAE saved by saescope
     with the same data and every token kept (the peers train on every token)."""
