@@ -62,6 +62,15 @@ def test_a_model_saescope_does_not_have_needs_model(tmp_path):
     assert Run.open(path, model="glassllm").data.model == "glassllm"
 
 
+def test_a_hook_the_model_lacks_needs_hook_and_a_long_context_is_cut(tmp_path):
+    """SAELens names hooks as TransformerLens does; a context over the model's is cut to it."""
+    meta = {**GLASS, "hook_name": "blocks.2.hook_resid_post", "context_size": 1024}
+    path = saelens_folder(topk(), tmp_path / "peer", **meta)
+    with pytest.raises(ConfigError, match=r"hook point 'blocks.2.hook_resid_post', which glassllm"):
+        Run.open(path)
+    assert Run.open(path, hook="layers.2").data.context == 128  # glassllm's positions
+
+
 @pytest.mark.parametrize("missing", ["model_name", "hook_name"])
 def test_a_folder_that_does_not_say_needs_model_or_hook(tmp_path, missing):
     meta = {k: v for k, v in GLASS.items() if k != missing}
@@ -92,6 +101,6 @@ def test_its_evaluation_is_the_same_saes_as_a_saescope_run(tmp_path):
     spec = DataSpec("model", model="glassllm", hook="layers.2", context=128)
     every = dataclasses.asdict(TrainConfig(outlier_factor=None))
     own = Run.open(sae.save(tmp_path / "own", {"data": spec.to_dict(), "training": every}))
-    got = peer.evaluate(1024, plot=False)["peer"]
+    got = peer.evaluate(512, plot=False)["peer"]
     assert 0 < got["ce_loss_recovered"] < 1 and "outliers" not in got
-    assert got == own.evaluate(1024, plot=False)["own"]
+    assert got == own.evaluate(512, plot=False)["own"]

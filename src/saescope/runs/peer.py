@@ -4,12 +4,14 @@ run: which model, hook point and context it belongs to, from what the folder say
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 from saescope import interop
 from saescope.errors import ConfigError, FormatError
-from saescope.models import MODELS
+from saescope.models import MODELS, max_context
+from saescope.models.hooks import HookPoint
 from saescope.runs.data import DataSpec, model_ref
 
 DEFAULT_CONTEXT = 128
@@ -46,7 +48,8 @@ def peer_data(
     """The data a peer SAE belongs to, as a DataSpec of a model on saescope's default corpus:
     the model (`model`, else the folder's `model_name` when saescope has it), the hook point
     (`hook`, else the folder's `hook_name`), a transcoder's target (`target`, else the folder's
-    `hook_name_out`) and the context (the folder's `context_size`, else 128). A one-line
+    `hook_name_out`) and the context (the folder's `context_size`, else 128; `fit_model`
+    cuts it to what the model takes). A one-line
     ConfigError when the folder does not say and none is given."""
     path = Path(path)
     name = _model(path, meta, model)
@@ -61,6 +64,27 @@ def peer_data(
     if not isinstance(context, int) or context < 2:
         raise ConfigError(f"{path} gives context_size {context!r}; it must be an integer >= 2")
     return DataSpec("model", model=name, hook=hook, target=target, context=context)
+
+
+def fit_model(path: str | Path, spec: DataSpec, check_hook: bool = True) -> DataSpec:
+    """`spec` checked against its model, loaded here (once: the spec keeps it): the hook point
+    the folder names must be one of the model's (`check_hook`; a one-line error saying to give
+    --hook, as for SAELens's TransformerLens names), and a context longer than the model takes
+    (an SAE of another model with longer contexts) is cut to the model's."""
+    model = spec.load_model()[0]
+    if check_hook:
+        point = HookPoint.parse(spec.hooks.x).path
+        if point not in dict(model.named_modules()):
+            raise ConfigError(
+                f"{path} names hook point {spec.hook!r}, which {spec.model} does not have; give "
+                f"--hook (`saescope hooks {spec.model}` lists them)"
+            )
+    limit = max_context(model)
+    if limit is None or (spec.context or DEFAULT_CONTEXT) <= limit:
+        return spec
+    fitted = dataclasses.replace(spec, context=limit)
+    fitted._memo["model"] = spec._memo["model"]  # loaded once
+    return fitted
 
 
 def peer_format(path: str | Path) -> str | None:

@@ -19,7 +19,7 @@ from saescope.errors import ConfigError, FormatError, InputError, check_keys
 from saescope.evaluate import Outliers, evaluate, evaluate_in_model, plot_density
 from saescope.models.downstream import check_batch_size
 from saescope.runs.data import DataSpec, HeldOut
-from saescope.runs.peer import peer_data, peer_format, peer_spec
+from saescope.runs.peer import fit_model, peer_data, peer_format, peer_spec
 from saescope.saes import SAE, io
 from saescope.saes.io import is_saved
 from saescope.training import TrainConfig
@@ -101,6 +101,7 @@ class Run:
     ) -> Run:
         data, meta = peer_spec(path, model, hook, target)
         sae = interop.load(path, device, hook)
+        data = fit_model(path, data, check_hook=hook is None)
         return cls(path, {path.name: sae}, {path.name: path}, data, None, meta, fmt)
 
     def eval_data(
