@@ -39,7 +39,12 @@ class Format:
 
 # ----- saescope's own format (saes/io.py) -------------------------------------------------------
 
-DATA_KEYS = {"model": "model_name", "hook": "hook_name", "target": "hook_name_out"}
+DATA_KEYS = {
+    "model": "model_name",
+    "hook": "hook_name",
+    "target": "hook_name_out",
+    "context": "context_size",
+}
 """A run's DataSpec field -> the interop metadata key."""
 INTEROP_KEYS = ("model_name", "hook_name", "hook_name_out", "context_size", "reshape_activations")
 """Interop metadata a saescope folder keeps as it is (what a converted SAE came with)."""
@@ -73,8 +78,6 @@ def metadata_saescope(path: str | Path, hook: Any = None) -> dict[str, Any]:
     for field, key in DATA_KEYS.items():
         if data.get(field) is not None:
             out.setdefault(key, data[field])
-    if data.get("kind") == "model" and data.get("context") is not None:
-        out.setdefault("context_size", data["context"])
     return out
 
 
