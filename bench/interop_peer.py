@@ -48,30 +48,17 @@ def sparsify(folder: Path, x: torch.Tensor, entry: dict[str, Any]) -> Outputs:
     return "SparseCoder.load_from_disk", f, coder.decode(acts, idx), out
 
 
-DICTIONARY_CLASSES = {
-    "AutoEncoder": "dictionary_learning.dictionary",
-    "GatedAutoEncoder": "dictionary_learning.dictionary",
-    "JumpReluAutoEncoder": "dictionary_learning.dictionary",
-    "AutoEncoderTopK": "dictionary_learning.trainers.top_k",
-    "BatchTopKSAE": "dictionary_learning.trainers.batch_top_k",
-    "MatryoshkaBatchTopKSAE": "dictionary_learning.trainers.matryoshka_batch_top_k",
-}
-
-
 def dictionary_learning(folder: Path, x: torch.Tensor, entry: dict[str, Any]) -> Outputs:
-    """dictionary_learning: the class config.json's trainer.dict_class names, its own
-    from_pretrained(ae.pt) (AutoEncoder with normalize_decoder=False: its default rescales the
-    decoder, and so f, which is not what the file holds)."""
-    import importlib
+    """dictionary_learning: the library's own default loader, utils.load_dictionary (the class
+    config.json's trainer.dict_class names, its from_pretrained(ae.pt), AutoEncoder's decoder
+    renormalisation included)."""
+    from dictionary_learning.utils import load_dictionary
 
-    cfg = json.loads((folder / "config.json").read_text())
-    name = cfg["trainer"]["dict_class"]
-    cls = getattr(importlib.import_module(DICTIONARY_CLASSES[name]), name)
-    kwargs = {"normalize_decoder": False} if name == "AutoEncoder" else {}
-    ae = cls.from_pretrained(str(folder / "ae.pt"), **kwargs).eval()
+    ae, cfg = load_dictionary(str(folder), device="cpu")
+    ae.eval()
     f = ae.encode(x)
-    extra = ", normalize_decoder=False" if kwargs else ""
-    return f"{name}.from_pretrained(ae.pt{extra})", f, ae.decode(f), ae(x)
+    loader = f"utils.load_dictionary -> {cfg['trainer']['dict_class']}.from_pretrained"
+    return loader, f, ae.decode(f), ae(x)
 
 
 PEERS: dict[str, Callable[[Path, torch.Tensor, dict[str, Any]], Outputs]] = {

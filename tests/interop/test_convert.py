@@ -251,3 +251,26 @@ def test_hook_z_needs_a_z_hook(tmp_path):
     meta = {"hook_name": "blocks.1.hook_resid_post", "reshape_activations": "hook_z"}
     with pytest.raises(FormatError, match="ends in _z"):
         save(sae, tmp_path / "lens", "saelens", meta)
+
+
+DICT_CASES = [n for n, (f, _) in CASES.items() if "d_out" not in f]
+
+
+@pytest.mark.parametrize("name", DICT_CASES)
+def test_round_trip_through_dictionary_learning_is_bitwise(name, tmp_path):
+    """The registry's other writer, through the same `save(format=)` and `load`."""
+    sae = random_sae(CASES[name][0])
+    if sae.cfg.name in ("batchtopk", "matryoshka") and not float(sae.cfg.k).is_integer():
+        with pytest.raises(FormatError, match="whole k"):  # dictionary_learning stores an int
+            save(sae, tmp_path / "dl", "dictionary_learning")
+        return
+    save(sae, tmp_path / "dl", "dictionary_learning")
+    assert detect(tmp_path / "dl") == "dictionary_learning"
+    back = load(tmp_path / "dl")
+    assert type(back) is type(sae) and back.cfg == sae.cfg and _same_state(back, sae)
+
+
+def test_transcoders_refused_by_dictionary_learning(tmp_path):
+    with pytest.raises(FormatError, match="activation_dim") as e:
+        save(random_sae(CASES["relu_transcoder"][0]), tmp_path / "dl", "dictionary_learning")
+    assert "\n" not in str(e.value)

@@ -19,6 +19,12 @@ from typing import Any
 import torch
 
 from saescope.errors import FormatError
+from saescope.interop.dictionary_learning import (
+    is_dictionary_learning,
+    load_dictionary_learning,
+    metadata_dictionary_learning,
+    save_dictionary_learning,
+)
 from saescope.interop.saelens import is_saelens, load_saelens, metadata_saelens
 from saescope.interop.saelens_write import save_saelens
 from saescope.saes import SAE, io
@@ -103,12 +109,16 @@ FORMATS: dict[str, Format] = {
         metadata_saelens,
         "SAELens (cfg.json + sae_weights.safetensors)",
     ),
-    # The lead adds, after merging (interop/sparsify.py, interop/dictionary_learning.py):
+    "dictionary_learning": Format(
+        is_dictionary_learning,
+        load_dictionary_learning,
+        save_dictionary_learning,
+        metadata_dictionary_learning,
+        "dictionary_learning (ae.pt + config.json, or a run's trainer_N folders)",
+    ),
+    # The lead adds, after merging interop/sparsify.py:
     # "sparsify": Format(is_sparsify, load_sparsify, save_sparsify, metadata_sparsify,
     #     "sparsify (cfg.json + sae.safetensors, one folder per hook point)"),
-    # "dictionary_learning": Format(is_dictionary_learning, load_dictionary_learning,
-    #     save_dictionary_learning, metadata_dictionary_learning,
-    #     "dictionary_learning (ae.pt + config.json)"),
     # `detect` tries them in this order, `make interop-check` picks them up from here.
 }
 """Every format saescope reads and writes, by name, in the order `detect` tries them."""
