@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch import Tensor
 
@@ -43,7 +43,8 @@ REFUSED = {
 }
 METADATA_KEYS = ("model_name", "hook_name", "hook_name_out", "context_size")
 SAESCOPE_KEY = "saescope"
-"""cfg.json key holding what save_sparsify keeps for the way back (sparsify drops it)."""
+"""sae.safetensors header key holding what save_sparsify keeps for the way back: saescope's
+config and the metadata, as JSON (sparsify's loader reads tensors only)."""
 
 
 def _coder(path: Path) -> bool:
@@ -145,9 +146,9 @@ def metadata_sparsify(path: str | Path, hook: str | None = None) -> dict[str, An
     the run's config.json has them, and what save_sparsify was given as metadata."""
     folder, name = _resolve(path, hook)
     cfg = read_cfg(folder)
-    kept = cfg.get(SAESCOPE_KEY, {})
-    meta = kept.get("metadata") if isinstance(kept, dict) else None
-    out = {k: v for k, v in (meta or {}).items() if k in METADATA_KEYS and v is not None}
+    meta = _kept(folder).get("metadata")
+    meta = meta if isinstance(meta, dict) else {}
+    out = {k: v for k, v in meta.items() if k in METADATA_KEYS and v is not None}
     name, run = _run_of(folder, name)
     if run is not None:
         if isinstance(run.get("model"), str):
@@ -172,6 +173,16 @@ def _run_of(folder: Path, name: str | None) -> tuple[str | None, dict[str, Any] 
         if run is not None and rel.split("/seed")[0] in run["hookpoints"]:
             return rel, run
     return name, None
+
+
+def _kept(folder: Path) -> dict[str, Any]:
+    """What save_sparsify kept in the weights file's header ({} when none or unreadable)."""
+    try:
+        with safe_open(str(folder / WEIGHTS_FILE), framework="pt") as f:
+            kept = json.loads((f.metadata() or {}).get(SAESCOPE_KEY, "{}"))
+    except (SafetensorError, OSError, ValueError, RuntimeError):
+        return {}
+    return kept if isinstance(kept, dict) else {}
 
 
 def _weights(folder: Path) -> dict[str, Tensor]:
@@ -213,14 +224,13 @@ def _check(folder: Path, cfg: dict[str, Any], w: dict[str, Tensor]) -> None:
         )
 
 
-def _config(cfg: dict[str, Any]) -> dict[str, Any]:
+def _config(cfg: dict[str, Any], kept: dict[str, Any]) -> dict[str, Any]:
     """saescope's topk config; k_aux and aux_coef from what save_sparsify kept, when it
     still agrees with cfg.json."""
     out = {"architecture": "topk", "d_in": cfg["d_in"], "d_sae": cfg["num_latents"]}
     out |= {"d_out": cfg["d_in"], "apply_b_dec_to_input": not cfg["transcode"], "k": cfg["k"]}
     out["skip_connection"] = bool(cfg["skip_connection"])
-    kept = cfg.get(SAESCOPE_KEY, {})
-    kept = kept.get("config") if isinstance(kept, dict) else None
+    kept = kept.get("config")
     if isinstance(kept, dict) and all(kept.get(k, False) == v for k, v in out.items()):
         out |= {k: kept[k] for k in ("k_aux", "aux_coef") if k in kept}
     return out
@@ -240,7 +250,7 @@ def load_sparsify(
     dtype = torch.float64 if w["encoder.weight"].dtype == torch.float64 else torch.float32
     w = {k: v.to(dtype) for k, v in w.items()}
     try:
-        sae = make_sae(_config(cfg))
+        sae = make_sae(_config(cfg, _kept(folder)))
     except ConfigError as e:
         raise FormatError(f"{folder / CFG_FILE}: {e}") from None
     state = {"W_enc": w["encoder.weight"].T, "b_enc": w["encoder.bias"]}
@@ -253,7 +263,7 @@ def load_sparsify(
 def save_sparsify(sae: SAE, path: str | Path, metadata: dict[str, Any] | None = None) -> Path:
     """Write a topk SAE as a SparseCoder folder (cfg.json + sae.safetensors, each atomically)
     that `SparseCoder.load_from_disk` reads with the same numbers; saescope's own config and
-    `metadata` ride along in cfg.json under "saescope" (sparsify ignores it). Another
+    `metadata` ride along in the weights file's header (sparsify ignores it). Another
     architecture, or a transcoder whose output width differs from its input's (sparsify's
     decoder maps back to d_in), is a one-line FormatError."""
     c = sae.cfg
@@ -283,8 +293,8 @@ def save_sparsify(sae: SAE, path: str | Path, metadata: dict[str, Any] | None = 
         "skip_connection": c.skip_connection,
         "transcode": not c.apply_b_dec_to_input,
         "d_in": c.d_in,
-        SAESCOPE_KEY: {"config": c.to_dict(), "metadata": metadata or {}},
     }
-    atomic_save_tensors(path / WEIGHTS_FILE, tensors, {"format": "pt"})
+    kept = json.dumps({"config": c.to_dict(), "metadata": metadata or {}})
+    atomic_save_tensors(path / WEIGHTS_FILE, tensors, {"format": "pt", SAESCOPE_KEY: kept})
     atomic_write_bytes(path / CFG_FILE, json.dumps(cfg).encode())
     return path
