@@ -116,6 +116,25 @@ def test_single_hook_point_picked(tmp_path):
     assert metadata_sparsify(run)["hook_name"] == "layers.0"
 
 
+def test_folder_of_coders_without_config(tmp_path):
+    """A Hub download: one SparseCoder folder per hook point, no config.json."""
+    run = tmp_path / "hub"
+    shutil.copytree(FIXTURES / "run", run)
+    (run / "config.json").unlink()
+    assert is_sparsify(run) and hook_points(run) == ["layers.0", "layers.1"]
+    assert load_sparsify(run, hook="layers.1").cfg.d_in == 16
+    assert metadata_sparsify(run, hook="layers.1")["hook_name"] == "layers.1"
+
+
+def test_bfloat16_coder_loads_as_float32(tmp_path):
+    folder = _copy(tmp_path)
+    w = load_file(folder / "sae.safetensors")
+    save_file({k: v.bfloat16() for k, v in w.items()}, folder / "sae.safetensors")
+    sae = load_sparsify(folder)
+    assert sae.W_dec.dtype == torch.float32
+    assert torch.equal(sae.W_dec, w["W_dec"].bfloat16().float())  # exactly the file's values
+
+
 def test_hook_on_a_single_coder_refused():
     with pytest.raises(FormatError, match="single SparseCoder"):
         load_sparsify(FIXTURES / "topk", hook="layers.3")

@@ -70,14 +70,17 @@ def _run_config(path: Path) -> dict[str, Any] | None:
 
 
 def is_sparsify(path: str | Path) -> bool:
-    """Whether `path` is a SparseCoder folder or a sparsify training run's folder."""
+    """Whether `path` is a SparseCoder folder, a sparsify training run's folder, or a folder
+    of SparseCoder folders (as `SparseCoder.load_many` reads a download from the Hub)."""
     path = Path(path)
     if _coder(path):
         return True
     try:
-        return _run_config(path) is not None
+        if _run_config(path) is not None:
+            return True
     except FormatError:
         return False
+    return path.is_dir() and any(d.is_dir() and _coder(d) for d in path.iterdir())
 
 
 def hook_points(path: str | Path) -> list[str]:
