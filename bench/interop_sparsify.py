@@ -60,7 +60,7 @@ def check(out: Path) -> int:
     from sparsify import SparseCoder
 
     failed = 0
-    print("variant | transcode | skip_connection | max |f| diff | max |x_hat| diff | max |out| diff")
+    print("variant | transcode | skip | max |f| diff | max |x_hat| diff | max |out| diff")
     for name in VARIANTS:
         folder = out / name
         want = load_file(folder / "expected.safetensors")

@@ -134,6 +134,8 @@ class SAE(nn.Module, abc.ABC):
     """
 
     cfg: SAEConfig
+    W_skip: nn.Parameter | None
+    """(d_out, d_in) with `cfg.skip_connection`, else None (not in the state dict)."""
     config_cls: ClassVar[type[SAEConfig]]
     latent_axes: ClassVar[dict[str, int]] = {"W_enc": 1, "W_dec": 0, "b_enc": 0}
     """For each parameter, the axis that indexes latents (resampling resets these entries)."""
