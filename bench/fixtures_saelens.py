@@ -105,7 +105,7 @@ SAELENS: list[tuple[str, str, str, dict[str, Any], str | None]] = [
         "inference",
         "skip_transcoder",
         {"d_out": 12, "apply_b_dec_to_input": False},
-        "a skip connection W_skip (saescope has none)",
+        None,
     ),
     ("abstopk", "inference", "abstopk", {"k": K}, "top-k by absolute value (abstopk)"),
     (

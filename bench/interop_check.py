@@ -4,8 +4,9 @@ folders saescope writes.
     make interop-check      # or: .venv/bin/python bench/interop_check.py [--peers-venv DIR]
 
 For every format in `saescope.interop.FORMATS` but saescope's own, and every saescope
-architecture (relu, topk, batchtopk, jumprelu, gated, matryoshka; each also as a transcoder,
-d_out != d_in without pre-centring), a tiny SAE with random, non-trivial parameters (every
+architecture (relu, topk, batchtopk, jumprelu, gated, matryoshka; each also with a skip
+connection, as a transcoder (d_out != d_in, and d_out = d_in, without pre-centring) and as a
+skip transcoder), a tiny SAE with random, non-trivial parameters (every
 parameter moved off its initial value, decoder norms spread over (0.5, 2), an inference
 threshold in the range of its activations) is saved as a saescope folder and written in that
 format with `convert`. The peer's own loader (bench/interop_peer.py, run by the peers' venv's
@@ -46,12 +47,22 @@ ARCHS: dict[str, dict[str, Any]] = {
     "matryoshka": {"k": 5, "group_sizes": [4, 12, 16]},
 }
 TRANSCODER = {"d_out": D_OUT, "apply_b_dec_to_input": False}
+VARIANTS: dict[str, dict[str, Any]] = {
+    "": {},
+    "skip": {"skip_connection": True},
+    "transcoder": TRANSCODER,
+    "transcoder d_out=d_in": {"d_out": D_IN, "apply_b_dec_to_input": False},
+    "skip transcoder": {**TRANSCODER, "skip_connection": True},
+}
+"""Each architecture as an SAE, with a skip connection (W_skip), and as transcoders."""
 
 
 def cases() -> dict[str, dict[str, Any]]:
-    out = {a: {"architecture": a, **f} for a, f in ARCHS.items()}
-    out |= {f"{a} transcoder": {"architecture": a, **f, **TRANSCODER} for a, f in ARCHS.items()}
-    return out
+    return {
+        f"{a} {v}".strip(): {"architecture": a, **f, **extra}
+        for v, extra in VARIANTS.items()
+        for a, f in ARCHS.items()
+    }
 
 
 def fixed_input() -> torch.Tensor:

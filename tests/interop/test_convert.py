@@ -19,6 +19,7 @@ from saescope.saes import SAE, make_sae
 
 SAELENS = Path(__file__).resolve().parents[1] / "fixtures" / "saelens"
 TC = {"d_out": 12, "apply_b_dec_to_input": False}
+SKIP = {**TC, "skip_connection": True}
 CASES = {
     # name: (saescope config fields, the SAELens architecture it is written as)
     "relu": ({"architecture": "relu"}, "standard"),
@@ -41,6 +42,12 @@ CASES = {
     "jumprelu_transcoder": ({"architecture": "jumprelu", **TC}, "jumprelu_transcoder"),
     "batchtopk_transcoder": ({"architecture": "batchtopk", "k": 3, **TC}, "jumprelu_transcoder"),
     "matryoshka_transcoder": ({"architecture": "matryoshka", "k": 3, **TC}, "jumprelu_transcoder"),
+    "relu_skip_transcoder": ({"architecture": "relu", **SKIP}, "skip_transcoder"),
+    "jumprelu_skip_transcoder": ({"architecture": "jumprelu", **SKIP}, "jumprelu_skip_transcoder"),
+    "batchtopk_skip_transcoder": (
+        {"architecture": "batchtopk", "k": 3, **SKIP},
+        "jumprelu_skip_transcoder",
+    ),
 }
 
 
@@ -147,6 +154,8 @@ def test_saelens_tensors_are_saelens_names(tmp_path):
     [
         ({"architecture": "topk", "k": 4, **TC}, "no topk transcoder"),
         ({"architecture": "gated", **TC}, "no gated transcoder"),
+        ({"architecture": "topk", "k": 4, **SKIP}, "no topk skip connection"),
+        ({"architecture": "relu", "skip_connection": True}, "do not pre-centre"),
     ],
 )
 def test_inexpressible_refused_in_one_line(fields, named, tmp_path):

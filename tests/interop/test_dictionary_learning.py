@@ -188,6 +188,7 @@ def test_changed_file_wins_over_the_record(tmp_path):
     [
         ({"architecture": "relu", "d_out": 12, "apply_b_dec_to_input": False}, "transcoder"),
         ({"architecture": "batchtopk", "k": 2.5}, "whole k"),
+        ({"architecture": "topk", "k": 4, "skip_connection": True}, "skip connection"),
     ],
 )
 def test_inexpressible_refused(tmp_path, spec, match):

@@ -105,6 +105,7 @@ def test_architecture_and_hook_come_through(name):
     assert meta["saelens_architecture"] == info["architecture"]
     expected = {"standard": "relu", "transcoder": "relu", "jumprelu_transcoder": "jumprelu"}
     expected["matryoshka_batchtopk"] = "matryoshka"
+    expected["skip_transcoder"] = "relu"
     arch = expected.get(info["architecture"], info["architecture"])
     assert load_saelens(folder).cfg.name == arch
 
@@ -198,3 +199,36 @@ def test_float64_file_stays_float64(tmp_path):
     with torch.no_grad():
         f = sae.encode(want["x"].double())
     torch.testing.assert_close(f.float(), want["f"], rtol=RTOL, atol=ATOL)
+
+
+def test_skip_transcoder_keeps_its_skip_connection():
+    """SAELens's SkipTranscoder: forward = decode(encode(x)) + x W_skip^T, W_skip (d_out, d_in)."""
+    want = load_file(FIXTURES / "skip_transcoder" / "expected.safetensors")
+    sae = load_saelens(FIXTURES / "skip_transcoder")
+    assert sae.cfg.skip_connection and sae.W_skip.shape == (12, 16) and sae.W_skip.any()
+    assert (want["out"] - want["x_hat"]).abs().max() > 1e-3  # the fixture's skip matters
+    with torch.no_grad():
+        torch.testing.assert_close(
+            sae(want["x"]) - sae.decode(sae.encode(want["x"])), want["x"] @ sae.W_skip.T
+        )
+
+
+def test_jumprelu_skip_transcoder(tmp_path):
+    """No SAELens fixture: the jumprelu_transcoder one with a W_skip added must give SAELens's
+    recorded encode and decode and, as JumpReLUSkipTranscoder.forward, out + x W_skip^T."""
+    folder = _copy(tmp_path, "jumprelu_transcoder")
+    _edit_cfg(folder, architecture="jumprelu_skip_transcoder")
+    w = load_file(folder / "sae_weights.safetensors")
+    w["W_skip"] = torch.randn(12, 16)
+    save_file(w, folder / "sae_weights.safetensors")
+    want = load_file(folder / "expected.safetensors")
+    sae = load_saelens(folder)
+    assert sae.cfg.name == "jumprelu" and sae.cfg.skip_connection
+    with torch.no_grad():
+        torch.testing.assert_close(sae.encode(want["x"]), want["f"], rtol=RTOL, atol=ATOL)
+        out = want["out"] + want["x"] @ w["W_skip"].T
+        torch.testing.assert_close(sae(want["x"]), out, rtol=RTOL, atol=ATOL)
+    w["W_skip"] = torch.randn(16, 12)
+    save_file(w, folder / "sae_weights.safetensors")
+    with pytest.raises(FormatError, match=r"'W_skip' has shape \(16, 12\)"):
+        load_saelens(folder)

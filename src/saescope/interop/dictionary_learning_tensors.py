@@ -227,6 +227,11 @@ def to_dl(sae: SAE) -> tuple[str, dict[str, Tensor], list[str]]:
             f"a transcoder (d_in={c.d_in}, d_out={c.d_out}) cannot be written as "
             "dictionary_learning: its classes have one activation_dim"
         )
+    if c.skip_connection:
+        raise FormatError(
+            "a skip connection (W_skip) cannot be written as dictionary_learning: its classes "
+            "have none; save it in another format (sparsify, SAELens)"
+        )
     t = {k: v.detach().cpu() for k, v in sae.to_file_tensors().items()}
     centred = c.apply_b_dec_to_input
     if c.name == "relu":

@@ -27,6 +27,7 @@ from saescope.interop.dictionary_learning import (
 )
 from saescope.interop.saelens import is_saelens, load_saelens, metadata_saelens
 from saescope.interop.saelens_write import save_saelens
+from saescope.interop.sparsify import is_sparsify, load_sparsify, metadata_sparsify, save_sparsify
 from saescope.saes import SAE, io
 
 
@@ -109,6 +110,13 @@ FORMATS: dict[str, Format] = {
         metadata_saelens,
         "SAELens (cfg.json + sae_weights.safetensors)",
     ),
+    "sparsify": Format(
+        is_sparsify,
+        load_sparsify,
+        save_sparsify,
+        metadata_sparsify,
+        "sparsify (cfg.json + sae.safetensors, or a run's folders of them)",
+    ),
     "dictionary_learning": Format(
         is_dictionary_learning,
         load_dictionary_learning,
@@ -116,10 +124,7 @@ FORMATS: dict[str, Format] = {
         metadata_dictionary_learning,
         "dictionary_learning (ae.pt + config.json, or a run's trainer_N folders)",
     ),
-    # The lead adds, after merging interop/sparsify.py:
-    # "sparsify": Format(is_sparsify, load_sparsify, save_sparsify, metadata_sparsify,
-    #     "sparsify (cfg.json + sae.safetensors, one folder per hook point)"),
-    # `detect` tries them in this order, `make interop-check` picks them up from here.
+    # `detect` tries them in this order; `make interop-check` picks every one up from here.
 }
 """Every format saescope reads and writes, by name, in the order `detect` tries them."""
 

@@ -10,14 +10,16 @@ SAELens's inference architectures map onto saescope's with the same encode/decod
 | `gated` | `gated` | |
 | `transcoder` | `relu` | `d_out`, `apply_b_dec_to_input=False` |
 | `jumprelu_transcoder` | `jumprelu` | as `transcoder` |
+| `skip_transcoder` | `relu` | as `transcoder`, `skip_connection` (W_skip (d_out, d_in)) |
+| `jumprelu_skip_transcoder` | `jumprelu` | as `skip_transcoder` |
 | `batchtopk` (a training checkpoint) | `batchtopk` | `topk_threshold` as the threshold |
 | `matryoshka_batchtopk` (a checkpoint) | `matryoshka` | `group_sizes`: `matryoshka_widths`' steps |
 
 `normalize_activations` "none", "expected_average_only_in" and "covariance_whitening" leave
 SAELens's own encode/decode untouched at inference (the factor or the whitening is folded into
 the weights before saving), so they load as they are; "layer_norm" and "constant_norm_rescale"
-normalise each token and are refused, as is every architecture saescope cannot express (skip
-transcoders, abstopk, temporal, matching pursuit). `reshape_activations="hook_z"` (attention's
+normalise each token and are refused, as is every architecture saescope cannot express (abstopk,
+temporal, matching pursuit). `reshape_activations="hook_z"` (attention's
 per-head output (..., n_heads, d_head), which SAELens flattens before encoding and unflattens
 after decoding) loads as the SAE on the flattened input (..., n_heads * d_head): give `encode`
 the flattened activations; `metadata_saelens` says `reshape_activations: "hook_z"`, and
@@ -54,13 +56,13 @@ ARCHITECTURES = {
     "gated": "gated",
     "transcoder": "relu",
     "jumprelu_transcoder": "jumprelu",
+    "skip_transcoder": "relu",
+    "jumprelu_skip_transcoder": "jumprelu",
     "batchtopk": "batchtopk",
     "matryoshka_batchtopk": "matryoshka",
 }
 """SAELens architecture -> saescope architecture."""
 REFUSED = {
-    "skip_transcoder": "a skip connection (W_skip), which saescope has no equivalent for",
-    "jumprelu_skip_transcoder": "a skip connection (W_skip), which saescope has no equivalent for",
     "abstopk": "top-k by absolute value, which saescope has no equivalent for",
     "temporal": "a temporal SAE (attention over context), which saescope has no equivalent for",
     "matching_pursuit": "matching-pursuit encoding, which saescope has no equivalent for",
@@ -76,6 +78,8 @@ TENSORS = {
     "batchtopk": ("W_enc", "W_dec", "b_enc", "b_dec", "topk_threshold"),
     "matryoshka": ("W_enc", "W_dec", "b_enc", "b_dec", "topk_threshold"),
 }
+SKIP = ("skip_transcoder", "jumprelu_skip_transcoder")
+"""SAELens architectures with a skip connection: TENSORS plus W_skip (d_out, d_in)."""
 RESCALE_DEFAULT = {"topk": False, "batchtopk": True, "matryoshka": True}
 """SAELens's default rescale_acts_by_decoder_norm: TopKSAEConfig's and the training config's."""
 METADATA_KEYS = (
@@ -207,6 +211,8 @@ def _config(cfg: dict[str, Any], arch: str) -> dict[str, Any]:
     out: dict[str, Any] = {"architecture": arch, "d_in": cfg["d_in"], "d_sae": cfg["d_sae"]}
     out["d_out"] = d_out
     out["apply_b_dec_to_input"] = bool(cfg.get("apply_b_dec_to_input", True))
+    if cfg["architecture"] in SKIP:
+        out["skip_connection"] = True
     if arch in ("topk", "batchtopk", "matryoshka"):
         out["k"] = cfg.get("k", 100)  # SAELens's default k
     if arch == "matryoshka":
@@ -245,8 +251,9 @@ def _check_tensors(file: Path, arch: str, cfg: dict[str, Any], w: dict[str, Tens
     d_in, d_sae = cfg["d_in"], cfg["d_sae"]
     d_out = cfg.get("d_out", d_in)
     shapes = {"W_enc": (d_in, d_sae), "W_dec": (d_sae, d_out), "b_dec": (d_out,)}
-    shapes["topk_threshold"] = ()
-    for name in TENSORS[arch]:
+    shapes["topk_threshold"], shapes["W_skip"] = (), (d_out, d_in)
+    names = TENSORS[arch] + (("W_skip",) if cfg["architecture"] in SKIP else ())
+    for name in names:
         if name not in w:
             raise FormatError(f"{file}: tensor {name!r} is missing for {cfg['architecture']!r}")
         want = shapes.get(name, (d_sae,))
@@ -255,7 +262,7 @@ def _check_tensors(file: Path, arch: str, cfg: dict[str, Any], w: dict[str, Tens
                 f"{file}: tensor {name!r} has shape {tuple(w[name].shape)} but cfg.json's "
                 f"d_in={d_in}, d_sae={d_sae}, d_out={d_out} give {want}; fix cfg.json or re-save"
             )
-    extra = sorted(set(w) - set(TENSORS[arch]))
+    extra = sorted(set(w) - set(names))
     if extra:
         raise FormatError(
             f"{file}: tensors {extra} have no place in a {cfg['architecture']!r} SAE "
@@ -274,12 +281,13 @@ def _fold_decoder_norms(w: dict[str, Tensor]) -> dict[str, Tensor]:
     return w
 
 
+JUMPRELU_AS = ("jumprelu", "jumprelu_transcoder", "jumprelu_skip_transcoder")
 SAVED_AS = {
-    "relu": ("standard", "transcoder"),
+    "relu": ("standard", "transcoder", "skip_transcoder"),
     "topk": ("topk",),
-    "batchtopk": ("jumprelu", "jumprelu_transcoder"),
-    "matryoshka": ("jumprelu", "jumprelu_transcoder"),
-    "jumprelu": ("jumprelu", "jumprelu_transcoder"),
+    "batchtopk": JUMPRELU_AS,
+    "matryoshka": JUMPRELU_AS,
+    "jumprelu": JUMPRELU_AS,
     "gated": ("gated",),
 }
 """saescope architecture -> the SAELens architectures `save_saelens` writes it as."""
@@ -300,6 +308,7 @@ def _own_config(cfg: dict[str, Any], w: dict[str, Tensor]) -> SAEConfig | None:
     except (ConfigError, TypeError):
         return None
     same = cfg["architecture"] in SAVED_AS.get(config.name, ())
+    same &= config.skip_connection == (cfg["architecture"] in SKIP)
     sizes = (config.d_in, config.d_sae, config.d_out, config.apply_b_dec_to_input)
     same &= sizes == (cfg["d_in"], cfg["d_sae"], cfg.get("d_out", cfg["d_in"]), _apply(cfg))
     if config.name == "topk":

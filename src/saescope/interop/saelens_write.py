@@ -8,7 +8,10 @@ SAELens's own `SAE.load_from_disk` reads with saescope's encode/decode numbers.
   exp(log_threshold);
 - `batchtopk`, `matryoshka` -> `jumprelu` (`jumprelu_transcoder`) at the inference threshold,
   as SAELens's runner saves them; refused before the threshold is estimated;
-- `gated` -> `gated`; SAELens has no gated transcoder.
+- `gated` -> `gated`; SAELens has no gated transcoder;
+- with a skip connection (W_skip), relu -> `skip_transcoder` and the JumpReLU family ->
+  `jumprelu_skip_transcoder` (no pre-centring there: one that pre-centres is refused); TopK and
+  gated ones refused.
 
 saescope's own config goes into cfg.json's `metadata.saescope` (SAELens keeps `metadata`
 as it is and reads nothing there), and a JumpReLU's log-threshold, which exp does not invert
@@ -55,14 +58,26 @@ def saelens_architecture(sae: SAE) -> str:
             f"this {name} SAE has no inference threshold yet (it is estimated in training); "
             "train it (train() measures it at the end) before writing it for SAELens"
         )
-    if name in ("topk", "gated") and cfg.d_out != cfg.d_in:
+    if name in ("topk", "gated") and (cfg.d_out != cfg.d_in or cfg.skip_connection):
+        what = "skip connection" if cfg.skip_connection else "transcoder"
         raise FormatError(
-            f"SAELens has no {name} transcoder (d_in={cfg.d_in}, d_out={cfg.d_out}); "
+            f"SAELens has no {name} {what} (d_in={cfg.d_in}, d_out={cfg.d_out}); "
             "SAELens transcoders are ReLU or JumpReLU: keep the saescope format"
         )
+    if cfg.skip_connection and cfg.apply_b_dec_to_input:
+        raise FormatError(
+            f"SAELens's skip transcoders do not pre-centre (apply_b_dec_to_input) and this "
+            f"{name} SAE with a skip connection does: keep the saescope format"
+        )
     if name == "relu":
-        return "transcoder" if transcoder else "standard"
+        return (
+            "skip_transcoder"
+            if cfg.skip_connection
+            else ("transcoder" if transcoder else "standard")
+        )
     if name in ("jumprelu", "batchtopk", "matryoshka"):
+        if cfg.skip_connection:
+            return "jumprelu_skip_transcoder"
         return "jumprelu_transcoder" if cfg.d_out != cfg.d_in else "jumprelu"
     if name in ("topk", "gated"):
         return name
@@ -85,7 +100,7 @@ def saelens_cfg(sae: SAE, arch: str, metadata: dict[str, Any]) -> dict[str, Any]
     out["normalize_activations"] = "none"
     out["reshape_activations"] = _reshape(metadata)
     out["metadata"] = meta
-    if arch in ("transcoder", "jumprelu_transcoder"):
+    if "transcoder" in arch:
         out["d_out"] = cfg.d_out
     if arch == "topk":
         out["k"], out["rescale_acts_by_decoder_norm"] = cfg.k, False  # type: ignore[attr-defined]
