@@ -8,6 +8,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from safetensors.torch import load_file, save_file
+
 from saescope.saes import SAE
 
 SAELENS_ARCH = {"topk": "topk", "relu": "standard", "jumprelu": "jumprelu"}
@@ -19,7 +21,9 @@ def saelens_folder(sae: SAE, out: Path, **metadata: Any) -> Path:
     d_in or no pre-centring) as SAELens's "transcoder"."""
     tmp = sae.save(out.parent / f"{out.name}.saescope")
     out.mkdir(parents=True)
-    shutil.move(tmp / "sae_weights.safetensors", out / "sae_weights.safetensors")
+    tensors = load_file(tmp / "sae_weights.safetensors")
+    tensors.pop("log_threshold", None)  # saescope's exact copy; SAELens has `threshold` only
+    save_file(tensors, out / "sae_weights.safetensors")
     shutil.rmtree(tmp)
     c = sae.cfg
     transcoder = c.d_out != c.d_in or not c.apply_b_dec_to_input

@@ -8,6 +8,7 @@ import dataclasses
 import pytest
 import torch
 
+from saescope import interop
 from saescope.errors import ConfigError
 from saescope.runs import DataSpec, Run, peer_format, sae_folders
 from saescope.saes import make_sae
@@ -32,6 +33,14 @@ def test_a_saelens_folder_opens_as_a_run_of_the_model_it_names(tmp_path):
     assert run.metadata["saelens_architecture"] == "topk"
     x = torch.randn(7, 128)
     torch.testing.assert_close(run.sae()[1].encode(x), sae.encode(x))
+
+
+def test_a_folder_converted_to_saescopes_format_keeps_its_model_and_hook(tmp_path):
+    peer = saelens_folder(topk(), tmp_path / "peer", **GLASS, context_size=64)
+    path = interop.convert(peer, tmp_path / "converted", "saescope")
+    assert peer_format(path) is None  # saescope's own folder now, with no recorded data
+    run = Run.open(path)
+    assert run.data == DataSpec("model", model="glassllm", hook="layers.2", context=64)
 
 
 def test_given_model_and_hook_override_the_metadata_and_context_defaults(tmp_path):

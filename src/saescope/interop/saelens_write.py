@@ -134,7 +134,8 @@ def save_saelens(sae: SAE, path: str | Path, metadata: dict[str, Any] | None = N
     metadata = metadata or {}
     arch = saelens_architecture(sae)
     cfg = saelens_cfg(sae, arch, metadata)
-    tensors = {k: v.detach().cpu() for k, v in sae.to_file_tensors().items()}
+    own = sae.to_file_tensors()
+    tensors = {k: v.detach().cpu() for k, v in own.items() if k != "log_threshold"}
     header = {"format": "pt"}
     if sae.cfg.name == "jumprelu":
         lt = sae.log_threshold.detach().cpu().contiguous()  # type: ignore[operator]

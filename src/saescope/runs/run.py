@@ -85,8 +85,10 @@ class Run:
                 train_cfg = TrainConfig(**train_cfg)
         except ConfigError as e:
             raise FormatError(f"{found[0] / io.CFG_FILE}: metadata: {e}") from None
-        if data is None and model is not None:
-            data = peer_data(path, {}, model, hook, target)
+        if data is None and (model is not None or meta.get("model_name")):
+            # saved through the Python API, or converted from a peer: what it says, or the flags
+            spec = peer_data(path, interop.metadata(found[0]), model, hook, target)
+            data = fit_model(path, spec, check_hook=hook is None)
         return cls(path, saes, dict(zip(names, found, strict=True)), data, train_cfg, meta)
 
     @classmethod
