@@ -35,6 +35,7 @@ from saescope.runs.peer import peer_format, peer_spec
 from saescope.runs.resume import Given, Recorded
 from saescope.runs.run import Run, sae_folders
 from saescope.saes import SAE, architecture, make_sae
+from saescope.saes.base import k_for_target
 from saescope.training import TrainConfig, TrainResult, checkpoint, sae_dirs, train
 from saescope.training.checkpoint import mismatch
 
@@ -55,11 +56,18 @@ SHAPED_BY_DATA = {"d_sae": "8 x d_in", "k": "min(32, d_in // 2)"}
 def build_sae(arch: str, stream: IndexedBatches, **fields: Any) -> SAE:
     """An SAE of architecture `arch` shaped for the stream: d_in and d_out from it, a
     transcoder (no pre-centring) when y is not x; d_sae 8 x d_in and, where the architecture
-    has one, k = min(32, d_in // 2) unless given. Seed torch first for a reproducible init."""
+    has one, k = min(32, d_in // 2) unless given, or set by `target_l0` (which the other
+    architectures reach by steering their sparsity coefficient in training). Seed torch
+    first for a reproducible init."""
     cfg = {"architecture": arch, "d_in": stream.d_in, "d_out": stream.d_out, **fields}
     cfg["apply_b_dec_to_input"] = stream.y_is_x
     cfg.setdefault("d_sae", 8 * stream.d_in)
-    if "k" in {f.name for f in dataclasses.fields(architecture(arch).config_cls)}:
+    config_cls = architecture(arch).config_cls
+    if "k" in {f.name for f in dataclasses.fields(config_cls)}:
+        if cfg.get("target_l0") is not None and "k" in cfg:
+            raise ConfigError(f"give --k or --target-l0 for {arch}, not both (the target sets k)")
+        if cfg.get("target_l0") is not None:
+            cfg["k"] = k_for_target(config_cls, cfg["target_l0"])
         cfg.setdefault("k", max(1, min(32, stream.d_in // 2)))
     return make_sae(cfg)
 

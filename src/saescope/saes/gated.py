@@ -22,6 +22,7 @@ from saescope.saes.base import SAE, LossContext, LossOutput, SAEConfig
 @dataclass(frozen=True)
 class GatedConfig(SAEConfig):
     name: ClassVar[str] = "gated"
+    sparsity_coef: ClassVar[str | None] = "l1_coef"
 
     l1_coef: float = 1.0
     """L1 coefficient on the gate's ReLU (on inputs normalised to E||x|| = sqrt(d_in))."""

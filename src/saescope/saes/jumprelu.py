@@ -24,6 +24,7 @@ from saescope.sparse import SparseCodes
 @dataclass(frozen=True)
 class JumpReLUConfig(SAEConfig):
     name: ClassVar[str] = "jumprelu"
+    sparsity_coef: ClassVar[str | None] = "l0_coef"
 
     l0_coef: float = 0.3
     """L0 sparsity coefficient (on inputs normalised to E||x|| = sqrt(d_in))."""

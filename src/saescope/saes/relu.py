@@ -21,6 +21,7 @@ from saescope.sparse import SparseCodes
 @dataclass(frozen=True)
 class ReLUConfig(SAEConfig):
     name: ClassVar[str] = "relu"
+    sparsity_coef: ClassVar[str | None] = "l1_coef"
 
     l1_coef: float = 1.0
     """L1 sparsity coefficient (on inputs normalised to E||x|| = sqrt(d_in))."""

@@ -85,6 +85,7 @@ def meta(
             "last_log": s.last_log,  # so a finished run resumed saves its final metrics again
             # the auto sparse/dense choice of the next step reads it (ReLU, JumpReLU)
             "live_density": getattr(s.sae, "live_density", None),
+            **({"controller": s.controller.state()} if s.controller else {}),
         }
         for s in slots
     ]
@@ -196,6 +197,8 @@ def restore(
         s.last_log = m.get("last_log")
         if m.get("live_density") is not None:
             s.sae.live_density = m["live_density"]
+        if s.controller is not None and "controller" in m:
+            s.controller.load(m["controller"])
         for name, p in s.sae.named_parameters():
             state = {
                 key: _like(p, tensors[f"opt{i}.{name}.{key}"], key)

@@ -31,7 +31,7 @@ from saescope.data.outliers import OutlierRule
 from saescope.data.stream import as_pair, on_device
 from saescope.errors import ConfigError, InputError
 from saescope.saes import SAE, LossOutput, save
-from saescope.training import checkpoint, finish, interrupt, logs, optim
+from saescope.training import checkpoint, finish, interrupt, logs, optim, target
 from saescope.training.checkpoint import METRICS_FILE, Position
 from saescope.training.config import BadBatchError, TrainConfig
 from saescope.training.optim import Slot
@@ -185,6 +185,8 @@ def _log_row(slot: Slot, y: Tensor, out: LossOutput, pos: Position) -> dict[str,
     row["explained_variance"] = metrics.explained_variance(y_n, out.y_hat)
     row["dead_fraction"] = float(slot.dead(pos.dead_tokens).float().mean())
     row["outliers"] = pos.set_aside
+    if slot.controller is not None:
+        row["sparsity_coef"] = slot.controller.coef
     return row
 
 
@@ -247,14 +249,18 @@ def _save_final(
     pos: Position,
 ) -> list[SAE]:
     final = [folded_copy(s.sae, s.scale_in, s.scale_out) for s in slots]
+    reached = [target.record(sae, s.controller) for s, sae in zip(slots, final, strict=True)]
     if out_path:
-        for s, sae, path in zip(slots, final, sae_dirs(out_path, len(slots)), strict=True):
+        for s, sae, path, steered in zip(
+            slots, final, sae_dirs(out_path, len(slots)), reached, strict=True
+        ):
             training = dataclasses.replace(cfg, lr=cfg.lr_for(s.sae))  # the rate used
             meta = {
                 "training": checkpoint.jsonable(dataclasses.asdict(training)),
                 "normalisation": {"scale_in": s.scale_in, "scale_out": s.scale_out, "folded": True},
                 "outliers": outlier_record(pos),
                 "final_metrics": s.last_log,
+                **({"target_l0": steered} if steered else {}),
                 **(metadata or {}),
             }
             save(sae, path, meta)

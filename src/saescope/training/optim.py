@@ -16,6 +16,7 @@ from torch.optim.adam import adam as adam_functional
 from saescope import ops
 from saescope.saes import SAE, LossContext, LossOutput
 from saescope.training.config import BadBatchError, TrainConfig
+from saescope.training.target import L0Controller, controller_for
 
 
 @dataclass
@@ -28,6 +29,7 @@ class Slot:
     scale_out: float = 1.0
     since_fired: Tensor | None = None  # (d_sae,) tokens since each latent last fired
     last_log: dict[str, Any] | None = None
+    controller: L0Controller | None = None  # steers the sparsity coefficient to target_l0
 
     def dead(self, dead_tokens: int) -> Tensor:
         """(d_sae,) bool: latents silent for at least `dead_tokens` tokens."""
@@ -44,7 +46,7 @@ def make_slots(saes: Sequence[SAE], cfg: TrainConfig) -> list[Slot]:
             sae.parameters(), lr=cfg.lr_for(sae), betas=(cfg.beta1, cfg.beta2), fused=True
         )
         fired = torch.zeros(sae.cfg.d_sae, dtype=torch.long, device=cfg.device)
-        slots.append(Slot(sae, opt, since_fired=fired))
+        slots.append(Slot(sae, opt, since_fired=fired, controller=controller_for(sae)))
     return slots
 
 
@@ -55,7 +57,9 @@ def step(
     sae, opt = slot.sae, slot.opt
     x_n = x * slot.scale_in
     y_n = x_n if y is x and slot.scale_out == slot.scale_in else y * slot.scale_out
-    ctx = LossContext(cfg.sparsity_factor(step), slot.dead(dead_tokens))
+    warmup = cfg.sparsity_factor(step)
+    steer = slot.controller.scale() if slot.controller else 1.0
+    ctx = LossContext(warmup * steer, slot.dead(dead_tokens))
     out = sae.loss(x_n, y_n, ctx)
     total = out.total
     if not torch.isfinite(total):
@@ -85,6 +89,8 @@ def step(
     if sae.cfg.unit_norm_decoder:
         sae.normalise_decoder()
     sae.after_step(out)
+    if slot.controller and warmup >= 1.0:  # the target steers once the warm-up is over
+        slot.controller.update(out.l0(), cfg.lr_factor(step))
     fired = out.fired()
     slot.since_fired = torch.where(fired, 0, slot.since_fired + x.shape[0])  # type: ignore[operator]
     return out
