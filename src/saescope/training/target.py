@@ -5,10 +5,11 @@ sparsity coefficient (`SAEConfig.sparsity_coef`: ReLU's and gated's l1_coef, Jum
 l0_coef) meet it through an `L0Controller`: after the sparsity warm-up it multiplies the
 coefficient by exp(log_scale) and moves log_scale each step by
 
-    gain * lr_factor * clip(log(l0 / target), -1, 1)
+    log(coef / base) = integral + PROPORTIONAL * e,  integral += GAIN * lr_factor * e,
+    e = clip(log(running L0 / target), -1, 1)
 
-an integral controller in log space on the batch's L0 (relative errors count the same at
-L0 2 and L0 200; one bad batch moves the coefficient by at most a factor e^gain). The step
+a proportional-integral controller in log space on the running L0 (relative errors count the
+same at L0 2 and L0 200; the clip bounds what one bad stretch can do). The integral's step
 is scaled by the learning-rate schedule, so the coefficient moves as fast as the weights can
 follow it and stops when they stop (no wind-up while the learning rate decays to 0). The
 coefficient's path goes to metrics.jsonl (`sparsity_coef`), its state to the checkpoint,
@@ -24,10 +25,13 @@ from typing import Any
 
 from saescope.saes import SAE
 
-GAIN = 0.02
-"""Largest change of log(coefficient) per step (at full learning rate)."""
-RUNNING_RATE = 0.02
-"""Rate of the running L0's exponential average (about the last 50 batches)."""
+GAIN = 0.03
+"""Integral gain: the most log(coefficient) moves per step (at full learning rate)."""
+PROPORTIONAL = 1.5
+"""Proportional gain on the running L0's log error: the damping (the weights follow the
+coefficient with a lag of some hundred steps, which an integral term alone overshoots)."""
+RUNNING_RATE = 0.1
+"""Rate of the running L0's exponential average (about the last 10 batches)."""
 
 
 @dataclass
@@ -37,9 +41,17 @@ class L0Controller:
     target: float
     base: float
     """The config's coefficient, where the controller starts (scale 1)."""
-    log_scale: float = 0.0
+    integral: float = 0.0
+    """The integral term of log(coefficient / base)."""
     running_l0: float | None = None
     """Exponential average of the batches' L0 since the controller started."""
+
+    @property
+    def log_scale(self) -> float:
+        """log(coefficient / base): the integral plus the proportional term."""
+        if self.running_l0 is None:
+            return self.integral
+        return self.integral + PROPORTIONAL * self.error()
 
     @property
     def coef(self) -> float:
@@ -50,20 +62,23 @@ class L0Controller:
         """Multiplier on the config's coefficient (`LossContext.sparsity_scale` takes it)."""
         return math.exp(self.log_scale)
 
+    def error(self) -> float:
+        """log(running L0 / target), clipped to [-1, 1]."""
+        e = math.log(max(self.running_l0 or 0.0, 1e-3) / self.target)
+        return max(-1.0, min(1.0, e))
+
     def update(self, l0: float, lr_factor: float) -> None:
-        """One step: move the coefficient up if the batch's L0 is above target, else down."""
-        self.running_l0 = (
-            l0 if self.running_l0 is None else self.running_l0 + RUNNING_RATE * (l0 - self.running_l0)
-        )
-        error = math.log(max(l0, 1e-3) / self.target)
-        self.log_scale += GAIN * lr_factor * max(-1.0, min(1.0, error))
+        """One step: move the coefficient up if the L0 is above target, else down."""
+        last = l0 if self.running_l0 is None else self.running_l0
+        self.running_l0 = last + RUNNING_RATE * (l0 - last)
+        self.integral += GAIN * lr_factor * self.error()
 
     def state(self) -> dict[str, Any]:
         """What the checkpoint keeps (JSON floats read back bit for bit)."""
-        return {"log_scale": self.log_scale, "running_l0": self.running_l0}
+        return {"integral": self.integral, "running_l0": self.running_l0}
 
     def load(self, state: dict[str, Any]) -> None:
-        self.log_scale = float(state["log_scale"])
+        self.integral = float(state["integral"])
         rl0 = state.get("running_l0")
         self.running_l0 = None if rl0 is None else float(rl0)
 
