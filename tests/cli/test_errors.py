@@ -124,3 +124,16 @@ def test_a_warning_is_one_line_and_only_while_the_command_runs(monkeypatch, caps
         assert main(["hooks", "glassllm"]) == 0
     assert capsys.readouterr().err == "saescope: warning: the threshold rests on 512 tokens\n"
     assert warnings.showwarning is before
+
+
+@pytest.mark.parametrize("target", ["0", "-2", "64", "100"])
+def test_target_l0_outside_the_latents(capsys, tmp_path, target):
+    for arch in ("relu", "topk"):
+        argv = ["train", "--arch", arch, "--target-l0", target, "--d-sae", "64"]
+        err = one_line_error(capsys, [*argv, "--out", str(tmp_path)])
+        assert "target_l0 must be above 0 and below d_sae=64" in err
+
+
+def test_k_and_target_l0_together(capsys, tmp_path):
+    argv = ["train", "--arch", "topk", "--k", "3", "--target-l0", "3", "--out", str(tmp_path)]
+    assert "give --k or --target-l0 for topk, not both" in one_line_error(capsys, argv)

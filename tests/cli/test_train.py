@@ -178,6 +178,27 @@ def test_defaults_work_on_the_seed_task(tmp_path, capsys):
     assert out["explained_variance"] >= 0.8, out
 
 
+def test_target_l0_through_the_cli_and_resume(tmp_path, capsys):
+    """--target-l0 sets topk's k; for relu it is recorded with the coefficient reached, which
+    the controller moved from the default; a resumed run takes the same target."""
+    common = ["--target-l0", "3", "--d-sae", "32", "--steps", "60", "--batch-size", "128"]
+    common += ["--init-samples", "128", "--progress", "0", "--data", "synthetic"]
+    common += ["--d-in", "8", "--n-features", "12"]
+    assert main(["train", "--arch", "topk", *common, "--out", str(tmp_path / "k")]) == 0
+    assert saescope.load(tmp_path / "k").cfg.k == 3
+    run = tmp_path / "relu"
+    assert main(["train", "--arch", "relu", *common, "--out", str(run)]) == 0
+    cfg = json.loads((run / "cfg.json").read_text())
+    assert cfg["target_l0"] == 3.0 and cfg["l1_coef"] != 1.0
+    assert cfg["l1_coef"] == cfg["metadata"]["target_l0"]["reached"]
+    assert cfg["metadata"]["final_metrics"]["sparsity_coef"] == cfg["l1_coef"]
+    assert main(["train", "--out", str(run), "--resume", "--target-l0", "3"]) == 0
+    assert json.loads((run / "cfg.json").read_text())["l1_coef"] == cfg["l1_coef"]
+    capsys.readouterr()
+    assert main(["train", "--out", str(run), "--resume", "--target-l0", "4"]) == 2
+    assert "target_l0 is 3.0 in the run, 4 here" in capsys.readouterr().err
+
+
 def test_log_tensorboard_writes_the_metrics_beside_the_jsonl(tmp_path, capsys, monkeypatch):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

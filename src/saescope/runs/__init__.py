@@ -35,7 +35,7 @@ from saescope.runs.peer import peer_format, peer_spec
 from saescope.runs.resume import Given, Recorded
 from saescope.runs.run import Run, sae_folders
 from saescope.saes import SAE, architecture, make_sae
-from saescope.saes.base import k_for_target
+from saescope.saes.target import k_for_target
 from saescope.training import TrainConfig, TrainResult, checkpoint, sae_dirs, train
 from saescope.training.checkpoint import mismatch
 

@@ -23,6 +23,7 @@ from saescope import ops
 from saescope.errors import ConfigError, FormatError, InputError, check_keys
 from saescope.saes import io
 from saescope.saes.loss import LossContext, LossOutput
+from saescope.saes.target import check_target
 
 SPARSE_MODES = ("auto", "sparse", "dense")
 SPARSE_MAX_DENSITY = 0.15
@@ -50,13 +51,10 @@ class SAEConfig:
     decode(encode(x)) + x W_skip^T (sparsify's skip connection, SAELens's skip transcoders);
     decode(f) is unchanged. Written to cfg.json only when on."""
     target_l0: float | None = None
-    """Mean active latents per token to train towards: sets k for the TopK family; for the
-    architectures with a sparsity coefficient (`sparsity_coef`), training adjusts that
-    coefficient (after its warm-up) until the running L0 settles here. Written to cfg.json
-    only when set."""
-
-    sparsity_coef: ClassVar[str | None] = None
-    """The config field a target L0 steers (None: the architecture has none; its k is set)."""
+    """Mean active latents per token to train towards: sets k (topk, batchtopk, matryoshka);
+    training adjusts relu's, gated's and jumprelu's sparsity coefficient (after its warm-up)
+    until the running L0 settles there, and saves the coefficient reached (saes/target.py)."""
+    sparsity_coef: ClassVar[str | None] = None  # the field a target L0 steers (None: sets k)
 
     def __post_init__(self) -> None:
         if self.d_out is None:
@@ -74,22 +72,7 @@ class SAEConfig:
                 f"apply_b_dec_to_input needs d_out == d_in (got {self.d_out} != {self.d_in}); "
                 "set apply_b_dec_to_input=False for a transcoder"
             )
-        if self.target_l0 is not None:
-            self._check_target()
-
-    def _check_target(self) -> None:
-        t = self.target_l0
-        if isinstance(t, bool) or not isinstance(t, int | float) or not 0 < t < self.d_sae:
-            raise ConfigError(
-                f"target_l0 must be above 0 and below d_sae={self.d_sae}, got {t!r}; give the "
-                "mean number of latents a token should fire"
-            )
-        k = getattr(self, "k", None)
-        if k is not None and k != k_for_target(type(self), t):
-            raise ConfigError(
-                f"k={k} contradicts target_l0={t} (which sets k={k_for_target(type(self), t)}); "
-                "give one of them"
-            )
+        check_target(self)
 
     @property
     def unit_norm_decoder(self) -> bool:
@@ -110,13 +93,6 @@ class SAEConfig:
         if self.target_l0 is None:
             del d["target_l0"]
         return d
-
-
-def k_for_target(cls: type[SAEConfig], target: float) -> float | int:
-    """The k a target L0 gives an architecture with k: the target itself where k may be
-    fractional (a batch mean: BatchTopK, Matryoshka), else the nearest whole number >= 1."""
-    k_type = str(next(f.type for f in dataclasses.fields(cls) if f.name == "k"))
-    return float(target) if k_type.startswith("float") else max(1, round(target))
 
 
 ARCHITECTURES: dict[str, type[SAE]] = {}
