@@ -12,6 +12,8 @@ import torch
 import saescope
 from saescope.data import ArticleTask, ArticleTaskConfig
 from saescope.errors import ConfigError
+from saescope.evaluate import evaluate
+from saescope.runs import DataSpec, build_sae, train_run
 from saescope.saes import make_sae
 from saescope.training import TrainConfig, train
 from saescope.training.checkpoint import read_meta
@@ -139,3 +141,38 @@ def test_resume_with_the_controller_is_bitwise(tmp_path):
     _assert_same_saes(whole, resumed)
     assert [s.cfg for s in resumed] == [s.cfg for s in whole]
     assert all(s.cfg != make_sae(c).cfg for s, c in zip(whole, configs, strict=True))
+
+
+# ----- the acceptance claim: only the target given, on a hidden-style task -------------------
+
+HIDDEN = ArticleTaskConfig(d_in=32, n_features=48)  # 1-3 active: true mean L0 2
+"""Issue 18's hidden-style task: 48 unit features in 32-D, d_sae 96, feature seeds 100-102
+(the demo's are 0-2, its sizes 4-D and 40 in 32-D)."""
+RECOVERS = ("gated", "jumprelu", "topk", "batchtopk")
+"""The architectures that recover every feature there with only the target given (relu and
+matryoshka do not on every seed: docs/RESULTS.md has their numbers and why)."""
+
+
+@pytest.fixture(scope="module")
+def hidden(claim_seed):
+    """Every architecture but matryoshka with --target-l0 2 and every other setting at its
+    default (3,000 steps of 1,024 tokens, d_sae given as 96), in one pass."""
+    task = dataclasses.replace(HIDDEN, feature_seed=100 + claim_seed)
+    data = DataSpec.synthetic(task, 100 + claim_seed)
+    stream = data.open(1024)
+    saes = []
+    for i, arch in enumerate((*STEERED, "topk", "batchtopk")):
+        torch.manual_seed(claim_seed * 1000 + i)
+        saes.append(build_sae(arch, stream, d_sae=96, target_l0=task.mean_active))
+    cfg = TrainConfig(seed=claim_seed, progress=False)
+    trained = train_run(saes, data, stream, cfg, None).saes
+    held = data.held_out(32_768)
+    return {s.cfg.name: evaluate(s, held.batches, 32_768, features=held.features) for s in trained}
+
+
+@pytest.mark.claim
+def test_only_the_target_given_reaches_it_and_recovers_every_feature(hidden):
+    for arch in STEERED:
+        assert abs(hidden[arch]["l0"] - HIDDEN.mean_active) <= 0.1 * HIDDEN.mean_active, arch
+    for arch in RECOVERS:
+        assert hidden[arch]["min_feature_cosine"] >= 0.99, (arch, hidden[arch])
