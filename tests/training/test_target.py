@@ -148,20 +148,21 @@ def test_resume_with_the_controller_is_bitwise(tmp_path):
 HIDDEN = ArticleTaskConfig(d_in=32, n_features=48)  # 1-3 active: true mean L0 2
 """Issue 18's hidden-style task: 48 unit features in 32-D, d_sae 96, feature seeds 100-102
 (the demo's are 0-2, its sizes 4-D and 40 in 32-D)."""
-RECOVERS = ("gated", "jumprelu", "topk", "batchtopk")
-"""The architectures that recover every feature there with only the target given (relu and
-matryoshka do not on every seed: docs/RESULTS.md has their numbers and why)."""
+RECOVERS = ("gated", "topk")
+"""The architectures that recover every feature there on feature seeds 100-102 with only the
+target given; relu, jumprelu, batchtopk and matryoshka lose some on some seed
+(docs/RESULTS.md has their numbers)."""
 
 
 @pytest.fixture(scope="module")
 def hidden(claim_seed):
-    """Every architecture but matryoshka with --target-l0 2 and every other setting at its
+    """relu, gated, jumprelu and topk with --target-l0 2 and every other setting at its
     default (3,000 steps of 1,024 tokens, d_sae given as 96), in one pass."""
     task = dataclasses.replace(HIDDEN, feature_seed=100 + claim_seed)
     data = DataSpec.synthetic(task, 100 + claim_seed)
     stream = data.open(1024)
     saes = []
-    for i, arch in enumerate((*STEERED, "topk", "batchtopk")):
+    for i, arch in enumerate((*STEERED, "topk")):
         torch.manual_seed(claim_seed * 1000 + i)
         saes.append(build_sae(arch, stream, d_sae=96, target_l0=task.mean_active))
     cfg = TrainConfig(seed=claim_seed, progress=False)
