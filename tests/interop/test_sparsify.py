@@ -135,9 +135,12 @@ def test_bfloat16_coder_loads_as_float32(tmp_path):
     assert torch.equal(sae.W_dec, w["W_dec"].bfloat16().float())  # exactly the file's values
 
 
-def test_hook_on_a_single_coder_refused():
-    with pytest.raises(FormatError, match="single SparseCoder"):
-        load_sparsify(FIXTURES / "topk", hook="layers.3")
+def test_hook_on_a_single_coder_names_its_hook_point():
+    """A bare SparseCoder folder says no hook point: hook= names it (as for SAELens and
+    dictionary_learning folders), so Run.open(--hook) and convert --hook can use it."""
+    assert metadata_sparsify(FIXTURES / "topk").get("hook_name") is None
+    assert metadata_sparsify(FIXTURES / "topk", hook="layers.3")["hook_name"] == "layers.3"
+    assert load_sparsify(FIXTURES / "topk", hook="layers.3").cfg.d_in == 16
 
 
 @pytest.mark.parametrize("name", REFUSED)

@@ -101,6 +101,15 @@ def test_a_saescope_run_keeps_its_data_and_takes_model_only_when_it_records_none
     assert Run.open(tmp_path / "bare").data is None
 
 
+def test_a_bare_sparsify_coder_opens_with_the_model_and_hook_given(tmp_path):
+    """A SparseCoder folder on its own names no hook point: --model and --hook supply it."""
+    path = interop.save(topk(), tmp_path / "coder", format="sparsify")
+    with pytest.raises(ConfigError, match="give --model"):
+        Run.open(path)
+    run = Run.open(path, model="glassllm", hook="layers.1")
+    assert (run.format, run.data.model, run.data.hook) == ("sparsify", "glassllm", "layers.1")
+
+
 @pytest.mark.slow
 def test_its_evaluation_is_the_same_saes_as_a_saescope_run(tmp_path):
     """Every metric, CE loss recovered included, equals that of the same SAE saved by saescope

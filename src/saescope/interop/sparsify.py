@@ -98,14 +98,11 @@ def _natural(name: str) -> list[Any]:
 
 
 def _resolve(path: str | Path, hook: str | None) -> tuple[Path, str | None]:
-    """(the SparseCoder folder, its hook point name or None) for `path` and `hook=`."""
+    """(the SparseCoder folder, its hook point name or None) for `path` and `hook=`; a single
+    SparseCoder folder is itself whatever `hook` is, as SAELens's and dictionary_learning's
+    folders are."""
     path = Path(path)
-    if _coder(path):
-        if hook is not None and hook != path.name:
-            raise FormatError(
-                f"{path} holds a single SparseCoder, not a run folder; leave out hook= "
-                f"(got {hook!r}) or point at the run folder"
-            )
+    if _coder(path):  # one SAE: hook= names its hook point (a bare coder says none)
         return path, hook
     if not path.is_dir():
         raise FormatError(f"{path} is not a folder; point at a sparsify SparseCoder or run folder")
