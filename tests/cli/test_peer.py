@@ -5,6 +5,7 @@ model saescope does not have, or none named, is a one-line error."""
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
@@ -42,6 +43,18 @@ def test_each_command_takes_model_and_hook(command):
     extra = {"steer": ["--prompt", "p"], "export": ["--features", "1"]}.get(command, [])
     ns = build_parser().parse_args([command, "RUN", "--model", "m", "--hook", "h", *extra])
     assert (ns.model, ns.hook) == ("m", "h")
+
+
+def test_eval_on_a_file_needs_no_model(capsys, folders, tmp_path):
+    """--data FILE: a peer SAE of a model saescope does not have (gpt2), or whose hook point
+    the model lacks, is evaluated on the file's activations; no model is loaded."""
+    glass, gpt2 = folders
+    torch.manual_seed(1)
+    acts = tmp_path / "acts.npy"
+    np.save(acts, torch.randn(300, 128).numpy())
+    got = cli_json(capsys, ["eval", str(gpt2), "--data", str(acts), "--json"])
+    assert got["n_tokens"] == 300 and got["l0"] == pytest.approx(8)
+    assert cli_json(capsys, ["eval", str(glass), "--data", str(acts), "--json"]) == got
 
 
 @pytest.mark.slow

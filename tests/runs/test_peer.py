@@ -7,6 +7,7 @@ import dataclasses
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from saescope import interop
 from saescope.errors import ConfigError
@@ -69,6 +70,20 @@ def test_a_model_saescope_does_not_have_needs_model(tmp_path):
         Run.open(path)
     assert "\n" not in str(e.value) and "glassllm" in str(e.value)
     assert Run.open(path, model="glassllm").data.model == "glassllm"
+
+
+def test_without_need_data_a_model_saescope_lacks_leaves_data_none(tmp_path):
+    """Evaluating on a file needs no model: need_data=False opens the folder (a peer's or one
+    converted from it) with data None rather than the error, and loads no model."""
+    path = saelens_folder(topk(768), tmp_path / "gpt2", model_name="gpt2", hook_name="layers.2")
+    converted = interop.convert(path, tmp_path / "converted", "saescope")
+    for folder in (path, converted):
+        run = Run.open(folder, need_data=False)
+        assert run.data is None and run.sae()[1].cfg.d_in == 768
+    acts = tmp_path / "acts.safetensors"
+    save_file({"x": torch.randn(64, 768)}, acts)
+    got = run.evaluate(64, DataSpec.at(acts), plot=False)[converted.name]
+    assert got["n_tokens"] == 64
 
 
 def test_a_hook_the_model_lacks_needs_hook_and_a_long_context_is_cut(tmp_path):
