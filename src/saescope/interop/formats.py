@@ -53,7 +53,15 @@ DATA_KEYS = {
     "context": "context_size",
 }
 """A run's DataSpec field -> the interop metadata key."""
-INTEROP_KEYS = ("model_name", "hook_name", "hook_name_out", "context_size", "reshape_activations")
+INTEROP_KEYS = (
+    "model_name",
+    "hook_name",
+    "hook_name_out",
+    "context_size",
+    "reshape_activations",
+    "hook_head_index",
+    "prepend_bos",
+)
 """Interop metadata a saescope folder keeps as it is (what a converted SAE came with)."""
 
 

@@ -42,6 +42,7 @@ REFUSED = {
     "has no equivalent for"
 }
 METADATA_KEYS = ("model_name", "hook_name", "hook_name_out", "context_size")
+METADATA_KEYS += ("reshape_activations", "hook_head_index", "prepend_bos")
 SAESCOPE_KEY = "saescope"
 """sae.safetensors header key holding what save_sparsify keeps for the way back: saescope's
 config and the metadata, as JSON (sparsify's loader reads tensors only)."""
