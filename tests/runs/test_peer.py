@@ -4,6 +4,7 @@ does not have, or no model or hook at all, is a one-line error; its evaluation i
 SAE's as a saescope run."""
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -123,6 +124,25 @@ def test_a_bare_sparsify_coder_opens_with_the_model_and_hook_given(tmp_path):
         Run.open(path)
     run = Run.open(path, model="glassllm", hook="layers.1")
     assert (run.format, run.data.model, run.data.hook) == ("sparsify", "glassllm", "layers.1")
+
+
+def sparsify_run(root):
+    """A sparsify training run's folder: one SparseCoder per hook point, config.json."""
+    for seed, hook in enumerate(["layers.1", "layers.2"]):
+        interop.save(topk(seed=seed), root / hook, format="sparsify")
+    run_cfg = {"hookpoints": ["layers.1", "layers.2"], "model": "glassllm", "ctx_len": 32}
+    (root / "config.json").write_text(json.dumps(run_cfg))
+    return root
+
+
+def test_each_sae_of_a_peer_run_folder_has_its_own_folder(tmp_path):
+    """What saescope writes for an SAE (its index, its density plot) goes to the folder of
+    the SAE `hook` picks, not to the run folder the hook points share."""
+    root = sparsify_run(tmp_path / "run")
+    runs = [Run.open(root, hook=h) for h in ("layers.1", "layers.2")]
+    assert [r.path for r in runs] == [root / "layers.1", root / "layers.2"]
+    assert [list(r.dirs.values()) for r in runs] == [[root / "layers.1"], [root / "layers.2"]]
+    assert runs[1].data.hook == "layers.2" and runs[1].data.model == "glassllm"
 
 
 @pytest.mark.slow

@@ -125,6 +125,11 @@ def _resolve(path: str | Path, hook: str | None) -> tuple[Path, str | None]:
     return path / hook, hook
 
 
+def coder_folder(path: str | Path, hook: str | None = None) -> Path:
+    """The SparseCoder folder `hook` picks in `path` (`path` itself for a single coder)."""
+    return _resolve(path, hook)[0]
+
+
 def read_cfg(folder: Path) -> dict[str, Any]:
     """A SparseCoder's cfg.json with sparsify's defaults filled in and `num_latents` resolved."""
     file = folder / CFG_FILE

@@ -31,7 +31,7 @@ from saescope.data.stream import IndexedBatches
 from saescope.errors import ConfigError
 from saescope.runs.data import KINDS, DataSpec, HeldOut
 from saescope.runs.listing import find_runs
-from saescope.runs.peer import peer_format, peer_spec
+from saescope.runs.peer import peer_folder, peer_format, peer_spec
 from saescope.runs.resume import Given, Recorded
 from saescope.runs.run import Run, sae_folders
 from saescope.saes import SAE, architecture, make_sae
@@ -192,6 +192,7 @@ __all__ = [
     "harvest",
     "passes",
     "passes_note",
+    "peer_folder",
     "peer_format",
     "peer_spec",
     "resume_run",

@@ -19,7 +19,7 @@ from saescope.errors import ConfigError, FormatError, InputError, check_keys
 from saescope.evaluate import Outliers, evaluate, evaluate_in_model, plot_density
 from saescope.models.downstream import check_batch_size
 from saescope.runs.data import DataSpec, HeldOut
-from saescope.runs.peer import fit_model, peer_data, peer_format
+from saescope.runs.peer import fit_model, peer_data, peer_folder, peer_format
 from saescope.saes import SAE, io
 from saescope.saes.io import is_saved
 from saescope.training import TrainConfig
@@ -108,7 +108,8 @@ class Run:
         meta = interop.metadata(path, hook)
         sae = interop.load(path, device, hook)
         data = _peer_data(path, meta, model, hook, target, need_data)
-        return cls(path, {path.name: sae}, {path.name: path}, data, None, meta, fmt)
+        own = peer_folder(path, hook)  # the SAE's own folder in a run of several
+        return cls(own, {own.name: sae}, {own.name: own}, data, None, meta, fmt)
 
     def eval_data(
         self,
