@@ -148,8 +148,10 @@ def read_cfg(folder: Path) -> dict[str, Any]:
 
 def metadata_sparsify(path: str | Path, hook: str | None = None) -> dict[str, Any]:
     """What the folder says: `sparsify_architecture` (the activation), `hook_name` (the hook
-    point, sparsify's module path, from a run folder), `model_name` and `context_size` where
-    the run's config.json has them, and what save_sparsify was given as metadata."""
+    point, sparsify's module path, from a run folder; a transcoder's is `M:in` with
+    `hook_name_out` M, as sparsify trains it on M's input and output), `model_name` and
+    `context_size` where the run's config.json has them, and what save_sparsify was given as
+    metadata."""
     folder, name = _resolve(path, hook)
     cfg = read_cfg(folder)
     meta = _kept(folder).get("metadata")
@@ -162,7 +164,10 @@ def metadata_sparsify(path: str | Path, hook: str | None = None) -> dict[str, An
         if isinstance(run.get("ctx_len"), int):
             out["context_size"] = run["ctx_len"]
     if name is not None:
-        out["hook_name"] = name.split("/seed")[0]
+        point = name.split("/seed")[0]
+        out["hook_name"] = point
+        if cfg["transcode"] and not point.endswith(":in"):  # reads M's input, predicts M's output
+            out["hook_name"], out["hook_name_out"] = f"{point}:in", point
     out["sparsify_architecture"] = cfg["activation"]
     return out
 
