@@ -18,6 +18,7 @@ from saescope.saes.auxk import AuxKConfig
 from saescope.saes.base import (
     ARCHITECTURES,
     SAE,
+    Across,
     LossContext,
     LossOutput,
     SAEConfig,
@@ -43,6 +44,7 @@ def save(sae: SAE, path: str | Path, metadata: dict[str, Any] | None = None) -> 
 __all__ = [
     "ARCHITECTURES",
     "SAE",
+    "Across",
     "AuxKConfig",
     "BatchTopKConfig",
     "BatchTopKSAE",

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from saescope import metrics, ops
 from saescope.errors import ConfigError, FormatError, InputError, check_keys
 from saescope.saes import io
+from saescope.saes.across import Across
 from saescope.sparse import SparseCodes
 
 SPARSE_MODES = ("auto", "sparse", "dense")
@@ -121,6 +122,9 @@ class LossContext:
     """Multiplier on the sparsity coefficient (its warm-up)."""
     dead: Tensor | None = None
     """(d_sae,) bool: latents that have not fired for the dead window (for AuxK)."""
+    across: Across | None = None
+    """The whole batch when its rows are spread over processes (data parallel; `across.py`).
+    None: the batch is all here."""
 
 
 @dataclass
