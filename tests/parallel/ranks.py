@@ -41,7 +41,9 @@ def write_data(root: Path, rows: int = 4096, seed: int = 0) -> None:
     offset, and a few rows 40x longer than the rest (outlier tokens, set aside in training)."""
     g = torch.Generator().manual_seed(seed)
     basis = torch.randn(8, D_IN, generator=g)
-    x = torch.randn(rows, 8, generator=g).relu() @ basis + 0.1 * torch.randn(rows, D_IN, generator=g)
+    x = torch.randn(rows, 8, generator=g).relu() @ basis + 0.1 * torch.randn(
+        rows, D_IN, generator=g
+    )
     x += 2.0
     x[torch.randperm(rows, generator=g)[:12]] *= 40
     root.mkdir(parents=True, exist_ok=True)
@@ -69,7 +71,9 @@ def stream(case: str, data: Path) -> IndexedBatches:
         return CacheBatches(ActivationCache(data / "cache"), HOOK, batch_size=BATCH, seed=1)
     if source == "model":  # glassllm on the fly, on contexts of random tokens (no text)
         model = load_model("glassllm")[0]
-        ids = torch.randint(model.cfg.vocab_size, (64, 33), generator=torch.Generator().manual_seed(2))
+        ids = torch.randint(
+            model.embed.num_embeddings, (64, 33), generator=torch.Generator().manual_seed(2)
+        )
         return ModelBatches(model, ids, "layers.1", batch_size=BATCH, seed=1)
     return ActivationFile(data / "acts.npy", batch_size=BATCH, seed=1)
 
@@ -100,8 +104,7 @@ def train_case(case: str, data: Path, out: Path | None, group: parallel.DDPGroup
 def train_all(data: Path, out: Path | None, group: parallel.DDPGroup | None = None) -> dict:
     """Each case's final SAE (taking raw activations); saved in out/<case> by rank 0."""
     return {
-        c: train_case(c, data, out / c if out else None, group).saes[0].state_dict()
-        for c in CASES
+        c: train_case(c, data, out / c if out else None, group).saes[0].state_dict() for c in CASES
     }
 
 
