@@ -10,6 +10,7 @@ the counters that stopped moving.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -147,7 +148,8 @@ class DDPGroup:
     def lost(self, error: BaseException) -> RankLostError:
         """The one-line error for a failed collective, naming the rank(s) that stopped."""
         silent = self.silent_ranks()
-        cause = " ".join(str(error).split())[:160]
+        cause = re.sub(r"^\[[^\]]*\]\s*", "", " ".join(str(error).split()))  # no source path
+        cause = cause.split(". ")[0][:120]
         if silent:
             who = ", ".join(map(str, silent))
             what = f"rank {who} of {self.size} stopped answering (its process died or hung)"

@@ -132,7 +132,7 @@ class Share:
         and live density, from one sum over the processes; returns the (d_sae,) latents that
         fired anywhere."""
         params = list(sae.parameters())
-        names = sorted(out.terms)
+        names = list(out.terms)  # the same order on every process
         density = float(getattr(sae, "live_density", 0.0))
         like = params[0]  # grads, terms and flags in one buffer of the weights' dtype
         grads = [p.new_zeros(p.numel()) if p.grad is None else p.grad.reshape(-1) for p in params]
