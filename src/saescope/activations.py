@@ -136,4 +136,5 @@ class ModelBatches(IndexedBatches):
         first, last = lo // per_context, -(-hi // per_context)  # the contexts holding the rows
         x, y = self._rows(ids[first:last])
         a, b = lo - first * per_context, hi - first * per_context
-        return x[a:b], (x[a:b] if y is x else y[a:b])
+        xs = x[a:b]
+        return xs, (xs if y is x else y[a:b])

@@ -75,7 +75,8 @@ class IndexedBatches(abc.ABC):
         """Rows [lo, hi) of batch i, as batch(i) has them (a data-parallel process's share).
         Sources that can read only those rows (a file, a cache, a model) do."""
         x, y = self.batch(i)
-        return x[lo:hi], (x[lo:hi] if y is x else y[lo:hi])
+        xs = x[lo:hi]
+        return xs, (xs if y is x else y[lo:hi])
 
     def iter_from(self, start: int) -> Iterator[tuple[Tensor, Tensor]]:
         """Batches start, start + 1, ... without computing the ones before."""
