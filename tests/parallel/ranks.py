@@ -102,10 +102,10 @@ def train_case(case: str, data: Path, out: Path | None, group: parallel.DDPGroup
 
 
 def train_all(data: Path, out: Path | None, group: parallel.DDPGroup | None = None) -> dict:
-    """Each case's final SAE (taking raw activations); saved in out/<case> by rank 0."""
-    return {
-        c: train_case(c, data, out / c if out else None, group).saes[0].state_dict() for c in CASES
-    }
+    """Each case's final SAE (taking raw activations) and final metrics; saved in out/<case>
+    by rank 0."""
+    results = {c: train_case(c, data, out / c if out else None, group) for c in CASES}
+    return {c: (r.saes[0].state_dict(), r.final_metrics[0]) for c, r in results.items()}
 
 
 if __name__ == "__main__":

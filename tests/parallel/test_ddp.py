@@ -5,6 +5,7 @@ on the same one completes to the uninterrupted run's weights."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -72,9 +73,13 @@ def test_two_ranks_train_the_sae_one_process_trains(tmp_path):
     one = ranks.train_all(data, None)  # meanwhile, the same cases in this process
     for r, p in enumerate(procs):
         assert p.wait(timeout=300) == 0, (tmp_path / f"rank{r}.err").read_text()
-    for case, weights in one.items():
-        got = SAE.load(outs[0] / case)
-        _close(got.state_dict(), weights, case)
+    for case, (weights, final) in one.items():
+        _close(SAE.load(outs[0] / case).state_dict(), weights, case)
+        logged = json.loads((outs[0] / case / "cfg.json").read_text())["metadata"]["final_metrics"]
+        assert logged["outliers"] == final["outliers"], case  # the same tokens set aside
+        assert final["outliers"] > 0 or case.endswith("-model"), case  # (the data has some)
+        for key in ("loss", "l0", "mse", "explained_variance", "dead_fraction"):
+            assert logged[key] == pytest.approx(final[key], rel=1e-5, abs=1e-7), (case, key)
         assert (outs[0] / case / "metrics.jsonl").is_file()
     assert not outs[1].exists()  # rank 1 wrote nothing
 

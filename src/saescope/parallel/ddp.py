@@ -43,14 +43,21 @@ class DDPGroup:
         if self.backend == "nccl":
             torch.cuda.set_device(world.local_rank)
             self.device = torch.device("cuda", world.local_rank)
-        self.store = self._store(max(timeout, 30.0), hosts=not world.agent_store)
-        dist.init_process_group(
-            self.backend,
-            store=dist.PrefixStore("saescope_pg", self.store),
-            rank=self.rank,
-            world_size=self.size,
-            timeout=timedelta(seconds=timeout),
-        )
+        try:
+            self.store = self._store(max(timeout, 30.0), hosts=not world.agent_store)
+            dist.init_process_group(
+                self.backend,
+                store=dist.PrefixStore("saescope_pg", self.store),
+                rank=self.rank,
+                world_size=self.size,
+                timeout=timedelta(seconds=timeout),
+            )
+        except RuntimeError as e:  # unreachable host, port taken, a rank that never came
+            raise RankLostError(
+                f"rank {self.rank} could not join the {self.size} processes at "
+                f"{world.host}:{world.port} ({_first(e)}); check MASTER_ADDR and MASTER_PORT, "
+                "or launch with torchrun"
+            ) from None
         self._stop = threading.Event()
         self._beats = threading.Thread(target=self._beat, name="saescope-heartbeat", daemon=True)
         self._beats.start()
@@ -148,8 +155,7 @@ class DDPGroup:
     def lost(self, error: BaseException) -> RankLostError:
         """The one-line error for a failed collective, naming the rank(s) that stopped."""
         silent = self.silent_ranks()
-        cause = re.sub(r"^\[[^\]]*\]\s*", "", " ".join(str(error).split()))  # no source path
-        cause = cause.split(". ")[0][:120]
+        cause = _first(error)
         if silent:
             who = ", ".join(map(str, silent))
             what = f"rank {who} of {self.size} stopped answering (its process died or hung)"
@@ -159,3 +165,9 @@ class DDPGroup:
             f"rank {self.rank}: {what}; stopping. Resume from the run's last checkpoint with "
             f"the same launch and --resume [{cause}]"
         )
+
+
+def _first(error: BaseException) -> str:
+    """The first sentence of a torch.distributed error, without gloo's source path."""
+    text = re.sub(r"^\[[^\]]*\]\s*", "", " ".join(str(error).split()))
+    return text.split(". ")[0][:120]
