@@ -150,8 +150,8 @@ class Share:
         if hasattr(sae, "live_density"):
             sae.live_density = float(flat[at])
         fired = flat[at + 1 : at + 1 + sae.cfg.d_sae] > 0
-        for p, had in zip(params, flat[at + 1 + sae.cfg.d_sae :].tolist(), strict=True):
-            if not had:
+        for p, anywhere in zip(params, flat[at + 1 + sae.cfg.d_sae :].tolist(), strict=True):
+            if not anywhere:  # no process had a gradient for it: Adam skips it, as alone
                 p.grad = None
         return fired
 

@@ -6,7 +6,9 @@ remove the decoder gradient parallel to each unit-norm decoder row, clip, Adam, 
 update running stats and dead-latent counters; resample dead latents (L1 SAEs) or feed them to
 AuxK (TopK family); log; checkpoint atomically (`checkpoint`), by steps and by wall time, and
 on SIGINT or SIGTERM before stopping (`interrupt`). `resume=True` continues
-bitwise-identically from the last checkpoint.
+bitwise-identically from the last checkpoint. With a `group` of processes (data parallel,
+`saescope.parallel`) each trains on its share of every batch and the loop asks the group for
+the whole batch where it needs it (`training.group`); only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ def _stream(batches: Iterable[Any], start: int) -> Iterator[tuple[Tensor, Tensor
 def _check_batch(
     x: Tensor, y: Tensor, slots: Sequence[Slot], step: int, finite: bool = True
 ) -> None:
-    """Shapes, then (when `finite`: one process; a group checks them together) values."""
+    """Shapes, and with `finite` the values (a group checks those together: `_prepare`)."""
     if x.ndim != 2 or y.ndim != 2 or x.shape[0] != y.shape[0]:
         raise InputError(
             f"batch at step {step}: x {tuple(x.shape)} and y {tuple(y.shape)} must be (N, d) "
@@ -128,8 +130,7 @@ def _prepare(
             raise _bad_batch(step)
         rows, dropped = share.rows, share.set_aside
     pos.set_aside += dropped
-    if (x.shape[0] if share is None else share.kept_total) == 0:
-        assert pos.outlier_rule is not None
+    if pos.outlier_rule is not None and (x.shape[0] if share is None else share.kept_total) == 0:
         raise InputError(
             f"every token of the batch at step {step} is an outlier (norm above "
             f"{pos.outlier_rule.factor}x the median); use larger batches or a "
