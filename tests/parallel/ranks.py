@@ -31,8 +31,11 @@ ARCHS = {
     "batchtopk": {"k": 4},
     "relu": {"l1_coef": 1.0},
     "jumprelu": {},
+    "matryoshka": {"k": 4},
+    "gated": {},
 }
-CASES = [f"{a}-{s}" for s in ("file", "cache") for a in ARCHS] + ["batchtopk-sparse", "topk-model"]
+CASES = [f"{a}-file" for a in ARCHS] + [f"{a}-cache" for a in list(ARCHS)[:4]]
+CASES += ["batchtopk-sparse", "matryoshka-sparse", "topk-model"]
 HOOK = "blocks.0"
 
 

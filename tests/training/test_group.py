@@ -56,7 +56,8 @@ class Rows(IndexedBatches):
         return x, x
 
 
-ARCHS = {"topk": {"k": 3}, "batchtopk": {"k": 3}, "relu": {}, "jumprelu": {}}
+ARCHS = {"topk": {"k": 3}, "batchtopk": {"k": 3}, "matryoshka": {"k": 3}}
+ARCHS |= {"relu": {}, "jumprelu": {}, "gated": {}}
 
 
 def _trained(arch, stream, group, out):

@@ -18,10 +18,6 @@ from saescope.parallel.ddp import DDPGroup, RankLostError
 from saescope.parallel.shard import Shard
 from saescope.parallel.world import DEFAULT_TIMEOUT, MODES, World, backend_for, check_mode
 
-NOT_YET = ("matryoshka",)
-"""Architectures data-parallel training does not take yet (their batch top-k and AuxK are
-still per process)."""
-
 
 @contextlib.contextmanager
 def launched(
@@ -45,13 +41,6 @@ def launched(
         group.close()
 
 
-def check_architectures(names: list[str]) -> None:
-    """Refuse, in one line, an architecture data-parallel training does not take yet."""
-    for name in names:
-        if name in NOT_YET:
-            raise ConfigError(f"--parallel ddp does not train {name} yet; train it on one process")
-
-
 __all__ = [
     "DEFAULT_TIMEOUT",
     "MODES",
@@ -60,7 +49,6 @@ __all__ = [
     "Shard",
     "World",
     "backend_for",
-    "check_architectures",
     "check_mode",
     "launched",
 ]

@@ -27,7 +27,7 @@ from saescope.activations import harvest_to_cache
 from saescope.data import ActivationCache
 from saescope.data.stream import IndexedBatches
 from saescope.errors import ConfigError
-from saescope.parallel import DDPGroup, Shard, check_architectures
+from saescope.parallel import DDPGroup, Shard
 from saescope.runs.data import KINDS, DataSpec, HeldOut
 from saescope.runs.listing import find_runs
 from saescope.runs.resume import Given, Recorded
@@ -111,7 +111,6 @@ def train_run(
         metadata = _as_recorded(metadata, Path(out_dir))
     batches: IndexedBatches = stream
     if group is not None and group.size > 1:
-        check_architectures([s.cfg.name for s in ([saes] if isinstance(saes, SAE) else saes)])
         batches = Shard(stream, group.rank, group.size)
     return train(saes, batches, cfg, out_dir, resume, metadata, overwrite, log, group)
 
