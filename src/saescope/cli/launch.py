@@ -12,6 +12,7 @@ from typing import Any
 
 from saescope import parallel
 from saescope.training import CHECKPOINT_FILE
+from saescope.training.checkpoint import read_meta
 
 PARALLEL = (
     "how several processes (torchrun --nproc-per-node N -m saescope train ...) share the "
@@ -32,8 +33,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
 @contextlib.contextmanager
 def joined(ns: argparse.Namespace, train: dict[str, Any]) -> Iterator[Any]:
-    """The process group for the run (None for one process), left when the block ends."""
-    device = str(train.get("device") or "cpu")
+    """The process group for the run (None for one process), left when the block ends; its
+    backend follows the run's device (a resumed run's own, unless --device is given)."""
+    recorded = (read_meta(ns.out) or {}).get("train", {}) if ns.resume else {}
+    device = str(train.get("device") or recorded.get("device") or "cpu")
     with parallel.launched(ns.parallel, device, ns.dist_timeout) as group:
         yield group
 
