@@ -29,11 +29,11 @@ def launched(
     """The process group this process belongs to (from torchrun's environment), joined for
     the block and left after it; None for one process."""
     world = world or World.from_env()
+    if not timeout > 0:
+        raise ConfigError(f"--dist-timeout must be a positive number of seconds, got {timeout}")
     if check_mode(mode, world) is None or world.size == 1:
         yield None
         return
-    if timeout <= 0:
-        raise ConfigError(f"--dist-timeout must be positive, got {timeout}")
     group = DDPGroup(world, device, timeout)
     try:
         yield group
