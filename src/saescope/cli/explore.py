@@ -9,6 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from saescope.cli import peer
 from saescope.errors import ConfigError
 from saescope.experiments import seed_demos
 from saescope.explore import create_app
@@ -37,6 +38,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help=f"the seed demos' data (default {seed_demos.DEFAULT_PATH}, built when missing)",
     )
     e.add_argument("--no-demo", action="store_true", help="serve no seed demo (build nothing)")
+    peer.add_args(e)
     return e
 
 
@@ -64,7 +66,7 @@ def _demo(ns: argparse.Namespace) -> tuple[Path | None, list[str]]:
 
 def run(ns: argparse.Namespace) -> int:
     demo, runs = _demo(ns)
-    app = create_app(runs, demo, hosts=[ns.host])
+    app = create_app(runs, demo, [ns.host], ns.model, ns.hook)
     sock = bind(ns.host, ns.port)
     if ns.host not in ("127.0.0.1", "localhost", "::1"):
         print(

@@ -8,7 +8,9 @@ context length and the text's token fingerprint). It is saved with every run (cf
 evaluation (held-out contexts of the text, or held-out draws of a synthetic task).
 
 `Run.open(path)` gives a trained run's SAEs, its DataSpec and training config, and loads its
-model only when asked. `train` (CLI and library), `eval` and every later command go through
+model only when asked; a peer library's SAE folder (SAELens, ...) opens the same way, its
+model, hook point and context taken from its metadata or given (`Run.open(path, model=,
+hook=)`, `runs.peer`). `train` (CLI and library), `eval` and every later command go through
 here, so a run is described and opened in one place; `find_runs(folder)` lists the runs under
 a folder (architecture, data, steps, final metrics) without loading any weights, and
 `sae_folders(folder)` the saved SAEs of one folder (the names `Run.open` gives them);
@@ -30,6 +32,7 @@ from saescope.errors import ConfigError
 from saescope.parallel import DDPGroup, Shard
 from saescope.runs.data import KINDS, DataSpec, HeldOut
 from saescope.runs.listing import find_runs
+from saescope.runs.peer import peer_format, peer_spec
 from saescope.runs.resume import Given, Recorded
 from saescope.runs.run import Run, sae_folders
 from saescope.saes import SAE, architecture, make_sae
@@ -199,6 +202,8 @@ __all__ = [
     "harvest",
     "passes",
     "passes_note",
+    "peer_format",
+    "peer_spec",
     "resume_run",
     "run_metadata",
     "sae_dirs",

@@ -18,7 +18,6 @@ from saescope.saes.auxk import AuxKConfig
 from saescope.saes.base import (
     ARCHITECTURES,
     SAE,
-    Across,
     LossContext,
     LossOutput,
     SAEConfig,
@@ -29,6 +28,7 @@ from saescope.saes.base import (
 from saescope.saes.batchtopk import BatchTopKConfig, BatchTopKSAE
 from saescope.saes.gated import GatedConfig, GatedSAE
 from saescope.saes.jumprelu import JumpReLUConfig, JumpReLUSAE
+from saescope.saes.loss import Across
 from saescope.saes.matryoshka import MatryoshkaConfig, MatryoshkaSAE
 from saescope.saes.relu import ReLUConfig, ReLUSAE
 from saescope.saes.topk import TopKConfig, TopKSAE

@@ -13,7 +13,8 @@ from torch import Tensor
 
 from saescope import ops, sparse
 from saescope.errors import ConfigError
-from saescope.saes.base import SAE, Across, LossContext, SAEConfig
+from saescope.saes.base import SAE, LossContext, SAEConfig
+from saescope.saes.loss import Across
 from saescope.sparse import SparseCodes
 
 

@@ -22,7 +22,8 @@ from torch import Tensor
 from saescope import ops, sparse
 from saescope.errors import ConfigError
 from saescope.saes.auxk import AuxKConfig, auxk_loss, sparse_topk_loss
-from saescope.saes.base import SAE, Across, LossContext, LossOutput
+from saescope.saes.base import SAE, LossContext, LossOutput
+from saescope.saes.loss import Across
 
 SETTLED_TOKENS = 2048
 """Fewest tokens the final threshold is measured on for it to be trusted (else a warning)."""
@@ -62,7 +63,7 @@ class BatchTopKSAE(SAE):
     def _encode(self, x: Tensor) -> Tensor:
         return encode_at_threshold(self.pre_acts(x), self.cfg.k, self.threshold, self.training)
 
-    def loss(self, x: Tensor, y: Tensor, ctx: LossContext | None = None) -> LossOutput:
+    def _loss(self, x: Tensor, y: Tensor, ctx: LossContext | None = None) -> LossOutput:
         ctx = ctx or LossContext()
         x, across = self._flat(x), ctx.across
         if self.use_sparse(self.cfg.k / self.cfg.d_sae):

@@ -66,7 +66,7 @@ class JumpReLUSAE(SAE):
     def _encode(self, x: Tensor) -> Tensor:
         return ops.jumprelu(self.pre_acts(x), self.threshold, self.cfg.bandwidth)
 
-    def loss(self, x: Tensor, y: Tensor, ctx: LossContext | None = None) -> LossOutput:
+    def _loss(self, x: Tensor, y: Tensor, ctx: LossContext | None = None) -> LossOutput:
         ctx = ctx or LossContext()
         x = self._flat(x)
         coef = self.cfg.l0_coef * ctx.sparsity_scale

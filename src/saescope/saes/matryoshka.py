@@ -113,7 +113,7 @@ class MatryoshkaSAE(SAE):
     def _encode(self, x: Tensor) -> Tensor:
         return encode_at_threshold(self.pre_acts(x), self.cfg.k, self.threshold, self.training)
 
-    def loss(self, x: Tensor, y: Tensor, ctx: LossContext | None = None) -> LossOutput:
+    def _loss(self, x: Tensor, y: Tensor, ctx: LossContext | None = None) -> LossOutput:
         ctx = ctx or LossContext()
         x = self._flat(x)
         if self.use_sparse(self.cfg.k / self.cfg.d_sae):

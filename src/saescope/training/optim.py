@@ -125,6 +125,8 @@ def resample(
     sae = slot.sae
     x_n = x[pick] * slot.scale_in
     y_n = y[pick] * slot.scale_out - sae.b_dec
+    if sae.W_skip is not None:  # what the decoder has to explain
+        y_n = y_n - x_n @ sae.W_skip.T
     enc = x_n - sae.b_dec if sae.cfg.apply_b_dec_to_input else x_n
     sae.resample_latents(idx, enc, y_n)
     for name, p in sae.named_parameters():
