@@ -60,11 +60,12 @@ from saescope.version import __version__
 AE_FILE = "ae.pt"
 CONFIG_FILE = "config.json"
 RECORD_KEY = "saescope"
+"""config.json's entry for what saescope wrote (its config, the names of the tensors folds
+change, and metadata)."""
 KEPT_KEYS = ("reshape_activations", "hook_head_index", "prepend_bos")
 """Metadata the trainer's config has no place for, read back from saescope's record."""
 STATE_FILE = "saescope.safetensors"
 """saescope's own values of the tensors a write folds (the peer never reads this file)."""
-"""config.json's entry for what saescope wrote (its config and the tensors folds change)."""
 
 
 # ----- finding and reading the files --------------------------------------------------------
