@@ -64,7 +64,8 @@ def finite(value: Any) -> Any:
 
 
 def run(ns: argparse.Namespace) -> int:
-    r = Run.open(ns.run, model=ns.model, hook=ns.hook, target=ns.target)
+    need = ns.data in (None, "synthetic")  # else a peer SAE's model is not needed
+    r = Run.open(ns.run, model=ns.model, hook=ns.hook, target=ns.target, need_data=need)
     task = options.given(ns, ArticleTaskConfig)
     data = r.eval_data(ns.data, ns.hook, ns.target, task)
     results = r.evaluate(ns.tokens, data, batch_size=ns.batch_size)

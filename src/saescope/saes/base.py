@@ -51,9 +51,7 @@ class SAEConfig:
     decode(encode(x)) + x W_skip^T (sparsify's skip connection, SAELens's skip transcoders);
     decode(f) is unchanged. Written to cfg.json only when on."""
     target_l0: float | None = None
-    """Mean active latents per token to train towards: sets k (topk, batchtopk, matryoshka);
-    training adjusts relu's, gated's and jumprelu's sparsity coefficient (after its warm-up)
-    until the running L0 settles there, and saves the coefficient reached (saes/target.py)."""
+    """Mean L0 to train towards: sets k (TopK family), else steers the sparsity coefficient."""
     sparsity_coef: ClassVar[str | None] = None  # the field a target L0 steers (None: sets k)
 
     def __post_init__(self) -> None:
@@ -85,13 +83,12 @@ class SAEConfig:
         return "none"
 
     def to_dict(self) -> dict[str, Any]:
-        """The config with its `architecture`; `skip_connection` only when on, so the files
-        of SAEs without one stay as they were."""
+        """The config with its `architecture`; `skip_connection` and `target_l0` only when
+        set, so the files of SAEs without them stay as they were."""
         d = {"architecture": self.name, **dataclasses.asdict(self)}
-        if not self.skip_connection:
-            del d["skip_connection"]
-        if self.target_l0 is None:
-            del d["target_l0"]
+        for key in ("skip_connection", "target_l0"):  # written only when set
+            if not d[key]:
+                del d[key]
         return d
 
 
@@ -355,7 +352,8 @@ class SAE(nn.Module, abc.ABC):
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> SAE:
         """Load a saved SAE in eval mode: `SAE.load` takes any architecture, `TopKSAE.load`
-        only its own. Never unpickles: JSON + safetensors only."""
+        only its own. float64 weights stay float64 (others load as float32). Never unpickles:
+        JSON + safetensors only."""
         cfg = io.read_cfg(path)
         io.check_sizes(path, cfg)
         try:
@@ -368,6 +366,8 @@ class SAE(nn.Module, abc.ABC):
             )
         sae = make_sae(config)
         state = sae.from_file_tensors(io.read_weights(path, device))
+        if state["W_dec"].dtype == torch.float64:  # kept, as the peer formats' loaders keep it
+            sae = sae.double()
         expected = {k: tuple(v.shape) for k, v in sae.state_dict().items()}
         got = {k: tuple(v.shape) for k, v in state.items()}
         if expected != got:

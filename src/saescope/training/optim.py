@@ -16,6 +16,7 @@ from torch.optim.adam import adam as adam_functional
 from saescope import ops
 from saescope.saes import SAE, LossContext, LossOutput
 from saescope.training.config import BadBatchError, TrainConfig
+from saescope.training.group import Share
 from saescope.training.target import L0Controller, controller_for
 
 
@@ -50,26 +51,42 @@ def make_slots(saes: Sequence[SAE], cfg: TrainConfig) -> list[Slot]:
     return slots
 
 
+def _check_loss(total: Tensor, step: int) -> None:
+    if not torch.isfinite(total):
+        raise BadBatchError(
+            f"loss at step {step} is not finite ({float(total)}); weights and checkpoint are "
+            "untouched. Lower the learning rate or check the data, then resume"
+        )
+
+
 def step(
-    slot: Slot, x: Tensor, y: Tensor, step: int, cfg: TrainConfig, dead_tokens: int
+    slot: Slot,
+    x: Tensor,
+    y: Tensor,
+    step: int,
+    cfg: TrainConfig,
+    dead_tokens: int,
+    share: Share | None = None,
 ) -> LossOutput:
-    """One optimiser step on the batch (x, y), raw activations (scaled here)."""
+    """One optimiser step on the batch (x, y), raw activations (scaled here). With `share`
+    (data parallel) x and y are this process's rows, and the gradients, loss terms and fired
+    latents become the whole batch's before anything changes."""
     sae, opt = slot.sae, slot.opt
     x_n = x * slot.scale_in
     y_n = x_n if y is x and slot.scale_out == slot.scale_in else y * slot.scale_out
     warmup = cfg.sparsity_factor(step)
     steer = slot.controller.scale() if slot.controller else 1.0
     ctx = LossContext(warmup * steer, slot.dead(dead_tokens))
+    ctx.across = None if share is None else share.across
     out = sae.loss(x_n, y_n, ctx)
-    total = out.total
-    if not torch.isfinite(total):
-        raise BadBatchError(
-            f"loss at step {step} is not finite ({float(total)}); weights and checkpoint are "
-            "untouched. Lower the learning rate or check the data, then resume"
-        )
+    if share is None:
+        _check_loss(out.total, step)
     for p in sae.parameters():  # opt.zero_grad(set_to_none=True), without its overhead
         p.grad = None
-    total.backward()
+    out.total.backward()
+    fired = out.fired() if share is None else share.reduce(sae, out)
+    if share is not None:  # the whole batch's loss, the same on every process
+        _check_loss(out.total, step)
     if sae.cfg.unit_norm_decoder and sae.W_dec.grad is not None:
         ops.remove_parallel_grad_(sae.W_dec.detach(), sae.W_dec.grad)
     params = [p for p in sae.parameters() if p.grad is not None]
@@ -90,10 +107,21 @@ def step(
         sae.normalise_decoder()
     sae.after_step(out)
     if slot.controller and warmup >= 1.0:  # the target steers once the warm-up is over
-        slot.controller.update(out.l0(), cfg.lr_factor(step))
-    fired = out.fired()
-    slot.since_fired = torch.where(fired, 0, slot.since_fired + x.shape[0])  # type: ignore[operator]
+        slot.controller.update(_batch_l0(out, share), cfg.lr_factor(step))
+    tokens = x.shape[0] if share is None else share.kept_total
+    slot.since_fired = torch.where(fired, 0, slot.since_fired + tokens)  # type: ignore[operator]
     return out
+
+
+def _batch_l0(out: LossOutput, share: Share | None) -> float:
+    """The step's L0 over the whole batch (every process's rows, with `share`), so that the
+    target-L0 controller moves the same on every process."""
+    if share is None:
+        return out.l0()
+    kept = share.kept
+    return float(share.across.sum(torch.tensor(out.l0() * kept, dtype=torch.float64))) / max(
+        share.kept_total, 1
+    )
 
 
 @torch.no_grad()
