@@ -36,6 +36,7 @@ ARCHS = {
 }
 CASES = [f"{a}-file" for a in ARCHS] + [f"{a}-cache" for a in list(ARCHS)[:4]]
 CASES += ["batchtopk-sparse", "matryoshka-sparse", "topk-model"]
+CASES += ["relu-target", "jumprelu-target"]  # the target-L0 controller: the whole batch's L0
 HOOK = "blocks.0"
 
 
@@ -97,7 +98,10 @@ def train_case(case: str, data: Path, out: Path | None, group: parallel.DDPGroup
     arch = case.split("-")[0]
     batches = stream(case, data)
     torch.manual_seed(0)
-    sae = make_sae({"architecture": arch, "d_in": batches.d_in, "d_sae": D_SAE, **ARCHS[arch]})
+    target = {"target_l0": 6.0} if case.endswith("-target") else {}
+    sae = make_sae(
+        {"architecture": arch, "d_in": batches.d_in, "d_sae": D_SAE, **ARCHS[arch], **target}
+    )
     if case.endswith("-sparse"):
         sae.sparse_mode = "sparse"
     spec = DataSpec.at(data / "acts.npy")  # recorded only

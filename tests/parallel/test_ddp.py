@@ -81,6 +81,8 @@ def test_two_ranks_train_the_sae_one_process_trains(tmp_path):
         for key in ("loss", "l0", "mse", "explained_variance", "dead_fraction"):
             assert logged[key] == pytest.approx(final[key], rel=1e-5, abs=1e-7), (case, key)
         assert (outs[0] / case / "metrics.jsonl").is_file()
+        if case.endswith("-target"):  # the controller moved the same on both ranks
+            assert logged["sparsity_coef"] == pytest.approx(final["sparsity_coef"], rel=1e-6)
     assert not outs[1].exists()  # rank 1 wrote nothing
 
 
