@@ -41,8 +41,8 @@ def test_sparse_probes_on_a_known_task():
 
 
 def test_shuffled_labels_give_chance():
-    x_tr, f_tr, y_tr = _task(400, 0)
-    x_te, f_te, y_te = _task(400, 1)
+    _, f_tr, y_tr = _task(400, 0)
+    _, f_te, y_te = _task(400, 1)
     perm = torch.randperm(400, generator=torch.Generator().manual_seed(5))
     noise = torch.randn(800, 8, generator=torch.Generator().manual_seed(6))
     got = probe_accuracies((noise[:400], noise[400:]), (f_tr, f_te), (y_tr[perm], y_te), ks=(1,))

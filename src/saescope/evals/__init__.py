@@ -18,6 +18,7 @@ from saescope.errors import ConfigError
 from saescope.evals.absorption import AbsorptionConfig, first_letter
 from saescope.evals.probing import ProbingConfig, probing
 from saescope.runs import DataSpec, Run
+from saescope.text import table
 
 
 @dataclass
@@ -31,6 +32,20 @@ class SuiteOptions:
     plot: bool = True
     probing: ProbingConfig = field(default_factory=ProbingConfig)
     absorption: AbsorptionConfig = field(default_factory=AbsorptionConfig)
+
+    @classmethod
+    def sized(
+        cls,
+        tokens: int = 65_536,
+        data: DataSpec | None = None,
+        batch_size: int | None = None,
+        probe_contexts: int = 128,
+        words: int = 1500,
+    ) -> SuiteOptions:
+        """Options by size: core's tokens, probing's training contexts per class (held-out:
+        half as many), absorption's words."""
+        probe = ProbingConfig(n_train=probe_contexts, n_test=max(1, probe_contexts // 2))
+        return cls(tokens, data, batch_size, probing=probe, absorption=AbsorptionConfig(words))
 
 
 Suite = Callable[[Run, SuiteOptions], dict[str, dict[str, Any]]]
@@ -89,13 +104,19 @@ def run_suites(
     return {name: SUITES[name](run, opts) for name in checked}
 
 
+CORE_COLUMNS = ["sae", "architecture", "l0", "mse", "explained_variance", "dead_fraction"]
+CORE_COLUMNS += ["ce_loss_recovered"]
+
+
 def summary_rows(suite: str, result: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """Table rows of a probing or absorption result: per SAE and task (probing: the raw
-    probe's and each k-sparse probe's held-out accuracy) or per SAE (absorption: the mean
-    rate and fraction, the letters scored, the probe's accuracy)."""
+    """Table rows of a suite's result: per SAE (core: its metrics; absorption: the mean rate
+    and fraction, the letters scored, the probe's accuracy) or per SAE and task (probing: the
+    raw probe's and each k-sparse probe's held-out accuracy)."""
     rows: list[dict[str, Any]] = []
     for sae, got in result.items():
-        if suite == "probing":
+        if suite == "core":
+            rows.append({"sae": sae, **{k: got.get(k) for k in CORE_COLUMNS[1:]}})
+        elif suite == "probing":
             for task, acc in {**got["tasks"], "mean": None}.items():
                 vals = (
                     got["mean"]
@@ -109,6 +130,12 @@ def summary_rows(suite: str, result: dict[str, dict[str, Any]]) -> list[dict[str
     return rows
 
 
+def summary(suite: str, result: dict[str, dict[str, Any]]) -> str:
+    """A suite's result as a terminal table."""
+    rows = summary_rows(suite, result)
+    return table(rows, list(rows[0])) if rows else "(no SAEs)"
+
+
 __all__ = [
     "SUITES",
     "AbsorptionConfig",
@@ -116,5 +143,6 @@ __all__ = [
     "SuiteOptions",
     "parse_suites",
     "run_suites",
+    "summary",
     "summary_rows",
 ]

@@ -106,9 +106,10 @@ def absorption_scores(
     """Per row of activations x (n, d) and their codes f (n, d_sae): `full` (bool, full
     absorption), `fraction` (the absorption fraction) and `absorber` (the latent with the
     largest projection on the probe direction (d,), a unit vector)."""
-    cos = torch.nn.functional.cosine_similarity(W_dec.detach().float(), direction[None].float(), dim=1)
+    W, u = W_dec.detach().float(), direction.float()
+    cos = torch.nn.functional.cosine_similarity(W, u[None], dim=1)  # (d_sae,)
     proj = f.float() * cos  # (n, d_sae): each latent's projection on the probe
-    act = x.float() @ direction.float()  # (n,)
+    act = x.float() @ u  # (n,): the activation's own projection
     main_t = torch.tensor(main, dtype=torch.long)
     main_proj = proj[:, main_t].sum(1)
     silent = (f[:, main_t] < EPS).all(1)

@@ -1,16 +1,22 @@
 """Logistic-regression probes, fitted in torch (no scikit-learn): binary (one logit, sigmoid)
-or multinomial (softmax over classes), an L2 penalty on the weights, L-BFGS with a strong
-Wolfe line search in float64. The inputs are centred and divided by one scalar (their mean
-row norm over sqrt(d)), so the weights' direction is the probe's direction in the raw space."""
+or multinomial (softmax over classes), an L2 penalty on the weights, in float64: Newton's
+method for a binary probe on few columns, else scipy's L-BFGS-B on the exact gradient. The
+inputs are centred and divided by one scalar (their mean row norm over sqrt(d)), so the
+weights' direction is the probe's direction in the raw space."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from saescope.errors import InputError
+
+NEWTON_MAX_D = 64
+"""Binary probes on at most this many columns are fitted by Newton's method (fast for a few
+latents), wider ones and multinomial ones by L-BFGS."""
 
 
 @dataclass(frozen=True)
@@ -59,28 +65,70 @@ def fit_logistic(
     xc = x - mean
     scale = float(xc.norm(dim=1).mean()) / max(x.shape[1], 1) ** 0.5 or 1.0
     xc = xc / scale
-    cols = 1 if n_classes == 2 else n_classes
-    W = torch.zeros(x.shape[1], cols, dtype=torch.float64, requires_grad=True)
-    b = torch.zeros(cols, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS(
-        [W, b], lr=1, max_iter=max_iter, tolerance_grad=1e-9, line_search_fn="strong_wolfe"
-    )
-
-    def closure() -> Tensor:
-        opt.zero_grad()
-        loss = _cross_entropy(xc @ W + b, y) + 0.5 * l2 * (W * W).sum()
-        loss.backward()
-        return loss
-
-    with torch.enable_grad():
-        opt.step(closure)
-    return Probe(mean, scale, W.detach(), b.detach())
+    if n_classes == 2 and x.shape[1] <= NEWTON_MAX_D:
+        W0, b0 = _newton(xc, y.double(), l2)
+        return Probe(mean, scale, W0[:, None], b0.reshape(1))
+    W, b = _lbfgs(xc, y, 1 if n_classes == 2 else n_classes, l2, max_iter)
+    return Probe(mean, scale, W, b)
 
 
-def _cross_entropy(logits: Tensor, y: Tensor) -> Tensor:
-    if logits.shape[1] == 1:
-        return torch.nn.functional.binary_cross_entropy_with_logits(logits[:, 0], y.double())
-    return torch.nn.functional.cross_entropy(logits, y)
+def _lbfgs(x: Tensor, y: Tensor, cols: int, l2: float, max_iter: int) -> tuple[Tensor, Tensor]:
+    """W (d, cols), b (cols,) minimising the mean cross-entropy + (l2 / 2) ||W||^2 by scipy's
+    L-BFGS-B on the exact gradient (logits z = x W + b; residual r = p - onehot(y), or
+    sigmoid(z) - y for one logit: dW = x^T r / n + l2 W, db = mean of r)."""
+    from scipy.optimize import minimize  # scipy only when a probe is fitted
+
+    n, d = x.shape
+    target = y.double()[:, None] if cols == 1 else torch.nn.functional.one_hot(y, cols).double()
+
+    def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        t = torch.from_numpy(theta).view(d + 1, cols)
+        W, b = t[:d], t[d]
+        z = x @ W + b
+        if cols == 1:
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(z, target)
+            r = torch.sigmoid(z) - target
+        else:
+            loss = torch.nn.functional.cross_entropy(z, y)
+            r = torch.softmax(z, dim=1) - target
+        grad = torch.cat([x.T @ r / n + l2 * W, r.mean(0, keepdim=True)])
+        return float(loss + 0.5 * l2 * (W * W).sum()), grad.reshape(-1).numpy()
+
+    opts = {"maxiter": max_iter, "gtol": 1e-9}
+    got = minimize(objective, np.zeros((d + 1) * cols), jac=True, method="L-BFGS-B", options=opts)
+    t = torch.from_numpy(got.x).view(d + 1, cols)
+    return t[:d].clone(), t[d].clone()
+
+
+def _newton(x: Tensor, y: Tensor, l2: float, steps: int = 50) -> tuple[Tensor, Tensor]:
+    """A binary logistic regression by Newton's method (the same objective as the L-BFGS
+    path): w (d,), b () for inputs x (n, d) and labels y (n,) in {0, 1}; the Hessian is
+    (d + 1) x (d + 1), so this serves few columns (a k-sparse probe)."""
+    n, d = x.shape
+    xb = torch.cat([x, torch.ones(n, 1, dtype=x.dtype)], dim=1)  # (n, d + 1)
+    theta = torch.zeros(d + 1, dtype=x.dtype)
+    reg = torch.full((d + 1,), l2, dtype=x.dtype)
+    reg[-1] = 0.0  # the bias is not penalised
+
+    def loss(t: Tensor) -> float:
+        z = xb @ t
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(z, y)
+        return float(bce + 0.5 * (reg * t * t).sum())
+
+    now = loss(theta)
+    for _ in range(steps):
+        p = torch.sigmoid(xb @ theta)
+        grad = xb.T @ (p - y) / n + reg * theta
+        hess = (xb * (p * (1 - p))[:, None]).T @ xb / n + torch.diag(reg + 1e-10)
+        step = torch.linalg.solve(hess, grad)
+        rate = 1.0
+        while (new := loss(theta - rate * step)) > now and rate > 1e-4:
+            rate /= 2  # backtracking: a full Newton step can overshoot far from the optimum
+        theta, done = theta - rate * step, now - new < 1e-12
+        now = new
+        if done:
+            break
+    return theta[:-1], theta[-1]
 
 
 def f1(pred: Tensor, y: Tensor) -> float:

@@ -17,6 +17,7 @@ the rest to the held-out set, so no test context overlaps a training one.
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,7 +140,7 @@ def _works(prefixes: Sequence[str], root: Path) -> list[Path]:
 
 def _windows(text: str, n: int, rng: random.Random, chars: int) -> list[str]:
     """n windows of `chars` characters from random places of text, each starting at a line."""
-    starts = [i + 1 for i, c in enumerate(text) if c == "\n" and i + chars < len(text)]
+    starts = [m.end() for m in re.finditer("\n", text[: max(0, len(text) - chars)])]
     if not starts:
         return []
     return [text[s : s + chars] for s in (rng.choice(starts) for _ in range(n))]
