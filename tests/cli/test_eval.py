@@ -176,16 +176,13 @@ def test_absorption_on_a_run_without_a_tokenizer_is_one_line(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_probing_and_absorption_suites_on_a_glassllm_run(glass_sae, capsys):
-    argv = ["eval", str(glass_sae), "--suite", "probing,absorption"]
-    argv += ["--probe-contexts", "8", "--absorption-words", "120"]
-    assert main([*argv, "--json"]) == 0
+    argv = ["eval", str(glass_sae), "--suite", "probing,absorption", "--json"]
+    assert main([*argv, "--probe-contexts", "4", "--absorption-words", "60"]) == 0
     got = json.loads(capsys.readouterr().out)
-    assert set(got) == {"probing", "absorption"}
+    assert list(got) == ["probing", "absorption"]
     (probing,) = got["probing"].values()
     assert set(probing["mean"]) == {"raw", "sae_1", "sae_2", "sae_5"}
-    assert all(t["n_train"] == 16 and t["n_test"] == 8 for t in probing["tasks"].values())
+    assert all(t["n_train"] == 8 and t["n_test"] == 4 for t in probing["tasks"].values())
     (absorption,) = got["absorption"].values()
-    assert absorption["n_words"] == 120 and "mean_absorption" in absorption
-    assert main(argv) == 0
-    out = capsys.readouterr().out
-    assert "probing:" in out and "milton_vs_shakespeare" in out and "absorption:" in out
+    assert absorption["n_words"] == 60 and absorption["n_test"] == 12
+    assert set(absorption) >= {"mean_absorption", "mean_fraction", "probe_accuracy", "classes"}

@@ -146,9 +146,9 @@ def test_first_letter_on_glassllm(glass, glass_sae):
     words = word_tokens(tok)
     assert words and all(w.startswith(" ") and w[1:].isalpha() for _, w in words)
     run = Run.open(glass_sae)
-    cfg = AbsorptionConfig(n_words=200, max_k=3)
+    cfg = AbsorptionConfig(n_words=100, max_k=3)
     (got,) = first_letter(model, tok, "layers.2", run.saes, cfg).values()
-    assert got["n_words"] <= 200 and got["n_test"] == int(0.2 * got["n_words"])
+    assert got["n_words"] == 100 and got["n_test"] == 20
     assert 0 <= got["probe_accuracy"] <= 1
     for cls in got["classes"].values():
         assert 1 <= len(cls["main_latents"]) <= 3
