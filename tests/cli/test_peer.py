@@ -5,6 +5,7 @@ model saescope does not have, or none named, is a one-line error."""
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
@@ -17,6 +18,7 @@ from saescope.saes import make_sae
 from tests.cli.common import one_line_error
 from tests.explore.common import LOCAL
 from tests.runs.common import saelens_folder
+from tests.runs.test_peer import sparsify_run
 
 COMMANDS = ["eval", "steer", "features", "index", "explore", "export"]
 
@@ -42,6 +44,18 @@ def test_each_command_takes_model_and_hook(command):
     extra = {"steer": ["--prompt", "p"], "export": ["--features", "1"]}.get(command, [])
     ns = build_parser().parse_args([command, "RUN", "--model", "m", "--hook", "h", *extra])
     assert (ns.model, ns.hook) == ("m", "h")
+
+
+def test_eval_on_a_file_needs_no_model(capsys, folders, tmp_path):
+    """--data FILE: a peer SAE of a model saescope does not have (gpt2), or whose hook point
+    the model lacks, is evaluated on the file's activations; no model is loaded."""
+    glass, gpt2 = folders
+    torch.manual_seed(1)
+    acts = tmp_path / "acts.npy"
+    np.save(acts, torch.randn(300, 128).numpy())
+    got = cli_json(capsys, ["eval", str(gpt2), "--data", str(acts), "--json"])
+    assert got["n_tokens"] == 300 and got["l0"] == pytest.approx(8)
+    assert cli_json(capsys, ["eval", str(glass), "--data", str(acts), "--json"]) == got
 
 
 @pytest.mark.slow
@@ -80,6 +94,24 @@ def test_index_then_explore_a_saelens_folder(capsys, folders, tmp_path):
         main(["export", str(glass), "--features", "1,2", "--html", str(tmp_path / "f.html")]) == 0
     )
     assert "2 features" in capsys.readouterr().out and (tmp_path / "f.html").is_file()
+
+
+@pytest.mark.slow
+def test_each_hook_point_of_a_sparsify_run_has_its_own_index(capsys, tmp_path):
+    """Indexing both hook points of one run folder keeps both indexes, and explore and export
+    with --hook show the one it names (they shared the run folder's index.sqlite)."""
+    root = sparsify_run(tmp_path / "run")
+    for hook in ("layers.1", "layers.2"):
+        argv = ["index", str(root), "--hook", hook, "--tokens", "300", "--no-progress"]
+        assert main(argv) == 0
+    capsys.readouterr()
+    for hook in ("layers.1", "layers.2"):
+        with TestClient(create_app([root], hook=hook), base_url=LOCAL) as client:
+            (run,) = client.get("/api/runs").json()
+        assert run["saes"][0]["index"]["hook"] == hook
+        html = tmp_path / f"{hook}.html"
+        argv = ["export", str(root), "--hook", hook, "--features", "1", "--html", str(html)]
+        assert main(argv) == 0
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -283,3 +283,42 @@ def test_transcoders_refused_by_dictionary_learning(tmp_path):
     with pytest.raises(FormatError, match="activation_dim") as e:
         save(random_sae(CASES["relu_transcoder"][0]), tmp_path / "dl", "dictionary_learning")
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "meta",
+    [
+        {"hook_name": "blocks.1.attn.hook_z", "reshape_activations": "hook_z"},
+        {"hook_name": "blocks.1.attn.hook_q", "hook_head_index": 2, "prepend_bos": False},
+    ],
+)
+@pytest.mark.parametrize("via", ["saescope", "sparsify", "dictionary_learning"])
+def test_saelens_metadata_survives_another_format(via, meta, tmp_path):
+    """SAELens -> another format -> SAELens keeps what SAELens's metadata says about the
+    activations (the hook_z reshape, the head, BOS), not only the model and hook."""
+    meta = {"model_name": "glassllm", "context_size": 64, **meta}
+    save(random_sae(CASES["topk"][0]), tmp_path / "lens", "saelens", meta)
+    convert(tmp_path / "lens", tmp_path / "via", via)
+    convert(tmp_path / "via", tmp_path / "back", "saelens")
+    got = metadata(tmp_path / "back")
+    assert {k: got.get(k) for k in meta} == meta
+
+
+@pytest.mark.parametrize(
+    "first, second",
+    [("saelens", "dictionary_learning"), ("saescope", "dictionary_learning"),
+     ("saelens", "sparsify"), ("sparsify", "saelens")],
+)  # fmt: skip
+def test_writing_over_another_formats_sae_refused(first, second, tmp_path):
+    """The old files would stay beside the new ones and `load` would find the old SAE (or
+    misread the mix): a folder holding an SAE in another format is refused, in one line."""
+    old, new = random_sae(CASES["topk"][0], seed=0), random_sae(CASES["topk"][0], seed=1)
+    save(old, tmp_path / "out", first)
+    with pytest.raises(FormatError, match=f"already holds a {first} SAE") as e:
+        save(new, tmp_path / "out", second)
+    assert "\n" not in str(e.value)
+    new.save(tmp_path / "new")
+    with pytest.raises(FormatError, match=f"already holds a {first} SAE"):
+        convert(tmp_path / "new", tmp_path / "out", second)
+    save(new, tmp_path / "out", first)  # the same format: its files are replaced
+    assert torch.equal(load(tmp_path / "out").W_dec, new.W_dec)

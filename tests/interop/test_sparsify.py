@@ -135,9 +135,12 @@ def test_bfloat16_coder_loads_as_float32(tmp_path):
     assert torch.equal(sae.W_dec, w["W_dec"].bfloat16().float())  # exactly the file's values
 
 
-def test_hook_on_a_single_coder_refused():
-    with pytest.raises(FormatError, match="single SparseCoder"):
-        load_sparsify(FIXTURES / "topk", hook="layers.3")
+def test_hook_on_a_single_coder_names_its_hook_point():
+    """A bare SparseCoder folder says no hook point: hook= names it (as for SAELens and
+    dictionary_learning folders), so Run.open(--hook) and convert --hook can use it."""
+    assert metadata_sparsify(FIXTURES / "topk").get("hook_name") is None
+    assert metadata_sparsify(FIXTURES / "topk", hook="layers.3")["hook_name"] == "layers.3"
+    assert load_sparsify(FIXTURES / "topk", hook="layers.3").cfg.d_in == 16
 
 
 @pytest.mark.parametrize("name", REFUSED)
@@ -314,3 +317,17 @@ def test_missing_weights_in_a_written_folder(tmp_path):
     save_file(w, tmp_path / "sc" / "sae.safetensors")
     with pytest.raises(FormatError, match="'b_dec' is missing"):
         load_sparsify(tmp_path / "sc")
+
+
+def test_a_transcoders_hook_point_is_its_modules_input_and_output(tmp_path):
+    """sparsify's transcoder at hook point M reads M's input and predicts M's output: its
+    metadata says M:in -> M (saescope's hook syntax), so a run of it evaluates and splices
+    a transcoder, not an SAE on M's output."""
+    run = tmp_path / "run"
+    shutil.copytree(FIXTURES / "transcoder", run / "layers.1.mlp")
+    (run / "config.json").write_text(json.dumps({"hookpoints": ["layers.1.mlp"]}))
+    meta = metadata_sparsify(run)
+    assert (meta["hook_name"], meta["hook_name_out"]) == ("layers.1.mlp:in", "layers.1.mlp")
+    plain = metadata_sparsify(tmp_path / "run" / "layers.1.mlp", hook=None)
+    assert plain["hook_name"] == "layers.1.mlp:in"
+    assert "hook_name_out" not in metadata_sparsify(FIXTURES / "run", hook="layers.1")

@@ -4,9 +4,11 @@ does not have, or no model or hook at all, is a one-line error; its evaluation i
 SAE's as a saescope run."""
 
 import dataclasses
+import json
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from saescope import interop
 from saescope.errors import ConfigError
@@ -71,6 +73,20 @@ def test_a_model_saescope_does_not_have_needs_model(tmp_path):
     assert Run.open(path, model="glassllm").data.model == "glassllm"
 
 
+def test_without_need_data_a_model_saescope_lacks_leaves_data_none(tmp_path):
+    """Evaluating on a file needs no model: need_data=False opens the folder (a peer's or one
+    converted from it) with data None rather than the error, and loads no model."""
+    path = saelens_folder(topk(768), tmp_path / "gpt2", model_name="gpt2", hook_name="layers.2")
+    converted = interop.convert(path, tmp_path / "converted", "saescope")
+    for folder in (path, converted):
+        run = Run.open(folder, need_data=False)
+        assert run.data is None and run.sae()[1].cfg.d_in == 768
+    acts = tmp_path / "acts.safetensors"
+    save_file({"x": torch.randn(64, 768)}, acts)
+    got = run.evaluate(64, DataSpec.at(acts), plot=False)[converted.name]
+    assert got["n_tokens"] == 64
+
+
 def test_a_hook_the_model_lacks_needs_hook_and_a_long_context_is_cut(tmp_path):
     """SAELens names hooks as TransformerLens does; a context over the model's is cut to it."""
     meta = {**GLASS, "hook_name": "blocks.2.hook_resid_post", "context_size": 1024}
@@ -99,6 +115,34 @@ def test_a_saescope_run_keeps_its_data_and_takes_model_only_when_it_records_none
     bare = Run.open(sae.save(tmp_path / "bare"), model="glassllm", hook="layers.1")
     assert bare.data == dataclasses.replace(spec, hook="layers.1")
     assert Run.open(tmp_path / "bare").data is None
+
+
+def test_a_bare_sparsify_coder_opens_with_the_model_and_hook_given(tmp_path):
+    """A SparseCoder folder on its own names no hook point: --model and --hook supply it."""
+    path = interop.save(topk(), tmp_path / "coder", format="sparsify")
+    with pytest.raises(ConfigError, match="give --model"):
+        Run.open(path)
+    run = Run.open(path, model="glassllm", hook="layers.1")
+    assert (run.format, run.data.model, run.data.hook) == ("sparsify", "glassllm", "layers.1")
+
+
+def sparsify_run(root):
+    """A sparsify training run's folder: one SparseCoder per hook point, config.json."""
+    for seed, hook in enumerate(["layers.1", "layers.2"]):
+        interop.save(topk(seed=seed), root / hook, format="sparsify")
+    run_cfg = {"hookpoints": ["layers.1", "layers.2"], "model": "glassllm", "ctx_len": 32}
+    (root / "config.json").write_text(json.dumps(run_cfg))
+    return root
+
+
+def test_each_sae_of_a_peer_run_folder_has_its_own_folder(tmp_path):
+    """What saescope writes for an SAE (its index, its density plot) goes to the folder of
+    the SAE `hook` picks, not to the run folder the hook points share."""
+    root = sparsify_run(tmp_path / "run")
+    runs = [Run.open(root, hook=h) for h in ("layers.1", "layers.2")]
+    assert [r.path for r in runs] == [root / "layers.1", root / "layers.2"]
+    assert [list(r.dirs.values()) for r in runs] == [[root / "layers.1"], [root / "layers.2"]]
+    assert runs[1].data.hook == "layers.2" and runs[1].data.model == "glassllm"
 
 
 @pytest.mark.slow

@@ -69,7 +69,8 @@ def finite(value: Any) -> Any:
 
 def run(ns: argparse.Namespace) -> int:
     names = parse_suites(ns.suite)
-    r = Run.open(ns.run, model=ns.model, hook=ns.hook, target=ns.target)
+    need = ns.data in (None, "synthetic") or names != ["core"]  # else a peer's model is not needed
+    r = Run.open(ns.run, model=ns.model, hook=ns.hook, target=ns.target, need_data=need)
     task = options.given(ns, ArticleTaskConfig)
     data = r.eval_data(ns.data, ns.hook, ns.target, task) if "core" in names else None
     if names != ["core"]:
@@ -100,11 +101,9 @@ def outlier_line(row: dict[str, Any]) -> str:
 
 
 def suites(ns: argparse.Namespace, r: Run, names: list[str], data: DataSpec | None) -> int:
-    """Several suites (or one other than core): {suite: {sae: result}}, or a table each."""
+    """Several suites (or one other than core): {suite: {sae: result}}, or a table of each."""
     sizes = (ns.probe_contexts, ns.absorption_words)
     results = run_suites(r, names, SuiteOptions.sized(ns.tokens, data, ns.batch_size, *sizes))
-    if ns.json:
-        print(json.dumps(finite(results)))
-    else:
-        print("\n".join(f"{name}:\n{summary(name, got)}" for name, got in results.items()))
+    tables = (f"{name}:\n{summary(name, got)}" for name, got in results.items())
+    print(json.dumps(finite(results)) if ns.json else "\n".join(tables))
     return 0

@@ -9,7 +9,6 @@ import argparse
 from saescope.analysis import check_features, neuronpedia
 from saescope.cli import peer
 from saescope.errors import InputError
-from saescope.explore import export
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -57,6 +56,8 @@ def parse_features(text: str, d_sae: int | None = None) -> list[int] | None:
 
 
 def run(ns: argparse.Namespace) -> int:
+    from saescope.explore import export  # heavy (FastAPI): only when run
+
     if ns.html is None and ns.neuronpedia is None:
         raise InputError("nothing to write: give --html FILE and/or --neuronpedia DIR")
     if ns.features.strip().lower() == "all" and ns.html is not None:

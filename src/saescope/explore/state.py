@@ -13,7 +13,7 @@ from typing import Any
 
 from saescope.analysis import FeatureIndex
 from saescope.errors import ConfigError, InputError, SaescopeError
-from saescope.runs import Run, peer_format, peer_spec, sae_folders
+from saescope.runs import Run, peer_folder, peer_format, peer_spec, sae_folders
 
 
 class NotFound(InputError):
@@ -110,6 +110,8 @@ def load_runs(
             )
         if peer_format(path):
             peer_spec(path, model, hook)
+            path = peer_folder(path, hook)  # the SAE `hook` picks: its index is there
+            names = sae_names(path)
         name, n = path.name, 1
         while name in out:
             n += 1

@@ -9,7 +9,7 @@ import torch
 
 from saescope.errors import FormatError
 from saescope.interop.detect import detect
-from saescope.interop.formats import FORMATS, get_format
+from saescope.interop.formats import FORMATS, get_format, save
 from saescope.saes import io
 
 
@@ -23,15 +23,16 @@ def convert(
     """Load the SAE at `src` (any format `detect` knows; `hook` picks one where the folder
     holds several, and names the hook where the source says none) and write it at `dst` in
     format `to`, with the model and hook the source names. A one-line FormatError when `to`
-    cannot express the SAE, or when `dst` is `src`."""
-    fmt = get_format(to)
+    cannot express the SAE, when `dst` is `src`, or when `dst` holds an SAE in another
+    format."""
+    get_format(to)  # an unknown format is refused before anything is read
     src, dst = Path(src), Path(dst)
     name = detect(src)
     if dst.resolve() == src.resolve():
         raise FormatError(f"{dst} is the source folder; give --out another folder")
     sae = FORMATS[name].load(src, device, hook)
     meta = carried_metadata(src, name, to, hook)
-    return fmt.save(sae, dst, meta)
+    return save(sae, dst, to, meta)
 
 
 def carried_metadata(src: Path, name: str, to: str, hook: str | None) -> dict[str, Any]:

@@ -60,9 +60,12 @@ from saescope.version import __version__
 AE_FILE = "ae.pt"
 CONFIG_FILE = "config.json"
 RECORD_KEY = "saescope"
+"""config.json's entry for what saescope wrote (its config, the names of the tensors folds
+change, and metadata)."""
+KEPT_KEYS = ("reshape_activations", "hook_head_index", "prepend_bos")
+"""Metadata the trainer's config has no place for, read back from saescope's record."""
 STATE_FILE = "saescope.safetensors"
 """saescope's own values of the tensors a write folds (the peer never reads this file)."""
-"""config.json's entry for what saescope wrote (its config and the tensors folds change)."""
 
 
 # ----- finding and reading the files --------------------------------------------------------
@@ -178,8 +181,8 @@ def _load_error(file: Path, e: Exception) -> str:
 
 def metadata_dictionary_learning(path: str | Path, hook: str | None = None) -> dict[str, Any]:
     """What the folder's config.json says: model_name (lm_name), hook_name (submodule_name),
-    layer, context_size (buffer.ctx_len), dictionary_learning_architecture (dict_class); only
-    those present."""
+    layer, context_size (buffer.ctx_len), dictionary_learning_architecture (dict_class), and
+    KEPT_KEYS from saescope's record; only those present."""
     cfg = read_config(resolve(path, hook))
     trainer, buffer = cfg["trainer"], cfg.get("buffer")
     found = {
@@ -189,6 +192,11 @@ def metadata_dictionary_learning(path: str | Path, hook: str | None = None) -> d
         "context_size": buffer.get("ctx_len") if isinstance(buffer, dict) else None,
     }
     out = {k: v for k, v in found.items() if v is not None}
+    record = cfg.get(RECORD_KEY)
+    kept = record.get("metadata") if isinstance(record, dict) else None
+    for key in KEPT_KEYS:  # what saescope wrote beside the trainer's keys
+        if isinstance(kept, dict) and kept.get(key) is not None:
+            out.setdefault(key, kept[key])
     out["dictionary_learning_architecture"] = trainer["dict_class"]
     return out
 

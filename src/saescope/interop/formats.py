@@ -53,7 +53,15 @@ DATA_KEYS = {
     "context": "context_size",
 }
 """A run's DataSpec field -> the interop metadata key."""
-INTEROP_KEYS = ("model_name", "hook_name", "hook_name_out", "context_size", "reshape_activations")
+INTEROP_KEYS = (
+    "model_name",
+    "hook_name",
+    "hook_name_out",
+    "context_size",
+    "reshape_activations",
+    "hook_head_index",
+    "prepend_bos",
+)
 """Interop metadata a saescope folder keeps as it is (what a converted SAE came with)."""
 
 
@@ -140,5 +148,12 @@ def save(
     sae: SAE, path: str | Path, format: str = "saescope", metadata: dict[str, Any] | None = None
 ) -> Path:
     """Write `sae` at `path` in `format` (atomic writes); a one-line FormatError when the
-    format cannot express it."""
-    return get_format(format).save(sae, path, metadata)
+    format cannot express it, or when `path` holds an SAE in another format."""
+    fmt = get_format(format)
+    held = next((n for n, f in FORMATS.items() if Path(path).is_dir() and f.is_(Path(path))), None)
+    if held not in (None, format):  # its files would stay, and `detect` could pick them
+        raise FormatError(
+            f"{path} already holds a {held} SAE, whose files would stay beside the {format} "
+            "ones (and could be what loads); write to an empty folder or delete it first"
+        )
+    return fmt.save(sae, path, metadata)

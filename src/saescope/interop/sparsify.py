@@ -42,6 +42,7 @@ REFUSED = {
     "has no equivalent for"
 }
 METADATA_KEYS = ("model_name", "hook_name", "hook_name_out", "context_size")
+METADATA_KEYS += ("reshape_activations", "hook_head_index", "prepend_bos")
 SAESCOPE_KEY = "saescope"
 """sae.safetensors header key holding what save_sparsify keeps for the way back: saescope's
 config and the metadata, as JSON (sparsify's loader reads tensors only)."""
@@ -98,14 +99,11 @@ def _natural(name: str) -> list[Any]:
 
 
 def _resolve(path: str | Path, hook: str | None) -> tuple[Path, str | None]:
-    """(the SparseCoder folder, its hook point name or None) for `path` and `hook=`."""
+    """(the SparseCoder folder, its hook point name or None) for `path` and `hook=`; a single
+    SparseCoder folder is itself whatever `hook` is, as SAELens's and dictionary_learning's
+    folders are."""
     path = Path(path)
-    if _coder(path):
-        if hook is not None and hook != path.name:
-            raise FormatError(
-                f"{path} holds a single SparseCoder, not a run folder; leave out hook= "
-                f"(got {hook!r}) or point at the run folder"
-            )
+    if _coder(path):  # one SAE: hook= names its hook point (a bare coder says none)
         return path, hook
     if not path.is_dir():
         raise FormatError(f"{path} is not a folder; point at a sparsify SparseCoder or run folder")
@@ -127,6 +125,11 @@ def _resolve(path: str | Path, hook: str | None) -> tuple[Path, str | None]:
     return path / hook, hook
 
 
+def coder_folder(path: str | Path, hook: str | None = None) -> Path:
+    """The SparseCoder folder `hook` picks in `path` (`path` itself for a single coder)."""
+    return _resolve(path, hook)[0]
+
+
 def read_cfg(folder: Path) -> dict[str, Any]:
     """A SparseCoder's cfg.json with sparsify's defaults filled in and `num_latents` resolved."""
     file = folder / CFG_FILE
@@ -145,8 +148,10 @@ def read_cfg(folder: Path) -> dict[str, Any]:
 
 def metadata_sparsify(path: str | Path, hook: str | None = None) -> dict[str, Any]:
     """What the folder says: `sparsify_architecture` (the activation), `hook_name` (the hook
-    point, sparsify's module path, from a run folder), `model_name` and `context_size` where
-    the run's config.json has them, and what save_sparsify was given as metadata."""
+    point, sparsify's module path, from a run folder; a transcoder's is `M:in` with
+    `hook_name_out` M, as sparsify trains it on M's input and output), `model_name` and
+    `context_size` where the run's config.json has them, and what save_sparsify was given as
+    metadata."""
     folder, name = _resolve(path, hook)
     cfg = read_cfg(folder)
     meta = _kept(folder).get("metadata")
@@ -159,7 +164,10 @@ def metadata_sparsify(path: str | Path, hook: str | None = None) -> dict[str, An
         if isinstance(run.get("ctx_len"), int):
             out["context_size"] = run["ctx_len"]
     if name is not None:
-        out["hook_name"] = name.split("/seed")[0]
+        point = name.split("/seed")[0]
+        out["hook_name"] = point
+        if cfg["transcode"] and not point.endswith(":in"):  # reads M's input, predicts M's output
+            out["hook_name"], out["hook_name_out"] = f"{point}:in", point
     out["sparsify_architecture"] = cfg["activation"]
     return out
 

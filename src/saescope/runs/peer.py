@@ -10,6 +10,7 @@ from typing import Any
 
 from saescope import interop
 from saescope.errors import ConfigError, FormatError
+from saescope.interop import dictionary_learning, sparsify
 from saescope.models import MODELS, max_context
 from saescope.models.hooks import HookPoint
 from saescope.runs.data import DataSpec, model_ref
@@ -95,6 +96,18 @@ def peer_format(path: str | Path) -> str | None:
     except FormatError:
         return None
     return None if fmt == "saescope" else fmt
+
+
+def peer_folder(path: str | Path, hook: str | None = None) -> Path:
+    """The folder of the one SAE `hook` picks in a peer folder: a sparsify run's hook point,
+    a dictionary_learning run's trainer_N, else the folder itself. What saescope writes for
+    the SAE (its index, its density plot) goes there, so SAEs of one run never share it."""
+    fmt = interop.detect(path)
+    if fmt == "sparsify":
+        return sparsify.coder_folder(path, hook)
+    if fmt == "dictionary_learning":
+        return dictionary_learning.resolve(path, hook)
+    return Path(path)
 
 
 def peer_spec(

@@ -19,7 +19,7 @@ from saescope.errors import ConfigError, FormatError, InputError, check_keys
 from saescope.evaluate import Outliers, evaluate, evaluate_in_model, plot_density
 from saescope.models.downstream import check_batch_size
 from saescope.runs.data import DataSpec, HeldOut
-from saescope.runs.peer import fit_model, peer_data, peer_format, peer_spec
+from saescope.runs.peer import fit_model, peer_data, peer_folder, peer_format
 from saescope.saes import SAE, io
 from saescope.saes.io import is_saved
 from saescope.training import TrainConfig
@@ -58,16 +58,19 @@ class Run:
         model: str | Path | None = None,
         hook: str | None = None,
         target: str | None = None,
+        need_data: bool = True,
     ) -> Run:
         """The run at `path`. A peer library's SAE folder (SAELens, ...) belongs to the model,
         hook point (a transcoder's target too) and context its metadata names; `model`,
         `hook` and `target` supply or override them (see `runs.peer.peer_data`). A saescope
         run uses them only when it records no data of its own (an SAE saved through the
-        Python API); else they are ignored."""
+        Python API); else they are ignored. need_data=False (evaluating on other data, a
+        file of activations): a model or hook that cannot be found leaves `data` None, and
+        the model is not loaded, instead of a one-line error."""
         path = Path(path)
         fmt = peer_format(path)
         if fmt is not None:
-            return cls._open_peer(path, fmt, device, model, hook, target)
+            return cls._open_peer(path, fmt, device, model, hook, target, need_data)
         found = sae_folders(path)
         if not found:
             raise ConfigError(
@@ -87,8 +90,8 @@ class Run:
             raise FormatError(f"{found[0] / io.CFG_FILE}: metadata: {e}") from None
         if data is None and (model is not None or meta.get("model_name")):
             # saved through the Python API, or converted from a peer: what it says, or the flags
-            spec = peer_data(path, interop.metadata(found[0]), model, hook, target)
-            data = fit_model(path, spec, check_hook=hook is None)
+            meta_peer = interop.metadata(found[0])
+            data = _peer_data(path, meta_peer, model, hook, target, need_data)
         return cls(path, saes, dict(zip(names, found, strict=True)), data, train_cfg, meta)
 
     @classmethod
@@ -100,11 +103,13 @@ class Run:
         model: str | Path | None,
         hook: str | None,
         target: str | None,
+        need_data: bool = True,
     ) -> Run:
-        data, meta = peer_spec(path, model, hook, target)
+        meta = interop.metadata(path, hook)
         sae = interop.load(path, device, hook)
-        data = fit_model(path, data, check_hook=hook is None)
-        return cls(path, {path.name: sae}, {path.name: path}, data, None, meta, fmt)
+        data = _peer_data(path, meta, model, hook, target, need_data)
+        own = peer_folder(path, hook)  # the SAE's own folder in a run of several
+        return cls(own, {own.name: sae}, {own.name: own}, data, None, meta, fmt)
 
     def eval_data(
         self,
@@ -224,6 +229,25 @@ class Run:
                     got["density_plot"] = str(plot_density(density, png, name))
             out[name] = got
         return out
+
+
+def _peer_data(
+    path: Path,
+    meta: dict[str, Any],
+    model: str | Path | None,
+    hook: str | None,
+    target: str | None,
+    need: bool,
+) -> DataSpec | None:
+    """The model data a peer SAE (or one converted from a peer) belongs to, fitted to its
+    model; unless `need`, None where the model or hook cannot be found, and no model loaded."""
+    try:
+        spec = peer_data(path, meta, model, hook, target)
+    except ConfigError:
+        if need:
+            raise
+        return None
+    return fit_model(path, spec, check_hook=hook is None) if need else spec
 
 
 def _evaluate(

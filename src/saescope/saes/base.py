@@ -346,7 +346,8 @@ class SAE(nn.Module, abc.ABC):
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> SAE:
         """Load a saved SAE in eval mode: `SAE.load` takes any architecture, `TopKSAE.load`
-        only its own. Never unpickles: JSON + safetensors only."""
+        only its own. float64 weights stay float64 (others load as float32). Never unpickles:
+        JSON + safetensors only."""
         cfg = io.read_cfg(path)
         io.check_sizes(path, cfg)
         try:
@@ -359,6 +360,8 @@ class SAE(nn.Module, abc.ABC):
             )
         sae = make_sae(config)
         state = sae.from_file_tensors(io.read_weights(path, device))
+        if state["W_dec"].dtype == torch.float64:  # kept, as the peer formats' loaders keep it
+            sae = sae.double()
         expected = {k: tuple(v.shape) for k, v in sae.state_dict().items()}
         got = {k: tuple(v.shape) for k, v in state.items()}
         if expected != got:

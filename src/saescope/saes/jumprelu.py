@@ -102,8 +102,8 @@ class JumpReLUSAE(SAE):
 
     def from_file_tensors(self, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
         t = dict(tensors)
-        threshold = t.pop("threshold")
+        threshold = t.pop("threshold", None)  # missing: the load's shape check names it
         exact = t.get("log_threshold")
-        if exact is None or not torch.equal(exact.exp(), threshold):
+        if threshold is not None and (exact is None or not torch.equal(exact.exp(), threshold)):
             t["log_threshold"] = threshold.log()  # older files, or a threshold edited since
         return t
