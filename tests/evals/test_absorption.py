@@ -129,6 +129,7 @@ def test_labelled_absorption_rate_is_the_child_share(task, fitted):
         share = float(test[2][test[1] == p].double().mean())
         tol = 1e-9 if not fitted else 0.05
         assert cls["absorption_rate"] == pytest.approx(share, abs=tol)
+        assert cls["main_silent"] == pytest.approx(share, abs=tol)  # silent only when absorbed
         assert set(cls["absorbers"]) <= set(task.children(p).tolist())
     rates = [c["absorption_rate"] for c in got["classes"].values()]
     assert got["mean_absorption"] == pytest.approx(sum(rates) / P)

@@ -41,7 +41,8 @@ def test_summary_rows():
         {"sae": "s", "task": "t", "raw": 0.9, "sae_1": 0.6, "sae_2": 0.7},
         {"sae": "s", "task": "mean", "raw": 0.9, "sae_1": 0.6, "sae_2": 0.7},
     ]
-    absorption = {"s": {"mean_absorption": 0.1, "mean_fraction": 0.2, "classes_scored": 20}}
+    absorption = {"s": {"mean_absorption": 0.1, "mean_fraction": 0.2, "mean_main_silent": 0.3}}
+    absorption["s"]["classes_scored"] = 20
     absorption["s"] |= {"probe_accuracy": 0.8, "n_words": 100}
     (row,) = summary_rows("absorption", absorption)
     assert row["mean_absorption"] == 0.1 and row["n_words"] == 100

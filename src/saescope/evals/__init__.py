@@ -125,7 +125,8 @@ def summary_rows(suite: str, result: dict[str, dict[str, Any]]) -> list[dict[str
                 )
                 rows.append({"sae": sae, "task": task, **vals})
         elif suite == "absorption":
-            keys = ("mean_absorption", "mean_fraction", "classes_scored", "probe_accuracy")
+            keys = ("mean_absorption", "mean_fraction", "mean_main_silent", "classes_scored")
+            keys += ("probe_accuracy",)
             rows.append({"sae": sae, **{k: got[k] for k in keys}, "n_words": got["n_words"]})
     return rows
 

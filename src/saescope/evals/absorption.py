@@ -104,8 +104,9 @@ def absorption_scores(
     x: Tensor, f: Tensor, W_dec: Tensor, direction: Tensor, main: list[int], cfg: AbsorptionConfig
 ) -> dict[str, Tensor]:
     """Per row of activations x (n, d) and their codes f (n, d_sae): `full` (bool, full
-    absorption), `fraction` (the absorption fraction) and `absorber` (the latent with the
-    largest projection on the probe direction (d,), a unit vector)."""
+    absorption), `fraction` (the absorption fraction), `absorber` (the latent with the
+    largest projection on the probe direction (d,), a unit vector) and `silent` (bool: every
+    main latent silent, absorbed or not)."""
     W, u = W_dec.detach().float(), direction.float()
     cos = torch.nn.functional.cosine_similarity(W, u[None], dim=1)  # (d_sae,)
     proj = f.float() * cos  # (n, d_sae): each latent's projection on the probe
@@ -127,7 +128,7 @@ def absorption_scores(
     fraction = torch.where(main_proj <= 0, torch.ones_like(act), share.clamp(0, 1))
     none = (act <= 0) | (main_proj >= act) | (absorbers / safe < cfg.projection_share)
     fraction = torch.where(none, torch.zeros_like(act), fraction)
-    return {"full": full, "fraction": fraction, "absorber": top}
+    return {"full": full, "fraction": fraction, "absorber": top, "silent": silent}
 
 
 def labelled_absorption(
@@ -141,7 +142,9 @@ def labelled_absorption(
     """Absorption of each class of labels y (train, test) in [0, len(names)) by the SAE, from
     activations x (train, test): a multinomial probe fitted on the training rows (or `probe`),
     each class's main latents from the training codes, scores on its held-out true positives.
-    {"probe_accuracy", "classes": {name: {...}}, "mean_absorption", "mean_fraction"}."""
+    {"probe_accuracy", "classes": {name: {...}}, "mean_absorption", "mean_fraction",
+    "mean_main_silent"} (main_silent: the share of true positives on which every main latent
+    is silent, whether another latent absorbed the class or many small ones carry it)."""
     cfg = cfg or AbsorptionConfig()
     probe = probe or fit_logistic(x[0], y[0], n_classes=len(names), l2=cfg.l2)
     with torch.no_grad():
@@ -162,6 +165,7 @@ def labelled_absorption(
             "true_positives": n,
             "absorption_rate": float(got["full"].double().mean()) if n else float("nan"),
             "absorption_fraction": float(got["fraction"].double().mean()) if n else float("nan"),
+            "main_silent": float(got["silent"].double().mean()) if n else float("nan"),
             "absorbers": [a for a, _ in absorbers],
         }
     scored = [v for v in classes.values() if v["true_positives"] >= cfg.min_positives]
@@ -172,6 +176,7 @@ def labelled_absorption(
         "classes_scored": len(scored),
         "mean_absorption": mean("absorption_rate"),
         "mean_fraction": mean("absorption_fraction"),
+        "mean_main_silent": mean("main_silent"),
     }
 
 
