@@ -78,3 +78,5 @@ def test_probing_a_glassllm_run(glass, glass_sae):
 def test_bad_config_is_one_line():
     with pytest.raises(InputError, match="at least 1"):
         ProbingConfig(ks=(0, 1))
+    with pytest.raises(InputError, match="known: milton_vs_shakespeare"):
+        probing(None, None, "h", {}, tasks=["poetry"])  # type: ignore[arg-type]

@@ -126,7 +126,7 @@ def probe_accuracies(
 
 def _clean(text: str) -> str:
     """Trailing spaces cut from every line (one edition pads its lines: no probe should read
-    that), blank runs collapsed."""
+    that)."""
     lines = [line.rstrip() for line in text.splitlines()]
     return "\n".join(lines)
 
@@ -226,6 +226,9 @@ def probing(
     k-sparse probes of every SAE of a run and the raw probe, on each task's held-out contexts
     (the model runs once per task for all the SAEs)."""
     cfg = cfg or ProbingConfig()
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        raise InputError(f"unknown probing task {unknown[0]!r}; known: {', '.join(TASKS)}")
     if not hasattr(tokenizer, "encode"):
         raise InputError("probing needs the model's tokenizer (a model run)")
     out: dict[str, dict[str, Any]] = {name: {"tasks": {}} for name in saes}
