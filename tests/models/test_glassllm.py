@@ -1,6 +1,8 @@
 """Real networks by name: the glassllm port against the package's own NumPy forward, hook
 points, and the errors for wrong names."""
 
+import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -110,3 +112,5 @@ def test_a_long_text_is_encoded_once_per_machine(tmp_path, monkeypatch):
     assert fresh().encode(text) == want and len(calls) == 2
     assert fresh().encode(TEXT) == ref.encode(TEXT) and len(list(files[0].parent.iterdir())) == 1
     assert load_model("glassllm")[1].encode(text) == want  # what load_model gives has it
+    plain = port.with_disk_cache(glassllm.load_pretrained("en")[1])
+    assert pickle.loads(pickle.dumps(plain)).encode(text) == want  # it still pickles

@@ -187,16 +187,23 @@ def with_disk_cache(tokenizer: Any) -> Any:
     """The package's tokenizer, its `encode` of a text of `LONG_TEXT` characters or more read
     from the user cache folder when that text was encoded before (the same ids: computed by
     the same tokenizer, keyed by its version, alphabet and merges and by the text's SHA-256)."""
-    plain = tokenizer.encode
     version = importlib.metadata.version("glassllm")
     spec = json.dumps([version, tokenizer.alphabet, tokenizer.merges], ensure_ascii=False)
     name = f"glassllm-{hashlib.sha256(spec.encode()).hexdigest()[:16]}"
-
-    def encode(text: str) -> list[int]:
-        return plain(text) if len(text) < LONG_TEXT else cached_ids(name, text, plain)
-
-    tokenizer.encode = encode
+    tokenizer.encode = _CachedEncode(name, tokenizer.encode)
     return tokenizer
+
+
+class _CachedEncode:
+    """`encode` with the disk cache for long texts (a class, not a closure: it pickles)."""
+
+    def __init__(self, name: str, plain: Callable[[str], list[int]]) -> None:
+        self.name, self.plain = name, plain
+
+    def __call__(self, text: str) -> list[int]:
+        if len(text) < LONG_TEXT:
+            return self.plain(text)
+        return cached_ids(self.name, text, self.plain)
 
 
 def cached_ids(name: str, text: str, encode: Callable[[str], list[int]]) -> list[int]:
