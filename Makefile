@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Dev installs pin the CPU build of torch; the library itself declares a range.
 TORCH_PIN := torch==2.13.0
 
-.PHONY: demo test claims lint fixtures bench bench-gpu bench-harvest bench-steer bench-cache bench-eval bench-index bench-load clean corpus screenshots
+.PHONY: demo test claims lint fixtures interop-check bench bench-gpu bench-harvest bench-steer bench-cache bench-eval bench-index bench-load clean corpus screenshots
 
 $(BIN)/saescope: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -44,6 +44,11 @@ bench: $(BIN)/saescope
 # `make bench` builds), with their own encode/decode outputs: tests/fixtures/<library>/<name>/.
 fixtures: $(BIN)/saescope
 	$(BIN)/python bench/fixtures.py
+
+# The reverse direction: every saescope architecture written with `convert` in each peer format,
+# read by the peer's own loader (in the peers' venv) with saescope's numbers: bench/INTEROP.md.
+interop-check: $(BIN)/saescope
+	$(BIN)/python bench/interop_check.py
 
 # On a machine with a GPU (a CUDA build of torch in .venv): every architecture trained on the
 # CPU and the GPU side by side, resume and evaluation on the GPU, training speed; writes

@@ -15,7 +15,7 @@ SPARSIFY: list[tuple[str, dict[str, Any], str | None]] = [
     # name, SparseCoderConfig flags, refusal reason
     ("topk", {}, None),
     ("transcoder", {"transcode": True}, None),
-    ("skip", {"skip_connection": True}, "a skip connection W_skip (saescope has none)"),
+    ("skip", {"skip_connection": True}, None),
     ("groupmax", {"activation": "groupmax"}, "the groupmax activation (saescope has none)"),
 ]
 SPARSIFY_RUN_HOOKS = ("layers.0", "layers.1")

@@ -12,13 +12,22 @@ from typing import Any
 
 from fixtures_common import D_IN, D_SAE, HOOK, HOOK_OUT, K, fixed_input, randomise, write
 
+HOOK_Z = {**HOOK, "hook_name": "blocks.1.attn.hook_z"}
+"""A hook_z SAE's hook (SAELens reshapes only at hooks whose name ends in _z)."""
+N_HEADS = 4
+"""hook_z: d_in = N_HEADS heads x D_IN // N_HEADS dimensions."""
 
-def _saelens_meta(arch: str):
+
+def _hook(arch: str, flags: dict[str, Any]) -> dict[str, str]:
     """Where the SAE belongs; a transcoder also names the hook it writes (hook_name_out)."""
+    hook = HOOK_Z if flags.get("reshape_activations") == "hook_z" else HOOK
+    return {**hook, **({"hook_name_out": HOOK_OUT} if "transcoder" in arch else {})}
+
+
+def _saelens_meta(arch: str, flags: dict[str, Any]):
     from sae_lens.saes.sae import SAEMetadata
 
-    out = {"hook_name_out": HOOK_OUT} if "transcoder" in arch else {}
-    return SAEMetadata(**HOOK, **out, context_size=64, prepend_bos=True)
+    return SAEMetadata(**_hook(arch, flags), context_size=64, prepend_bos=True)
 
 
 def _saelens_inference(arch: str, flags: dict[str, Any], seed: int):
@@ -26,7 +35,7 @@ def _saelens_inference(arch: str, flags: dict[str, Any], seed: int):
     from sae_lens.registry import get_sae_class
 
     sae_cls, cfg_cls = get_sae_class(arch)
-    cfg = cfg_cls(d_in=D_IN, d_sae=D_SAE, metadata=_saelens_meta(arch), **flags)
+    cfg = cfg_cls(d_in=D_IN, d_sae=D_SAE, metadata=_saelens_meta(arch, flags), **flags)
     sae = sae_cls(cfg)
     randomise(sae, seed, positive=("threshold",))
     return sae.eval()
@@ -39,7 +48,7 @@ def _saelens_training(arch: str, flags: dict[str, Any], seed: int):
     from sae_lens.registry import get_sae_training_class
 
     sae_cls, cfg_cls = get_sae_training_class(arch)
-    cfg = cfg_cls(d_in=D_IN, d_sae=D_SAE, metadata=_saelens_meta(arch), **flags)
+    cfg = cfg_cls(d_in=D_IN, d_sae=D_SAE, metadata=_saelens_meta(arch, flags), **flags)
     sae = sae_cls(cfg)
     randomise(sae, seed, positive=("threshold",))
     if hasattr(sae, "topk_threshold"):
@@ -96,7 +105,7 @@ SAELENS: list[tuple[str, str, str, dict[str, Any], str | None]] = [
         "inference",
         "skip_transcoder",
         {"d_out": 12, "apply_b_dec_to_input": False},
-        "a skip connection W_skip (saescope has none)",
+        None,
     ),
     ("abstopk", "inference", "abstopk", {"k": K}, "top-k by absolute value (abstopk)"),
     (
@@ -122,7 +131,7 @@ SAELENS: list[tuple[str, str, str, dict[str, Any], str | None]] = [
         "checkpoint",
         "matryoshka_batchtopk",
         {"k": K, "matryoshka_widths": [8, 16, D_SAE]},
-        "a Matryoshka BatchTopK training checkpoint (no Matryoshka architecture in saescope yet)",
+        None,
     ),
     # cfg.json in the layout SAELens < 6 wrote (read by SAELens 6's own loader)
     ("pre6_standard", "pre6", "standard", {}, None),
@@ -142,6 +151,11 @@ SAELENS: list[tuple[str, str, str, dict[str, Any], str | None]] = [
         {"normalize_activations": "covariance_whitening"},
         None,
     ),
+    # added later, at the end so the seeds (list positions) of the others stay
+    # k * N fractional (2.7 * 8 = 21.6): SAELens keeps int(k * N) = 21 codes of the batch
+    ("ckpt_batchtopk_fractional", "checkpoint", "batchtopk", {"k": 2.7}, None),
+    # attention's per-head output (..., n_heads, d_head), flattened by SAELens (x: (8, 4, 4))
+    ("standard_hook_z", "inference", "standard", {"reshape_activations": "hook_z"}, None),
 ]
 
 
@@ -214,6 +228,8 @@ def saelens(out: Path) -> None:
         folder = out / "saelens" / name
         folder.mkdir(parents=True, exist_ok=True)
         x = fixed_input(seed)
+        if flags.get("reshape_activations") == "hook_z":
+            x = x.reshape(x.shape[0], N_HEADS, D_IN // N_HEADS)
         loader, saved_with, loaded_with = _save_saelens(registry, arch, flags, seed, folder)
         outputs = _record_saelens(folder, x, loader)
         if registry == "checkpoint":
@@ -228,7 +244,7 @@ def saelens(out: Path) -> None:
                 "loaded_with": loaded_with,
                 "architecture": arch if registry == "pre6" else _saved_arch(folder),
                 "flags": flags,
-                "hook": {**HOOK, **({"hook_name_out": HOOK_OUT} if "transcoder" in arch else {})},
+                "hook": _hook(arch, flags),
                 "expressible": refusal is None,
                 "refusal": refusal,
             },

@@ -59,7 +59,7 @@ def topk_terms(p, x, y, cfg, scale=1.0, dead=None):
 def batchtopk_terms(p, x, y, cfg, scale=1.0, dead=None):
     pre = _centre(p, x, cfg) @ p["W_enc"] + p["b_enc"]
     flat = torch.relu(pre).reshape(-1)
-    n_keep = max(1, round(cfg["k"] * pre.shape[0]))
+    n_keep = max(1, int(cfg["k"] * pre.shape[0]))  # as SAELens: int(k * N)
     keep = torch.zeros_like(flat)
     keep[flat.argsort(descending=True)[:n_keep]] = 1.0
     f = (flat * keep).reshape(pre.shape)
@@ -106,7 +106,7 @@ def matryoshka_terms(p, x, y, cfg, scale=1.0, dead=None):
     reconstruction's residual."""
     pre = _centre(p, x, cfg) @ p["W_enc"] + p["b_enc"]
     flat = torch.relu(pre).reshape(-1)
-    n_keep = max(1, round(cfg["k"] * pre.shape[0]))
+    n_keep = max(1, int(cfg["k"] * pre.shape[0]))  # as SAELens: int(k * N)
     keep = torch.zeros_like(flat)
     keep[flat.argsort(descending=True)[:n_keep]] = 1.0
     f = (flat * keep).reshape(pre.shape)

@@ -314,6 +314,7 @@ def test_batch_topk_count_is_shared():
     assert ops.batch_topk_count(2.5, 10, 100) == 25
     assert ops.batch_topk_count(0.01, 10, 100) == 1
     assert ops.batch_topk_count(50, 10, 20) == 200
+    assert ops.batch_topk_count(2.7, 8, 32) == 21  # SAELens's int(2.7 * 8) = int(21.6), not 22
 
 
 @pytest.mark.parametrize("skew", ["none", "row", "sample"])

@@ -5,7 +5,12 @@ user can fix. Everything else is reached through its module (`saescope.runs`,
 `saescope.models`, `saescope.data`, ...). Importing saescope changes no global state.
 """
 
+from pathlib import Path
+from typing import Any
+
 from saescope.errors import ConfigError, FormatError, InputError, SaescopeError
+from saescope.interop import load
+from saescope.interop import save as _save_as
 from saescope.saes import (
     ARCHITECTURES,
     SAE,
@@ -16,12 +21,20 @@ from saescope.saes import (
     ReLUConfig,
     SAEConfig,
     TopKConfig,
-    load,
     make_sae,
-    save,
 )
 from saescope.training import TrainConfig, TrainResult, train
 from saescope.version import __version__
+
+
+def save(
+    sae: SAE, path: str | Path, metadata: dict[str, Any] | None = None, format: str = "saescope"
+) -> Path:
+    """Save an SAE as a folder, each file atomically: saescope's own format (cfg.json +
+    sae_weights.safetensors), or another that `saescope.interop.FORMATS` names ("saelens",
+    ...), which the peer library's own loader reads with the same encode/decode numbers."""
+    return _save_as(sae, path, format, metadata)
+
 
 __all__ = [
     "ARCHITECTURES",

@@ -126,6 +126,15 @@ class ModelBatches(IndexedBatches):
         return torch.randperm(self.contexts.shape[0], generator=self.generator(epoch))
 
     def batch(self, i: int) -> tuple[Tensor, Tensor]:
+        return self.part(i, 0, self.batch_size)
+
+    def part(self, i: int, lo: int, hi: int) -> tuple[Tensor, Tensor]:
+        """Rows [lo, hi) of batch i: the model runs only on the contexts that hold them."""
         epoch, j = divmod(i, self.per_epoch)
-        n = self.contexts_per_batch
-        return self._rows(self.contexts[self._perm(epoch)[j * n : (j + 1) * n]])
+        n, per_context = self.contexts_per_batch, self.contexts.shape[1] - 1
+        ids = self.contexts[self._perm(epoch)[j * n : (j + 1) * n]]
+        first, last = lo // per_context, -(-hi // per_context)  # the contexts holding the rows
+        x, y = self._rows(ids[first:last])
+        a, b = lo - first * per_context, hi - first * per_context
+        xs = x[a:b]
+        return xs, (xs if y is x else y[a:b])

@@ -93,7 +93,7 @@ def evaluate(
         for x, y in _pairs(sae, batches, max_tokens, chunk_rows):
             rule = rule or _rule(outliers, x, y)
             f = sae.encode(x)
-            y_hat = sae.decode(f)
+            y_hat = sae.reconstruct(f, x)  # forward's output: a skip connection's part too
             every.add(y, y_hat, f)
             if rule is not None:
                 ok = rule.keep(x, y)

@@ -56,8 +56,9 @@ def smallest_positive(vals: Tensor) -> Tensor:
 
 
 def batch_topk_count(k: float, n: int, m: int) -> int:
-    """How many codes BatchTopK keeps in a batch of n tokens over m latents."""
-    return max(1, min(n * m, round(k * n)))
+    """How many codes BatchTopK keeps in a batch of n tokens over m latents: int(k * n), as
+    SAELens's BatchTopK computes it (dictionary_learning's k is whole), at least one."""
+    return max(1, min(n * m, int(k * n)))
 
 
 def _rectangle(u: Tensor) -> Tensor:

@@ -16,6 +16,7 @@ from saescope.explore.app import MAX_BODY, STATIC, LimitBody, allowed_hosts
 from saescope.explore.state import load_runs
 from tests.explore.browser import served
 from tests.explore.common import LOCAL, random_run
+from tests.runs.test_peer import sparsify_run
 
 SVG_NS = "http://www.w3.org/2000/svg"
 PAGES = ["index.html", "prompt.html", "steer.html"]
@@ -115,6 +116,15 @@ def test_runs_get_unique_names_and_a_folder_without_an_sae_is_refused(tmp_path):
             create_app([bad])
     with pytest.raises(ConfigError, match="at least one run"):
         create_app([])
+
+
+def test_a_peer_run_folder_is_served_as_the_sae_its_hook_picks(tmp_path):
+    """A sparsify run folder holds one SAE per hook point: --hook picks the one served, and
+    its own folder (where its index is) is the run's."""
+    root = sparsify_run(tmp_path / "run")
+    for hook in ("layers.1", "layers.2"):
+        state = load_runs([root], hook=hook)[hook]
+        assert (state.path, state.saes) == (root / hook, [hook])
 
 
 def test_the_seed_router_and_demo_path_are_wired(tmp_path):

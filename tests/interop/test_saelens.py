@@ -32,24 +32,51 @@ REFUSED = _fixtures(False)
 
 def test_fixtures_present():
     assert {"standard", "topk", "jumprelu", "gated", "batchtopk", "transcoder"} <= set(LOADABLE)
-    assert {"ckpt_batchtopk", "ckpt_topk"} <= set(LOADABLE)
+    assert {"ckpt_batchtopk", "ckpt_topk", "ckpt_matryoshka_batchtopk"} <= set(LOADABLE)
     assert REFUSED
 
 
 @pytest.mark.parametrize("name", LOADABLE)
 def test_outputs_match_saelens(name):
     """encode, decode and forward as SAELens's own loader gave them. A BatchTopK training
-    checkpoint encodes by batch top-k in SAELens, as saescope's BatchTopK does in train mode."""
+    checkpoint encodes by batch top-k in SAELens, as saescope's BatchTopK (and Matryoshka) does
+    in train mode."""
     folder = FIXTURES / name
-    want = load_file(folder / "expected.safetensors")
+    want = _flat_heads(folder, load_file(folder / "expected.safetensors"))
     sae = load_saelens(folder)
-    sae.train(sae.cfg.name == "batchtopk")
+    sae.train(sae.cfg.name in ("batchtopk", "matryoshka"))
     with torch.no_grad():
         f = sae.encode(want["x"])
         torch.testing.assert_close(f, want["f"], rtol=RTOL, atol=ATOL)
         assert torch.equal(f != 0, want["f"] != 0)  # the same latents fire
         torch.testing.assert_close(sae.decode(want["f"]), want["x_hat"], rtol=RTOL, atol=ATOL)
         torch.testing.assert_close(sae(want["x"]), want["out"], rtol=RTOL, atol=ATOL)
+
+
+def _flat_heads(folder: Path, want: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A hook_z SAE's inputs and outputs (..., n_heads, d_head) as saescope takes and gives
+    them: flattened to (..., n_heads * d_head)."""
+    cfg = json.loads((folder / "cfg.json").read_text())
+    if cfg.get("reshape_activations") != "hook_z":
+        return want
+    return {k: v if k == "f" else v.flatten(-2) for k, v in want.items()}
+
+
+def test_hook_z_loads_on_flattened_heads():
+    folder = FIXTURES / "standard_hook_z"
+    assert load_file(folder / "expected.safetensors")["x"].dim() == 3  # (8, 4 heads, 4)
+    assert saelens_metadata(folder)["reshape_activations"] == "hook_z"
+    assert load_saelens(folder).cfg.d_in == 16
+
+
+def test_fractional_batch_top_k_keeps_what_saelens_keeps():
+    """k * N = 2.7 * 8 = 21.6: SAELens keeps int(21.6) = 21 codes of the batch, and so does
+    saescope (ops.batch_topk_count)."""
+    want = load_file(FIXTURES / "ckpt_batchtopk_fractional" / "expected.safetensors")
+    assert int((want["f"] != 0).sum()) == 21
+    sae = load_saelens(FIXTURES / "ckpt_batchtopk_fractional").train()
+    with torch.no_grad():
+        assert int((sae.encode(want["x"]) != 0).sum()) == 21
 
 
 CHECKPOINTS = [n for n in LOADABLE if n.startswith("ckpt_")]
@@ -77,6 +104,8 @@ def test_architecture_and_hook_come_through(name):
     assert meta.get("hook_name_out") == info["hook"].get("hook_name_out")
     assert meta["saelens_architecture"] == info["architecture"]
     expected = {"standard": "relu", "transcoder": "relu", "jumprelu_transcoder": "jumprelu"}
+    expected["matryoshka_batchtopk"] = "matryoshka"
+    expected["skip_transcoder"] = "relu"
     arch = expected.get(info["architecture"], info["architecture"])
     assert load_saelens(folder).cfg.name == arch
 
@@ -170,3 +199,36 @@ def test_float64_file_stays_float64(tmp_path):
     with torch.no_grad():
         f = sae.encode(want["x"].double())
     torch.testing.assert_close(f.float(), want["f"], rtol=RTOL, atol=ATOL)
+
+
+def test_skip_transcoder_keeps_its_skip_connection():
+    """SAELens's SkipTranscoder: forward = decode(encode(x)) + x W_skip^T, W_skip (d_out, d_in)."""
+    want = load_file(FIXTURES / "skip_transcoder" / "expected.safetensors")
+    sae = load_saelens(FIXTURES / "skip_transcoder")
+    assert sae.cfg.skip_connection and sae.W_skip.shape == (12, 16) and sae.W_skip.any()
+    assert (want["out"] - want["x_hat"]).abs().max() > 1e-3  # the fixture's skip matters
+    with torch.no_grad():
+        torch.testing.assert_close(
+            sae(want["x"]) - sae.decode(sae.encode(want["x"])), want["x"] @ sae.W_skip.T
+        )
+
+
+def test_jumprelu_skip_transcoder(tmp_path):
+    """No SAELens fixture: the jumprelu_transcoder one with a W_skip added must give SAELens's
+    recorded encode and decode and, as JumpReLUSkipTranscoder.forward, out + x W_skip^T."""
+    folder = _copy(tmp_path, "jumprelu_transcoder")
+    _edit_cfg(folder, architecture="jumprelu_skip_transcoder")
+    w = load_file(folder / "sae_weights.safetensors")
+    w["W_skip"] = torch.randn(12, 16)
+    save_file(w, folder / "sae_weights.safetensors")
+    want = load_file(folder / "expected.safetensors")
+    sae = load_saelens(folder)
+    assert sae.cfg.name == "jumprelu" and sae.cfg.skip_connection
+    with torch.no_grad():
+        torch.testing.assert_close(sae.encode(want["x"]), want["f"], rtol=RTOL, atol=ATOL)
+        out = want["out"] + want["x"] @ w["W_skip"].T
+        torch.testing.assert_close(sae(want["x"]), out, rtol=RTOL, atol=ATOL)
+    w["W_skip"] = torch.randn(16, 12)
+    save_file(w, folder / "sae_weights.safetensors")
+    with pytest.raises(FormatError, match=r"'W_skip' has shape \(16, 12\)"):
+        load_saelens(folder)

@@ -175,5 +175,5 @@ def test_a_second_architecture_under_a_taken_name_is_refused():
             def _encode(self, x):
                 return x
 
-            def loss(self, x, y, ctx=None):
+            def _loss(self, x, y, ctx=None):
                 raise NotImplementedError

@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 import saescope
 from saescope.errors import ConfigError, FormatError
@@ -185,7 +186,49 @@ def test_the_file_uses_saelens_names_and_shapes(tmp_path):
         "W_dec": (16, 6),
         "b_dec": (6,),
         "threshold": (16,),
+        "log_threshold": (16,),  # saescope's exact value (exp does not invert bit for bit)
     }
+
+
+def test_a_jumprelu_save_and_load_is_bitwise(tmp_path):
+    sae = make_sae(small_config("jumprelu"))
+    with torch.no_grad():
+        sae.log_threshold.copy_(torch.randn(16) * 3)  # many values whose exp-log moves an ulp
+    sae.save(tmp_path)
+    back = SAE.load(tmp_path)
+    assert torch.equal(back.log_threshold, sae.log_threshold)
+    # an older file (threshold only) still loads, within an ulp
+    tensors = io.read_weights(tmp_path)
+    del tensors["log_threshold"]
+    save_file(tensors, tmp_path / io.WEIGHTS_FILE)
+    old = SAE.load(tmp_path)
+    torch.testing.assert_close(old.log_threshold, sae.log_threshold, rtol=1e-6, atol=1e-6)
+
+
+def test_a_float64_save_loads_as_float64_bit_for_bit(arch, tmp_path):
+    """As the peer formats' loaders keep float64: a float64 SAELens folder converted to
+    saescope's format, or a float64 SAE saved, comes back without rounding to float32."""
+    sae = _perturbed(arch).double().eval()
+    with torch.no_grad():
+        sae.W_dec.add_(1e-12)  # not representable in float32
+    back = SAE.load(sae.save(tmp_path / "a"))
+    assert back.W_dec.dtype == torch.float64
+    assert all(torch.equal(v, sae.state_dict()[k]) for k, v in back.state_dict().items())
+
+
+def test_a_jumprelu_file_missing_its_threshold_is_one_line_or_exact(tmp_path):
+    """Without `threshold` the exact log_threshold serves; without either, a one-line error
+    (it was a KeyError)."""
+    sae = make_sae(small_config("jumprelu"))
+    tensors = io.read_weights(sae.save(tmp_path))
+    del tensors["threshold"]
+    save_file(tensors, tmp_path / io.WEIGHTS_FILE)
+    assert torch.equal(SAE.load(tmp_path).log_threshold, sae.log_threshold)
+    del tensors["log_threshold"]
+    save_file(tensors, tmp_path / io.WEIGHTS_FILE)
+    with pytest.raises(FormatError, match="threshold' is missing") as e:
+        SAE.load(tmp_path)
+    assert "\n" not in str(e.value)
 
 
 def test_a_class_loads_only_its_own_architecture(tmp_path):

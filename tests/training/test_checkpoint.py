@@ -19,10 +19,10 @@ from safetensors.torch import load_file
 import saescope.saes.base as saes_base
 from saescope.data import ArticleTask, ArticleTaskConfig
 from saescope.data.stream import RowBatches
-from saescope.errors import InputError
+from saescope.errors import ConfigError, InputError
 from saescope.saes import make_sae
 from saescope.training import CHECKPOINT_FILE, TrainConfig, train
-from saescope.training.checkpoint import read_meta
+from saescope.training.checkpoint import check_world_size, read_meta
 
 STEPS = 120
 CHILD = r"""
@@ -216,3 +216,12 @@ def test_resume_keeps_the_sparse_paths_choice(tmp_path, monkeypatch):
     cfg = TrainConfig(steps=12, checkpoint_every=5, init_samples=128, progress=False)
     resumed = _stopped_then_resumed(configs, stream, cfg, 5, tmp_path / "run")
     _assert_same_saes(_uninterrupted(configs, stream, cfg), resumed)
+
+
+def test_a_run_resumes_only_on_its_own_world_size(tmp_path):
+    check_world_size(2, 2, tmp_path)
+    with pytest.raises(ConfigError, match="trained on 2 process") as e:
+        check_world_size(2, 1, tmp_path)
+    assert "torchrun --nproc-per-node 2" in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match="Resume it with plain saescope"):
+        check_world_size(1, 4, tmp_path)

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from saescope.cli import (
+    convert,
     demo,
     eval,
     explore,
@@ -25,7 +26,20 @@ from saescope.cli import (
 )
 from saescope.errors import SaescopeError
 
-COMMANDS = (train, eval, harvest, hooks, runs, steer, features, index, demo, explore, export)
+COMMANDS = (
+    train,
+    eval,
+    harvest,
+    hooks,
+    runs,
+    steer,
+    features,
+    index,
+    demo,
+    explore,
+    export,
+    convert,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

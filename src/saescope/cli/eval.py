@@ -7,7 +7,7 @@ import json
 import math
 from typing import Any
 
-from saescope.cli import options
+from saescope.cli import options, peer
 from saescope.data import ArticleTaskConfig
 from saescope.runs import Run
 from saescope.text import table
@@ -19,7 +19,7 @@ EXTRA = ("outliers", "mmcs", "min_feature_cosine", "ce_loss_recovered", "kl_div"
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate a trained SAE")
-    e.add_argument("run", help="run folder written by saescope train")
+    e.add_argument("run", help="run folder written by saescope train, or a SAELens SAE folder")
     e.add_argument(
         "--data",
         default=None,
@@ -27,8 +27,19 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "rows: held_out false); default: the run's held-out data (a model run's held-out text, "
         "with CE loss recovered; fresh draws of a synthetic task)",
     )
-    e.add_argument("--hook", default=None, help="the cache's hook point (default: the run's)")
-    e.add_argument("--target", default=None, help="the cache's target hook for a transcoder")
+    e.add_argument(
+        "--hook",
+        default=None,
+        help="the cache's hook point (default: the run's); for a peer library's SAE folder "
+        "(SAELens), the hook point it reads (default: the one its metadata names)",
+    )
+    e.add_argument(
+        "--target",
+        default=None,
+        help="a transcoder's target hook: the cache's, or a peer transcoder's (default: its "
+        "metadata's hook_name_out)",
+    )
+    peer.add_args(e, hook=False)
     e.add_argument("--tokens", type=int, default=65_536, help="tokens to evaluate on")
     e.add_argument(
         "--batch-size",
@@ -53,7 +64,8 @@ def finite(value: Any) -> Any:
 
 
 def run(ns: argparse.Namespace) -> int:
-    r = Run.open(ns.run)
+    need = ns.data in (None, "synthetic")  # else a peer SAE's model is not needed
+    r = Run.open(ns.run, model=ns.model, hook=ns.hook, target=ns.target, need_data=need)
     task = options.given(ns, ArticleTaskConfig)
     data = r.eval_data(ns.data, ns.hook, ns.target, task)
     results = r.evaluate(ns.tokens, data, batch_size=ns.batch_size)

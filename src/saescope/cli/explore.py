@@ -9,10 +9,13 @@ import argparse
 import sys
 from pathlib import Path
 
+from saescope.cli import peer
 from saescope.errors import ConfigError
-from saescope.experiments import seed_demos
-from saescope.explore import create_app
-from saescope.explore.serve import bind, serve, url
+
+DEMO_PATH = Path("runs") / "demo" / "seed_demos.json"
+"""The seed demos' data by default (`experiments.seed_demos.DEFAULT_PATH`, named here so the
+parser is built without importing the web app and the experiments: every command starts
+faster)."""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -34,9 +37,10 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     e.add_argument(
         "--demo",
         default=None,
-        help=f"the seed demos' data (default {seed_demos.DEFAULT_PATH}, built when missing)",
+        help=f"the seed demos' data (default {DEMO_PATH}, built when missing)",
     )
     e.add_argument("--no-demo", action="store_true", help="serve no seed demo (build nothing)")
+    peer.add_args(e)
     return e
 
 
@@ -50,6 +54,8 @@ def _demo(ns: argparse.Namespace) -> tuple[Path | None, list[str]]:
                 "--no-demo (then the seed demos are served)"
             )
         return None, list(ns.runs)
+    from saescope.experiments import seed_demos  # heavy (matplotlib, models): only when run
+
     demo = seed_demos.ensure(ns.demo)
     extra = demo.parent / seed_demos.CLASSIFIER_RUN
     given = {Path(r).resolve() for r in ns.runs}
@@ -63,8 +69,11 @@ def _demo(ns: argparse.Namespace) -> tuple[Path | None, list[str]]:
 
 
 def run(ns: argparse.Namespace) -> int:
+    from saescope.explore import create_app  # heavy (FastAPI): only when run
+    from saescope.explore.serve import bind, serve, url
+
     demo, runs = _demo(ns)
-    app = create_app(runs, demo, hosts=[ns.host])
+    app = create_app(runs, demo, [ns.host], ns.model, ns.hook)
     sock = bind(ns.host, ns.port)
     if ns.host not in ("127.0.0.1", "localhost", "::1"):
         print(

@@ -7,9 +7,8 @@ from __future__ import annotations
 import argparse
 
 from saescope.analysis import check_features, neuronpedia
+from saescope.cli import peer
 from saescope.errors import InputError
-from saescope.explore import export
-from saescope.runs import Run
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -32,6 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "--set-name", default=None, help="Neuronpedia SAE set name (default: the run's folder name)"
     )
     e.add_argument("--per-batch", type=int, default=128, help="features per batch file (128)")
+    peer.add_args(e)
     return e
 
 
@@ -56,11 +56,13 @@ def parse_features(text: str, d_sae: int | None = None) -> list[int] | None:
 
 
 def run(ns: argparse.Namespace) -> int:
+    from saescope.explore import export  # heavy (FastAPI): only when run
+
     if ns.html is None and ns.neuronpedia is None:
         raise InputError("nothing to write: give --html FILE and/or --neuronpedia DIR")
     if ns.features.strip().lower() == "all" and ns.html is not None:
         raise InputError("--features all is for --neuronpedia only; give ids for --html")
-    r = Run.open(ns.run)
+    r = peer.open_run(ns)
     features = parse_features(ns.features, r.sae(ns.sae)[1].cfg.d_sae)
     if ns.html is not None:
         path = export.export_run(r, features or [], ns.html, ns.sae)

@@ -8,8 +8,8 @@ import argparse
 import json
 from typing import Any
 
+from saescope.cli import peer
 from saescope.cli.eval import finite
-from saescope.runs import Run
 from saescope.steer.search import search_run
 from saescope.text import table
 
@@ -36,6 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     f.add_argument("--sae", default=None, help="which SAE of a run of several (default: first)")
     f.add_argument("--json", action="store_true", help="print one JSON object")
+    peer.add_args(f)
     return f
 
 
@@ -44,7 +45,7 @@ def _rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def run(ns: argparse.Namespace) -> int:
-    out = search_run(Run.open(ns.run), ns.top, ns.token, ns.tokens, ns.sae)
+    out = search_run(peer.open_run(ns), ns.top, ns.token, ns.tokens, ns.sae)
     if ns.json:
         print(json.dumps(finite(out)))
         return 0

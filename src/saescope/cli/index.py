@@ -8,6 +8,7 @@ import argparse
 from pathlib import Path
 
 from saescope.analysis import FeatureIndex, IndexConfig, index_run
+from saescope.cli import peer
 from saescope.runs import Run
 
 TRAIN_HELP = "at the end, build the feature index of each SAE (as saescope index RUN does)"
@@ -32,6 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="checkpoint every N batches as well as every minute",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    peer.add_args(p)
     return p
 
 
@@ -40,7 +42,7 @@ def run(ns: argparse.Namespace) -> int:
     cfg = IndexConfig(
         tokens=tokens, batch_size=ns.batch_size, checkpoint_batches=ns.checkpoint_every
     )
-    _report(index_run(Run.open(ns.run), ns.sae, cfg, progress=not ns.no_progress))
+    _report(index_run(peer.open_run(ns), ns.sae, cfg, progress=not ns.no_progress))
     return 0
 
 

@@ -9,8 +9,8 @@ import textwrap
 from itertools import zip_longest
 from typing import Any
 
+from saescope.cli import peer
 from saescope.errors import InputError
-from saescope.runs import Run
 from saescope.steer.prompt import steer_prompt
 from saescope.text import table
 
@@ -34,6 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     s.add_argument("--sae", default=None, help="which SAE of a run with several (sae_0, ...)")
     s.add_argument("--top-tokens", type=int, default=5, help="logit tokens per feature (5)")
     s.add_argument("--json", action="store_true", help="print one JSON object")
+    peer.add_args(s)
     return s
 
 
@@ -72,7 +73,7 @@ def _tokens(out: dict[str, Any]) -> str:
 def run(ns: argparse.Namespace) -> int:
     edits = [parse_feature(f) for f in ns.feature]
     out = steer_prompt(
-        Run.open(ns.run),
+        peer.open_run(ns),
         edits,
         ns.prompt,
         ns.mode,

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from shlex import quote
 
 import torch
 
 from saescope import runs
-from saescope.cli import archs, index, options
+from saescope.cli import archs, index, launch, options
+from saescope.cli.launch import interrupted as interrupted  # cli.main's
 from saescope.cli.options import NONE
 from saescope.data import ArticleTaskConfig
 from saescope.errors import ConfigError
@@ -17,7 +17,7 @@ from saescope.runs import DataSpec
 from saescope.runs.resume import DATA_OPTIONS, Given
 from saescope.saes import ARCHITECTURES
 from saescope.text import table
-from saescope.training import CHECKPOINT_FILE, TrainConfig, logs
+from saescope.training import TrainConfig, logs
 
 BATCH_SIZE, CONTEXT = 1024, 128
 RESUME_HELP = (
@@ -47,6 +47,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     t.add_argument("--d-sae", dest="d_sae", type=int, help="latents (default 8 x d_in)")
     keep = {"dest": "outlier_factor", "action": "store_const", "const": NONE, "help": KEEP}
     t.add_argument("--keep-outliers", **keep)
+    launch.add_args(t)
     archs.add_arch_args(t.add_argument_group("architecture options"))
     options.add_config_args(t.add_argument_group("training options"), TrainConfig)
     options.add_config_args(t.add_argument_group("synthetic data options"), ArticleTaskConfig)
@@ -81,30 +82,27 @@ def run(ns: argparse.Namespace) -> int:
         raise ConfigError("give --tokens or --steps, not both")
     runs.check_tokens(ns.tokens)  # before any model is loaded
     logs.check(ns.log, ns.out)  # before any model is loaded, too
-    if ns.resume:
-        result = runs.resume_run(ns.out, asked(ns, train), ns.log)
-    elif not ns.arch:
+    if not (ns.resume or ns.arch):
         raise ConfigError(f"give --arch ({', '.join(ARCHITECTURES)}), or --resume a run")
-    else:
-        fields = archs.arch_given(ns, ns.arch)
-        data = data_spec(ns, train.get("seed", 0))
-        stream = data.open(ns.batch_size or BATCH_SIZE)
-        if ns.tokens is not None:
-            train["steps"] = runs.steps_for_tokens(ns.tokens, stream)
-        cfg = TrainConfig(**train)
-        if note := runs.passes_note(data, stream, cfg.steps):
-            print(note)  # stdout: stderr is for errors and warnings, one line each
-        torch.manual_seed(cfg.seed)  # --seed fixes the initial weights too
-        sae = runs.build_sae(ns.arch, stream, **fields)
-        result = runs.train_run(sae, data, stream, cfg, ns.out, overwrite=ns.overwrite, log=ns.log)
+    with launch.joined(ns, train) as group:  # torchrun's processes (None: this one alone)
+        if ns.resume:
+            result = runs.resume_run(ns.out, asked(ns, train), ns.log, group)
+        else:
+            fields = archs.arch_given(ns, ns.arch)
+            data = data_spec(ns, train.get("seed", 0))
+            stream = data.open(ns.batch_size or BATCH_SIZE)
+            if ns.tokens is not None:
+                train["steps"] = runs.steps_for_tokens(ns.tokens, stream)
+            cfg = TrainConfig(**train)
+            if (note := runs.passes_note(data, stream, cfg.steps)) and launch.speaks(group):
+                print(note)  # stdout: stderr is for errors and warnings, one line each
+            torch.manual_seed(cfg.seed)  # --seed fixes the initial weights too
+            sae = runs.build_sae(ns.arch, stream, **fields)
+            out, over = ns.out, ns.overwrite
+            result = runs.train_run(sae, data, stream, cfg, out, False, over, ns.log, group)
+    if not launch.speaks(group):
+        return 0
     cols = ["run", "step", "loss", "l0", "mse", "explained_variance", "dead_fraction"]
     print(table([{"run": str(ns.out), **result.final_metrics[0]}], cols))
     print(f"saved to {ns.out}")
     return index.after_training(ns)
-
-
-def interrupted(ns: argparse.Namespace, e: KeyboardInterrupt) -> str:
-    """What to say when Ctrl-C or SIGTERM stopped training: how to continue."""
-    if not (ns.out / CHECKPOINT_FILE).is_file():
-        return "interrupted before the first checkpoint; start the run again"
-    return f"{e or 'interrupted'}; resume with: saescope train --out {quote(str(ns.out))} --resume"

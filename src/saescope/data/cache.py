@@ -373,9 +373,13 @@ class CacheBatches(IndexedBatches):
         return self._windows[key]
 
     def batch(self, i: int) -> tuple[Tensor, Tensor]:
+        return self.part(i, 0, self.batch_size)
+
+    def part(self, i: int, lo: int, hi: int) -> tuple[Tensor, Tensor]:
+        """Rows [lo, hi) of batch i: only the windows that hold them are read."""
         epoch, j = divmod(i, self.per_epoch)
         starts = self._plan(epoch)[1]
-        lo, hi = j * self.batch_size, (j + 1) * self.batch_size
+        lo, hi = j * self.batch_size + lo, j * self.batch_size + min(hi, self.batch_size)
         xs, ys = [], []
         w = bisect.bisect_right(starts, lo) - 1
         while lo < hi:

@@ -100,10 +100,14 @@ class ActivationFile(IndexedBatches):
         return torch.randperm(self.x.shape[0], generator=self.generator(epoch))
 
     def batch(self, i: int) -> tuple[Tensor, Tensor]:
+        return self.part(i, 0, self.batch_size)
+
+    def part(self, i: int, lo: int, hi: int) -> tuple[Tensor, Tensor]:
+        """Rows [lo, hi) of batch i; a memmap reads only those."""
         epoch, j = divmod(i, self.per_epoch)
         idx = self._perm(epoch)[j * self.batch_size : (j + 1) * self.batch_size].sort().values
-        x = take(self.x, idx)
-        return x, (x if self.y is None else take(self.y, idx))
+        x = take(self.x, idx[lo:hi])
+        return x, (x if self.y is None else take(self.y, idx[lo:hi]))
 
     def head(self, n: int) -> tuple[Tensor, Tensor]:
         """The first n rows (all when fewer), unshuffled, for evaluation; a memmap reads only

@@ -71,6 +71,13 @@ class IndexedBatches(abc.ABC):
     def batch(self, i: int) -> tuple[Tensor, Tensor]:
         """Batch number i (0-based), the same every time it is asked for."""
 
+    def part(self, i: int, lo: int, hi: int) -> tuple[Tensor, Tensor]:
+        """Rows [lo, hi) of batch i, as batch(i) has them (a data-parallel process's share).
+        Sources that can read only those rows (a file, a cache, a model) do."""
+        x, y = self.batch(i)
+        xs = x[lo:hi]
+        return xs, (xs if y is x else y[lo:hi])
+
     def iter_from(self, start: int) -> Iterator[tuple[Tensor, Tensor]]:
         """Batches start, start + 1, ... without computing the ones before."""
         return (self.batch(i) for i in itertools.count(start))

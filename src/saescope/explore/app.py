@@ -152,12 +152,19 @@ def _machine_names() -> list[str]:
     return names
 
 
-def create_app(runs: list[Path], demo: Path | None = None, hosts: Sequence[str] = ()) -> FastAPI:
-    """The app serving `runs` (run folders; each opened on first use) and, with `demo`, the
+def create_app(
+    runs: list[Path],
+    demo: Path | None = None,
+    hosts: Sequence[str] = (),
+    model: str | None = None,
+    hook: str | None = None,
+) -> FastAPI:
+    """The app serving `runs` (run folders, or peer libraries' SAE folders, whose model and
+    hook point `model` and `hook` give or override; each opened on first use) and, with `demo`, the
     seed demos' JSON file (read by the /api/seed routes, `app.state.demo`). It answers only
     requests whose Host is this machine's loopback name or one of `hosts` (`allowed_hosts`;
     give the address the server listens on), and takes bodies of at most MAX_BODY bytes."""
-    states = load_runs([Path(r) for r in runs])
+    states = load_runs([Path(r) for r in runs], model, hook)
     app = FastAPI(title="saescope explore", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.runs = states
     app.state.demo = None if demo is None else Path(demo)

@@ -13,7 +13,7 @@ from typing import Any
 
 from saescope.analysis import FeatureIndex
 from saescope.errors import ConfigError, InputError, SaescopeError
-from saescope.runs import Run, sae_folders
+from saescope.runs import Run, peer_folder, peer_format, peer_spec, sae_folders
 
 
 class NotFound(InputError):
@@ -32,6 +32,9 @@ class RunState:
     name: str
     path: Path
     saes: list[str]
+    model: str | None = None
+    """The model and hook point of a peer library's SAE folder (None: what it says)."""
+    hook: str | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
     _run: Run | None = None
     _indexes: dict[str, Any] = field(default_factory=dict)
@@ -41,7 +44,7 @@ class RunState:
     def run(self) -> Run:
         with self._open:
             if self._run is None:
-                self._run = Run.open(self.path)
+                self._run = Run.open(self.path, model=self.model, hook=self.hook)
             return self._run
 
     def sae_name(self, sae: str | None) -> str:
@@ -88,9 +91,13 @@ def open_index(path: Path, sae: str, several: bool) -> Any:
     return FeatureIndex.open(path, sae=sae if several else None)
 
 
-def load_runs(paths: list[Path]) -> dict[str, RunState]:
+def load_runs(
+    paths: list[Path], model: str | None = None, hook: str | None = None
+) -> dict[str, RunState]:
     """The runs by unique name (a folder's name, then -2, -3, ... for repeats); a one-line
-    error for a folder that holds no saved SAE."""
+    error for a folder that holds no saved SAE, or a peer library's SAE folder that does not
+    say its model or hook point when `model` or `hook` do not (they apply to every peer
+    folder; saescope runs keep their own)."""
     if not paths:
         raise ConfigError("give at least one run folder to explore")
     out: dict[str, RunState] = {}
@@ -101,9 +108,13 @@ def load_runs(paths: list[Path]) -> dict[str, RunState]:
             raise ConfigError(
                 f"{p} holds no saved SAE (cfg.json); give a folder made by saescope train"
             )
+        if peer_format(path):
+            peer_spec(path, model, hook)
+            path = peer_folder(path, hook)  # the SAE `hook` picks: its index is there
+            names = sae_names(path)
         name, n = path.name, 1
         while name in out:
             n += 1
             name = f"{path.name}-{n}"
-        out[name] = RunState(name, path, names)
+        out[name] = RunState(name, path, names, model, hook)
     return out

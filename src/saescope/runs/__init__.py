@@ -8,7 +8,9 @@ context length and the text's token fingerprint). It is saved with every run (cf
 evaluation (held-out contexts of the text, or held-out draws of a synthetic task).
 
 `Run.open(path)` gives a trained run's SAEs, its DataSpec and training config, and loads its
-model only when asked. `train` (CLI and library), `eval` and every later command go through
+model only when asked; a peer library's SAE folder (SAELens, ...) opens the same way, its
+model, hook point and context taken from its metadata or given (`Run.open(path, model=,
+hook=)`, `runs.peer`). `train` (CLI and library), `eval` and every later command go through
 here, so a run is described and opened in one place; `find_runs(folder)` lists the runs under
 a folder (architecture, data, steps, final metrics) without loading any weights, and
 `sae_folders(folder)` the saved SAEs of one folder (the names `Run.open` gives them);
@@ -27,8 +29,10 @@ from saescope.activations import harvest_to_cache
 from saescope.data import ActivationCache
 from saescope.data.stream import IndexedBatches
 from saescope.errors import ConfigError
+from saescope.parallel import DDPGroup, Shard
 from saescope.runs.data import KINDS, DataSpec, HeldOut
 from saescope.runs.listing import find_runs
+from saescope.runs.peer import peer_folder, peer_format, peer_spec
 from saescope.runs.resume import Given, Recorded
 from saescope.runs.run import Run, sae_folders
 from saescope.saes import SAE, architecture, make_sae
@@ -99,14 +103,19 @@ def train_run(
     resume: bool = False,
     overwrite: bool = False,
     log: Sequence[str] = (),
+    group: DDPGroup | None = None,
 ) -> TrainResult:
     """`training.train` on a stream opened from `data`, which the run records (so that
     `Run.open` finds it and resume refuses other data); `log`: loggers beside metrics.jsonl
-    ("tensorboard")."""
+    ("tensorboard"); `group`: the processes training together (data parallel,
+    `parallel.launched`), each reading its share of every batch of `stream`."""
     metadata = run_metadata(data, getattr(stream, "batch_size", None))
     if resume and out_dir is not None:
         metadata = _as_recorded(metadata, Path(out_dir))
-    return train(saes, stream, cfg, out_dir, resume, metadata, overwrite, log)
+    batches: IndexedBatches = stream
+    if group is not None and group.size > 1:
+        batches = Shard(stream, group.rank, group.size)
+    return train(saes, batches, cfg, out_dir, resume, metadata, overwrite, log, group)
 
 
 def _as_recorded(metadata: dict[str, Any], out_dir: Path) -> dict[str, Any]:
@@ -122,7 +131,10 @@ def _as_recorded(metadata: dict[str, Any], out_dir: Path) -> dict[str, Any]:
 
 
 def resume_run(
-    out_dir: str | Path, given: Given | None = None, log: Sequence[str] = ()
+    out_dir: str | Path,
+    given: Given | None = None,
+    log: Sequence[str] = (),
+    group: DDPGroup | None = None,
 ) -> TrainResult:
     """Continue the run in out_dir with the settings its checkpoint recorded: its SAEs, data,
     batch size and training config. A setting in `given` must be the run's (else a
@@ -137,7 +149,8 @@ def resume_run(
         run_tokens = f"{cfg.steps * stream.tokens_per_batch} ({cfg.steps} steps)"
         raise mismatch("tokens", run_tokens, f"{given.tokens} ({steps} steps)")
     saes = [make_sae(c) for c in recorded.saes]
-    return train_run(saes[0] if len(saes) == 1 else saes, data, stream, cfg, out_dir, True, log=log)
+    one = saes[0] if len(saes) == 1 else saes
+    return train_run(one, data, stream, cfg, out_dir, True, log=log, group=group)
 
 
 def check_harvest(
@@ -189,6 +202,9 @@ __all__ = [
     "harvest",
     "passes",
     "passes_note",
+    "peer_folder",
+    "peer_format",
+    "peer_spec",
     "resume_run",
     "run_metadata",
     "sae_dirs",

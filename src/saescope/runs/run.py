@@ -12,12 +12,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from saescope import interop
 from saescope.data import ArticleTaskConfig, is_cache
 from saescope.data.outliers import DEFAULT_FACTOR, OutlierRule
 from saescope.errors import ConfigError, FormatError, InputError, check_keys
 from saescope.evaluate import Outliers, evaluate, evaluate_in_model, plot_density
 from saescope.models.downstream import check_batch_size
 from saescope.runs.data import DataSpec, HeldOut
+from saescope.runs.peer import fit_model, peer_data, peer_folder, peer_format
 from saescope.saes import SAE, io
 from saescope.saes.io import is_saved
 from saescope.training import TrainConfig
@@ -25,9 +27,10 @@ from saescope.training import TrainConfig
 
 def sae_folders(path: str | Path) -> list[Path]:
     """The saved SAEs of a folder, read without loading them: the folder itself when it is
-    one SAE's folder, else its sae_0, sae_1, ... folders that hold one (sorted); [] for none."""
+    one SAE's folder (saescope's or a peer library's, see `peer_format`), else its sae_0,
+    sae_1, ... folders that hold one (sorted); [] for none."""
     path = Path(path)
-    if is_saved(path):
+    if is_saved(path) or peer_format(path):
         return [path]
     return sorted(p for p in path.glob("sae_*") if is_saved(p))
 
@@ -35,7 +38,9 @@ def sae_folders(path: str | Path) -> list[Path]:
 @dataclass
 class Run:
     """A trained run folder: its SAEs by name (the folder's own name for a single SAE, else
-    sae_0, sae_1, ...), the data they were trained on and the training config."""
+    sae_0, sae_1, ...), the data they were trained on and the training config. A peer
+    library's SAE folder opens as a run too (`format` names it; `train` is None, `metadata`
+    what the folder says, `interop.metadata`)."""
 
     path: Path
     saes: dict[str, SAE]
@@ -43,14 +48,34 @@ class Run:
     data: DataSpec | None
     train: TrainConfig | None
     metadata: dict[str, Any]
+    format: str = "saescope"
 
     @classmethod
-    def open(cls, path: str | Path, device: str | torch.device = "cpu") -> Run:
+    def open(
+        cls,
+        path: str | Path,
+        device: str | torch.device = "cpu",
+        model: str | Path | None = None,
+        hook: str | None = None,
+        target: str | None = None,
+        need_data: bool = True,
+    ) -> Run:
+        """The run at `path`. A peer library's SAE folder (SAELens, ...) belongs to the model,
+        hook point (a transcoder's target too) and context its metadata names; `model`,
+        `hook` and `target` supply or override them (see `runs.peer.peer_data`). A saescope
+        run uses them only when it records no data of its own (an SAE saved through the
+        Python API); else they are ignored. need_data=False (evaluating on other data, a
+        file of activations): a model or hook that cannot be found leaves `data` None, and
+        the model is not loaded, instead of a one-line error."""
         path = Path(path)
+        fmt = peer_format(path)
+        if fmt is not None:
+            return cls._open_peer(path, fmt, device, model, hook, target, need_data)
         found = sae_folders(path)
         if not found:
             raise ConfigError(
-                f"{path} holds no saved SAE (cfg.json); give a folder made by saescope train"
+                f"{path} holds no saved SAE (cfg.json); give a folder made by saescope train "
+                "or a peer library's SAE folder (SAELens)"
             )
         names = [path.name] if found == [path] else [p.name for p in found]
         saes = {n: SAE.load(p, device) for n, p in zip(names, found, strict=True)}
@@ -63,7 +88,28 @@ class Run:
                 train_cfg = TrainConfig(**train_cfg)
         except ConfigError as e:
             raise FormatError(f"{found[0] / io.CFG_FILE}: metadata: {e}") from None
+        if data is None and (model is not None or meta.get("model_name")):
+            # saved through the Python API, or converted from a peer: what it says, or the flags
+            meta_peer = interop.metadata(found[0])
+            data = _peer_data(path, meta_peer, model, hook, target, need_data)
         return cls(path, saes, dict(zip(names, found, strict=True)), data, train_cfg, meta)
+
+    @classmethod
+    def _open_peer(
+        cls,
+        path: Path,
+        fmt: str,
+        device: str | torch.device,
+        model: str | Path | None,
+        hook: str | None,
+        target: str | None,
+        need_data: bool = True,
+    ) -> Run:
+        meta = interop.metadata(path, hook)
+        sae = interop.load(path, device, hook)
+        data = _peer_data(path, meta, model, hook, target, need_data)
+        own = peer_folder(path, hook)  # the SAE's own folder in a run of several
+        return cls(own, {own.name: sae}, {own.name: own}, data, None, meta, fmt)
 
     def eval_data(
         self,
@@ -103,7 +149,10 @@ class Run:
         """How the run treats outlier tokens, so that evaluation measures what training did:
         the rule it fitted (cfg.json `metadata.outliers`); for a run that recorded none, its
         training config's factor (a rule fitted on the evaluation data; runs made before
-        saescope set outliers aside get the default); None for a run trained on every token."""
+        saescope set outliers aside get the default); None for a run trained on every token,
+        as a peer library's SAE is."""
+        if self.format != "saescope":
+            return None  # the peer libraries train on every token
         if self.metadata.get("outliers"):
             return OutlierRule.from_dict(self.metadata["outliers"])
         return self.train.outlier_factor if self.train is not None else DEFAULT_FACTOR
@@ -180,6 +229,25 @@ class Run:
                     got["density_plot"] = str(plot_density(density, png, name))
             out[name] = got
         return out
+
+
+def _peer_data(
+    path: Path,
+    meta: dict[str, Any],
+    model: str | Path | None,
+    hook: str | None,
+    target: str | None,
+    need: bool,
+) -> DataSpec | None:
+    """The model data a peer SAE (or one converted from a peer) belongs to, fitted to its
+    model; unless `need`, None where the model or hook cannot be found, and no model loaded."""
+    try:
+        spec = peer_data(path, meta, model, hook, target)
+    except ConfigError:
+        if need:
+            raise
+        return None
+    return fit_model(path, spec, check_hook=hook is None) if need else spec
 
 
 def _evaluate(

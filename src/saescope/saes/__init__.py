@@ -28,6 +28,7 @@ from saescope.saes.base import (
 from saescope.saes.batchtopk import BatchTopKConfig, BatchTopKSAE
 from saescope.saes.gated import GatedConfig, GatedSAE
 from saescope.saes.jumprelu import JumpReLUConfig, JumpReLUSAE
+from saescope.saes.loss import Across
 from saescope.saes.matryoshka import MatryoshkaConfig, MatryoshkaSAE
 from saescope.saes.relu import ReLUConfig, ReLUSAE
 from saescope.saes.topk import TopKConfig, TopKSAE
@@ -43,6 +44,7 @@ def save(sae: SAE, path: str | Path, metadata: dict[str, Any] | None = None) -> 
 __all__ = [
     "ARCHITECTURES",
     "SAE",
+    "Across",
     "AuxKConfig",
     "BatchTopKConfig",
     "BatchTopKSAE",

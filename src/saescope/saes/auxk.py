@@ -14,6 +14,7 @@ from torch import Tensor
 from saescope import ops, sparse
 from saescope.errors import ConfigError
 from saescope.saes.base import SAE, LossContext, SAEConfig
+from saescope.saes.loss import Across
 from saescope.sparse import SparseCodes
 
 
@@ -40,6 +41,20 @@ class AuxKConfig(SAEConfig):
         return "auxk"
 
 
+def fvu(residual: Tensor, target: Tensor, across: Across | None = None) -> Tensor:
+    """`ops.fvu`; with `across` (rows spread over processes), this process's part of the
+    whole batch's FVU: its rows' mean squared residual over the whole batch's variance per
+    token (target's mean and variance summed over the processes, two passes), so that the
+    rows-weighted mean over the processes is the whole batch's FVU."""
+    if across is None:
+        return ops.fvu(residual, target)
+    target = target.detach()
+    mean = across.sum(target.sum(0)) / across.rows
+    var = across.sum((target - mean).pow(2).sum())
+    per_token = residual.pow(2).sum() / max(target.shape[0], 1)
+    return per_token / (var / across.rows).clamp_min(1e-12)
+
+
 def auxk_loss(sae: SAE, pre: Tensor, y: Tensor, y_hat: Tensor, ctx: LossContext) -> Tensor:
     """AuxK on the dense path: the fraction of the residual's variance left unexplained by
     the top-k_aux dead latents (0 when no latent is dead)."""
@@ -48,7 +63,7 @@ def auxk_loss(sae: SAE, pre: Tensor, y: Tensor, y_hat: Tensor, ctx: LossContext)
         return pre.new_zeros(())
     z_aux = ops.auxk_topk(pre, dead, sae.cfg.k_aux)  # type: ignore[attr-defined]
     e = (y - y_hat).detach()
-    return ops.fvu(e - z_aux @ sae.W_dec, e)
+    return fvu(e - z_aux @ sae.W_dec, e, ctx.across)
 
 
 def sparse_topk_loss(
@@ -68,5 +83,5 @@ def sparse_topk_loss(
     if use_aux:
         aux_p, aux_z = coded[1]
         e = (y - y_hat).detach()
-        aux = ops.fvu(e - sparse.decode(aux_p, aux_z.relu(), sae.W_dec, None), e)
+        aux = fvu(e - sparse.decode(aux_p, aux_z.relu(), sae.W_dec, None), e, ctx.across)
     return y_hat, mse, SparseCodes(p, vals.detach()), aux

@@ -12,17 +12,17 @@ import abc
 import dataclasses
 import inspect
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from saescope import metrics, ops
+from saescope import ops
 from saescope.errors import ConfigError, FormatError, InputError, check_keys
 from saescope.saes import io
-from saescope.sparse import SparseCodes
+from saescope.saes.loss import LossContext, LossOutput
 
 SPARSE_MODES = ("auto", "sparse", "dense")
 SPARSE_MAX_DENSITY = 0.15
@@ -45,6 +45,10 @@ class SAEConfig:
     """Width of the reconstruction target; defaults to d_in. Differs for transcoders."""
     apply_b_dec_to_input: bool = True
     """Subtract b_dec from x before encoding (Bricken et al. pre-centring). Off for transcoders."""
+    skip_connection: bool = False
+    """A linear skip connection W_skip (d_out, d_in), zeros at init: forward(x) =
+    decode(encode(x)) + x W_skip^T (sparsify's skip connection, SAELens's skip transcoders);
+    decode(f) is unchanged. Written to cfg.json only when on."""
 
     def __post_init__(self) -> None:
         if self.d_out is None:
@@ -53,6 +57,10 @@ class SAEConfig:
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{key} must be a positive integer, got {value!r}")
+        if not isinstance(self.skip_connection, bool):
+            raise ConfigError(
+                f"skip_connection must be true or false, got {self.skip_connection!r}"
+            )
         if self.apply_b_dec_to_input and self.d_out != self.d_in:
             raise ConfigError(
                 f"apply_b_dec_to_input needs d_out == d_in (got {self.d_out} != {self.d_in}); "
@@ -70,7 +78,12 @@ class SAEConfig:
         return "none"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"architecture": self.name, **dataclasses.asdict(self)}
+        """The config with its `architecture`; `skip_connection` only when on, so the files
+        of SAEs without one stay as they were."""
+        d = {"architecture": self.name, **dataclasses.asdict(self)}
+        if not self.skip_connection:
+            del d["skip_connection"]
+        return d
 
 
 ARCHITECTURES: dict[str, type[SAE]] = {}
@@ -113,61 +126,16 @@ def make_sae(cfg: SAEConfig | dict[str, Any]) -> SAE:
     return architecture(cfg.name)(cfg)
 
 
-@dataclass
-class LossContext:
-    """What the training loop tells a loss besides the batch."""
-
-    sparsity_scale: float = 1.0
-    """Multiplier on the sparsity coefficient (its warm-up)."""
-    dead: Tensor | None = None
-    """(d_sae,) bool: latents that have not fired for the dead window (for AuxK)."""
-
-
-@dataclass
-class LossOutput:
-    """A loss evaluation: the reconstruction, the features and each weighted loss term."""
-
-    y_hat: Tensor
-    f: Tensor | None
-    """(N, d_sae) codes from the dense path; None from the sparse path (see `codes`)."""
-    terms: dict[str, Tensor]
-    """Named loss terms, coefficients applied; they sum to the total."""
-    extras: dict[str, Tensor] = field(default_factory=dict)
-    codes: SparseCodes | None = None
-    """The codes in sparse form, from the sparse path."""
-
-    @property
-    def total(self) -> Tensor:
-        return sum(self.terms.values())  # type: ignore[return-value]
-
-    def dense_f(self) -> Tensor:
-        """(N, d_sae) codes, detached, whichever path made them."""
-        if self.f is not None:
-            return self.f.detach()
-        assert self.codes is not None
-        return self.codes.dense()
-
-    def l0(self) -> float:
-        """Mean number of non-zero codes per token."""
-        if self.codes is not None:
-            return self.codes.l0()
-        return metrics.l0(self.dense_f())
-
-    def fired(self) -> Tensor:
-        """(d_sae,) bool: latents with a non-zero code in the batch."""
-        if self.codes is not None:
-            return self.codes.fired()
-        return torch.count_nonzero(self.dense_f(), dim=0) > 0
-
-
 class SAE(nn.Module, abc.ABC):
-    """Abstract sparse autoencoder. Subclasses implement `_encode` and `loss`.
+    """Abstract sparse autoencoder. Subclasses implement `_encode` and `_loss`.
 
     `encode` and `forward` accept any leading shape (..., d_in): (B, S, d_in) works as
     (B*S, d_in), and BatchTopK's batch is all leading positions together.
     """
 
     cfg: SAEConfig
+    W_skip: nn.Parameter | None
+    """(d_out, d_in) with `cfg.skip_connection`, else None (not in the state dict)."""
     config_cls: ClassVar[type[SAEConfig]]
     latent_axes: ClassVar[dict[str, int]] = {"W_enc": 1, "W_dec": 0, "b_enc": 0}
     """For each parameter, the axis that indexes latents (resampling resets these entries)."""
@@ -204,6 +172,8 @@ class SAE(nn.Module, abc.ABC):
         if self.has_b_enc:
             self.b_enc = nn.Parameter(torch.zeros(d_sae))
         self._extra_params()
+        skip = nn.Parameter(torch.zeros(d_out, d_in)) if cfg.skip_connection else None  # type: ignore[arg-type]
+        self.register_parameter("W_skip", skip)
         self.reset_parameters()
 
     def _extra_params(self) -> None:
@@ -222,6 +192,8 @@ class SAE(nn.Module, abc.ABC):
         else:
             self.W_enc.copy_(torch.randn_like(self.W_enc) / self.cfg.d_in**0.5)
         self.b_dec.zero_()
+        if self.W_skip is not None:
+            self.W_skip.zero_()
         for name in self._per_latent_vectors():
             getattr(self, name).fill_(self._initial(name))
 
@@ -266,11 +238,31 @@ class SAE(nn.Module, abc.ABC):
         return f @ self.W_dec + self.b_dec
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.decode(self.encode(x))
+        """x (..., d_in) -> y_hat (..., d_out) = decode(encode(x)) (+ x W_skip^T)."""
+        return self.reconstruct(self.encode(x), x)
+
+    def reconstruct(self, f: Tensor, x: Tensor) -> Tensor:
+        """forward's output from x (..., d_in) and its codes f = encode(x): decode(f), plus
+        x W_skip^T with a skip connection. Use it wherever an SAE stands in for activations."""
+        y_hat = self.decode(f)
+        return y_hat if self.W_skip is None else y_hat + x @ self.W_skip.T
+
+    def loss(self, x: Tensor, y: Tensor, ctx: LossContext | None = None) -> LossOutput:
+        """All loss terms on a batch x (N, d_in), y (N, d_out). With a skip connection the
+        architecture's terms are those of the target y - x W_skip^T, so the squared error is
+        |y - forward(x)|^2 and W_skip learns through the target (on either path); `y_hat`
+        includes the skip. AuxK's residual is the same; gated's gate_aux keeps it frozen."""
+        if self.W_skip is None:
+            return self._loss(x, y, ctx)
+        x = self._flat(x)
+        skip = x @ self.W_skip.T
+        out = self._loss(x, y.reshape(skip.shape) - skip, ctx)
+        out.y_hat = out.y_hat + skip.detach()
+        return out
 
     @abc.abstractmethod
-    def loss(self, x: Tensor, y: Tensor, ctx: LossContext | None = None) -> LossOutput:
-        """All loss terms on a batch x (N, d_in), y (N, d_out)."""
+    def _loss(self, x: Tensor, y: Tensor, ctx: LossContext | None = None) -> LossOutput:
+        """The architecture's loss terms on a batch x (N, d_in), y (N, d_out) (see `loss`)."""
 
     def use_sparse(self, density: float) -> bool:
         """Whether `loss` takes the sparse path, at this expected fraction of live codes."""
@@ -327,12 +319,15 @@ class SAE(nn.Module, abc.ABC):
         """Fold activation normalisation into the weights.
 
         Trained on x' = s_in x and y' = s_out y, the folded SAE takes raw x and returns raw y:
-        W_enc <- s_in W_enc, W_dec <- W_dec / s_out, b_dec <- b_dec / s_out. Pre-centring stays
-        exact because then s_in == s_out: (s x - b) W = (x - b/s)(s W).
+        W_enc <- s_in W_enc, W_dec <- W_dec / s_out, b_dec <- b_dec / s_out, and a skip
+        connection W_skip <- W_skip s_in / s_out. Pre-centring stays exact because then
+        s_in == s_out: (s x - b) W = (x - b/s)(s W).
         """
         self.W_enc.mul_(scale_in)
         self.W_dec.div_(scale_out)
         self.b_dec.div_(scale_out)
+        if self.W_skip is not None:
+            self.W_skip.mul_(scale_in / scale_out)
 
     def to_file_tensors(self) -> dict[str, Tensor]:
         """Tensors as saved (SAELens names and shapes)."""
@@ -351,7 +346,8 @@ class SAE(nn.Module, abc.ABC):
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> SAE:
         """Load a saved SAE in eval mode: `SAE.load` takes any architecture, `TopKSAE.load`
-        only its own. Never unpickles: JSON + safetensors only."""
+        only its own. float64 weights stay float64 (others load as float32). Never unpickles:
+        JSON + safetensors only."""
         cfg = io.read_cfg(path)
         io.check_sizes(path, cfg)
         try:
@@ -364,6 +360,8 @@ class SAE(nn.Module, abc.ABC):
             )
         sae = make_sae(config)
         state = sae.from_file_tensors(io.read_weights(path, device))
+        if state["W_dec"].dtype == torch.float64:  # kept, as the peer formats' loaders keep it
+            sae = sae.double()
         expected = {k: tuple(v.shape) for k, v in sae.state_dict().items()}
         got = {k: tuple(v.shape) for k, v in state.items()}
         if expected != got:

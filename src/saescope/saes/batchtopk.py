@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, final
 
 import torch
@@ -23,6 +23,7 @@ from saescope import ops, sparse
 from saescope.errors import ConfigError
 from saescope.saes.auxk import AuxKConfig, auxk_loss, sparse_topk_loss
 from saescope.saes.base import SAE, LossContext, LossOutput
+from saescope.saes.loss import Across
 
 SETTLED_TOKENS = 2048
 """Fewest tokens the final threshold is measured on for it to be trusted (else a warning)."""
@@ -62,18 +63,19 @@ class BatchTopKSAE(SAE):
     def _encode(self, x: Tensor) -> Tensor:
         return encode_at_threshold(self.pre_acts(x), self.cfg.k, self.threshold, self.training)
 
-    def loss(self, x: Tensor, y: Tensor, ctx: LossContext | None = None) -> LossOutput:
+    def _loss(self, x: Tensor, y: Tensor, ctx: LossContext | None = None) -> LossOutput:
         ctx = ctx or LossContext()
-        x = self._flat(x)
+        x, across = self._flat(x), ctx.across
         if self.use_sparse(self.cfg.k / self.cfg.d_sae):
-            n_keep = ops.batch_topk_count(self.cfg.k, x.shape[0], self.cfg.d_sae)
-            chooser = sparse.batch_topk(n_keep)
+            rows = x.shape[0] if across is None else across.rows
+            n_keep = ops.batch_topk_count(self.cfg.k, rows, self.cfg.d_sae)
+            chooser = sparse.batch_topk(n_keep) if across is None else CutAcross(n_keep, across)
             y_hat, mse, codes, aux = sparse_topk_loss(self, x, y, ctx, chooser)
             terms = {"mse": mse, "auxk": self.cfg.aux_coef * aux}
-            min_kept = ops.smallest_positive(codes.vals)
+            min_kept = smallest_kept(codes.vals, across)
             return LossOutput(y_hat, None, terms, {"min_kept": min_kept}, codes)
         pre = self.pre_acts(x)
-        f, min_kept = ops.batch_topk_activation(pre, self.cfg.k)
+        f, min_kept = batch_topk_activation(pre, self.cfg.k, across)
         y_hat = self.decode(f)
         aux = self.cfg.aux_coef * auxk_loss(self, pre, y, y_hat, ctx)
         return LossOutput(
@@ -90,6 +92,50 @@ class BatchTopKSAE(SAE):
         average estimates, without its lag. Warns (`ThresholdWarning`) when fewer than
         SETTLED_TOKENS tokens had a positive kept activation."""
         return settle_threshold(self, self.threshold, self.cfg.k, xs)
+
+
+# ----- batch top-k over a batch spread across processes (data parallel) ----------------------
+
+
+def batch_topk_activation(pre: Tensor, k: float, across: Across | None) -> tuple[Tensor, Tensor]:
+    """`ops.batch_topk_activation`; with `across`, over the whole batch: this process keeps
+    its entries at or above the whole batch's N*k-th largest ReLU'd value (from every
+    process's N*k largest), the positive ones (a kept zero changes nothing)."""
+    if across is None:
+        return ops.batch_topk_activation(pre, k)
+    n_keep = ops.batch_topk_count(k, across.rows, pre.shape[1])
+    flat = pre.relu().flatten()
+    values = flat.detach()
+    cut = across.kth_largest(values.topk(min(n_keep, values.numel()), sorted=False).values, n_keep)
+    keep = (values >= cut) & (values > 0)
+    return (flat * keep).view_as(pre), smallest_kept(values[keep], across)
+
+
+def smallest_kept(vals: Tensor, across: Across | None) -> Tensor:
+    """`ops.smallest_positive` of the kept values, over every process with `across`."""
+    if across is None:
+        return ops.smallest_positive(vals)
+    positive = vals[vals > 0]
+    here = positive.min() if positive.numel() else vals.new_full((), float("inf"))
+    least = across.min(here.reshape(1))[0]
+    return least if bool(torch.isfinite(least)) else vals.new_zeros(())
+
+
+@dataclass(frozen=True)
+class CutAcross(sparse.Chooser):
+    """The sparse path's batch top-k over a batch spread across processes: the entries at
+    or above the whole batch's n_keep-th largest value, the positive ones."""
+
+    n_keep: int
+    across: Across = field(compare=False)
+
+    def __call__(self, pre: Tensor) -> sparse.Pattern:
+        n, m = pre.shape
+        flat = pre.reshape(-1)
+        cand = flat.topk(min(self.n_keep, flat.numel()), sorted=False).values
+        cut = self.across.kth_largest(cand, self.n_keep)
+        chosen = ((flat >= cut) & (flat > 0)).nonzero().squeeze(1)
+        return sparse.Pattern.from_flat(chosen, n, m)
 
 
 # ----- the inference threshold, shared with the Matryoshka BatchTopK SAE ----------------------

@@ -68,7 +68,7 @@ class GatedSAE(SAE):
         pi_gate, pi_mag = self._gate_mag(x)
         return (pi_gate > 0).to(pi_mag.dtype) * pi_mag.relu()
 
-    def loss(self, x: Tensor, y: Tensor, ctx: LossContext | None = None) -> LossOutput:
+    def _loss(self, x: Tensor, y: Tensor, ctx: LossContext | None = None) -> LossOutput:
         ctx = ctx or LossContext()
         pi_gate, pi_mag = self._gate_mag(self._flat(x))
         f = (pi_gate > 0).to(pi_mag.dtype) * pi_mag.relu()
@@ -82,6 +82,6 @@ class GatedSAE(SAE):
             {
                 "mse": self.mse(y, y_hat),
                 "l1": self.cfg.l1_coef * ctx.sparsity_scale * l1,
-                "gate_aux": self.mse(y, y_gate),
+                "gate_aux": self.mse(y.detach(), y_gate),  # a skip part stays frozen
             },
         )

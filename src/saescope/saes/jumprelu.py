@@ -66,7 +66,7 @@ class JumpReLUSAE(SAE):
     def _encode(self, x: Tensor) -> Tensor:
         return ops.jumprelu(self.pre_acts(x), self.threshold, self.cfg.bandwidth)
 
-    def loss(self, x: Tensor, y: Tensor, ctx: LossContext | None = None) -> LossOutput:
+    def _loss(self, x: Tensor, y: Tensor, ctx: LossContext | None = None) -> LossOutput:
         ctx = ctx or LossContext()
         x = self._flat(x)
         coef = self.cfg.l0_coef * ctx.sparsity_scale
@@ -96,10 +96,14 @@ class JumpReLUSAE(SAE):
         return LossOutput(y_hat, None, terms, codes=SparseCodes(p, f.detach()))
 
     def to_file_tensors(self) -> dict[str, Tensor]:
-        t = {k: v for k, v in self.state_dict().items() if k != "log_threshold"}
-        return {**t, "threshold": self.threshold.detach()}
+        """SAELens's `threshold`, and the exact `log_threshold` beside it: exp does not invert
+        bit for bit, so a load from `threshold` alone would move some entries by an ulp."""
+        return {**self.state_dict(), "threshold": self.threshold.detach()}
 
     def from_file_tensors(self, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
         t = dict(tensors)
-        t["log_threshold"] = t.pop("threshold").log()
+        threshold = t.pop("threshold", None)  # missing: the load's shape check names it
+        exact = t.get("log_threshold")
+        if threshold is not None and (exact is None or not torch.equal(exact.exp(), threshold)):
+            t["log_threshold"] = threshold.log()  # older files, or a threshold edited since
         return t

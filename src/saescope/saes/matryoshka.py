@@ -27,9 +27,16 @@ from torch import Tensor
 
 from saescope import ops, sparse
 from saescope.errors import ConfigError
-from saescope.saes.auxk import AuxKConfig, auxk_loss
+from saescope.saes.auxk import AuxKConfig, auxk_loss, fvu
 from saescope.saes.base import SAE, LossContext, LossOutput
-from saescope.saes.batchtopk import encode_at_threshold, settle_threshold, update_threshold
+from saescope.saes.batchtopk import (
+    CutAcross,
+    batch_topk_activation,
+    encode_at_threshold,
+    settle_threshold,
+    smallest_kept,
+    update_threshold,
+)
 from saescope.sparse import Pattern, SparseCodes
 
 
@@ -106,13 +113,13 @@ class MatryoshkaSAE(SAE):
     def _encode(self, x: Tensor) -> Tensor:
         return encode_at_threshold(self.pre_acts(x), self.cfg.k, self.threshold, self.training)
 
-    def loss(self, x: Tensor, y: Tensor, ctx: LossContext | None = None) -> LossOutput:
+    def _loss(self, x: Tensor, y: Tensor, ctx: LossContext | None = None) -> LossOutput:
         ctx = ctx or LossContext()
         x = self._flat(x)
         if self.use_sparse(self.cfg.k / self.cfg.d_sae):
             return self._sparse_loss(x, y, ctx)
         pre = self.pre_acts(x)
-        f, min_kept = ops.batch_topk_activation(pre, self.cfg.k)
+        f, min_kept = batch_topk_activation(pre, self.cfg.k, ctx.across)
         y_hat, mses = self._prefix_errors(f, y)
         aux = self.cfg.aux_coef * auxk_loss(self, pre, y, y_hat, ctx)
         return self._output(y_hat, f, mses, aux, min_kept)
@@ -131,10 +138,12 @@ class MatryoshkaSAE(SAE):
     def _sparse_loss(self, x: Tensor, y: Tensor, ctx: LossContext) -> LossOutput:
         """The same values and gradients on the sparse path: prefix g decodes the codes of
         latents below m_g, the first entries of each row of the pattern."""
-        n_keep = ops.batch_topk_count(self.cfg.k, x.shape[0], self.cfg.d_sae)
+        across = ctx.across  # rows spread over processes: the whole batch's N*k
+        rows = x.shape[0] if across is None else across.rows
+        n_keep = ops.batch_topk_count(self.cfg.k, rows, self.cfg.d_sae)
         dead = ctx.dead
         use_aux = dead is not None and bool(dead.any())
-        choosers = [sparse.batch_topk(n_keep)]
+        choosers = [sparse.batch_topk(n_keep) if across is None else CutAcross(n_keep, across)]
         if use_aux:
             choosers.append(sparse.aux_topk(dead, self.cfg.k_aux))  # type: ignore[arg-type]
         coded = sparse.encode(x, self.W_enc, self.b_enc, self.centring_bias(), choosers)
@@ -150,9 +159,9 @@ class MatryoshkaSAE(SAE):
         if use_aux:
             aux_p, aux_z = coded[1]
             e = (y - y_hat).detach()
-            aux = ops.fvu(e - sparse.decode(aux_p, aux_z.relu(), self.W_dec, None), e)
+            aux = fvu(e - sparse.decode(aux_p, aux_z.relu(), self.W_dec, None), e, across)
         codes = SparseCodes(p, vals.detach())
-        min_kept = ops.smallest_positive(codes.vals)
+        min_kept = smallest_kept(codes.vals, across)
         return self._output(y_hat, None, mses, self.cfg.aux_coef * aux, min_kept, codes)
 
     def _output(

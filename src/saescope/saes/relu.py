@@ -56,7 +56,7 @@ class ReLUSAE(SAE):
     def _encode(self, x: Tensor) -> Tensor:
         return self.pre_acts(x).relu()
 
-    def loss(self, x: Tensor, y: Tensor, ctx: LossContext | None = None) -> LossOutput:
+    def _loss(self, x: Tensor, y: Tensor, ctx: LossContext | None = None) -> LossOutput:
         ctx = ctx or LossContext()
         x = self._flat(x)
         coef = self.cfg.l1_coef * ctx.sparsity_scale

@@ -38,7 +38,7 @@ class TopKSAE(SAE):
     def _encode(self, x: Tensor) -> Tensor:
         return ops.topk_activation(self.pre_acts(x), self.cfg.k)
 
-    def loss(self, x: Tensor, y: Tensor, ctx: LossContext | None = None) -> LossOutput:
+    def _loss(self, x: Tensor, y: Tensor, ctx: LossContext | None = None) -> LossOutput:
         ctx = ctx or LossContext()
         x = self._flat(x)
         if self.use_sparse(self.cfg.k / self.cfg.d_sae):

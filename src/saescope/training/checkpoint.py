@@ -73,10 +73,14 @@ def _tensors(slots: Sequence[Slot], gen: torch.Generator) -> dict[str, Tensor]:
 
 
 def meta(
-    cfg: TrainConfig, slots: Sequence[Slot], pos: Position, metadata: dict[str, Any] | None
+    cfg: TrainConfig,
+    slots: Sequence[Slot],
+    pos: Position,
+    metadata: dict[str, Any] | None,
+    world_size: int = 1,
 ) -> dict[str, Any]:
-    """The checkpoint's JSON: position, training config, each SAE's config and scales, and
-    what the caller says the run is (its data)."""
+    """The checkpoint's JSON: position, training config, each SAE's config and scales, what
+    the caller says the run is (its data) and how many processes trained it."""
     saes = [
         {
             "cfg": jsonable(s.sae.cfg.to_dict()),
@@ -94,6 +98,7 @@ def meta(
         "train": jsonable(dataclasses.asdict(cfg)),
         "saes": saes,
         "run": jsonable(metadata or {}),
+        "world_size": world_size,
     }
 
 
@@ -170,6 +175,16 @@ def check_same_run(meta: dict, cfg: TrainConfig, metadata: dict[str, Any] | None
         raise mismatch(*found)
 
 
+def check_world_size(recorded: int, given: int, out_path: Path | None) -> None:
+    """Refuse, in one line, to resume a run on another number of processes."""
+    if recorded != given:
+        launch = "plain saescope" if recorded == 1 else f"torchrun --nproc-per-node {recorded}"
+        raise ConfigError(
+            f"cannot resume {out_path}: it was trained on {recorded} process(es) and this is "
+            f"{given}; the world size changed. Resume it with {launch} (or start a new run)"
+        )
+
+
 def restore(
     slots: Sequence[Slot], tensors: dict[str, Tensor], meta: dict, gen: torch.Generator
 ) -> None:
@@ -228,13 +243,19 @@ def resume(
     out_path: Path | None,
     gen: torch.Generator,
     metadata: dict[str, Any] | None = None,
+    world_size: int = 1,
+    writes: bool = True,
 ) -> Position:
-    """Restore the slots from out_path's checkpoint and say where the run stands."""
+    """Restore the slots from out_path's checkpoint and say where the run stands. A run
+    resumes on as many processes as it was trained on (the gradient sums, and so the last
+    bits of the weights, depend on it); `writes`: this process may write (rank 0)."""
     ckpt = out_path / CHECKPOINT_FILE if out_path else None
     if ckpt is None or not ckpt.is_file():
         raise FormatError(f"nothing to resume: no {CHECKPOINT_FILE} in {out_path}; drop --resume")
     tensors, meta = read(ckpt)
     check_same_run(meta, cfg, metadata)
+    check_world_size(meta.get("world_size", 1), world_size, out_path)
     restore(slots, tensors, meta, gen)
-    truncate_log(ckpt.parent / METRICS_FILE, meta["step"])
+    if writes:
+        truncate_log(ckpt.parent / METRICS_FILE, meta["step"])
     return Position.from_meta(meta)

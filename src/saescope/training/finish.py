@@ -23,10 +23,18 @@ TAIL_TOKENS = 8192
 
 class Tail:
     """The x of the run's last batches as training saw them (outlier tokens set aside, not yet
-    normalised), as many batches as cover TAIL_TOKENS tokens at the stream's batch size."""
+    normalised), as many batches as cover TAIL_TOKENS tokens at the stream's batch size.
+    `gather`: every process's rows of a batch together (data parallel), so each process
+    finishes on the whole batches."""
 
-    def __init__(self, steps: int, batch_tokens: int | None = None) -> None:
+    def __init__(
+        self,
+        steps: int,
+        batch_tokens: int | None = None,
+        gather: Callable[[Tensor], Tensor] | None = None,
+    ) -> None:
         self.steps = steps
+        self.gather = gather
         self.size = 0
         self.xs: deque[Tensor] = deque()
         if batch_tokens:
@@ -47,19 +55,23 @@ class Tail:
         if not self.size:
             self._sized(rows)
         if step >= self.start:
-            self.xs.append(x)
+            self.xs.append(self.gather(x) if self.gather else x)
 
 
 Batches = Iterator[tuple[Tensor, Tensor]]
 
 
 def resumed(
-    steps: int, pos: Position, open_at: Callable[[int], Batches], device: str
+    steps: int,
+    pos: Position,
+    open_at: Callable[[int], Batches],
+    device: str,
+    gather: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[Tail, Batches]:
     """A resumed run's tail and its stream from the checkpoint on: when the checkpoint lies
     inside the tail, the stream opens at the tail's start and the batches before the
     checkpoint go into the tail only (their outliers set aside by the run's rule)."""
-    tail = Tail(steps, pos.tokens // max(1, pos.step))
+    tail = Tail(steps, pos.tokens // max(1, pos.step), gather)
     start = min(pos.step, tail.start)
     stream = open_at(start)
     for step in range(start, pos.step):

@@ -1,4 +1,5 @@
-"""Where the training metrics go besides `metrics.jsonl` (always written): optional loggers
+"""The training metrics: each logged step's row per SAE (`log_row`, `write_rows`: into
+`metrics.jsonl`, always written, and the progress bar), and where else they go: optional loggers
 named by `train(..., log=["tensorboard"])` or `saescope train --log tensorboard`, each with
 `write(row)` (one logged row of one SAE) and `close()`.
 
@@ -8,11 +9,22 @@ The choice of loggers is not a training setting: it changes no weight, so it is 
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from saescope import metrics
 from saescope.errors import ConfigError
+from saescope.saes import LossOutput
+from saescope.training.checkpoint import Position
+from saescope.training.group import Share
+from saescope.training.optim import Slot
 
 LOGGERS = ("tensorboard",)
 """The loggers `train(log=...)` takes."""
@@ -91,3 +103,76 @@ def open_logs(
 
 
 _OPEN = {"tensorboard": TensorBoardLog}
+
+
+# ----- the rows --------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def log_row(
+    slot: Slot, y: Tensor, out: LossOutput, pos: Position, share: Share | None = None
+) -> dict[str, Any]:
+    """One SAE's metrics on the step's batch (the whole batch's, with `share`: data
+    parallel). The loss terms are in the normalised units the SAE trains in; `mse` (summed
+    over dimensions, mean over tokens) is in the data's own units, as `saescope eval` reports
+    it, and explained variance has no units."""
+    y_n = y * slot.scale_out
+    row: dict[str, Any] = {"step": pos.step, "tokens": pos.tokens}
+    row.update({f"loss_{k}": float(v) for k, v in out.terms.items()})
+    row["loss"] = float(out.total)
+    if share is None:
+        l0, mse = out.l0(), metrics.mse(y_n, out.y_hat)
+        ev = metrics.explained_variance(y_n, out.y_hat)
+    else:
+        l0, mse, ev = share.batch_metrics(y_n, out)
+    row["l0"], row["mse"], row["explained_variance"] = l0, mse / slot.scale_out**2, ev
+    row["dead_fraction"] = float(slot.dead(pos.dead_tokens).float().mean())
+    row["outliers"] = pos.set_aside
+    return row
+
+
+class Clock:
+    """Wall time of the run (carried over a resume) and throughput between log rows."""
+
+    def __init__(self, pos: Position) -> None:
+        self.start, self.before = time.perf_counter(), pos.elapsed
+        self.last_t, self.last_tokens = self.start, pos.tokens
+
+    def elapsed(self) -> float:
+        return self.before + time.perf_counter() - self.start
+
+    def fields(self, pos: Position) -> dict[str, float]:
+        now = time.perf_counter()
+        rate = (pos.tokens - self.last_tokens) / max(now - self.last_t, 1e-9)
+        self.last_t, self.last_tokens = now, pos.tokens
+        return {"elapsed_s": round(self.elapsed(), 3), "tokens_per_s": round(rate, 1)}
+
+
+def write_rows(
+    slots: Sequence[Slot],
+    outs: Sequence[LossOutput],
+    y: Tensor,
+    pos: Position,
+    log_file: Any,
+    bar: tqdm,
+    clock: Clock,
+    loggers: Sequence[MetricsLog] = (),
+    share: Share | None = None,
+) -> None:
+    """Each SAE's row into metrics.jsonl (log_file: None on ranks other than 0) and the
+    loggers, and the progress bar's numbers."""
+    timing = clock.fields(pos)
+    for i, (s, out) in enumerate(zip(slots, outs, strict=True)):
+        s.last_log = {"sae": i, **log_row(s, y, out, pos, share), **timing}
+        if log_file:
+            log_file.write(json.dumps(s.last_log) + "\n")
+        for logger in loggers:
+            logger.write(s.last_log)
+    if log_file:
+        log_file.flush()
+    head = slots[0].last_log or {}
+    bar.set_postfix(
+        loss=f"{head.get('loss', 0):.4g}",
+        l0=f"{head.get('l0', 0):.3g}",
+        ev=f"{head.get('explained_variance', 0):.3f}",
+    )

@@ -6,15 +6,17 @@ remove the decoder gradient parallel to each unit-norm decoder row, clip, Adam, 
 update running stats and dead-latent counters; resample dead latents (L1 SAEs) or feed them to
 AuxK (TopK family); log; checkpoint atomically (`checkpoint`), by steps and by wall time, and
 on SIGINT or SIGTERM before stopping (`interrupt`). `resume=True` continues
-bitwise-identically from the last checkpoint.
+bitwise-identically from the last checkpoint. With a `group` of processes (data parallel,
+`saescope.parallel`) each trains on its share of every batch and the loop asks the group for
+the whole batch where it needs it (`training.group`); only rank 0 writes.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import itertools
-import json
 import math
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -26,7 +28,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from saescope import metrics, ops, sparse
+from saescope import ops, sparse
 from saescope.data.outliers import OutlierRule
 from saescope.data.stream import as_pair, on_device
 from saescope.errors import ConfigError, InputError
@@ -34,6 +36,7 @@ from saescope.saes import SAE, LossOutput, save
 from saescope.training import checkpoint, finish, interrupt, logs, optim
 from saescope.training.checkpoint import METRICS_FILE, Position
 from saescope.training.config import BadBatchError, TrainConfig
+from saescope.training.group import SOLO, Group, Share, same_weights, whole
 from saescope.training.optim import Slot
 
 
@@ -70,7 +73,10 @@ def _stream(batches: Iterable[Any], start: int) -> Iterator[tuple[Tensor, Tensor
     return (as_pair(b) for b in it)
 
 
-def _check_batch(x: Tensor, y: Tensor, slots: Sequence[Slot], step: int) -> None:
+def _check_batch(
+    x: Tensor, y: Tensor, slots: Sequence[Slot], step: int, finite: bool = True
+) -> None:
+    """Shapes, and with `finite` the values (a group checks those together: `_prepare`)."""
     if x.ndim != 2 or y.ndim != 2 or x.shape[0] != y.shape[0]:
         raise InputError(
             f"batch at step {step}: x {tuple(x.shape)} and y {tuple(y.shape)} must be (N, d) "
@@ -82,11 +88,15 @@ def _check_batch(x: Tensor, y: Tensor, slots: Sequence[Slot], step: int) -> None
                 f"batch at step {step} has d_in={x.shape[1]}, d_out={y.shape[1]} but the SAE "
                 f"expects d_in={cfg.d_in}, d_out={cfg.d_out}; build the SAE for this data"
             )
-    if not (_finite(x) and (y is x or _finite(y))):
-        raise BadBatchError(
-            f"batch at step {step} contains NaN or Inf; weights and checkpoint are untouched. "
-            "Clean the data (or drop that batch) and resume"
-        )
+    if finite and not (_finite(x) and (y is x or _finite(y))):
+        raise _bad_batch(step)
+
+
+def _bad_batch(step: int) -> BadBatchError:
+    return BadBatchError(
+        f"batch at step {step} contains NaN or Inf; weights and checkpoint are untouched. "
+        "Clean the data (or drop that batch) and resume"
+    )
 
 
 def _finite(t: Tensor) -> bool:
@@ -96,12 +106,49 @@ def _finite(t: Tensor) -> bool:
     return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
 
 
+def _prepare(
+    batch: tuple[Tensor, Tensor],
+    slots: Sequence[Slot],
+    step: int,
+    pos: Position,
+    cfg: TrainConfig,
+    group: Group,
+    signum: int | None,
+) -> tuple[Tensor, Tensor, int, Share | None]:
+    """The step's batch on the device, checked, its outlier tokens set aside (counted in
+    pos): x, y, the rows the stream gave, and with several processes the step's `Share` (the
+    whole batch's counts; every process raises together on NaN or Inf anywhere)."""
+    x, y = on_device(batch, cfg.device)
+    _check_batch(x, y, slots, step, finite=group.size == 1)
+    bad = group.size > 1 and not (_finite(x) and (y is x or _finite(y)))
+    rows, dropped = x.shape[0], 0
+    if pos.outlier_rule is not None:
+        x, y, dropped = pos.outlier_rule.split(x, y)
+    share = Share.of(group, rows, x.shape[0], bad, signum) if group.size > 1 else None
+    if share is not None:
+        if share.bad:
+            raise _bad_batch(step)
+        rows, dropped = share.rows, share.set_aside
+    pos.set_aside += dropped
+    if pos.outlier_rule is not None and (x.shape[0] if share is None else share.kept_total) == 0:
+        raise InputError(
+            f"every token of the batch at step {step} is an outlier (norm above "
+            f"{pos.outlier_rule.factor}x the median); use larger batches or a "
+            "larger outlier_factor"
+        )
+    return x, y, rows, share
+
+
 # ----- a fresh start: initialisation from data ------------------------------------------------
 
 
-def _take_init(stream: Iterator[tuple[Tensor, Tensor]], n: int) -> list[tuple[Tensor, Tensor]]:
-    """The first batches covering >= n tokens (they are trained on afterwards, too)."""
+def _take_init(
+    stream: Iterator[tuple[Tensor, Tensor]], n: int, group: Group
+) -> tuple[list[tuple[Tensor, Tensor]], list[tuple[Tensor, Tensor]]]:
+    """The first batches covering >= n tokens (they are trained on afterwards, too), as this
+    process reads them and whole (every process's rows: the same on each)."""
     taken: list[tuple[Tensor, Tensor]] = []
+    wholes: list[tuple[Tensor, Tensor]] = []
     tokens = 0
     while tokens < n:
         try:
@@ -109,10 +156,11 @@ def _take_init(stream: Iterator[tuple[Tensor, Tensor]], n: int) -> list[tuple[Te
         except StopIteration:
             break
         taken.append(b)
-        tokens += b[0].shape[0]
+        wholes.append(whole(group, b))
+        tokens += wholes[-1][0].shape[0]
     if not taken:
         raise InputError("the batch stream is empty; give it at least one batch")
-    return taken
+    return taken, wholes
 
 
 @torch.no_grad()
@@ -138,15 +186,17 @@ def _start_fresh(
     cfg: TrainConfig,
     out_path: Path | None,
     overwrite: bool,
+    group: Group,
 ) -> tuple[Position, Iterator[tuple[Tensor, Tensor]]]:
-    """Normalisation scales and b_dec from the first batches (which are then trained on)."""
+    """Normalisation scales and b_dec from the first batches (which are then trained on),
+    whole: every process computes them from the same rows."""
     if out_path and (out_path / checkpoint.CHECKPOINT_FILE).is_file() and not overwrite:
         raise ConfigError(
             f"{out_path} already holds a run; resume it (--resume), choose another folder, "
             "or pass --overwrite"
         )
     stream = _stream(batches, 0)
-    first = _take_init(stream, cfg.init_samples)
+    taken, first = _take_init(stream, cfg.init_samples, group)
     x0 = torch.cat([b[0] for b in first]).to(cfg.device)
     y0 = x0 if first[0][1] is first[0][0] else torch.cat([b[1] for b in first]).to(cfg.device)
     for s in slots:
@@ -161,75 +211,14 @@ def _start_fresh(
             )
     for s in slots:
         _init_from_data(s, x0, y0, cfg)
-    if out_path:
+    if out_path and group.rank == 0:
         out_path.mkdir(parents=True, exist_ok=True)
         (out_path / METRICS_FILE).unlink(missing_ok=True)
     pos = Position(0, 0, cfg.dead_window(first[0][0].shape[0]), rule)
-    return pos, itertools.chain(first, stream)
+    return pos, itertools.chain(taken, stream)
 
 
 # ----- logging and saving --------------------------------------------------------------------
-
-
-@torch.no_grad()
-def _log_row(slot: Slot, y: Tensor, out: LossOutput, pos: Position) -> dict[str, Any]:
-    """One SAE's metrics on the step's batch. The loss terms are in the normalised units the
-    SAE trains in; `mse` (summed over dimensions, mean over tokens) is in the data's own
-    units, as `saescope eval` reports it, and explained variance has no units."""
-    y_n = y * slot.scale_out
-    row: dict[str, Any] = {"step": pos.step, "tokens": pos.tokens}
-    row.update({f"loss_{k}": float(v) for k, v in out.terms.items()})
-    row["loss"] = float(out.total)
-    row["l0"] = out.l0()
-    row["mse"] = metrics.mse(y_n, out.y_hat) / slot.scale_out**2
-    row["explained_variance"] = metrics.explained_variance(y_n, out.y_hat)
-    row["dead_fraction"] = float(slot.dead(pos.dead_tokens).float().mean())
-    row["outliers"] = pos.set_aside
-    return row
-
-
-class _Clock:
-    """Wall time of the run (carried over a resume) and throughput between log rows."""
-
-    def __init__(self, pos: Position) -> None:
-        self.start, self.before = time.perf_counter(), pos.elapsed
-        self.last_t, self.last_tokens = self.start, pos.tokens
-
-    def elapsed(self) -> float:
-        return self.before + time.perf_counter() - self.start
-
-    def fields(self, pos: Position) -> dict[str, float]:
-        now = time.perf_counter()
-        rate = (pos.tokens - self.last_tokens) / max(now - self.last_t, 1e-9)
-        self.last_t, self.last_tokens = now, pos.tokens
-        return {"elapsed_s": round(self.elapsed(), 3), "tokens_per_s": round(rate, 1)}
-
-
-def _log(
-    slots: Sequence[Slot],
-    outs: Sequence[LossOutput],
-    y: Tensor,
-    pos: Position,
-    log_file: Any,
-    bar: tqdm,
-    clock: _Clock,
-    loggers: Sequence[logs.MetricsLog] = (),
-) -> None:
-    timing = clock.fields(pos)
-    for i, (s, out) in enumerate(zip(slots, outs, strict=True)):
-        s.last_log = {"sae": i, **_log_row(s, y, out, pos), **timing}
-        if log_file:
-            log_file.write(json.dumps(s.last_log) + "\n")
-        for logger in loggers:
-            logger.write(s.last_log)
-    if log_file:
-        log_file.flush()
-    head = slots[0].last_log or {}
-    bar.set_postfix(
-        loss=f"{head.get('loss', 0):.4g}",
-        l0=f"{head.get('l0', 0):.3g}",
-        ev=f"{head.get('explained_variance', 0):.3f}",
-    )
 
 
 def outlier_record(pos: Position) -> dict[str, Any] | None:
@@ -278,6 +267,22 @@ def _resample_due(cfg: TrainConfig, step: int) -> bool:
     return bool(every) and step % every == 0 and step < 0.6 * cfg.steps
 
 
+def _resample(
+    slots: Sequence[Slot],
+    outs: Sequence[LossOutput],
+    x: Tensor,
+    y: Tensor,
+    pos: Position,
+    gen: torch.Generator,
+    share: Share | None,
+) -> None:
+    """Resample the dead latents of the SAEs that do so, from the whole batch."""
+    for s, out in zip(slots, outs, strict=True):
+        if s.sae.cfg.dead_latent_strategy == "resample":
+            xs, ys, o = (x, y, out) if share is None else share.gathered(x, y, out)
+            optim.resample(s, xs, ys, o, s.dead(pos.dead_tokens), gen)
+
+
 def train(
     saes: SAE | Sequence[SAE],
     batches: Iterable[Any],
@@ -287,6 +292,7 @@ def train(
     metadata: dict[str, Any] | None = None,
     overwrite: bool = False,
     log: Sequence[str] = (),
+    group: Group | None = None,
 ) -> TrainResult:
     """Train one SAE, or several on the same batch stream in one pass (a sweep over k or l1).
 
@@ -299,6 +305,9 @@ def train(
     overwrite: start afresh in an out_dir that already holds a run (otherwise an error).
     log: loggers beside metrics.jsonl (`logs.LOGGERS`: "tensorboard"); not a training setting,
     so a run may be resumed with others.
+    group: the processes training together, each on its share of every batch (data
+    parallel, `saescope.parallel`; `batches` then gives this process's rows); only rank 0
+    writes. None: this process alone.
     """
     cfg = cfg or TrainConfig()
     logs.check(log, out_dir)
@@ -306,20 +315,23 @@ def train(
     if not slots:
         raise ConfigError("train needs at least one SAE")
     out_path = Path(out_dir) if out_dir is not None else None
+    group = group or SOLO
+    writes = out_path if group.rank == 0 else None  # the one process that writes
     gen = torch.Generator().manual_seed(cfg.seed)
     if resume:
-        pos = checkpoint.resume(slots, cfg, out_path, gen, metadata)
-        tail, stream = finish.resumed(cfg.steps, pos, lambda at: _stream(batches, at), cfg.device)
+        pos = checkpoint.resume(slots, cfg, out_path, gen, metadata, group.size, bool(writes))
+        open_at = functools.partial(_stream, batches)
+        tail, stream = finish.resumed(cfg.steps, pos, open_at, cfg.device, group.gather)
     else:
-        pos, stream = _start_fresh(slots, batches, cfg, out_path, overwrite)
-        tail = finish.Tail(cfg.steps)
+        pos, stream = _start_fresh(slots, batches, cfg, out_path, overwrite, group)
+        tail = finish.Tail(cfg.steps, gather=group.gather)
+    same_weights([s.sae for s in slots], group)
 
-    bar = tqdm(
-        total=cfg.steps, initial=pos.step, disable=not cfg.progress, desc="train", unit="step"
-    )
-    log_file = open(out_path / METRICS_FILE, "a") if out_path else None
-    clock = _Clock(pos)
-    loggers = logs.open_logs(log, out_path, len(slots), pos.step)
+    quiet = not cfg.progress or writes is None
+    bar = tqdm(total=cfg.steps, initial=pos.step, disable=quiet, desc="train", unit="step")
+    log_file = open(writes / METRICS_FILE, "a") if writes else None
+    clock = logs.Clock(pos)
+    loggers = logs.open_logs(log if writes else (), writes, len(slots), pos.step)
     stop = interrupt.StopRequest.install(active=out_path is not None)  # SIGINT, SIGTERM
     saved_at = time.monotonic()
     try:
@@ -330,35 +342,23 @@ def train(
                     f"the batch stream ended after {step} batches but steps={cfg.steps}; "
                     "give more data or fewer steps"
                 )
-            x, y = on_device(batch, cfg.device)
-            _check_batch(x, y, slots, step)
-            rows = x.shape[0]
-            if pos.outlier_rule is not None:
-                x, y, dropped = pos.outlier_rule.split(x, y)
-                pos.set_aside += dropped
-                if x.shape[0] == 0:
-                    raise InputError(
-                        f"every token of the batch at step {step} is an outlier (norm above "
-                        f"{pos.outlier_rule.factor}x the median); use larger batches or a "
-                        "larger outlier_factor"
-                    )
+            x, y, rows, share = _prepare(batch, slots, step, pos, cfg, group, stop.signum)
             tail.keep(step, x, rows)
-            outs = [optim.step(s, x, y, step, cfg, pos.dead_tokens) for s in slots]
+            outs = [optim.step(s, x, y, step, cfg, pos.dead_tokens, share) for s in slots]
             pos.step, pos.tokens = step + 1, pos.tokens + rows
             if _resample_due(cfg, pos.step):
-                for s, out in zip(slots, outs, strict=True):
-                    if s.sae.cfg.dead_latent_strategy == "resample":
-                        optim.resample(s, x, y, out, s.dead(pos.dead_tokens), gen)
+                _resample(slots, outs, x, y, pos, gen, share)
             if pos.step % cfg.log_every == 0 or pos.step == cfg.steps:
-                _log(slots, outs, y, pos, log_file, bar, clock, loggers)
+                logs.write_rows(slots, outs, y, pos, log_file, bar, clock, loggers, share)
             bar.update(1)
-            if out_path and (_checkpoint_due(cfg, pos.step, saved_at) or stop.signum):
+            signum = stop.signum if share is None else share.stop  # a group stops together
+            if writes and (_checkpoint_due(cfg, pos.step, saved_at) or signum):
                 pos.elapsed = clock.elapsed()
-                meta = checkpoint.meta(cfg, slots, pos, metadata)
-                checkpoint.write(out_path, slots, gen, meta)
+                meta = checkpoint.meta(cfg, slots, pos, metadata, group.size)
+                checkpoint.write(writes, slots, gen, meta)
                 saved_at = time.monotonic()
-            if stop.signum and pos.step < cfg.steps:
-                raise interrupt.Interrupted(stop.signum, pos.step, out_path)
+            if signum and pos.step < cfg.steps:
+                raise interrupt.Interrupted(signum, pos.step, out_path)
     finally:
         stop.restore()
         bar.close()
@@ -368,5 +368,5 @@ def train(
         for logger in loggers:
             logger.close()
     finish.finish(slots, tail)  # e.g. BatchTopK's threshold, from the final weights
-    final = _save_final(slots, cfg, out_path, metadata, pos)
+    final = _save_final(slots, cfg, writes, metadata, pos)
     return TrainResult(final, [s.last_log or {} for s in slots], out_path)

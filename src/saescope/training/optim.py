@@ -16,6 +16,7 @@ from torch.optim.adam import adam as adam_functional
 from saescope import ops
 from saescope.saes import SAE, LossContext, LossOutput
 from saescope.training.config import BadBatchError, TrainConfig
+from saescope.training.group import Share
 
 
 @dataclass
@@ -48,24 +49,40 @@ def make_slots(saes: Sequence[SAE], cfg: TrainConfig) -> list[Slot]:
     return slots
 
 
-def step(
-    slot: Slot, x: Tensor, y: Tensor, step: int, cfg: TrainConfig, dead_tokens: int
-) -> LossOutput:
-    """One optimiser step on the batch (x, y), raw activations (scaled here)."""
-    sae, opt = slot.sae, slot.opt
-    x_n = x * slot.scale_in
-    y_n = x_n if y is x and slot.scale_out == slot.scale_in else y * slot.scale_out
-    ctx = LossContext(cfg.sparsity_factor(step), slot.dead(dead_tokens))
-    out = sae.loss(x_n, y_n, ctx)
-    total = out.total
+def _check_loss(total: Tensor, step: int) -> None:
     if not torch.isfinite(total):
         raise BadBatchError(
             f"loss at step {step} is not finite ({float(total)}); weights and checkpoint are "
             "untouched. Lower the learning rate or check the data, then resume"
         )
+
+
+def step(
+    slot: Slot,
+    x: Tensor,
+    y: Tensor,
+    step: int,
+    cfg: TrainConfig,
+    dead_tokens: int,
+    share: Share | None = None,
+) -> LossOutput:
+    """One optimiser step on the batch (x, y), raw activations (scaled here). With `share`
+    (data parallel) x and y are this process's rows, and the gradients, loss terms and fired
+    latents become the whole batch's before anything changes."""
+    sae, opt = slot.sae, slot.opt
+    x_n = x * slot.scale_in
+    y_n = x_n if y is x and slot.scale_out == slot.scale_in else y * slot.scale_out
+    ctx = LossContext(cfg.sparsity_factor(step), slot.dead(dead_tokens))
+    ctx.across = None if share is None else share.across
+    out = sae.loss(x_n, y_n, ctx)
+    if share is None:
+        _check_loss(out.total, step)
     for p in sae.parameters():  # opt.zero_grad(set_to_none=True), without its overhead
         p.grad = None
-    total.backward()
+    out.total.backward()
+    fired = out.fired() if share is None else share.reduce(sae, out)
+    if share is not None:  # the whole batch's loss, the same on every process
+        _check_loss(out.total, step)
     if sae.cfg.unit_norm_decoder and sae.W_dec.grad is not None:
         ops.remove_parallel_grad_(sae.W_dec.detach(), sae.W_dec.grad)
     params = [p for p in sae.parameters() if p.grad is not None]
@@ -85,8 +102,8 @@ def step(
     if sae.cfg.unit_norm_decoder:
         sae.normalise_decoder()
     sae.after_step(out)
-    fired = out.fired()
-    slot.since_fired = torch.where(fired, 0, slot.since_fired + x.shape[0])  # type: ignore[operator]
+    tokens = x.shape[0] if share is None else share.kept_total
+    slot.since_fired = torch.where(fired, 0, slot.since_fired + tokens)  # type: ignore[operator]
     return out
 
 
@@ -108,6 +125,8 @@ def resample(
     sae = slot.sae
     x_n = x[pick] * slot.scale_in
     y_n = y[pick] * slot.scale_out - sae.b_dec
+    if sae.W_skip is not None:  # what the decoder has to explain
+        y_n = y_n - x_n @ sae.W_skip.T
     enc = x_n - sae.b_dec if sae.cfg.apply_b_dec_to_input else x_n
     sae.resample_latents(idx, enc, y_n)
     for name, p in sae.named_parameters():
