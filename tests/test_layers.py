@@ -29,6 +29,7 @@ LAYERS = {
     "runs": 3,
     "steer": 4,
     "analysis": 4,
+    "evals": 4,
     "experiments": 5,
     "explore": 5,
     "cli": 6,

@@ -15,6 +15,7 @@ from saescope.cli.options import given
 from saescope.data import ArticleTask, ArticleTaskConfig
 from saescope.data.cache import CacheWriter
 from saescope.runs import DataSpec, Run
+from tests.cli.common import one_line_error
 
 
 def _ns(*argv):
@@ -157,3 +158,31 @@ def test_eval_prints_what_setting_outliers_aside_changed(outlier_runs, capsys):
     line = outlier_line({"sae": "run", **ev})
     assert line.startswith("run: 40 of 40000 tokens set aside as outliers (norm above 10x")
     assert f"{ev['with_outliers']['explained_variance']:.4g}" in line
+
+
+def test_an_unknown_suite_is_one_line_listing_the_known(capsys):
+    err = one_line_error(capsys, ["eval", "RUN", "--suite", "core,probes"])
+    assert "'probes'" in err and "core, probing, absorption" in err
+
+
+def test_absorption_on_a_run_without_a_tokenizer_is_one_line(tmp_path, capsys):
+    np.save(tmp_path / "acts.npy", np.random.default_rng(0).normal(size=(300, 5)).astype("f4"))
+    argv = ["train", "--arch", "relu", "--data", str(tmp_path / "acts.npy"), "--steps", "2"]
+    assert main([*argv, "--out", str(tmp_path / "r"), "--progress", "0"]) == 0
+    capsys.readouterr()
+    err = one_line_error(capsys, ["eval", str(tmp_path / "r"), "--suite", "absorption"])
+    assert "absorption suite needs a run trained on a language model" in err
+
+
+@pytest.mark.slow
+def test_probing_and_absorption_suites_on_a_glassllm_run(glass_sae, capsys):
+    argv = ["eval", str(glass_sae), "--suite", "probing,absorption", "--json"]
+    assert main([*argv, "--probe-contexts", "4", "--absorption-words", "60"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert list(got) == ["probing", "absorption"]
+    (probing,) = got["probing"].values()
+    assert set(probing["mean"]) == {"raw", "sae_1", "sae_2", "sae_5"}
+    assert all(t["n_train"] == 8 and t["n_test"] == 4 for t in probing["tasks"].values())
+    (absorption,) = got["absorption"].values()
+    assert absorption["n_words"] == 60 and absorption["n_test"] == 12
+    assert set(absorption) >= {"mean_absorption", "mean_fraction", "probe_accuracy", "classes"}

@@ -1,6 +1,8 @@
 """Real networks by name: the glassllm port against the package's own NumPy forward, hook
 points, and the errors for wrong names."""
 
+import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -77,3 +79,38 @@ def test_cli_lists_hooks(capsys):
     assert mlp.split()[1:] == ["MLP", *"1 x 8 x 128 1 x 8 x 128".split()]
     assert main(["hooks", "gpt5"]) == 2
     assert "unknown model 'gpt5'" in capsys.readouterr().err
+
+
+def test_a_long_text_is_encoded_once_per_machine(tmp_path, monkeypatch):
+    """The package's pure-Python BPE takes ~10 s on the default corpus: a text of LONG_TEXT
+    characters or more is encoded once, its ids kept in the cache folder and read back (the
+    same ids) by any later tokenizer; a damaged file is encoded again, a short text never
+    written."""
+    import glassllm
+
+    from saescope.models import glassllm as port
+
+    monkeypatch.setenv("SAESCOPE_CACHE", str(tmp_path))
+    _, ref = glassllm.load_pretrained("en")
+    text = (TEXT + ". 'Off with her head!' the Queen shouted.\n") * (port.LONG_TEXT // 150)
+    assert len(text) >= port.LONG_TEXT
+    want = ref.encode(text)
+    calls = []
+
+    def fresh():  # the package's tokenizer, counting the texts it encodes itself
+        _, tok = glassllm.load_pretrained("en")
+        real = tok.encode
+        tok.encode = lambda t: calls.append(len(t)) or real(t)
+        return port.with_disk_cache(tok)
+
+    assert fresh().encode(text) == want and calls == [len(text)]
+    files = list((tmp_path / "tokens").iterdir())
+    assert len(files) == 1 and files[0].name.startswith("glassllm-")
+    assert fresh().encode(text) == want and calls == [len(text)]  # read back, not encoded
+    files[0].write_bytes(files[0].read_bytes()[:100])  # damaged: encoded and written again
+    assert fresh().encode(text) == want and calls == [len(text)] * 2
+    assert fresh().encode(text) == want and len(calls) == 2
+    assert fresh().encode(TEXT) == ref.encode(TEXT) and len(list(files[0].parent.iterdir())) == 1
+    assert load_model("glassllm")[1].encode(text) == want  # what load_model gives has it
+    plain = port.with_disk_cache(glassllm.load_pretrained("en")[1])
+    assert pickle.loads(pickle.dumps(plain)).encode(text) == want  # it still pickles

@@ -152,6 +152,18 @@ def test_smollm2_builds_its_cache_then_reloads_fast(tmp_path, monkeypatch, capfd
         shutil.rmtree(tmp_path, ignore_errors=True)  # 538 MB
 
 
+def test_the_gguf_is_parsed_once_within_the_block_and_nothing_stays_patched():
+    import gguf
+    from transformers import modeling_gguf_pytorch_utils as tf_gguf
+
+    before = gguf.GGUFReader, gguf.get_tensor_name_map, tf_gguf.load_gguf_checkpoint
+    with hf._gguf_parsed_once():
+        names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 2)
+        assert gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 2) is names
+        assert names.get_name("model.layers.1.self_attn.q_proj") == "blk.1.attn_q"
+    assert (gguf.GGUFReader, gguf.get_tensor_name_map, tf_gguf.load_gguf_checkpoint) == before
+
+
 def test_a_module_called_with_keywords_gives_its_input(minilm):
     """BertLayer calls its attention with keyword arguments only: `:in` still finds the
     hidden states (the previous layer's output)."""

@@ -9,7 +9,8 @@ from typing import Any
 
 from saescope.cli import options, peer
 from saescope.data import ArticleTaskConfig
-from saescope.runs import Run
+from saescope.evals import SuiteOptions, parse_suites, run_suites, summary
+from saescope.runs import DataSpec, Run
 from saescope.text import table
 
 COLUMNS = ["sae", "architecture", "l0", "mse", "explained_variance", "dead_fraction"]
@@ -50,6 +51,9 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "pass's logits within 128 MiB, at most 32 (5 for smollm2, 32 for glassllm)",
     )
     e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.add_argument("--suite", default="core", help="core,probing,absorption (docs/EVALS.md)")
+    e.add_argument("--probe-contexts", type=int, default=128, help="probing: contexts per class")
+    e.add_argument("--absorption-words", type=int, default=1500, help="absorption: words")
     options.add_config_args(e.add_argument_group("synthetic data options"), ArticleTaskConfig)
     return e
 
@@ -64,10 +68,13 @@ def finite(value: Any) -> Any:
 
 
 def run(ns: argparse.Namespace) -> int:
-    need = ns.data in (None, "synthetic")  # else a peer SAE's model is not needed
+    names = parse_suites(ns.suite)
+    need = ns.data in (None, "synthetic") or names != ["core"]  # else a peer's model is not needed
     r = Run.open(ns.run, model=ns.model, hook=ns.hook, target=ns.target, need_data=need)
     task = options.given(ns, ArticleTaskConfig)
-    data = r.eval_data(ns.data, ns.hook, ns.target, task)
+    data = r.eval_data(ns.data, ns.hook, ns.target, task) if "core" in names else None
+    if names != ["core"]:
+        return suites(ns, r, names, data)
     results = r.evaluate(ns.tokens, data, batch_size=ns.batch_size)
     if ns.json:
         out = next(iter(results.values())) if len(results) == 1 else results
@@ -91,3 +98,12 @@ def outlier_line(row: dict[str, Any]) -> str:
         f"(norm above {row['outlier_factor']:g}x the median); with them: explained variance "
         f"{every['explained_variance']:.4g}, mse {every['mse']:.4g}"
     )
+
+
+def suites(ns: argparse.Namespace, r: Run, names: list[str], data: DataSpec | None) -> int:
+    """Several suites (or one other than core): {suite: {sae: result}}, or a table of each."""
+    sizes = (ns.probe_contexts, ns.absorption_words)
+    results = run_suites(r, names, SuiteOptions.sized(ns.tokens, data, ns.batch_size, *sizes))
+    tables = (f"{name}:\n{summary(name, got)}" for name, got in results.items())
+    print(json.dumps(finite(results)) if ns.json else "\n".join(tables))
+    return 0
