@@ -3,16 +3,16 @@
 The TopK family meets a target through k, which the config sets. The architectures with a
 sparsity coefficient (`SAEConfig.sparsity_coef`: ReLU's and gated's l1_coef, JumpReLU's
 l0_coef) meet it through an `L0Controller`: after the sparsity warm-up it multiplies the
-coefficient by exp(log_scale) and moves log_scale each step by
+coefficient by exp(log_scale), which moves each step as
 
     log(coef / base) = integral + PROPORTIONAL * e,  integral += GAIN * lr_factor * e,
     e = clip(log(running L0 / target), -1, 1)
 
-a proportional-integral controller in log space on the running L0 (relative errors count the
-same at L0 2 and L0 200; the clip bounds what one bad stretch can do). The integral's step
-is scaled by the learning-rate schedule, so the coefficient moves as fast as the weights can
-follow it and stops when they stop (no wind-up while the learning rate decays to 0). The
-coefficient's path goes to metrics.jsonl (`sparsity_coef`), its state to the checkpoint,
+a controller in log space on the running L0 (relative errors count the same at L0 2 and
+L0 200; the clip bounds what one bad stretch can do), integral only by default
+(PROPORTIONAL = 0). The integral's step is scaled by the learning-rate schedule, so the
+coefficient moves as fast as the weights can follow it and stops when they stop (no wind-up
+while the learning rate decays to 0). The coefficient's path goes to metrics.jsonl (`sparsity_coef`), its state to the checkpoint,
 and the saved SAE's config holds the coefficient reached beside its target.
 """
 
