@@ -12,8 +12,9 @@ a controller in log space on the running L0 (relative errors count the same at L
 L0 200; the clip bounds what one bad stretch can do), integral only by default
 (PROPORTIONAL = 0). The integral's step is scaled by the learning-rate schedule, so the
 coefficient moves as fast as the weights can follow it and stops when they stop (no wind-up
-while the learning rate decays to 0). The coefficient's path goes to metrics.jsonl (`sparsity_coef`), its state to the checkpoint,
-and the saved SAE's config holds the coefficient reached beside its target.
+while the learning rate decays to 0). The coefficient's path goes to metrics.jsonl
+(`sparsity_coef`), its state to the checkpoint, and the saved SAE's config holds the
+coefficient reached beside its target.
 """
 
 from __future__ import annotations
