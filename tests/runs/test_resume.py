@@ -113,6 +113,16 @@ def test_model_options_are_compared_with_the_recorded_spec():
         recorded.check(Given(sae={"l1_coef": 1.0}))
 
 
+def test_a_field_written_only_when_set_compares_with_its_default():
+    """target_l0 is left out of cfg.json when not set: a run without one, resumed with one,
+    says both values (not that the field does not apply)."""
+    spec = DataSpec("synthetic")
+    recorded = Recorded(({"architecture": "relu", "l1_coef": 1.0},), spec, 256, TrainConfig())
+    recorded.check(Given(sae={"target_l0": None}))
+    with pytest.raises(ConfigError, match=r"target_l0 is none in the run, 2(\.0)? here"):
+        recorded.check(Given(sae={"target_l0": 2.0}))
+
+
 def test_a_checkpoint_without_the_batch_size_resumes(tmp_path, acts):
     """Checkpoints written before the batch size was recorded: tokens / steps gives it."""
     _crashed(acts, tmp_path / "run")

@@ -15,6 +15,7 @@ from typing import Any
 from saescope.data.stream import IndexedBatches
 from saescope.errors import ConfigError, FormatError, check_keys
 from saescope.runs.data import DataSpec, model_ref, text_ref
+from saescope.saes import architecture
 from saescope.training import CHECKPOINT_FILE, NEUTRAL_FIELDS, TrainConfig, checkpoint
 from saescope.training.checkpoint import mismatch
 
@@ -81,10 +82,9 @@ class Recorded:
             if given.arch is not None and given.arch != cfg["architecture"]:
                 raise mismatch("arch", cfg["architecture"], given.arch)
             for name, value in given.sae.items():
-                if name not in cfg:
-                    raise ConfigError(f"{name} does not apply to the run's {cfg['architecture']}")
-                if cfg[name] != value:
-                    raise mismatch(name, cfg[name], value)
+                recorded = _recorded_field(cfg, name)
+                if recorded != value:
+                    raise mismatch(name, recorded, value)
         check_keys(given.data, (*DATA_OPTIONS, "task"), "the data")
         for name, value in given.data.items():
             self._check_data(name, value)
@@ -137,3 +137,15 @@ def _batch_size(meta: dict[str, Any]) -> int | None:
     before saescope recorded it): every batch of an `IndexedBatches` has the same size."""
     step, tokens = meta.get("step", 0), meta.get("tokens", 0)
     return tokens // step if step and tokens % step == 0 else None
+
+
+def _recorded_field(cfg: dict[str, Any], name: str) -> Any:
+    """The run's value of an SAE config field: as recorded, or its default when cfg.json
+    leaves it out (fields written only when set, such as target_l0); a field the run's
+    architecture does not have is a one-line error."""
+    if name in cfg:
+        return cfg[name]
+    fields = {f.name: f for f in dataclasses.fields(architecture(cfg["architecture"]).config_cls)}
+    if name not in fields or fields[name].default is dataclasses.MISSING:
+        raise ConfigError(f"{name} does not apply to the run's {cfg['architecture']}")
+    return fields[name].default
