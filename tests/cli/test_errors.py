@@ -137,3 +137,19 @@ def test_target_l0_outside_the_latents(capsys, tmp_path, target):
 def test_k_and_target_l0_together(capsys, tmp_path):
     argv = ["train", "--arch", "topk", "--k", "3", "--target-l0", "3", "--out", str(tmp_path)]
     assert "give --k or --target-l0 for topk, not both" in one_line_error(capsys, argv)
+
+
+def test_a_folder_it_cannot_write_is_one_line(capsys, tmp_path, monkeypatch):
+    """Commands write beside an SAE (its index, its density plot); a read-only folder (a peer
+    SAE in a shared cache) is one line saying what to do, not a traceback."""
+    from saescope.cli import runs
+
+    def denied(ns):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "index.sqlite"))
+
+    monkeypatch.setattr(runs, "run", denied)
+    assert main(["runs", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err
+    assert f"cannot write {tmp_path / 'index.sqlite'}: permission denied" in err
+    assert "copy the folder somewhere writable" in err

@@ -70,6 +70,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         again = train.interrupted(ns, e) if ns.command == "train" else "interrupted; run it again"
         print(f"saescope: {again}", file=sys.stderr)
         return getattr(e, "exit_status", 130)
+    except PermissionError as e:  # a read-only folder: a peer SAE in a shared cache, say
+        where = e.filename or "a file"
+        print(
+            f"saescope: error: cannot write {where}: permission denied; copy the folder "
+            "somewhere writable (or convert it there: saescope convert SRC --out DIR) and "
+            "run on the copy",
+            file=sys.stderr,
+        )
+        return 2
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stderr.close()
         return 0
