@@ -55,6 +55,7 @@ from saescope.atomic import atomic_save_tensors, atomic_write_bytes
 from saescope.errors import ConfigError, FormatError
 from saescope.interop.dictionary_learning_tensors import from_dl, to_dl
 from saescope.saes import SAE, make_sae
+from saescope.saes.io import read_json_object
 from saescope.version import __version__
 
 AE_FILE = "ae.pt"
@@ -128,11 +129,8 @@ def read_config(path: str | Path) -> dict[str, Any]:
     file = Path(path) / CONFIG_FILE
     if not file.is_file():
         raise FormatError(f"{file} not found; the dictionary_learning save is incomplete")
-    try:
-        cfg = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise FormatError(f"{file} is not valid JSON ({e}); re-save it") from None
-    trainer = cfg.get("trainer") if isinstance(cfg, dict) else None
+    cfg = read_json_object(file, "re-save it")
+    trainer = cfg.get("trainer")
     if not isinstance(trainer, dict) or not isinstance(trainer.get("dict_class"), str):
         raise FormatError(
             f"{file} lacks trainer.dict_class; dictionary_learning's training writes "

@@ -46,6 +46,7 @@ from torch import Tensor
 
 from saescope.errors import ConfigError, FormatError
 from saescope.saes import SAE, SAEConfig, config_from_dict, make_sae
+from saescope.saes.io import read_json_object
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
@@ -111,12 +112,7 @@ def read_cfg(path: str | Path) -> dict[str, Any]:
     file = Path(path) / CFG_FILE
     if not file.is_file():
         raise FormatError(f"{file} not found: point at a folder SAELens saved (save_model)")
-    try:
-        cfg = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise FormatError(f"{file} is not valid JSON ({e}); re-save the SAE") from None
-    if not isinstance(cfg, dict):
-        raise FormatError(f"{file} must hold a JSON object; re-save the SAE")
+    cfg = read_json_object(file, "re-save the SAE")
     if _pre_6(cfg):
         cfg = _from_pre_6(cfg)
     missing = [k for k in ("d_in", "d_sae") if k not in cfg]

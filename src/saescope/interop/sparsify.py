@@ -32,6 +32,7 @@ from torch import Tensor
 from saescope.atomic import atomic_save_tensors, atomic_write_bytes
 from saescope.errors import ConfigError, FormatError
 from saescope.saes import SAE, make_sae
+from saescope.saes.io import read_json_object
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae.safetensors"
@@ -52,21 +53,11 @@ def _coder(path: Path) -> bool:
     return (path / CFG_FILE).is_file() and (path / WEIGHTS_FILE).is_file()
 
 
-def _read_json(file: Path, fix: str) -> dict[str, Any]:
-    try:
-        data = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
-        raise FormatError(f"{file} is not valid JSON ({e}); {fix}") from None
-    if not isinstance(data, dict):
-        raise FormatError(f"{file} must hold a JSON object; {fix}")
-    return data
-
-
 def _run_config(path: Path) -> dict[str, Any] | None:
     file = path / RUN_FILE
     if not file.is_file():
         return None
-    cfg = _read_json(file, "re-save the run with sparsify")
+    cfg = read_json_object(file, "re-save the run with sparsify")
     return cfg if isinstance(cfg.get("hookpoints"), list) else None
 
 
@@ -133,7 +124,7 @@ def coder_folder(path: str | Path, hook: str | None = None) -> Path:
 def read_cfg(folder: Path) -> dict[str, Any]:
     """A SparseCoder's cfg.json with sparsify's defaults filled in and `num_latents` resolved."""
     file = folder / CFG_FILE
-    cfg = _read_json(file, "re-save it with SparseCoder.save_to_disk")
+    cfg = read_json_object(file, "re-save it with SparseCoder.save_to_disk")
     defaults = {"activation": "topk", "expansion_factor": 32, "num_latents": 0, "k": 32}
     defaults |= {"multi_topk": False, "skip_connection": False, "transcode": False}
     defaults |= {"normalize_decoder": True}

@@ -56,17 +56,24 @@ def write(
     return path
 
 
+def read_json_object(file: Path, fix: str) -> dict[str, Any]:
+    """A JSON file holding an object (any library's cfg.json or config.json); a one-line
+    FormatError ending in `fix` when it is not valid JSON or not an object."""
+    try:
+        data = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
+        raise FormatError(f"{file} is not valid JSON ({e}); {fix}") from None
+    if not isinstance(data, dict):
+        raise FormatError(f"{file} must hold a JSON object; {fix}")
+    return data
+
+
 def read_cfg(path: str | Path) -> dict[str, Any]:
     """Read and check a saved SAE's cfg.json."""
     file = Path(path) / CFG_FILE
     if not file.is_file():
         raise FormatError(f"{file} not found: point at a folder written by saescope save/train")
-    try:
-        cfg = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise FormatError(f"{file} is not valid JSON ({e}); re-save the SAE") from None
-    if not isinstance(cfg, dict):
-        raise FormatError(f"{file} must hold a JSON object; re-save the SAE")
+    cfg = read_json_object(file, "re-save the SAE")
     missing = [k for k in REQUIRED_KEYS if k not in cfg]
     if missing:
         raise FormatError(f"{file} lacks keys {missing}; re-save the SAE with saescope")
