@@ -103,6 +103,14 @@ class DDPGroup:
         self._call(dist.all_gather, parts, padded)
         return torch.cat([p[: int(c)] for p, c in zip(parts, counts, strict=True)]).to(t.device)
 
+    def gather_to(self, t: Tensor, dst: int) -> list[Tensor] | None:
+        """Every rank's t (the same shape on each) on rank `dst`, in rank order; None on the
+        others (`--parallel layers`: the activations an SAE's owner trains on)."""
+        u = t.contiguous().to(self.device)
+        parts = [torch.empty_like(u) for _ in range(self.size)] if self.rank == dst else None
+        self._call(dist.gather, u, parts, dst)
+        return None if parts is None else [p.to(t.device) for p in parts]
+
     def kth_largest(self, candidates: Tensor, k: int) -> Tensor:
         """The k-th largest value of every rank's candidates (each rank's k largest, or all it
         has): gathered, k per rank (-inf pads), and their k largest's smallest."""

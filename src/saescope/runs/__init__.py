@@ -15,7 +15,9 @@ here, so a run is described and opened in one place; `find_runs(folder)` lists t
 a folder (architecture, data, steps, final metrics) without loading any weights, and
 `sae_folders(folder)` the saved SAEs of one folder (the names `Run.open` gives them);
 `resume_run(path)` continues a run with the settings its checkpoint recorded (`Recorded`),
-checking those a caller gives (`Given`).
+checking those a caller gives (`Given`). `train_hooks` trains one SAE per hook point in one
+pass over a model or a cache (`runs.layers`; spread over ranks with `--parallel layers`), each
+into a subfolder that `Run.open(path, hook=)` opens.
 """
 
 from __future__ import annotations
@@ -31,6 +33,15 @@ from saescope.data.stream import IndexedBatches
 from saescope.errors import ConfigError
 from saescope.parallel import DDPGroup, Shard
 from saescope.runs.data import KINDS, DataSpec, HeldOut
+from saescope.runs.layers import (
+    final_metrics,
+    hook_specs,
+    hooks_of,
+    is_layered,
+    parse_hooks,
+    resume_hooks,
+    train_hooks,
+)
 from saescope.runs.listing import find_runs
 from saescope.runs.peer import peer_folder, peer_format, peer_spec
 from saescope.runs.resume import Given, Recorded
@@ -206,17 +217,24 @@ __all__ = [
     "build_sae",
     "check_harvest",
     "check_tokens",
+    "final_metrics",
     "find_runs",
     "harvest",
+    "hook_specs",
+    "hooks_of",
+    "is_layered",
+    "parse_hooks",
     "passes",
     "passes_note",
     "peer_folder",
     "peer_format",
     "peer_spec",
+    "resume_hooks",
     "resume_run",
     "run_metadata",
     "sae_dirs",
     "sae_folders",
     "steps_for_tokens",
+    "train_hooks",
     "train_run",
 ]

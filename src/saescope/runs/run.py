@@ -19,6 +19,7 @@ from saescope.errors import ConfigError, FormatError, InputError, check_keys
 from saescope.evaluate import Outliers, evaluate, evaluate_in_model, plot_density
 from saescope.models.downstream import check_batch_size
 from saescope.runs.data import DataSpec, HeldOut
+from saescope.runs.layers import hook_run, is_layered
 from saescope.runs.peer import fit_model, peer_data, peer_folder, peer_format
 from saescope.saes import SAE, io
 from saescope.saes.io import is_saved
@@ -66,8 +67,11 @@ class Run:
         run uses them only when it records no data of its own (an SAE saved through the
         Python API); else they are ignored. need_data=False (evaluating on other data, a
         file of activations): a model or hook that cannot be found leaves `data` None, and
-        the model is not loaded, instead of a one-line error."""
+        the model is not loaded, instead of a one-line error. A run of several hook points
+        (`runs.layers`) opens the SAE of `hook`, a one-line error listing them without it."""
         path = Path(path)
+        if is_layered(path):  # a run of several hook points: `hook` picks one
+            path = hook_run(path, hook)
         fmt = peer_format(path)
         if fmt is not None:
             return cls._open_peer(path, fmt, device, model, hook, target, need_data)
