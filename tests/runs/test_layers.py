@@ -59,10 +59,14 @@ def test_hook_lists_are_checked(tmp_path, capsys):
         parse_hooks("layers.1,layers.0,layers.1")
     with pytest.raises(ConfigError, match="empty hook point"):
         parse_hooks("layers.1,")
-    base = ["train", "--model", "glassllm", "--arch", "topk", "--out", str(tmp_path / "x")]
+    cache = tmp_path / "cache"
+    ids = torch.randint(100, (8, L.CONTEXT), generator=torch.Generator().manual_seed(3))
+    model = L.streams(HOOKS[:1])[0].model
+    harvest_to_cache(model, ids, HOOKS, cache, {"model": "glassllm"}, progress=False)
+    base = ["train", "--data", str(cache), "--arch", "topk", "--out", str(tmp_path / "x")]
     assert main([*base, "--hook", "layers.0,layers.0"]) == 2
-    assert main([*base, "--hook", "layers.0,layers.9", "--context", "9", "--steps", "1"]) == 2
-    assert main([*base, "--hook", "layers.0,layers.1", "--parallel", "ddp"]) == 2
+    assert main([*base, "--hook", "layers.0,layers.1"]) == 2  # not in the cache
+    assert main([*base, "--hook", "layers.0,layers.2", "--parallel", "ddp"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 3, err
-    assert "more than once" in err[0] and "'layers.9'" in err[1] and "not ddp" in err[2]
+    assert "more than once" in err[0] and "layers.1" in err[1] and "not ddp" in err[2]
