@@ -179,6 +179,7 @@ def train_hooks(
                 quiet=rank != 0 or j != mine[0],
             ),
             hooks[j],
+            end=cfg.steps if resume else max(cfg.steps, -(-cfg.init_samples // joint.batch_size)),
         )
         for j in mine
     ]

@@ -40,6 +40,8 @@ class Job:
 
     run: Callable[[Any], TrainResult]
     name: str
+    end: int | None = None
+    """The batches it reads, if known (none are made for it from there on)."""
     start: int | None = None
     result: TrainResult | None = None
     error: BaseException | None = None
@@ -132,7 +134,8 @@ class Driver:
     def _feed(self, i: int) -> None:
         while True:
             failed = [j for j in self.jobs if _failed(j)]
-            flags = torch.tensor([len(failed), sum(j.live for j in self.jobs)], dtype=torch.int64)
+            wanting = sum(j.live and (j.end is None or i < j.end) for j in self.jobs)
+            flags = torch.tensor([len(failed), wanting], dtype=torch.int64)
             bad, live = (flags if self.group is None else self.group.sum_(flags)).tolist()
             if failed:
                 raise failed[0].error  # type: ignore[misc]
