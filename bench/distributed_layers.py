@@ -43,7 +43,7 @@ def worker(out: Path, steps: int) -> None:
     exchanges: list = []
 
     class Counted(layers.Exchange):
-        def __init__(self, *a, **kw) -> None:  # noqa: ANN002, ANN003
+        def __init__(self, *a, **kw) -> None:
             super().__init__(*a, **kw)
             exchanges.append(self)
 

@@ -47,7 +47,7 @@ def config() -> TrainConfig:
     )
 
 
-def sae(d_in: int):  # noqa: ANN201
+def sae(d_in: int):
     torch.manual_seed(0)
     return make_sae({"architecture": "topk", "d_in": d_in, "d_sae": D_SAE, "k": 4})
 

@@ -5,6 +5,7 @@ refused in one line."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -28,7 +29,7 @@ def test_owners_are_balanced_and_shares_cover_the_batch():
         assert max(counts) - min(counts) <= 1 and sum(counts) == n
     cuts = shares(10, 3)
     assert cuts[0][0] == 0 and cuts[-1][1] == 10
-    assert all(a[1] == b[0] for a, b in zip(cuts, cuts[1:], strict=False))
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(cuts))
 
 
 @pytest.mark.slow

@@ -36,7 +36,7 @@ def test_each_hook_points_sae_is_the_one_trained_alone(tmp_path):
         assert run.path == tmp_path / "run" / s.hooks.x and run.data.hook == s.hooks.x
     with pytest.raises(InputError, match=r"several hook points \(layers.0, layers.2\).*--hook"):
         Run.open(tmp_path / "run")
-    with pytest.raises(InputError, match="no SAE at hook point 'layers.1'"):
+    with pytest.raises(InputError, match=r"no SAE at hook point 'layers\.1'"):
         Run.open(tmp_path / "run", hook="layers.1")
 
 
@@ -55,7 +55,7 @@ def test_a_cache_of_several_hook_points_trains_them_together(tmp_path):
 
 def test_hook_lists_are_checked(tmp_path, capsys):
     assert parse_hooks("layers.0, layers.1") == ["layers.0", "layers.1"]
-    with pytest.raises(ConfigError, match="layers.1 more than once"):
+    with pytest.raises(ConfigError, match=r"layers\.1 more than once"):
         parse_hooks("layers.1,layers.0,layers.1")
     with pytest.raises(ConfigError, match="empty hook point"):
         parse_hooks("layers.1,")
