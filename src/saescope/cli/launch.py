@@ -10,14 +10,15 @@ from collections.abc import Iterator
 from shlex import quote
 from typing import Any
 
-from saescope import parallel
+from saescope import parallel, runs
 from saescope.training import CHECKPOINT_FILE
 from saescope.training.checkpoint import read_meta
 
 PARALLEL = (
     "how several processes (torchrun --nproc-per-node N -m saescope train ...) share the "
     "training: ddp, each rank trains on its share of every global batch (--batch-size stays "
-    "the global batch); the default when WORLD_SIZE > 1 (docs/DISTRIBUTED.md)"
+    "the global batch), the default when WORLD_SIZE > 1; layers, the SAEs of several hook "
+    "points (--hook a,b,c) spread over the ranks, the default for them (docs/DISTRIBUTED.md)"
 )
 TIMEOUT = (
     "seconds a rank waits for the others before it stops with an error naming the lost rank "
@@ -48,6 +49,7 @@ def speaks(group: Any) -> bool:
 
 def interrupted(ns: argparse.Namespace, e: KeyboardInterrupt) -> str:
     """What to say when Ctrl-C or SIGTERM stopped training: how to continue."""
-    if not (ns.out / CHECKPOINT_FILE).is_file():
+    saved = ns.out.glob(f"*/{CHECKPOINT_FILE}") if runs.is_layered(ns.out) else []  # per hook
+    if not ((ns.out / CHECKPOINT_FILE).is_file() or any(saved)):
         return "interrupted before the first checkpoint; start the run again"
     return f"{e or 'interrupted'}; resume with: saescope train --out {quote(str(ns.out))} --resume"
