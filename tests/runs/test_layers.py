@@ -5,6 +5,8 @@ bad hook lists are one-line errors."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -13,6 +15,7 @@ from saescope.cli import main
 from saescope.data.cache import CacheBatches
 from saescope.errors import ConfigError, InputError
 from saescope.runs import Run, hooks_of, parse_hooks, train_hooks, train_run
+from saescope.training.checkpoint import read_meta
 from tests.parallel import layer_ranks as L
 
 HOOKS = ["layers.0", "layers.2"]
@@ -70,3 +73,30 @@ def test_hook_lists_are_checked(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 3, err
     assert "more than once" in err[0] and "layers.1" in err[1] and "not ddp" in err[2]
+
+
+def test_a_stopped_run_resumes_to_the_uninterrupted_weights(tmp_path):
+    cfg = dataclasses.replace(L.config(), steps=8, checkpoint_every=3)
+    specs = [L.spec(h) for h in HOOKS]
+
+    def train(out, resume=False, fail_at=None):
+        streams = L.streams(HOOKS)
+        if fail_at is not None:  # the source breaks at batch fail_at: the runs stop there
+            rows_at = streams[0].rows_at
+
+            def broken(i, *a):
+                if i == fail_at:
+                    raise InputError("the source broke")
+                return rows_at(i, *a)
+
+            streams[0].rows_at = broken
+        saes = [L.sae(s.d_in) for s in streams]
+        return train_hooks(saes, specs, streams, cfg, out, resume=resume)
+
+    whole = train(tmp_path / "whole")
+    with pytest.raises(InputError, match="the source broke"):
+        train(tmp_path / "run", fail_at=5)
+    assert all(read_meta(tmp_path / "run" / h)["step"] == 3 for h in HOOKS)
+    resumed = train(tmp_path / "run", resume=True)
+    for h in HOOKS:
+        _same(resumed[h].saes[0].state_dict(), whole[h].saes[0].state_dict())
