@@ -108,6 +108,7 @@ def main() -> None:
         return worker(ns.worker, ns.steps)
     modes = {"1 process, 1 thread": (1, 1), "1 process, 2 threads": (1, 2), "2 ranks": (2, 1)}
     best: dict[str, list[dict]] = {}
+    ns.load = [os.getloadavg()[0]]
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(ns.rounds):
             order = list(modes) if i % 2 == 0 else list(reversed(modes))
@@ -117,6 +118,7 @@ def main() -> None:
                 if name not in best or secs < max(g["seconds"] for g in best[name]):
                     best[name] = got
                 print(f"round {i}: {name}: {secs:.2f} s", flush=True)
+    ns.load.append(os.getloadavg()[0])
     write(best, ns)
 
 
@@ -133,7 +135,8 @@ def write(best: dict[str, list[dict]], ns: argparse.Namespace) -> None:
         "# `--parallel layers`: 2 CPU ranks against one process, 4 glassllm SAEs",
         "",
         f"`python bench/distributed_layers.py --steps {ns.steps} --rounds {ns.rounds}`, "
-        f"{date.today()}, {cpu_name()} (a shared machine: other work ran beside it).",
+        f"{date.today()}, {cpu_name()}, {os.cpu_count()} cores shared with other work (load "
+        f"average {ns.load[0]:.1f} at the start, {ns.load[1]:.1f} at the end).",
         f"Hook points {', '.join(HOOKS)}; context {SETTINGS['context']}, batch {rows} tokens, "
         f"TopK d_sae {SETTINGS['d_sae']}, k {SETTINGS['k']}, {ns.steps} steps; gloo.",
         "",

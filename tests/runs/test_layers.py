@@ -39,6 +39,8 @@ def test_each_hook_points_sae_is_the_one_trained_alone(tmp_path):
         assert run.path == tmp_path / "run" / s.hooks.x and run.data.hook == s.hooks.x
     with pytest.raises(InputError, match=r"several hook points \(layers.0, layers.2\).*--hook"):
         Run.open(tmp_path / "run")
+    with pytest.raises(ConfigError, match="already holds a run"):  # hooks.json untouched
+        train_hooks(saes, [L.spec(h) for h in HOOKS], streams, L.config(), tmp_path / "run")
     with pytest.raises(InputError, match=r"no SAE at hook point 'layers\.1'"):
         Run.open(tmp_path / "run", hook="layers.1")
 

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from saescope.activations import ModelBatches
@@ -30,7 +31,7 @@ from saescope.runs.data import DataSpec
 from saescope.runs.lockstep import Driver, Job
 from saescope.runs.resume import Given, Recorded
 from saescope.saes import SAE, io, make_sae
-from saescope.training import TrainConfig, TrainResult, train
+from saescope.training import CHECKPOINT_FILE, TrainConfig, TrainResult, train
 from saescope.training.checkpoint import check_world_size, mismatch
 
 HOOKS_FILE = "hooks.json"
@@ -81,6 +82,15 @@ def hook_run(path: str | Path, hook: str | None) -> Path:
     if hook not in layout["folders"]:
         raise InputError(f"{path} has no SAE at hook point {hook!r}; its hook points: {hooks}")
     return Path(path) / layout["folders"][hook]
+
+
+def _check_fresh(out: Path, overwrite: bool) -> None:
+    """A new run's folder must not hold one already (unless overwritten)."""
+    if not overwrite and (is_layered(out) or (out / CHECKPOINT_FILE).is_file()):
+        raise ConfigError(
+            f"{out} already holds a run; resume it (--resume), choose another folder, "
+            "or pass --overwrite"
+        )
 
 
 def _write_layout(out: Path, hooks: Sequence[str], world_size: int) -> None:
@@ -159,31 +169,24 @@ def train_hooks(
     out, size = Path(out_dir), group.size if group else 1
     if resume:
         check_world_size(read_layout(out).get("world_size", 1), size, out)
-    elif group is None or group.rank == 0:
-        _write_layout(out, hooks, size)
+    else:
+        _check_fresh(out, overwrite)
+        if group is not None:  # every rank has looked before rank 0 writes
+            group.sum_(torch.zeros(1))
+        if group is None or group.rank == 0:
+            _write_layout(out, hooks, size)
     joint = Joint(streams)
     rank = group.rank if group else 0
     owner = owners(len(hooks), size)
     mine = [j for j in range(len(hooks)) if owner[j] == rank]
-    jobs = [
-        Job(
-            _runner(
-                saes[j],
-                datas[j],
-                joint.batch_size,
-                cfg,
-                out / hook_folder(hooks[j]),
-                resume,
-                overwrite,
-                log,
-                quiet=rank != 0 or j != mine[0],
-            ),
-            hooks[j],
-            end=cfg.steps if resume else max(cfg.steps, -(-cfg.init_samples // joint.batch_size)),
-        )
-        for j in mine
-    ]
     rows = joint.batch_size
+    # the batches each run reads: its steps, or more when its initialisation takes more
+    end = cfg.steps if resume else max(cfg.steps, -(-cfg.init_samples // rows))
+    jobs = []
+    for j in mine:
+        folder, quiet = out / hook_folder(hooks[j]), rank != 0 or j != mine[0]
+        run = _runner(saes[j], datas[j], rows, cfg, folder, resume, overwrite, log, quiet)
+        jobs.append(Job(run, hooks[j], end=end))
     if group is None:
         make = lambda i: joint.parts(i, 0, rows)  # noqa: E731
     else:
