@@ -115,6 +115,8 @@ class Driver:
         return [job.result for job in self.jobs]  # type: ignore[misc]
 
     def _work(self, job: Job) -> None:
+        if self.group is not None and self.group.device.type == "cuda":
+            torch.cuda.set_device(self.group.device)  # per thread: this rank's GPU
         with self.baton:
             try:
                 job.result = job.run(Feed(job, self.baton))
