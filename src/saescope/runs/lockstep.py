@@ -115,15 +115,15 @@ class Driver:
         return [job.result for job in self.jobs]  # type: ignore[misc]
 
     def _work(self, job: Job) -> None:
-        if self.group is not None and self.group.device.type == "cuda":
-            torch.cuda.set_device(self.group.device)  # per thread: this rank's GPU
-        with self.baton:
-            try:
+        try:
+            with self.baton:
+                if self.group is not None and self.group.device.type == "cuda":
+                    torch.cuda.set_device(self.group.device)  # per thread: this rank's GPU
                 job.result = job.run(Feed(job, self.baton))
-            except BaseException as e:  # handed to the main thread
-                job.error = e
-            finally:
-                job.registered.set()
+        except BaseException as e:  # handed to the main thread
+            job.error = e
+        finally:
+            job.registered.set()
 
     def _start(self) -> int:
         """The first batch any job of any process needs."""
