@@ -11,9 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
-from saescope import SAE
 from saescope.errors import ConfigError
 from saescope.parallel.layers import owners, shares
 from saescope.runs import Run, hooks_of, resume_hooks
@@ -48,5 +46,3 @@ def test_two_ranks_train_each_hook_points_sae_as_alone(tmp_path):
     assert json.loads((out / "four" / "hooks.json").read_text())["world_size"] == 2
     with pytest.raises(ConfigError, match=r"trained on 2 process\(es\) and this is 1"):
         resume_hooks(out / "four")
-    assert isinstance(SAE.load(out / "one" / "layers.1"), SAE)
-    torch.testing.assert_close(torch.tensor(1.0), torch.tensor(1.0))
