@@ -13,8 +13,15 @@ from typing import Any
 
 from saescope.analysis import FeatureIndex
 from saescope.errors import ConfigError, InputError, SaescopeError
-from saescope.runs import Run, peer_folder, peer_format, peer_spec, sae_folders
-from saescope.runs.layers import hook_run, is_layered
+from saescope.runs import (
+    Run,
+    hook_run,
+    is_layered,
+    peer_folder,
+    peer_format,
+    peer_spec,
+    sae_folders,
+)
 
 
 class NotFound(InputError):

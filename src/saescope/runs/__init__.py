@@ -35,6 +35,7 @@ from saescope.parallel import DDPGroup, Shard
 from saescope.runs.data import KINDS, DataSpec, HeldOut
 from saescope.runs.layers import (
     final_metrics,
+    hook_run,
     hook_specs,
     hooks_of,
     is_layered,
@@ -220,6 +221,7 @@ __all__ = [
     "final_metrics",
     "find_runs",
     "harvest",
+    "hook_run",
     "hook_specs",
     "hooks_of",
     "is_layered",
