@@ -55,4 +55,6 @@ def run(
             torch.manual_seed(cfg.seed)
             saes.append(runs.build_sae(ns.arch, stream, **fields))
         runs.train_hooks(saes, datas, streams, cfg, ns.out, False, ns.overwrite, ns.log, group)
+    if group is not None and group.rank != 0:
+        return []  # rank 0 prints the summary
     return [{"run": f"{ns.out} {h}", **m} for h, m in runs.final_metrics(ns.out).items()]

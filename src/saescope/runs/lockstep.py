@@ -110,8 +110,7 @@ class Driver:
             raise
         for job in self.jobs:
             job.thread.join()  # type: ignore[union-attr]
-            if job.error is not None:
-                raise job.error
+        self._check_end()
         return [job.result for job in self.jobs]  # type: ignore[misc]
 
     def _work(self, job: Job) -> None:
@@ -124,6 +123,20 @@ class Driver:
             job.error = e
         finally:
             job.registered.set()
+
+    def _check_end(self) -> None:
+        """Every run of every process saved (or one failed: its error here, a line there)."""
+        failed = [j for j in self.jobs if j.error is not None]
+        mine = torch.tensor([len(failed)], dtype=torch.int64)
+        bad = int((mine if self.group is None else self.group.sum_(mine))[0])
+        if failed:
+            raise failed[0].error  # type: ignore[misc]
+        if bad:
+            rank = self.group.rank if self.group is not None else 0
+            raise Stopped(
+                f"rank {rank}: another rank's training failed at its end (its own error says "
+                "why); stopping"
+            )
 
     def _start(self) -> int:
         """The first batch any job of any process needs."""
