@@ -24,6 +24,7 @@ from saescope.data import (
     RowBatches,
 )
 from saescope.data.cache import CacheWriter
+from saescope.data.stream import device_stream
 
 
 class Noise(IndexedBatches):
@@ -72,6 +73,27 @@ def test_generators_are_reproducible_and_differ_by_draw_and_seed():
     assert not torch.equal(draw(s, 3), draw(Noise(8), 3))
     huge = Noise(seed=2**62)  # seeds past 2**63 / 1_000_003 wrap instead of overflowing
     assert draw(huge, 1).shape == (4,) and not torch.equal(draw(huge, 1), draw(huge, 2))
+
+
+@pytest.mark.parametrize("prefetch", [False, True])
+def test_device_stream_gives_the_batches_from_start_read_ahead_or_not(prefetch):
+    """Reading one batch ahead on a worker thread (what CUDA does) changes no batch; on the
+    CPU float32 batches pass through uncopied, y still x; a plain iterable is skipped into."""
+    s = Noise()
+    got = list(itertools.islice(device_stream(s, 3, "cpu", prefetch), 4))
+    for i, (x, y) in enumerate(got, start=3):
+        assert torch.equal(x, s.batch(i)[0]) and y is x
+    plain = [s.batch(i)[0] for i in range(6)]
+    again = list(device_stream(iter(plain), 2, "cpu", prefetch))
+    assert [b[0] for b in again] == plain[2:]  # the very tensors: nothing copied
+
+
+def test_device_stream_makes_half_precision_rows_float32():
+    x = torch.randn(5, 2).bfloat16()
+    y = torch.randn(5, 3).half()
+    (gx, gy), (hx, hy) = device_stream([(x, x), (x, y)], 0, "cpu")
+    assert gx.dtype == gy.dtype == hx.dtype == hy.dtype == torch.float32
+    assert gy is gx and torch.equal(gx, x.float()) and torch.equal(hy, y.float())
 
 
 def test_the_defaults_describe_an_sae_stream():

@@ -3,9 +3,9 @@ the dtypes a cache may store its activations in.
 
 A cache stores its hook tensors as float32 (the default), bfloat16 or float16 (`harvest
 --dtype`); tokens, positions and contexts are int64 whatever the dtype. bfloat16 keeps
-float32's range with 8 bits of mantissa (relative rounding <= 2^-9); float16 keeps 11 bits but
-tops out at 65504, so a value beyond it is refused rather than stored as an infinity. Readers
-get float32 back (`as_float`).
+float32's range with 8 significant bits (relative rounding <= 2^-8); float16 keeps 11
+(2^-11) but tops out at 65504, so a value beyond it is refused rather than stored as an
+infinity. Readers get float32 back (`as_float`).
 """
 
 from __future__ import annotations
