@@ -33,7 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(ns: argparse.Namespace) -> int:
-    check_harvest(ns.out, ns.tokens, ns.batch_size, ns.shard_contexts)  # before any loading
+    check_harvest(ns.out, ns.tokens, ns.batch_size, ns.shard_contexts, ns.dtype, ns.device)
     data = DataSpec.for_model(ns.model, text=ns.text, context=ns.context)
     if ns.tokens is not None and ns.tokens > data.tokens("train"):
         print(

@@ -164,10 +164,18 @@ def resume_run(
 
 
 def check_harvest(
-    out: str | Path, tokens: int | None, batch_size: int, shard_contexts: int
+    out: str | Path,
+    tokens: int | None,
+    batch_size: int,
+    shard_contexts: int,
+    dtype: str | None = None,
+    device: str = "cpu",
 ) -> None:
     """The checks a harvest can make before loading anything."""
     check_tokens(tokens)
+    if dtype is not None:
+        cache_dtype(dtype)
+    check_device(device)
     if batch_size < 1 or shard_contexts < 1:
         raise ConfigError("--batch-size and --shard-contexts must be at least 1")
     if Path(out).exists() and not Path(out).is_dir():
@@ -191,10 +199,7 @@ def harvest(
     bfloat16 or float16 (`data.shards.CACHE_DTYPES`); device: where the model runs."""
     if data.kind != "model":
         raise ConfigError("harvest takes a model's data (DataSpec.for_model)")
-    check_harvest(out, tokens, batch_size, shard_contexts)
-    if dtype is not None:
-        cache_dtype(dtype)
-    check_device(device)
+    check_harvest(out, tokens, batch_size, shard_contexts, dtype, device)
     model, _ = data.load_model()
     model.to(device)
     train_ctx = data.contexts("train")
