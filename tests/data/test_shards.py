@@ -48,6 +48,10 @@ def test_each_dtype_round_trips_as_float32(name, tmp_path):
     assert stored["tokens"].torch_dtype == torch.int64  # the indices stay int64
     head = cache.head("resid", rows.shape[0])
     assert head.dtype == torch.float32 and torch.equal(head, want)
+    mapped = cache.tensor("resid", 1, cache.rows("resid", 1))  # memory-mapped, as stored
+    first = cache.shard_rows[0]
+    assert mapped.dtype == CACHE_DTYPES[name]
+    assert torch.equal(mapped.float(), want[first : first + mapped.shape[0]])
     if name != "float32":  # rounded, by at most bfloat16's / float16's half-ulp
         assert not torch.equal(head, rows)
         rel = 2.0**-8 if name == "bfloat16" else 2.0**-11

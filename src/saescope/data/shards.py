@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,8 +86,11 @@ class Entry:
     offset: int  # bytes from the start of the file
 
     def tensor(self, array: np.ndarray) -> Tensor:
-        """An array of this entry's bytes as a tensor of its dtype (no copy)."""
-        t = torch.from_numpy(array)
+        """An array of this entry's bytes as a tensor of its dtype (no copy; a read-only map
+        gives a tensor not to be written to)."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+            t = torch.from_numpy(array)
         return t.view(self.torch_dtype) if t.dtype != self.torch_dtype else t
 
 

@@ -50,8 +50,13 @@ def _pinned(pairs: Iterator[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor] | N
     b = next(pairs, None)
     if b is None:
         return None
-    x = b[0].pin_memory()
-    return x, (x if b[1] is b[0] else b[1].pin_memory())
+    x = _pin(b[0])
+    return x, (x if b[1] is b[0] else _pin(b[1]))
+
+
+def _pin(t: Tensor) -> Tensor:
+    """A host tensor in pinned memory (a copy); one already pinned, or on a device, as it is."""
+    return t.pin_memory() if t.device.type == "cpu" and not t.is_pinned() else t
 
 
 def device_stream(
