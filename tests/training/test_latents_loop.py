@@ -14,11 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from saescope import SAE
-from saescope.data.files import ActivationFile
-from saescope.saes import make_sae
-from saescope.training import TrainConfig
-from saescope.training.latents import SoloLatents
-from saescope.training.latents_loop import shard_file, train_latents
+from saescope.training.latents_loop import shard_file
 from tests.parallel import ranks
 from tests.parallel.test_ddp import _close, _ranks
 from tests.training import latents_ranks as lr
@@ -72,20 +68,3 @@ def test_an_sae_sharded_over_two_ranks_is_the_unsharded_sae(tmp_path):
     rows = (out / "topk-resume" / "metrics.jsonl").read_text().splitlines()
     steps = [json.loads(r)["step"] for r in rows]
     assert steps == [10, 20, 30, 40, 50]  # the stopped run's rows past step 25 replaced
-
-
-def test_one_process_takes_the_sharded_path_to_the_same_sae(tmp_path):
-    ranks.write_data(tmp_path, rows=1024)
-    cfg = TrainConfig(**{**lr.config().__dict__, "steps": 12, "checkpoint_every": 0})
-    got = []
-    for sharded in (False, True):
-        torch.manual_seed(0)
-        sae = make_sae({"architecture": "topk", "d_in": 16, "d_sae": 32, "k": 4, "k_aux": 8})
-        batches = ActivationFile(tmp_path / "acts.npy", 64, 1)
-        if sharded:
-            got.append(train_latents(sae, batches, SoloLatents(), cfg).saes[0])
-        else:
-            from saescope.training import train
-
-            got.append(train(sae, batches, cfg).saes[0])
-    _close(got[1].state_dict(), got[0].state_dict(), "one rank")

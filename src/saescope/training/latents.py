@@ -21,73 +21,18 @@ import dataclasses
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from saescope import ops
-from saescope.errors import ConfigError
 from saescope.saes import SAE, LossContext, LossOutput, make_sae
 from saescope.saes.batchtopk import SETTLED_TOKENS, ThresholdWarning
+from saescope.training.shards import LatentGroup, check_shardable, global_topk_mask, span, summed
 
-SHARDED = ("topk", "batchtopk", "relu", "jumprelu")
-"""The architectures `--parallel latents` shards."""
 BUFFER_AXES = {"threshold": 0}
 """Per-latent buffers (beside each architecture's `latent_axes`): BatchTopK's threshold."""
-
-
-class LatentGroup(Protocol):
-    """What the sharded SAE asks of the processes holding its shards (`parallel.DDPGroup`)."""
-
-    rank: int
-    size: int
-
-    def sum_(self, t: Tensor) -> Tensor: ...
-
-    def min_(self, t: Tensor) -> Tensor: ...
-
-    def all_gather(self, t: Tensor) -> list[Tensor]: ...
-
-    def kth_largest(self, candidates: Tensor, k: int) -> Tensor: ...
-
-    def gather_to_0(self, t: Tensor, shapes: Sequence[tuple[int, ...]]) -> list[Tensor] | None: ...
-
-
-def span(d_sae: int, rank: int, size: int) -> tuple[int, int]:
-    """The latents [lo, hi) rank `rank` of `size` holds (uneven splits differ by one)."""
-    return rank * d_sae // size, (rank + 1) * d_sae // size
-
-
-def check_shardable(cfg: Any, size: int) -> None:
-    """A one-line error for an SAE `--parallel latents` cannot shard over `size` ranks."""
-    if cfg.name not in SHARDED:
-        raise ConfigError(
-            f"--parallel latents shards {', '.join(SHARDED)} SAEs, not {cfg.name}; "
-            "train it with --parallel ddp"
-        )
-    if cfg.d_sae < size:
-        raise ConfigError(
-            f"--parallel latents needs at least one latent per rank: d_sae={cfg.d_sae} over "
-            f"{size} ranks; use fewer processes or a larger --d-sae"
-        )
-
-
-class _Summed(torch.autograd.Function):
-    """The sum over ranks of each rank's tensor; backward: the identity (every rank has the
-    same loss, so the gradient at the sum is each rank's gradient at its own part)."""
-
-    @staticmethod
-    def forward(ctx: Any, t: Tensor, group: LatentGroup) -> Tensor:
-        return group.sum_(t.detach().clone())
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
-        return grad, None
-
-
-def summed(t: Tensor, group: LatentGroup) -> Tensor:
-    return _Summed.apply(t, group) if group.size > 1 else t
 
 
 @dataclass
@@ -101,31 +46,6 @@ class ShardOutput(LossOutput):
 
     def l0(self) -> float:
         return self.global_l0
-
-
-def global_topk_mask(scores: Tensor, k: int, lo: int, group: LatentGroup) -> Tensor:
-    """(N, n) bool: this rank's entries among each row's k largest over every rank's
-    latents (scores: this rank's n columns, latent lo onwards); ties go to the lower latent
-    index. Each rank sends its k largest per row, with their global indices (one
-    all-gather of N x 2k float64: values and indices, exact)."""
-    n_rows, n = scores.shape
-    take = min(k, n)
-    vals, idx = scores.detach().topk(take, dim=1, sorted=False)
-    cand = torch.full((n_rows, 2 * k), float("-inf"), dtype=torch.float64, device=scores.device)
-    cand[:, :take] = vals.double()
-    cand[:, k:] = float(2**62)  # the index of a pad: after every real latent
-    cand[:, k : k + take] = (idx + lo).double()
-    parts = group.all_gather(cand) if group.size > 1 else [cand]
-    allv = torch.cat([p[:, :k] for p in parts], 1)
-    alli = torch.cat([p[:, k:] for p in parts], 1)
-    order = alli.argsort(dim=1, stable=True)  # by index, then stably by value, descending
-    allv, alli = allv.gather(1, order), alli.gather(1, order)
-    best = allv.argsort(dim=1, descending=True, stable=True)[:, :k]
-    won = alli.gather(1, best).long() - lo  # (N, k) local indices of the winners
-    mine = (won >= 0) & (won < n)
-    mask = torch.zeros(n_rows, n + 1, dtype=torch.bool, device=scores.device)
-    mask.scatter_(1, torch.where(mine, won, n), True)
-    return mask[:, :n]
 
 
 def _local_config(cfg: Any, n: int) -> Any:
@@ -388,35 +308,3 @@ class ShardedSAE(nn.Module):
             return None
         full.load_state_dict(state)
         return full.to(self.local.W_dec.dtype)
-
-
-class SoloLatents:
-    """One process holding every latent (rank 0 of 1): the sharded code path alone."""
-
-    rank, size = 0, 1
-
-    def sum_(self, t: Tensor) -> Tensor:
-        return t
-
-    def min_(self, t: Tensor) -> Tensor:
-        return t
-
-    def all_gather(self, t: Tensor) -> list[Tensor]:
-        return [t]
-
-    def kth_largest(self, candidates: Tensor, k: int) -> Tensor:
-        return candidates.topk(min(k, candidates.numel())).values.min()
-
-    def gather_to_0(self, t: Tensor, shapes: Sequence[tuple[int, ...]]) -> list[Tensor]:
-        return [t]
-
-
-__all__ = [
-    "SHARDED",
-    "ShardOutput",
-    "ShardedSAE",
-    "SoloLatents",
-    "check_shardable",
-    "global_topk_mask",
-    "span",
-]

@@ -35,8 +35,9 @@ from saescope.training import checkpoint, finish, interrupt, logs, loop, optim
 from saescope.training.checkpoint import CHECKPOINT_FILE, METRICS_FILE, Position
 from saescope.training.config import BadBatchError, TrainConfig
 from saescope.training.group import Solo
-from saescope.training.latents import LatentGroup, ShardedSAE, ShardOutput, span
+from saescope.training.latents import ShardedSAE, ShardOutput
 from saescope.training.optim import Slot
+from saescope.training.shards import LatentGroup, span
 from saescope.training.target import controller_for
 
 SHARD_DIR = "latents"
