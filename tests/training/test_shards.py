@@ -91,6 +91,6 @@ def test_bytes_per_step_is_what_a_step_hands_to_the_collectives(arch, fields):
     slot = _slot(ShardedSAE(sae, group), TrainConfig(lr=1e-3, progress=False))
     slot.since_fired[:5] = 10**6  # 5 dead latents on this rank
     x = torch.randn(20, 8)
-    step(slot, x, x, 0, TrainConfig(steps=10, lr=1e-3), 1000)
-    want = bytes_per_step(arch, 20, 8, 2, fields.get("k", 0), 4, dead=5, checkpoints=False)
+    step(slot, x, x, 0, TrainConfig(steps=10, lr=1e-3), 1000, torch.zeros(2, dtype=torch.float64))
+    want = bytes_per_step(arch, 20, 8, 2, fields.get("k", 0), 4, dead=5)
     assert group.sent == want

@@ -17,7 +17,9 @@ from saescope.training.checkpoint import read_meta
 PARALLEL = (
     "how several processes (torchrun --nproc-per-node N -m saescope train ...) share the "
     "training: ddp, each rank trains on its share of every global batch (--batch-size stays "
-    "the global batch); the default when WORLD_SIZE > 1 (docs/DISTRIBUTED.md)"
+    "the global batch); the default when WORLD_SIZE > 1. latents: one SAE's latents "
+    "sharded over the ranks, each reading the whole batch (topk, batchtopk, relu, jumprelu; "
+    "docs/DISTRIBUTED.md)"
 )
 TIMEOUT = (
     "seconds a rank waits for the others before it stops with an error naming the lost rank "

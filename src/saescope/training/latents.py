@@ -43,6 +43,8 @@ class ShardOutput(LossOutput):
 
     objective: Tensor | None = None
     global_l0: float = 0.0
+    pending: Tensor | None = None
+    """This rank's sparsity penalty and non-zero codes, summed over the ranks by `grads`."""
 
     def l0(self) -> float:
         return self.global_l0
@@ -136,20 +138,18 @@ class ShardedSAE(nn.Module):
         f, sparsity, extras = self._activate(pre, ctx)
         y_hat = summed(f @ loc.W_dec, self.group) + loc.b_dec
         mse = loc.mse(target, y_hat)
-        local_terms = torch.stack([sparsity.detach(), (f != 0).sum().to(pre.dtype)])
-        shared = self._sum(local_terms.double())
         terms: dict[str, Tensor] = {"mse": mse}
         objective = mse + sparsity
         name = {"relu": "l1", "jumprelu": "l0"}.get(self.cfg.name)
         if name:
-            terms[name] = shared[0].to(mse.dtype)
+            terms[name] = sparsity.detach()  # this shard's part: `grads` sums it
         else:
             aux = self.cfg.aux_coef * self._auxk(pre, target, y_hat, ctx)
             terms["auxk"], objective = aux, objective + aux
-        self.live_density = float(shared[1]) / max(pre.shape[0] * self.cfg.d_sae, 1)
         out_y = y_hat if skip is None else y_hat + skip.detach()
-        l0 = float(shared[1]) / max(pre.shape[0], 1)
-        return ShardOutput(out_y, f, terms, extras, objective=objective, global_l0=l0)
+        out = ShardOutput(out_y, f, terms, extras, objective=objective)
+        out.pending = torch.stack([sparsity.detach(), (f != 0).sum().to(pre.dtype)]).double()
+        return out
 
     def _activate(self, pre: Tensor, ctx: LossContext) -> tuple[Tensor, Tensor, dict]:
         """This rank's codes, its part of the sparsity penalty (coefficient applied) and the
@@ -227,10 +227,11 @@ class ShardedSAE(nn.Module):
     # ----- gradients ----------------------------------------------------------------------
 
     @torch.no_grad()
-    def grads(self, project: bool) -> Tensor:
-        """After backward: b_dec's whole gradient (its encoder part summed over the ranks)
-        and, with `project`, each decoder row's gradient without its part along the row;
-        returns the whole SAE's gradient norm (0-d), from one all-reduce."""
+    def grads(self, out: ShardOutput, project: bool, extra: Tensor) -> tuple[Tensor, Tensor]:
+        """After backward, from one all-reduce: b_dec's whole gradient (its encoder part
+        summed over the ranks), each decoder row's gradient without its part along the row
+        (`project`), the whole SAE's sparsity penalty and L0 into `out`; returns the whole
+        SAE's gradient norm (0-d) and `extra` (float64 flags) summed over the ranks."""
         loc = self.local
         if project and loc.W_dec.grad is not None:
             ops.remove_parallel_grad_(loc.W_dec.detach(), loc.W_dec.grad)
@@ -239,14 +240,21 @@ class ShardedSAE(nn.Module):
         sq = torch.stack([g.double().pow(2).sum() for g in own]).sum().reshape(1)
         side = self._b_side.grad if self._b_side is not None else None
         side = loc.b_dec.new_zeros(loc.b_dec.shape) if side is None else side
-        flat = self._sum(torch.cat([side.double(), sq]))
+        pending = out.pending if out.pending is not None else sq.new_zeros(2)
+        flat = self._sum(torch.cat([side.double(), sq, pending, extra.double()]))
+        d, n = side.numel(), out.y_hat.shape[0]
         if self._b_side is not None:
             if loc.b_dec.grad is None:
                 loc.b_dec.grad = torch.zeros_like(loc.b_dec)
-            loc.b_dec.grad.add_(flat[:-1].to(loc.b_dec.dtype))
+            loc.b_dec.grad.add_(flat[:d].to(loc.b_dec.dtype))
         self._b_side = None
+        name = {"relu": "l1", "jumprelu": "l0"}.get(self.cfg.name)
+        if name:
+            out.terms[name] = flat[d + 1].to(out.terms["mse"].dtype)
+        out.global_l0 = float(flat[d + 2]) / max(n, 1)
+        self.live_density = float(flat[d + 2]) / max(n * self.cfg.d_sae, 1)
         reps = [p.grad.double().pow(2).sum() for p in self.replicated() if p.grad is not None]
-        return (flat[-1] + sum(reps)).sqrt()
+        return (flat[d] + sum(reps)).sqrt(), flat[d + 3 :]
 
     # ----- BatchTopK's final threshold --------------------------------------------------
 

@@ -67,19 +67,29 @@ def _slot(sharded: ShardedSAE, cfg: TrainConfig) -> Slot:
 # ----- one step ----------------------------------------------------------------------------
 
 
-def step(slot: Slot, x: Tensor, y: Tensor, at: int, cfg: TrainConfig, dead: int) -> ShardOutput:
-    """`optim.step` for a sharded SAE: the same on every rank but for its shard's part."""
+def step(
+    slot: Slot,
+    x: Tensor,
+    y: Tensor,
+    at: int,
+    cfg: TrainConfig,
+    dead: int,
+    flags: Tensor | None = None,
+) -> tuple[ShardOutput, Tensor]:
+    """`optim.step` for a sharded SAE: the same on every rank but for its shard's part.
+    `flags` (float64) are summed over the ranks with the gradients and returned."""
     sae: ShardedSAE = slot.sae  # type: ignore[assignment]
     x_n = x * slot.scale_in
     y_n = x_n if y is x and slot.scale_out == slot.scale_in else y * slot.scale_out
     warmup = cfg.sparsity_factor(at)
     steer = slot.controller.scale() if slot.controller else 1.0
     out = sae.loss(x_n, y_n, LossContext(warmup * steer, slot.dead(dead)))
-    optim._check_loss(out.total, at)  # the whole SAE's loss: every rank raises together
     for p in sae.parameters():
         p.grad = None
     out.objective.backward()  # type: ignore[union-attr]
-    norm = sae.grads(project=bool(sae.cfg.unit_norm_decoder))
+    flags = torch.zeros(0, dtype=torch.float64) if flags is None else flags
+    norm, flags = sae.grads(out, bool(sae.cfg.unit_norm_decoder), flags)
+    optim._check_loss(out.total, at)  # the whole SAE's loss: every rank raises together
     params = [p for p in sae.parameters() if p.grad is not None]
     if cfg.grad_clip is not None:
         coef = (cfg.grad_clip / (norm + 1e-6)).clamp(max=1.0)
@@ -98,7 +108,7 @@ def step(slot: Slot, x: Tensor, y: Tensor, at: int, cfg: TrainConfig, dead: int)
     if slot.controller and warmup >= 1.0:
         slot.controller.update(out.l0(), cfg.lr_factor(at))
     slot.since_fired = torch.where(out.fired(), 0, slot.since_fired + x.shape[0])  # type: ignore[operator]
-    return out
+    return out, flags
 
 
 @torch.no_grad()
@@ -151,11 +161,15 @@ def resample(
 # ----- checkpoints -------------------------------------------------------------------------
 
 
-def _agree(group: LatentGroup, due: bool, signum: int | None) -> tuple[bool, int]:
-    """Rank 0's checkpoint decision (its clock decides) and any rank's stop request."""
-    t = torch.tensor([int(due and group.rank == 0), int(signum is not None)], dtype=torch.int64)
-    both = group.sum_(t) if group.size > 1 else t
-    return bool(both[0]), (signum or signal.SIGTERM) if int(both[1]) else 0
+def _flags(group: LatentGroup, due: bool, signum: int | None) -> Tensor:
+    """This rank's part of the step's flags: rank 0's checkpoint decision (its clock
+    decides) and a stop request (summed over the ranks with the gradients)."""
+    return torch.tensor([float(due and group.rank == 0), float(signum is not None)]).double()
+
+
+def _agreed(flags: Tensor, signum: int | None) -> tuple[bool, int]:
+    """Whether to checkpoint after this step, and the signal that stops every rank (0)."""
+    return bool(flags[0] > 0), (signum or signal.SIGTERM) if float(flags[1]) > 0 else 0
 
 
 def _write(out: Path, slot: Slot, gen: torch.Generator, meta: dict, group: LatentGroup) -> None:
@@ -265,7 +279,8 @@ def train_latents(
                 )
             x, y, rows, _ = loop._prepare(batch, [slot], at, pos, cfg, whole, None)
             tail.keep(at, x, rows)
-            out = step(slot, x, y, at, cfg, pos.dead_tokens)
+            due = out_path is not None and loop._checkpoint_due(cfg, at + 1, saved_at)
+            out, flags = step(slot, x, y, at, cfg, pos.dead_tokens, _flags(group, due, stop.signum))
             pos.step, pos.tokens = at + 1, pos.tokens + rows
             if loop._resample_due(cfg, pos.step) and sae.cfg.dead_latent_strategy == "resample":
                 resample(slot, x, y, out, pos.dead_tokens, gen)
@@ -277,11 +292,8 @@ def train_latents(
                 for logger in loggers:
                     logger.write(slot.last_log)
             bar.update(1)
-            if out_path is None:
-                continue
-            due = loop._checkpoint_due(cfg, pos.step, saved_at)
-            due, signum = _agree(group, due, stop.signum)
-            if due or signum:
+            due, signum = _agreed(flags, stop.signum)
+            if out_path is not None and (due or signum):
                 pos.elapsed = clock.elapsed()
                 _write(
                     out_path,

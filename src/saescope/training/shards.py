@@ -136,17 +136,15 @@ def bytes_per_step(
     k_aux: int = 0,
     dead: int = 0,
     itemsize: int = 4,
-    checkpoints: bool = True,
 ) -> int:
     """Bytes one rank hands to the collectives in one training step of a latent-sharded SAE
     (`training.latents`; each all-reduce's tensor once, each all-gather's own part once: a
     ring moves about twice that in and out of every rank). `rows`: the batch's N; `dead`:
     latents dead over every rank (AuxK runs when any is); `itemsize`: the weights' bytes per
-    number; `checkpoints`: a run writing to a folder (its ranks agree on checkpoints and stop
-    requests every step). Log steps add 8 bytes (the dead count)."""
+    number. Log steps add 8 bytes (the dead count)."""
     f64 = 8
     total = rows * d_out * itemsize  # the reconstruction, summed
-    total += 2 * f64 + (d_out + 1) * f64  # the loss terms and L0; b_dec's gradient and the norm
+    total += (d_out + 5) * f64  # b_dec's gradient, the norm, penalty, L0, checkpoint, stop
     if arch == "topk":
         total += rows * 2 * int(k) * f64  # each row's k candidates: values and indices
     if arch == "batchtopk":
@@ -156,4 +154,4 @@ def bytes_per_step(
         total += f64  # the dead count
         if dead:
             total += rows * 2 * min(k_aux, dead) * f64 + rows * d_out * itemsize  # AuxK
-    return total + (2 * f64 if checkpoints else 0)
+    return total
