@@ -36,10 +36,13 @@ def add_args(p: argparse.ArgumentParser) -> None:
 @contextlib.contextmanager
 def joined(ns: argparse.Namespace, train: dict[str, Any]) -> Iterator[Any]:
     """The process group for the run (None for one process), left when the block ends; its
-    backend follows the run's device (a resumed run's own, unless --device is given)."""
-    recorded = (read_meta(ns.out) or {}).get("train", {}) if ns.resume else {}
+    backend follows the run's device and its mode the run's (a resumed run's own, unless
+    --device or --parallel is given)."""
+    meta = (read_meta(ns.out) or {}) if ns.resume else {}
+    recorded = meta.get("train", {})
     device = str(train.get("device") or recorded.get("device") or "cpu")
-    with parallel.launched(ns.parallel, device, ns.dist_timeout) as group:
+    mode = ns.parallel or (meta.get("run") or {}).get("parallel")  # a run resumes as it ran
+    with parallel.launched(mode, device, ns.dist_timeout) as group:
         yield group
 
 
