@@ -14,7 +14,11 @@ import torch
 from safetensors.torch import load_file
 
 from saescope import SAE
-from saescope.training.latents_loop import shard_file
+from saescope.data.files import ActivationFile
+from saescope.errors import ConfigError
+from saescope.saes import make_sae
+from saescope.training.latents_loop import shard_file, train_latents
+from saescope.training.shards import SoloLatents
 from tests.parallel import ranks
 from tests.parallel.test_ddp import _close, _ranks
 from tests.training import latents_ranks as lr
@@ -65,6 +69,13 @@ def test_an_sae_sharded_over_two_ranks_is_the_unsharded_sae(tmp_path):
                 held = d_sae * (r + 1) // 2 - d_sae * r // 2
                 assert _per_latent(shard, kind) * d_sae == full * held, (case, kind, r)
             assert _numel(shards[0], "sae0.local.b_dec") == got.cfg.d_in  # b_dec: whole
+    # on one process: refused, in one line
+    sae = make_sae({"architecture": "topk", "d_in": 16, "d_sae": lr.D_SAE, **lr.ARCHS["topk"]})
+    batches = ActivationFile(data / "acts.npy", lr.BATCH, 1)
+    with pytest.raises(
+        ConfigError, match=r"on 2 process\(es\) and this is 1; the world"
+    ):
+        train_latents(sae, batches, SoloLatents(), lr.config(), out / "topk", resume=True)
     rows = (out / "topk-resume" / "metrics.jsonl").read_text().splitlines()
     steps = [json.loads(r)["step"] for r in rows]
     assert steps == [10, 20, 30, 40, 50]  # the stopped run's rows past step 25 replaced

@@ -241,7 +241,7 @@ class ShardedSAE(nn.Module):
         side = self._b_side.grad if self._b_side is not None else None
         side = loc.b_dec.new_zeros(loc.b_dec.shape) if side is None else side
         pending = out.pending if out.pending is not None else sq.new_zeros(2)
-        flat = self._sum(torch.cat([side.double(), sq, pending, extra.double()]))
+        flat = self._sum(torch.cat([side.double(), sq, pending, extra.to(sq)]))
         d, n = side.numel(), out.y_hat.shape[0]
         if self._b_side is not None:
             if loc.b_dec.grad is None:

@@ -207,8 +207,8 @@ def _resume(
             f"cannot resume {out} with --parallel latents: it was not trained with latents "
             "sharded; resume it as it was launched"
         )
-    checkpoint.check_same_run(meta, cfg, metadata)
     checkpoint.check_world_size(meta.get("world_size", 1), group.size, out)
+    checkpoint.check_same_run(meta, cfg, metadata)
     if group.rank:
         path = shard_file(out, group.rank, meta["step"])  # type: ignore[arg-type]
         if not path.is_file():
