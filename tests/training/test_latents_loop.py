@@ -72,9 +72,7 @@ def test_an_sae_sharded_over_two_ranks_is_the_unsharded_sae(tmp_path):
     # on one process: refused, in one line
     sae = make_sae({"architecture": "topk", "d_in": 16, "d_sae": lr.D_SAE, **lr.ARCHS["topk"]})
     batches = ActivationFile(data / "acts.npy", lr.BATCH, 1)
-    with pytest.raises(
-        ConfigError, match=r"on 2 process\(es\) and this is 1; the world"
-    ):
+    with pytest.raises(ConfigError, match=r"on 2 process\(es\) and this is 1; the world"):
         train_latents(sae, batches, SoloLatents(), lr.config(), out / "topk", resume=True)
     rows = (out / "topk-resume" / "metrics.jsonl").read_text().splitlines()
     steps = [json.loads(r)["step"] for r in rows]
