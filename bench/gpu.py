@@ -120,6 +120,34 @@ def evaluation(out: Path) -> dict:
     return {k: (cpu[k], gpu[k]) for k in keys}
 
 
+def latents(out: Path) -> list[dict]:
+    """The latent-sharded step (`--parallel latents`) on the GPU, one rank holding every
+    latent, against the plain loop: its selections, sums and gradients on CUDA tensors."""
+    from saescope.training.latents_loop import train_latents
+    from saescope.training.shards import SHARDED, SoloLatents
+
+    rows = []
+    for arch in SHARDED:
+        cfg = TrainConfig(steps=200, device=GPU, progress=False, dead_tokens=2048)
+        got = []
+        for sharded in (False, True):
+            torch.manual_seed(4)
+            sae = make_sae({"architecture": arch, "d_in": 32, "d_sae": 256, **ARCHS[arch]})
+            stream = ArticleTask(TASK, 512, 0)
+            run = (
+                train_latents(sae, stream, SoloLatents(), cfg)
+                if sharded
+                else train(sae, stream, cfg)
+            )
+            got.append({k: v.cpu() for k, v in run.saes[0].state_dict().items()})
+        rel = [
+            (got[0][k] - got[1][k]).abs().max() / got[0][k].abs().max().clamp_min(1e-12)
+            for k in got[0]
+        ]
+        rows.append({"arch": arch, "max_rel_diff": float(max(rel))})
+    return rows
+
+
 def speed() -> list[dict]:
     rows = []
     torch.manual_seed(3)
@@ -208,6 +236,11 @@ def _evaluation_rows(got: dict) -> list[str]:
     return out + [f"| {k} | {c:.5g} | {g:.5g} |" for k, (c, g) in got.items()]
 
 
+def _latents_rows(rows: list[dict]) -> list[str]:
+    out = ["| architecture | largest weight difference, relative |", "|---|---|"]
+    return out + [f"| {r['arch']} | {r['max_rel_diff']:.1e} |" for r in rows]
+
+
 def _speed_rows(rows: list[dict]) -> list[str]:
     out = ["| arch | path | GPU | CPU | GPU / CPU |", "|---|---|---|---|---|"]
     for r in rows:
@@ -223,12 +256,14 @@ TITLES = {
     "resume": "Resume on the GPU (150 steps, then resumed to 300, against 300 in one go)",
     "evaluation": "Evaluation on the GPU against the CPU (same SAE, 16,384 held-out tokens)",
     "speed": "Speed: d_in 768, d_sae 24,576, batches of 4096 (tokens per second, whole steps)",
+    "latents": "The latent-sharded step on the GPU, one rank, against the plain loop (200 steps)",
 }
 RENDER = {
     "agreement": _agreement_rows,
     "resume": _resume_rows,
     "evaluation": _evaluation_rows,
     "speed": _speed_rows,
+    "latents": _latents_rows,
 }
 
 
@@ -245,7 +280,8 @@ def main() -> None:
         raise SystemExit("bench/gpu.py needs a GPU and a CUDA build of torch")
     ns.out.mkdir(parents=True, exist_ok=True)
     results: dict = {}
-    for name, part in (("agreement", agreement), ("resume", resume), ("evaluation", evaluation)):
+    parts = (("agreement", agreement), ("resume", resume), ("evaluation", evaluation))
+    for name, part in (*parts, ("latents", latents)):
         results[name] = _guarded(part, ns.out)
     results["speed"] = (
         {"error": "skipped"} if ns.skip_speed else _guarded(lambda _: speed(), ns.out)
