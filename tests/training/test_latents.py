@@ -73,3 +73,14 @@ def test_the_shard_is_the_unsharded_sae_s_slice():
     assert torch.equal(shard.W_dec, sae.W_dec[6:])
     assert torch.equal(shard.log_threshold, sae.log_threshold[6:])
     assert torch.equal(shard.b_dec, sae.b_dec)
+
+
+def test_batchtopk_keeps_exactly_n_k_codes_when_rows_repeat():
+    torch.manual_seed(0)
+    sae = make_sae({"architecture": "batchtopk", "d_in": 8, "d_sae": 16, "k": 2.5})
+    x = torch.randn(5, 8).repeat(2, 1) * 3  # every value twice; N·k = 25 splits a tie
+    want, got = sae.loss(x, x), ShardedSAE(sae, SoloLatents()).loss(x, x)
+    assert int((got.f != 0).sum()) == int((want.f != 0).sum()) == 25
+    kept = [o.f.detach() for o in (got, want)]
+    assert torch.equal(kept[0][kept[0] != 0].sort().values, kept[1][kept[1] != 0].sort().values)
+    assert float(got.terms["mse"].detach()) == pytest.approx(float(want.terms["mse"].detach()))
