@@ -37,7 +37,7 @@ from saescope.training.config import BadBatchError, TrainConfig
 from saescope.training.group import Solo
 from saescope.training.latents import ShardedSAE, ShardOutput
 from saescope.training.optim import Slot
-from saescope.training.shards import LatentGroup, span
+from saescope.training.shards import LatentGroup
 from saescope.training.target import controller_for
 
 SHARD_DIR = "latents"
@@ -320,7 +320,3 @@ def train_latents(
     final = loop._save_final([done], cfg, writes, metadata, pos)
     return loop.TrainResult(final, [slot.last_log or {}], out_path)
 
-
-def shard_spans(d_sae: int, size: int) -> list[tuple[int, int]]:
-    """Every rank's latents [lo, hi)."""
-    return [span(d_sae, r, size) for r in range(size)]
