@@ -319,4 +319,3 @@ def train_latents(
     done = Slot(full, slot.opt, slot.scale_in, slot.scale_out, None, slot.last_log, slot.controller)
     final = loop._save_final([done], cfg, writes, metadata, pos)
     return loop.TrainResult(final, [slot.last_log or {}], out_path)
-
