@@ -66,10 +66,12 @@ def harvest_to_cache(
     batch_size: int = 32,
     shard_contexts: int = 256,
     progress: bool = True,
+    dtype: str | None = None,
 ) -> CacheWriter:
     """Harvest `contexts` (the training split) into the cache at `out`, resuming after the
-    last complete shard; a larger `contexts` than last time grows the cache."""
-    writer = CacheWriter(out, {**source, "hooks": list(hooks)}, shard_contexts)
+    last complete shard; a larger `contexts` than last time grows the cache. dtype: what the
+    cache stores (`data.shards.CACHE_DTYPES`; None: float32, or an existing cache's own)."""
+    writer = CacheWriter(out, {**source, "hooks": list(hooks)}, shard_contexts, dtype)
     start = writer.contexts_done
     bar = tqdm(
         total=contexts.shape[0], initial=start, disable=not progress, desc="harvest", unit="ctx"

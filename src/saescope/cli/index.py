@@ -33,7 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="checkpoint every N batches as well as every minute",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    peer.add_args(p)
+    peer.add_args(p, device=True)
     return p
 
 

@@ -27,6 +27,7 @@ from typing import Any
 
 from saescope.activations import harvest_to_cache
 from saescope.data import ActivationCache
+from saescope.data.shards import cache_dtype
 from saescope.data.stream import IndexedBatches
 from saescope.errors import ConfigError
 from saescope.parallel import DDPGroup, Shard
@@ -39,6 +40,7 @@ from saescope.saes import SAE, architecture, make_sae
 from saescope.saes.target import k_for_target
 from saescope.training import TrainConfig, TrainResult, checkpoint, sae_dirs, train
 from saescope.training.checkpoint import mismatch
+from saescope.training.config import check_device
 from saescope.training.latents_loop import train_latents
 
 
@@ -184,10 +186,18 @@ def resume_run(
 
 
 def check_harvest(
-    out: str | Path, tokens: int | None, batch_size: int, shard_contexts: int
+    out: str | Path,
+    tokens: int | None,
+    batch_size: int,
+    shard_contexts: int,
+    dtype: str | None = None,
+    device: str = "cpu",
 ) -> None:
     """The checks a harvest can make before loading anything."""
     check_tokens(tokens)
+    if dtype is not None:
+        cache_dtype(dtype)
+    check_device(device)
     if batch_size < 1 or shard_contexts < 1:
         raise ConfigError("--batch-size and --shard-contexts must be at least 1")
     if Path(out).exists() and not Path(out).is_dir():
@@ -202,18 +212,25 @@ def harvest(
     batch_size: int = 32,
     shard_contexts: int = 256,
     progress: bool = True,
+    dtype: str | None = None,
+    device: str = "cpu",
 ) -> ActivationCache:
     """Harvest the training contexts of a model spec's text at `hooks` into the cache at
-    `out` (resumed, or grown when asked for more): all of them, or enough for `tokens`."""
+    `out` (resumed, or grown when asked for more): all of them, or enough for `tokens`.
+    dtype: what the cache stores, float32 (None: float32, or an existing cache's own),
+    bfloat16 or float16 (`data.shards.CACHE_DTYPES`); device: where the model runs."""
     if data.kind != "model":
         raise ConfigError("harvest takes a model's data (DataSpec.for_model)")
-    check_harvest(out, tokens, batch_size, shard_contexts)
+    check_harvest(out, tokens, batch_size, shard_contexts, dtype, device)
     model, _ = data.load_model()
+    model.to(device)
     train_ctx = data.contexts("train")
     if tokens is not None:
         train_ctx = train_ctx[: -(-tokens // (train_ctx.shape[1] - 1))]
     source = {k: data.to_dict()[k] for k in ("model", "context", "text", "fingerprint")}
-    harvest_to_cache(model, train_ctx, hooks, out, source, batch_size, shard_contexts, progress)
+    harvest_to_cache(
+        model, train_ctx, hooks, out, source, batch_size, shard_contexts, progress, dtype
+    )
     return ActivationCache(out)
 
 
