@@ -256,7 +256,7 @@ def train_latents(
     whole = _Whole(group.rank)
     if resume:
         pos = _resume(slot, cfg, out_path, gen, metadata, group)
-        open_at = functools.partial(loop._stream, batches)
+        open_at = functools.partial(loop._stream, batches, device=cfg.device)
         tail, stream = finish.resumed(cfg.steps, pos, open_at, cfg.device)
     else:
         pos, stream = loop._start_fresh([slot], batches, cfg, out_path, overwrite, whole)
