@@ -26,6 +26,9 @@ This script checks that the GPU path gives the CPU's results and measures its sp
    bfloat16 cache; a TopK SAE trained on the GPU from each (same tokens, seed and initial
    weights): explained variance and tokens per second; `eval`, `steer` and `index` of the
    bfloat16 run on the GPU (`Run.open(device="cuda")`), the evaluation against the CPU's.
+8. latents: the latent-sharded step (`--parallel latents`) on the GPU, one rank holding
+   every latent (`SoloLatents`), against the plain loop, each architecture it shards, 200
+   steps: the largest weight difference (bitwise on the CPU).
 
     .venv/bin/python bench/gpu.py --only cache transfer bf16   # parts 5-7 alone
 """
@@ -135,6 +138,34 @@ def evaluation(out: Path) -> dict:
     gpu = next(iter(Run.open(out / "eval_run", device=GPU).evaluate(16384, plot=False).values()))
     keys = ("l0", "mse", "explained_variance", "mmcs")
     return {k: (cpu[k], gpu[k]) for k in keys}
+
+
+def latents(out: Path) -> list[dict]:
+    """The latent-sharded step (`--parallel latents`) on the GPU, one rank holding every
+    latent, against the plain loop: its selections, sums and gradients on CUDA tensors."""
+    from saescope.training.latents_loop import train_latents
+    from saescope.training.shards import SHARDED, SoloLatents
+
+    rows = []
+    for arch in SHARDED:
+        cfg = TrainConfig(steps=200, device=GPU, progress=False, dead_tokens=2048)
+        got = []
+        for sharded in (False, True):
+            torch.manual_seed(4)
+            sae = make_sae({"architecture": arch, "d_in": 32, "d_sae": 256, **ARCHS[arch]})
+            stream = ArticleTask(TASK, 512, 0)
+            run = (
+                train_latents(sae, stream, SoloLatents(), cfg)
+                if sharded
+                else train(sae, stream, cfg)
+            )
+            got.append({k: v.cpu() for k, v in run.saes[0].state_dict().items()})
+        rel = [
+            (got[0][k] - got[1][k]).abs().max() / got[0][k].abs().max().clamp_min(1e-12)
+            for k in got[0]
+        ]
+        rows.append({"arch": arch, "max_rel_diff": float(max(rel))})
+    return rows
 
 
 def speed() -> list[dict]:
@@ -356,6 +387,11 @@ def _evaluation_rows(got: dict) -> list[str]:
     return out + [f"| {k} | {c:.5g} | {g:.5g} |" for k, (c, g) in got.items()]
 
 
+def _latents_rows(rows: list[dict]) -> list[str]:
+    out = ["| architecture | largest weight difference, relative |", "|---|---|"]
+    return out + [f"| {r['arch']} | {r['max_rel_diff']:.1e} |" for r in rows]
+
+
 def _speed_rows(rows: list[dict]) -> list[str]:
     out = ["| arch | path | GPU | CPU | GPU / CPU |", "|---|---|---|---|---|"]
     for r in rows:
@@ -410,6 +446,7 @@ TITLES = {
     "cache": "Cache dtypes: rows made on the GPU, written as each dtype, read back as float32",
     "transfer": "Batch transfer host to GPU (4096 x 768, arriving as float32)",
     "bf16": "Training from a bfloat16 cache (glassllm layers.0.mlp:in, harvested on the GPU)",
+    "latents": "The latent-sharded step on the GPU, one rank, against the plain loop (200 steps)",
 }
 RENDER = {
     "agreement": _agreement_rows,
@@ -419,6 +456,7 @@ RENDER = {
     "cache": _cache_rows,
     "transfer": _transfer_rows,
     "bf16": _bf16_rows,
+    "latents": _latents_rows,
 }
 
 
@@ -443,6 +481,7 @@ def main() -> None:
         "cache": cache_round_trip,
         "transfer": lambda _: transfer(),
         "bf16": bf16_training,
+        "latents": latents,
     }
     results: dict = {}
     for name in ns.only or list(parts):

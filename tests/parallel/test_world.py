@@ -45,5 +45,5 @@ def test_ddp_is_the_default_on_several_processes():
     assert check_mode(None, World(rank=0, size=2)) == "ddp"
     assert check_mode("ddp", World()) == "ddp"
     assert check_mode("layers", World(rank=0, size=2)) == "layers"
-    with pytest.raises(ConfigError, match="--parallel latents is not available yet"):
-        check_mode("latents", World(rank=0, size=2))
+    with pytest.raises(ConfigError, match="--parallel pipeline is not available yet"):
+        check_mode("pipeline", World(rank=0, size=2))

@@ -17,8 +17,10 @@ from saescope.training.checkpoint import read_meta
 PARALLEL = (
     "how several processes (torchrun --nproc-per-node N -m saescope train ...) share the "
     "training: ddp, each rank trains on its share of every global batch (--batch-size stays "
-    "the global batch), the default when WORLD_SIZE > 1; layers, the SAEs of several hook "
-    "points (--hook a,b,c) spread over the ranks, the default for them (docs/DISTRIBUTED.md)"
+    "the global batch); the default when WORLD_SIZE > 1. layers: the SAEs of several hook "
+    "points (--hook a,b,c) spread over the ranks (the default for them). latents: one SAE's "
+    "latents sharded over the ranks, each reading the whole batch (topk, batchtopk, relu, "
+    "jumprelu; docs/DISTRIBUTED.md)"
 )
 TIMEOUT = (
     "seconds a rank waits for the others before it stops with an error naming the lost rank "
@@ -35,10 +37,16 @@ def add_args(p: argparse.ArgumentParser) -> None:
 @contextlib.contextmanager
 def joined(ns: argparse.Namespace, train: dict[str, Any]) -> Iterator[Any]:
     """The process group for the run (None for one process), left when the block ends; its
-    backend follows the run's device (a resumed run's own, unless --device is given)."""
-    recorded = (read_meta(ns.out) or {}).get("train", {}) if ns.resume else {}
+    backend follows the run's device and its mode the run's (a resumed run's own, unless
+    --device or --parallel is given)."""
+    out = ns.out
+    if ns.resume and runs.is_layered(out):  # its hook points' runs record the device
+        out = runs.hook_run(out, runs.hooks_of(out)[0])
+    meta = (read_meta(out) or {}) if ns.resume else {}
+    recorded = meta.get("train", {})
     device = str(train.get("device") or recorded.get("device") or "cpu")
-    with parallel.launched(ns.parallel, device, ns.dist_timeout) as group:
+    mode = ns.parallel or (meta.get("run") or {}).get("parallel")  # a run resumes as it ran
+    with parallel.launched(mode, device, ns.dist_timeout) as group:
         yield group
 
 

@@ -53,6 +53,7 @@ from saescope.saes.target import k_for_target
 from saescope.training import TrainConfig, TrainResult, checkpoint, sae_dirs, train
 from saescope.training.checkpoint import mismatch
 from saescope.training.config import check_device
+from saescope.training.latents_loop import train_latents
 
 
 def run_metadata(data: DataSpec, batch_size: int | None = None) -> dict[str, Any]:
@@ -135,9 +136,30 @@ def train_run(
     if resume and out_dir is not None:
         metadata = _as_recorded(metadata, Path(out_dir))
     batches: IndexedBatches = stream
+    if group is not None and group.mode == "latents":  # every rank reads the whole batches
+        return _train_latents(saes, stream, cfg, out_dir, resume, metadata, overwrite, log, group)
     if group is not None and group.size > 1:
         batches = Shard(stream, group.rank, group.size)
     return train(saes, batches, cfg, out_dir, resume, metadata, overwrite, log, group)
+
+
+def _train_latents(
+    saes: SAE | Sequence[SAE],
+    stream: IndexedBatches,
+    cfg: TrainConfig,
+    out_dir: str | Path | None,
+    resume: bool,
+    metadata: dict[str, Any],
+    overwrite: bool,
+    log: Sequence[str],
+    group: DDPGroup,
+) -> TrainResult:
+    """One SAE's latents sharded over the group (`training.latents_loop`)."""
+    if not isinstance(saes, SAE):
+        if len(saes) != 1:
+            raise ConfigError("--parallel latents trains one SAE at a time; give one")
+        saes = saes[0]
+    return train_latents(saes, stream, group, cfg, out_dir, resume, metadata, overwrite, log)
 
 
 def _as_recorded(metadata: dict[str, Any], out_dir: Path) -> dict[str, Any]:
