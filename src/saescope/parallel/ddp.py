@@ -22,6 +22,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from saescope.errors import SaescopeError
+from saescope.parallel.meter import Meter, payload_bytes
 from saescope.parallel.world import DEFAULT_TIMEOUT, World, backend_for
 
 BEAT_S = 1.0
@@ -61,6 +62,8 @@ class DDPGroup:
                 f"{world.host}:{world.port} ({_first(e)}); check MASTER_ADDR and MASTER_PORT, "
                 "or launch with torchrun"
             ) from None
+        self.meter = Meter(self.size, self.rank, self.backend)
+        """Bytes this rank's collectives moved, by kind (`reset`, `snapshot`)."""
         self._stop = threading.Event()
         self._beats = threading.Thread(target=self._beat, name="saescope-heartbeat", daemon=True)
         self._beats.start()
@@ -85,25 +88,25 @@ class DDPGroup:
     # ----- the collectives (training.group.Group) --------------------------------------------
 
     def sum_(self, t: Tensor) -> Tensor:
-        return self._in_place(t, lambda u: dist.all_reduce(u, dist.ReduceOp.SUM))
+        return self._in_place(t, dist.all_reduce, "sum", op=dist.ReduceOp.SUM)
 
     def min_(self, t: Tensor) -> Tensor:
-        return self._in_place(t, lambda u: dist.all_reduce(u, dist.ReduceOp.MIN))
+        return self._in_place(t, dist.all_reduce, "min", op=dist.ReduceOp.MIN)
 
     def broadcast_(self, t: Tensor) -> Tensor:
-        return self._in_place(t, lambda u: dist.broadcast(u, src=0))
+        return self._in_place(t, dist.broadcast, "broadcast", src=0)
 
     def gather(self, t: Tensor) -> Tensor:
         """Every rank's rows of t (its own count each: padded to the largest to travel),
         concatenated in rank order."""
         n = torch.tensor([t.shape[0]], device=self.device)
         counts = [torch.zeros_like(n) for _ in range(self.size)]
-        self._call(dist.all_gather, counts, n)
+        self._call(dist.all_gather, counts, n, kind="gather")
         most = int(max(int(c) for c in counts))
         padded = t.new_zeros((most, *t.shape[1:]), device=self.device)
         padded[: t.shape[0]] = t
         parts = [torch.empty_like(padded) for _ in range(self.size)]
-        self._call(dist.all_gather, parts, padded)
+        self._call(dist.all_gather, parts, padded, kind="gather")
         return torch.cat([p[: int(c)] for p, c in zip(parts, counts, strict=True)]).to(t.device)
 
     def gather_to(self, t: Tensor, dst: int) -> list[Tensor] | None:
@@ -123,7 +126,7 @@ class DDPGroup:
         padded = mine.new_full((k,), float("-inf"))
         padded[: mine.numel()] = mine
         parts = [torch.empty_like(padded) for _ in range(self.size)]
-        self._call(dist.all_gather, parts, padded)
+        self._call(dist.all_gather, parts, padded, kind="kth_largest")
         return torch.cat(parts).topk(k, sorted=False).values.min().to(candidates.device)
 
     # ----- for latent sharding (`--parallel latents`, training.latents) ------------------
@@ -150,16 +153,20 @@ class DDPGroup:
 
     # ----- failures ----------------------------------------------------------------------------
 
-    def _in_place(self, t: Tensor, op: Callable[[Tensor], Any]) -> Tensor:
+    def _in_place(self, t: Tensor, op: Callable[..., Any], kind: str, **kwargs: Any) -> Tensor:
         u = t if t.is_contiguous() and t.device == self.device else t.contiguous().to(self.device)
-        self._call(op, u)
+        self._call(op, u, kind=kind, **kwargs)
         if u is not t:
             t.copy_(u)
         return t
 
-    def _call(self, op: Callable[..., Any], *args: Any) -> None:
+    def _call(self, op: Callable[..., Any], *args: Any, kind: str = "", **kwargs: Any) -> None:
+        """Run a torch.distributed collective, counted in `meter` under `kind` (default: its
+        own name); a failure becomes the one line naming the lost rank."""
+        name = getattr(op, "__name__", "collective")
         try:
-            op(*args)
+            with self.meter.measure(kind or name, name, payload_bytes(name, args)):
+                op(*args, **kwargs)
         except RuntimeError as e:  # torch.distributed's errors are RuntimeErrors
             raise self.lost(e) from None
 
