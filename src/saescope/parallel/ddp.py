@@ -153,20 +153,22 @@ class DDPGroup:
 
     # ----- failures ----------------------------------------------------------------------------
 
-    def _in_place(self, t: Tensor, op: Callable[..., Any], kind: str, **kwargs: Any) -> Tensor:
+    def _in_place(
+        self, t: Tensor, fn: Callable[..., Any], kind: str = "", /, **kwargs: Any
+    ) -> Tensor:
         u = t if t.is_contiguous() and t.device == self.device else t.contiguous().to(self.device)
-        self._call(op, u, kind=kind, **kwargs)
+        self._call(fn, u, kind=kind, **kwargs)
         if u is not t:
             t.copy_(u)
         return t
 
-    def _call(self, op: Callable[..., Any], *args: Any, kind: str = "", **kwargs: Any) -> None:
+    def _call(self, fn: Callable[..., Any], /, *args: Any, kind: str = "", **kwargs: Any) -> None:
         """Run a torch.distributed collective, counted in `meter` under `kind` (default: its
         own name); a failure becomes the one line naming the lost rank."""
-        name = getattr(op, "__name__", "collective")
+        name = getattr(fn, "__name__", "collective")
         try:
             with self.meter.measure(kind or name, name, payload_bytes(name, args)):
-                op(*args, **kwargs)
+                fn(*args, **kwargs)
         except RuntimeError as e:  # torch.distributed's errors are RuntimeErrors
             raise self.lost(e) from None
 
