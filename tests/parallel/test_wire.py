@@ -17,3 +17,8 @@ def test_ring_all_reduce_all_gather_and_scatter():
 def test_broadcast_from_the_root_on_gloo_along_a_ring_on_nccl():
     assert [wire_bytes("broadcast", 10, 3, r, "gloo") for r in range(3)] == [20, 0, 0]
     assert [wire_bytes("broadcast", 10, 3, r, "nccl") for r in range(3)] == [10, 10, 0]
+
+
+def test_a_butterfly_merge_sends_log2_w_rounds():
+    assert wire_bytes("butterfly_topk", 10, 2) == 10
+    assert wire_bytes("butterfly_topk", 10, 1000) == 100

@@ -74,6 +74,8 @@ class Cluster:
     nvlink: float = 450e9
     network: float = 50e9
     """Across nodes, per GPU (one 400 Gb/s NIC per GPU)."""
+    hop: float = 5e-6
+    """Seconds of latency per message of a collective (`Collective.hops`)."""
 
     def link(self, ranks: int) -> float:
         """The bandwidth of a collective over `ranks` consecutive GPUs."""
@@ -93,6 +95,16 @@ class Collective:
     def wire(self) -> float:
         """The bytes a rank sends for it (ring algorithms; `wire.wire_bytes`)."""
         return wire_bytes(self.collective, self.nbytes, self.ranks)
+
+    def hops(self) -> int:
+        """Messages in a row on the critical path: 2 log2 W for an all-reduce (nccl's trees
+        at scale), log2 W for the butterfly, W - 1 for the ring all-gather and the others."""
+        if self.ranks <= 1:
+            return 0
+        log = math.ceil(math.log2(self.ranks))
+        if self.collective == "all_reduce":
+            return 2 * log
+        return log if self.collective == "butterfly_topk" else self.ranks - 1
 
 
 @dataclass
@@ -119,8 +131,11 @@ class StepPlan:
 
     def times(self, cluster: Cluster) -> dict[str, float]:
         """Seconds per step at peak: compute, Adam's memory traffic, and communication
-        (each collective at the bandwidth of the ranks it spans; nothing overlapped)."""
-        comm = sum(c.wire() / cluster.link(c.ranks) for c in self.collectives)
+        (each collective at the bandwidth of the ranks it spans, plus its hops' latency;
+        nothing overlapped)."""
+        comm = sum(
+            c.wire() / cluster.link(c.ranks) + c.hops() * cluster.hop for c in self.collectives
+        )
         return {
             "compute": self.flops / cluster.flops,
             "adam": self.adam_bytes / cluster.hbm,
@@ -196,16 +211,19 @@ def latents_collectives(
     shared_input: bool = True,
     index_bytes: int = 4,
     grad_exchange: bool = False,
+    butterfly: bool = False,
 ) -> list[Collective]:
     """One latents-sharded step: the input gathered (when each rank harvests N / W tokens:
-    `shared_input`), every rank's k candidates per token (fp32 value + index), the partial
-    reconstructions summed, and with `grad_exchange` their gradient summed too."""
+    `shared_input`), every rank's k candidates per token (fp32 value + index) all-gathered (or
+    merged in log2 W rounds: `butterfly`), the partial reconstructions summed, and with
+    `grad_exchange` their gradient summed too."""
     if ranks <= 1:
         return []
     out = []
     if shared_input:
         out.append(Collective("input", "all_gather", 4 * tokens * sae.d_in // ranks, ranks))
-    out.append(Collective("candidates", "all_gather", tokens * sae.k * (4 + index_bytes), ranks))
+    merge = "butterfly_topk" if butterfly else "all_gather"
+    out.append(Collective("candidates", merge, tokens * sae.k * (4 + index_bytes), ranks))
     recon = Collective("reconstruction", "all_reduce", 4 * tokens * sae.out, ranks)
     out.append(recon)
     if grad_exchange:
@@ -220,29 +238,38 @@ def latents(
     model_flops: float = 0.0,
     shared_input: bool = True,
     grad_exchange: bool = False,
+    butterfly: bool = False,
+    saes: int = 1,
 ) -> StepPlan:
-    """One SAE's latents over the ranks, d_sae / W each, all N tokens on every rank."""
-    shard = sae.params / ranks
+    """`saes` SAEs (one per hook point), each one's latents over the ranks, d_sae / W each,
+    all N tokens on every rank."""
+    shard = saes * sae.params / ranks
+    one = latents_collectives(
+        sae, tokens, ranks, shared_input, grad_exchange=grad_exchange, butterfly=butterfly
+    )
     return StepPlan(
         "latents",
         ranks,
         state=shard * STATE_BYTES,
         transient=4 * tokens * (sae.d_sae / ranks + 2 * sae.out),
-        flops=tokens * sae.flops_per_token() / ranks + tokens / ranks * model_flops,
+        flops=saes * tokens * sae.flops_per_token() / ranks + tokens / ranks * model_flops,
         adam_bytes=shard * ADAM_TOUCH,
-        collectives=latents_collectives(
-            sae, tokens, ranks, shared_input, grad_exchange=grad_exchange
-        ),
+        collectives=one * saes,
     )
 
 
 def latents_x_ddp(
-    sae: SAESize, tokens: int, group: int, replicas: int, model_flops: float = 0.0
+    sae: SAESize,
+    tokens: int,
+    group: int,
+    replicas: int,
+    model_flops: float = 0.0,
+    butterfly: bool = False,
 ) -> StepPlan:
     """Latents sharded over `group` ranks (one node, NVLink) and that group replicated
     `replicas` times (ddp across nodes): each group trains on N / replicas tokens, and each
     rank all-reduces its shard's gradients with the same shard in the other replicas."""
-    inner = latents(sae, tokens // replicas, group, model_flops)
+    inner = latents(sae, tokens // replicas, group, model_flops, butterfly=butterfly)
     shard_grads = int(4 * (sae.params / group + sae.d_sae / group))
     if replicas > 1:
         inner.collectives.append(

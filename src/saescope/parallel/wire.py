@@ -9,6 +9,8 @@ algorithms nccl and gloo run, from the bytes each rank gives it.
   the root, nothing elsewhere); nccl pipelines it along a ring (every rank but the root's
   predecessor forwards it once).
 - all-to-all: the chunks for the other ranks, (W - 1) / W of the input when chunks are equal.
+- butterfly top-k (a top-k merge in ceil(log2 W) rounds: each rank swaps its current best
+  candidates with a partner and keeps the best of both): ceil(log2 W) x the candidates' bytes.
 
 Measured on gloo here (`bench/distributed.py`: the bytes each rank's process writes to its
 sockets during the collective, against this model; docs/SCALING.md).
@@ -16,12 +18,15 @@ sockets during the collective, against this model; docs/SCALING.md).
 
 from __future__ import annotations
 
+import math
+
 REDUCE = ("all_reduce",)
 GATHER = ("all_gather", "all_gather_into_tensor")
 SCATTER = ("reduce_scatter", "reduce_scatter_tensor")
 TO_ALL = ("all_to_all", "all_to_all_single")
 BROADCAST = ("broadcast",)
-COLLECTIVES = REDUCE + GATHER + SCATTER + TO_ALL + BROADCAST
+BUTTERFLY = ("butterfly_topk",)
+COLLECTIVES = REDUCE + GATHER + SCATTER + TO_ALL + BROADCAST + BUTTERFLY
 
 
 def wire_bytes(
@@ -40,6 +45,8 @@ def wire_bytes(
         return (size - 1) * nbytes
     if collective in SCATTER or collective in TO_ALL:
         return share * nbytes
+    if collective in BUTTERFLY:
+        return math.ceil(math.log2(size)) * nbytes
     if collective in BROADCAST:
         if backend == "gloo":
             return float((size - 1) * nbytes) if rank == root else 0.0
