@@ -56,7 +56,12 @@ def llama(tokens: int) -> list[str]:
         ("latents, 32 SAEs each over 8", plan.latents(sae, tokens, 8, m, saes=layers), 1),
         ("latents, 16 SAEs per pass", plan.latents(sae, tokens, 8, m, saes=16), 2),
     ]
-    return [row(n, plan.with_model(p, MODEL_BYTES), c, tokens, k) for n, p, k in rows]
+    out = [row(n, plan.with_model(p, MODEL_BYTES), c, tokens, k) for n, p, k in rows]
+    two = plan.with_model(plan.layers(sae, tokens, 16, layers, m), MODEL_BYTES)
+    return [
+        *out,
+        row("layers over 2 nodes (16 GPUs), 2 SAEs per GPU", two, plan.Cluster(16), tokens),
+    ]
 
 
 def anthropic(tokens: int) -> list[str]:
@@ -101,6 +106,9 @@ def main() -> None:
             f"{s.flops_per_token() / 1e9:,.2f} GFLOP/token sparse, "
             f"{s.flops_per_token(sparse=False) / 1e9:,.2f} dense"
         )
+    per_gpu = 60e9  # of state, leaving room for activations
+    most = int((8 * per_gpu / plan.STATE_BYTES - 4096) // (2 * 4096 + 1))
+    print(f"Largest d_sae (d_in 4096) whose state fits 8 GPUs at 60 GB each: {most:,}")
     for tokens in (4096, 65536):
         print(f"\n### (a) Llama-3-8B-sized, 32 layers, 8 GPUs, {tokens:,} tokens/step\n")
         print("\n".join(HEAD + llama(tokens)))
