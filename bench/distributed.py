@@ -143,7 +143,8 @@ def ddp_rows(ns: argparse.Namespace, tmp: Path) -> list[dict]:
         two_threads = launch(ns, arch, 1, 2, tmp / f"{arch}-1x2.json")
         ddp = launch(ns, arch, 2, 1, tmp / f"{arch}-2x1.json")
         steps = ddp["per_step"]
-        same = all(s == steps[0] for s in steps)
+        model_bytes = [{k: (v["tensor"], v["wire"]) for k, v in s.items()} for s in steps]
+        same = all(m == model_bytes[0] for m in model_bytes)  # (socket bytes: + heartbeats)
         size = plan.SAESize(ns.d_in, ns.d_sae, ARCHS[arch].get("k", 64))
         model = plan.ddp_collectives(size, 2, tensors=ddp["tensors"], terms=2)
         rows.append(
@@ -156,6 +157,7 @@ def ddp_rows(ns: argparse.Namespace, tmp: Path) -> list[dict]:
                     "2 ranks, 1 thread each": ddp["tokens_per_s"],
                 },
                 "max_rel_weight_diff": _rel_diff(ddp["weights"], one["weights"]),
+                "threads_rel_weight_diff": _rel_diff(two_threads["weights"], one["weights"]),
                 "steps_timed": ddp["steps_timed"],
                 "every_step_the_same": same,
                 "measured": steps[0],
@@ -176,13 +178,13 @@ MODES: dict[str, Callable[[argparse.Namespace, Path], list[dict]]] = {"ddp": ddp
 
 def table(rows: list[dict]) -> list[str]:
     out = ["| mode | arch | 1 proc x 1 thread | 1 proc x 2 threads | 2 ranks x 1 thread | "]
-    out[0] += "2 ranks / 1x1 | 2 ranks / 1x2 | weights vs 1 proc |"
-    out.append("|---|---|---:|---:|---:|---:|---:|---:|")
+    out[0] += "2 ranks / 1x1 | 2 ranks / 1x2 | weights: 2 ranks vs 1x1 | weights: 1x2 vs 1x1 |"
+    out.append("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         a, b, c = r["tokens_per_s"].values()
         out.append(
             f"| {r['mode']} | {r['arch']} | {a:,.0f} | {b:,.0f} | {c:,.0f} | {c / a:.2f} | "
-            f"{c / b:.2f} | {r['max_rel_weight_diff']:.1e} |"
+            f"{c / b:.2f} | {r['max_rel_weight_diff']:.1e} | {r['threads_rel_weight_diff']:.1e} |"
         )
     out += ["", "| mode | arch | kind | calls | tensor bytes | wire bytes (model) | socket bytes |"]
     out.append("|---|---|---|---:|---:|---:|---:|")

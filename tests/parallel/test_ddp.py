@@ -171,6 +171,7 @@ with parallel.launched("ddp", timeout=30) as group:
 """
 
 
+@pytest.mark.slow  # two processes importing torch: ~8 s of CPU, ~4 s on 2 idle cores
 def test_the_meter_counts_the_bytes_of_a_step_as_the_model_says(tmp_path):
     """One ddp step's collectives, counted on each of 2 ranks: the gradient all-reduce is the
     size docs/SCALING.md's formula gives, and the bytes written to the sockets during the
