@@ -161,6 +161,7 @@ def ddp_rows(ns: argparse.Namespace, tmp: Path) -> list[dict]:
                 "steps_timed": ddp["steps_timed"],
                 "every_step_the_same": same,
                 "measured": steps[0],
+                "step_totals": sorted({(s["total"]["calls"], s["total"]["tensor"]) for s in steps}),
                 "model": {
                     "tensor": sum(c.nbytes for c in model),
                     "wire": sum(c.wire() for c in model),
@@ -195,6 +196,8 @@ def table(rows: list[dict]) -> list[str]:
                 f"| {r['mode']} | {r['arch']} | {kind} | {m['calls']} | {m['tensor']:,} | "
                 f"{m['wire']:,.0f} | {os_b} |"
             )
+        distinct = ", ".join(f"{c} calls {t:,} B" for c, t in r["step_totals"])
+        out.append(f"| {r['mode']} | {r['arch']} | (every timed step: {distinct}) | | | | |")
         mod = r["model"]
         out.append(
             f"| {r['mode']} | {r['arch']} | **docs/SCALING.md formula** | {mod['calls']} | "

@@ -5,7 +5,7 @@ over every rank), started and stopped with the process group, and a lost rank na
 Every collective waits at most `timeout` seconds. A rank that dies or hangs then makes the
 others stop with one line (`RankLostError`) naming it: each rank bumps its heartbeat counter in
 the rendezvous store every second from a thread, and a rank whose collective failed looks for
-the counters that stopped moving.
+the counters that stopped moving. Every collective is counted in `meter` (bytes per kind).
 """
 
 from __future__ import annotations
