@@ -22,3 +22,8 @@ def test_broadcast_from_the_root_on_gloo_along_a_ring_on_nccl():
 def test_a_butterfly_merge_sends_log2_w_rounds():
     assert wire_bytes("butterfly_topk", 10, 2) == 10
     assert wire_bytes("butterfly_topk", 10, 1000) == 100
+
+
+def test_a_gather_to_one_rank_and_point_to_point():
+    assert [wire_bytes("gather", 10, 3, r, root=1) for r in range(3)] == [10, 0, 10]
+    assert wire_bytes("send", 10, 2, 1) == 10 and wire_bytes("recv", 10, 2, 0) == 0

@@ -114,7 +114,7 @@ class DDPGroup:
         others (`--parallel layers`: the activations an SAE's owner trains on)."""
         u = t.contiguous().to(self.device)
         parts = [torch.empty_like(u) for _ in range(self.size)] if self.rank == dst else None
-        self._call(dist.gather, u, parts, dst)
+        self._call(dist.gather, u, parts, dst, kind="gather_to")
         return None if parts is None else [p.to(t.device) for p in parts]
 
     def kth_largest(self, candidates: Tensor, k: int) -> Tensor:
@@ -142,12 +142,12 @@ class DDPGroup:
         """Every rank's t (rank r's of shape shapes[r]) on rank 0's CPU, received one rank at
         a time (so rank 0's device holds one shard at once); None on the other ranks."""
         if self.rank != 0:
-            self._call(dist.send, t.contiguous().to(self.device), 0)
+            self._call(dist.send, t.contiguous().to(self.device), 0, kind="gather_to_0")
             return None
         parts = [t.detach().cpu().clone()]
         for r in range(1, self.size):
             buf = torch.empty(shapes[r], dtype=t.dtype, device=self.device)
-            self._call(dist.recv, buf, r)
+            self._call(dist.recv, buf, r, kind="gather_to_0")
             parts.append(buf.cpu())
         return parts
 
@@ -166,8 +166,9 @@ class DDPGroup:
         """Run a torch.distributed collective, counted in `meter` under `kind` (default: its
         own name); a failure becomes the one line naming the lost rank."""
         name = getattr(fn, "__name__", "collective")
+        root = kwargs.get("src", kwargs.get("dst", args[2] if name == "gather" else 0))
         try:
-            with self.meter.measure(kind or name, name, payload_bytes(name, args)):
+            with self.meter.measure(kind or name, name, payload_bytes(name, args), root):
                 fn(*args, **kwargs)
         except RuntimeError as e:  # torch.distributed's errors are RuntimeErrors
             raise self.lost(e) from None

@@ -54,20 +54,23 @@ class Meter:
     def reset(self) -> None:
         self.counts = {}
 
-    def add(self, kind: str, collective: str, nbytes: int, os_bytes: int | None = None) -> None:
+    def add(
+        self, kind: str, collective: str, nbytes: int, os_bytes: int | None = None, root: int = 0
+    ) -> None:
         """One call of `collective` (a torch.distributed name) for `kind`, given `nbytes`
-        (see `wire.wire_bytes`), of which the process wrote `os_bytes` to its sockets."""
-        wire = wire_bytes(collective, nbytes, self.size, self.rank, self.backend)
+        (see `wire.wire_bytes`; `root`: a gather's or broadcast's), of which the process
+        wrote `os_bytes` to its sockets."""
+        wire = wire_bytes(collective, nbytes, self.size, self.rank, self.backend, root)
         self.counts.setdefault(kind, Count()).add(Count(1, nbytes, wire, os_bytes))
 
     @contextlib.contextmanager
-    def measure(self, kind: str, collective: str, nbytes: int) -> Iterator[None]:
+    def measure(self, kind: str, collective: str, nbytes: int, root: int = 0) -> Iterator[None]:
         """Count the collective run inside the block (its socket writes too, where seen)."""
         before = _written() if self.os_counted else None
         yield
         after = _written() if before is not None else None
         os_bytes = None if before is None or after is None else after - before
-        self.add(kind, collective, nbytes, os_bytes)
+        self.add(kind, collective, nbytes, os_bytes, root)
 
     def snapshot(self) -> dict[str, dict[str, float | int | None]]:
         """Every kind's totals, and their sum under "total" (plain numbers, JSON-ready)."""

@@ -9,6 +9,7 @@ algorithms nccl and gloo run, from the bytes each rank gives it.
   the root, nothing elsewhere); nccl pipelines it along a ring (every rank but the root's
   predecessor forwards it once).
 - all-to-all: the chunks for the other ranks, (W - 1) / W of the input when chunks are equal.
+- gather to one rank, send: the tensor once from every rank but the root; recv: nothing.
 - butterfly top-k (a top-k merge in ceil(log2 W) rounds: each rank swaps its current best
   candidates with a partner and keeps the best of both): ceil(log2 W) x the candidates' bytes.
 
@@ -26,7 +27,8 @@ SCATTER = ("reduce_scatter", "reduce_scatter_tensor")
 TO_ALL = ("all_to_all", "all_to_all_single")
 BROADCAST = ("broadcast",)
 BUTTERFLY = ("butterfly_topk",)
-COLLECTIVES = REDUCE + GATHER + SCATTER + TO_ALL + BROADCAST + BUTTERFLY
+TO_ONE = ("gather", "send")
+COLLECTIVES = REDUCE + GATHER + SCATTER + TO_ALL + BROADCAST + BUTTERFLY + TO_ONE + ("recv",)
 
 
 def wire_bytes(
@@ -45,6 +47,10 @@ def wire_bytes(
         return (size - 1) * nbytes
     if collective in SCATTER or collective in TO_ALL:
         return share * nbytes
+    if collective in TO_ONE:
+        return 0.0 if rank == root else float(nbytes)
+    if collective == "recv":
+        return 0.0
     if collective in BUTTERFLY:
         return math.ceil(math.log2(size)) * nbytes
     if collective in BROADCAST:
