@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 import saescope.saes.base as saes_base
 from saescope.data import ArticleTask, ArticleTaskConfig
@@ -225,3 +225,31 @@ def test_a_run_resumes_only_on_its_own_world_size(tmp_path):
     assert "torchrun --nproc-per-node 2" in str(e.value) and "\n" not in str(e.value)
     with pytest.raises(ConfigError, match="Resume it with plain saescope"):
         check_world_size(1, 4, tmp_path)
+
+
+def test_a_checkpoint_without_resamplings_window_resumes_with_the_old_defaults(
+    tmp_path, monkeypatch
+):
+    """Checkpoints from before issue 18's fix record no resampling window or period: they
+    resume as they began (the dead window, steps/6), not with today's defaults."""
+    configs = [{"architecture": "relu", "d_in": 6, "d_sae": 24, "l1_coef": 10.0}]  # latents die
+    task = ArticleTask(ArticleTaskConfig(d_in=6, n_features=16), batch_size=64)
+    cfg = TrainConfig(steps=48, checkpoint_every=0, checkpoint_minutes=1e-9, progress=False)
+    cfg = dataclasses.replace(cfg, lr=0.05, init_samples=128)  # L0 below 1 within 12 steps
+    today = _uninterrupted(configs, task, cfg)
+    with monkeypatch.context() as m:  # the rule before the fix
+        m.setattr(TrainConfig, "resample_period", lambda self: max(1, self.steps // 6))
+        m.setattr(TrainConfig, "resample_window", TrainConfig.dead_window)
+        before = _uninterrupted(configs, task, cfg)
+        torch.manual_seed(0)
+        with pytest.raises(InputError, match="ended after 3 batches"):
+            train([make_sae(c) for c in configs], [task.batch(i) for i in range(3)], cfg, tmp_path)
+    pairs = zip(today[0].parameters(), before[0].parameters(), strict=True)
+    assert any(not torch.equal(a, b) for a, b in pairs)  # the two rules differ here
+    path = tmp_path / CHECKPOINT_FILE
+    with safe_open(str(path), "pt") as fh:
+        meta = json.loads(fh.metadata()["saescope_checkpoint"])
+    assert (meta.pop("resample_tokens"), meta.pop("resample_every")) == (meta["dead_tokens"], 8)
+    save_file(load_file(path), path, {"saescope_checkpoint": json.dumps(meta)})
+    resumed = train([make_sae(c) for c in configs], task, cfg, tmp_path, resume=True).saes
+    _assert_same_saes(before, resumed)

@@ -24,8 +24,18 @@ def test_dead_window_and_resample_period_follow_the_run():
     assert cfg.dead_window(1024) == 600 * 1024 // 10  # a tenth of the run's tokens
     assert TrainConfig(steps=10**6).dead_window(4096) == 10_000_000  # capped at 10M
     assert TrainConfig(steps=600, dead_tokens=77).dead_window(1024) == 77
-    assert cfg.resample_period() == 100
+    assert cfg.resample_period() == 50  # a twelfth of the steps
     assert TrainConfig(steps=600, resample_every=0).resample_period() == 0
+    assert TrainConfig(steps=600, resample_every=7).resample_period() == 7
+
+
+def test_resampling_has_a_third_of_the_dead_window_unless_one_is_given():
+    cfg = TrainConfig()  # 3,000 steps: 100 steps of 1,024 tokens
+    assert cfg.resample_window(1024) == 102_400 == cfg.dead_window(1024) // 3
+    assert TrainConfig(steps=10**6).resample_window(4096) == 10_000_000 // 3
+    assert TrainConfig(steps=1).resample_window(1) == 1
+    given = TrainConfig(steps=600, dead_tokens=77)  # given: one window for both, as before
+    assert given.resample_window(1024) == given.dead_window(1024) == 77
 
 
 @pytest.mark.parametrize(

@@ -31,8 +31,9 @@ CHECKPOINT_VERSION = 1
 @dataclass
 class Position:
     """Where a run is: steps done, tokens seen, the dead-latent window in tokens, the outlier
-    rule fitted at the start (None: every token trained on) and the tokens it set aside, and
-    the wall time spent training so far."""
+    rule fitted at the start (None: every token trained on) and the tokens it set aside, the
+    wall time spent training so far, and resampling's window (tokens) and period (steps;
+    0: never), fixed at the start so that a run resumes with the ones it began with."""
 
     step: int
     tokens: int
@@ -40,11 +41,22 @@ class Position:
     outlier_rule: OutlierRule | None = None
     set_aside: int = 0
     elapsed: float = 0.0
+    resample_tokens: int = 0
+    resample_every: int = 0
+
+    @classmethod
+    def start(cls, cfg: TrainConfig, batch_tokens: int, rule: OutlierRule | None) -> Position:
+        """A fresh run's position: the windows and period from cfg and the first batch."""
+        dead, window = cfg.dead_window(batch_tokens), cfg.resample_window(batch_tokens)
+        return cls(0, 0, dead, rule, resample_tokens=window, resample_every=cfg.resample_period())
 
     @classmethod
     def from_meta(cls, meta: dict[str, Any]) -> Position:
-        """The position a checkpoint's JSON records (older checkpoints: no rule, no time)."""
+        """The position a checkpoint's JSON records (older checkpoints: no rule, no time, and
+        resampling at the dead window every `resample_every` or steps/6 steps, as then)."""
         rule = OutlierRule.from_dict(meta.get("outlier_rule"))
+        train = meta.get("train", {})
+        every = train.get("resample_every")
         return cls(
             meta["step"],
             meta["tokens"],
@@ -52,7 +64,14 @@ class Position:
             rule,
             int(meta.get("set_aside", 0)),
             float(meta.get("elapsed", 0.0)),
+            int(meta.get("resample_tokens", meta["dead_tokens"])),
+            int(meta.get("resample_every", every if every is not None else _old_period(train))),
         )
+
+
+def _old_period(train: dict[str, Any]) -> int:
+    """The default period before issue 18's fix, for checkpoints that do not record theirs."""
+    return max(1, int(train.get("steps", TrainConfig.steps)) // 6)
 
 
 def jsonable(d: Any) -> Any:

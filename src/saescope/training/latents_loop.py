@@ -282,8 +282,8 @@ def train_latents(
             due = out_path is not None and loop._checkpoint_due(cfg, at + 1, saved_at)
             out, flags = step(slot, x, y, at, cfg, pos.dead_tokens, _flags(group, due, stop.signum))
             pos.step, pos.tokens = at + 1, pos.tokens + rows
-            if loop._resample_due(cfg, pos.step) and sae.cfg.dead_latent_strategy == "resample":
-                resample(slot, x, y, out, pos.dead_tokens, gen)
+            if loop._resample_due(cfg, pos) and sae.cfg.dead_latent_strategy == "resample":
+                resample(slot, x, y, out, pos.resample_tokens, gen)
             if pos.step % cfg.log_every == 0 or pos.step == cfg.steps:
                 slot.last_log = {"sae": 0, **_log(slot, out, y, pos, group), **clock.fields(pos)}
                 if log_file:

@@ -211,7 +211,7 @@ def _start_fresh(
     if out_path and group.rank == 0:
         out_path.mkdir(parents=True, exist_ok=True)
         (out_path / METRICS_FILE).unlink(missing_ok=True)
-    pos = Position(0, 0, cfg.dead_window(first[0][0].shape[0]), rule)
+    pos = Position.start(cfg, first[0][0].shape[0], rule)
     return pos, itertools.chain(taken, stream)
 
 
@@ -263,8 +263,8 @@ def _checkpoint_due(cfg: TrainConfig, step: int, saved_at: float) -> bool:
     return bool(by_steps or late or step == cfg.steps)
 
 
-def _resample_due(cfg: TrainConfig, step: int) -> bool:
-    every = cfg.resample_period()
+def _resample_due(cfg: TrainConfig, pos: Position) -> bool:
+    every, step = pos.resample_every, pos.step
     return bool(every) and step % every == 0 and step < 0.6 * cfg.steps
 
 
@@ -281,7 +281,7 @@ def _resample(
     for s, out in zip(slots, outs, strict=True):
         if s.sae.cfg.dead_latent_strategy == "resample":
             xs, ys, o = (x, y, out) if share is None else share.gathered(x, y, out)
-            optim.resample(s, xs, ys, o, s.dead(pos.dead_tokens), gen)
+            optim.resample(s, xs, ys, o, s.dead(pos.resample_tokens), gen)
 
 
 def train(
@@ -347,7 +347,7 @@ def train(
             tail.keep(step, x, rows)
             outs = [optim.step(s, x, y, step, cfg, pos.dead_tokens, share) for s in slots]
             pos.step, pos.tokens = step + 1, pos.tokens + rows
-            if _resample_due(cfg, pos.step):
+            if _resample_due(cfg, pos):
                 _resample(slots, outs, x, y, pos, gen, share)
             if pos.step % cfg.log_every == 0 or pos.step == cfg.steps:
                 logs.write_rows(slots, outs, y, pos, log_file, bar, clock, loggers, share)
