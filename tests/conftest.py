@@ -90,7 +90,9 @@ def _order(item: pytest.Item) -> tuple[int, int]:
     return first, 0 if long else 1
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups (`--dist loadgroup`)
+# A wrapper: its part before `yield` runs before every plugin's hook, xdist's included, which
+# reads the groups (`--dist loadgroup`); tryfirst=True is not enough for that.
+@pytest.hookimpl(wrapper=True)
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if "claim_seed" in getattr(item, "fixturenames", ()) and not item.get_closest_marker(
@@ -114,6 +116,20 @@ def pytest_collection_modifyitems(config, items):
     first = next((i for i, it in enumerate(items) if "indexed_glass" in it.fixturenames), None)
     if first is not None and first > 1:
         items.insert(1, items.pop(first))
+    yield
+    _send_groups(config, items)
+
+
+def _send_groups(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """What xdist's worker does for `--dist loadgroup` (the group after an `@` in the ids it
+    sends the scheduler) where xdist cannot: pytest 9.2 keeps a node's id in `_id`, xdist 3.8
+    still writes `_nodeid`, and without this every test would be a unit of its own."""
+    if not getattr(config.option, "loadgroup", False):
+        return
+    for item in items:
+        mark = item.get_closest_marker("xdist_group")
+        if mark is not None and "@" not in item.nodeid and hasattr(item, "_id"):
+            item._id = type(item._id).parse(f"{item.nodeid}@{mark.args[0]}")
 
 
 @pytest.fixture(scope="session")
