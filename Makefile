@@ -24,16 +24,20 @@ corpus: $(BIN)/saescope
 demo: $(BIN)/saescope corpus
 	$(BIN)/saescope demo
 
-# Every unit, contract and error test, and each claim of the seed article on seed 0. Two
-# workers; an idle one takes tests from the other's queue (worksteal), and the long tests come
-# first (tests/conftest.py), so neither waits while the other runs the last long one.
+# Two workers, each taking the next work unit when it is free: a test, or a module whose tests
+# share a module-scoped fixture (built once), or the browser tests (tests/conftest.py groups
+# them). The longest come first, in tests/conftest.py's order (--no-loadscope-reorder keeps it),
+# so neither worker waits while the other runs the last long one.
+PYTEST_XDIST := -n 2 --dist loadgroup --no-loadscope-reorder
+
+# Every unit, contract and error test, and each claim of the seed article on seed 0.
 test: $(BIN)/saescope corpus $(CHROMIUM)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -n 2 --dist worksteal
+	$(BIN)/python -m pytest -q $(PYTEST_XDIST)
 
 # Every claim test (pytest -m claim) on seeds 0, 1 and 2, as docs/RESULTS.md reports them.
 claims: $(BIN)/saescope corpus
-	$(BIN)/python -m pytest -q -n 2 --dist worksteal -m claim --all-seeds
+	$(BIN)/python -m pytest -q $(PYTEST_XDIST) -m claim --all-seeds
 
 # Training-step speed against the peer libraries (installed into bench/.peers-venv on first
 # use) and the roofline; writes bench/RESULTS.md and bench/scaling.png. About 20 minutes.
