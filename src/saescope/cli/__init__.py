@@ -5,6 +5,7 @@ printed as one line (exit status 2)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import warnings
 from collections.abc import Sequence
@@ -24,6 +25,7 @@ from saescope.cli import (
     steer,
     train,
 )
+from saescope import precision
 from saescope.errors import SaescopeError
 
 COMMANDS = (
@@ -57,12 +59,20 @@ def _warn(message: Warning | str, *_: Any, **__: Any) -> None:
     print(f"saescope: warning: {message}", file=sys.stderr)
 
 
+def _precision(ns: argparse.Namespace) -> contextlib.AbstractContextManager[None]:
+    """The model precision of harvest, eval, steer and index (train settles its own)."""
+    if ns.command not in ("harvest", "eval", "steer", "index"):
+        return contextlib.nullcontext()
+    return precision.for_command(ns.precision, getattr(ns, "device", None) or "cpu")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
     try:
         with warnings.catch_warnings():  # restores showwarning after
             warnings.showwarning = _warn
-            return ns.handler(ns)
+            with _precision(ns):
+                return ns.handler(ns)
     except SaescopeError as e:
         print(f"saescope: error: {e}", file=sys.stderr)
         return 2

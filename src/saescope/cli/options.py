@@ -12,6 +12,7 @@ import textwrap
 from functools import cache
 from typing import Any
 
+from saescope import precision
 from saescope.models import MODELS
 
 MODEL_HELP = f"an embedded model ({', '.join(MODELS)}) or a local Hugging Face model folder"
@@ -103,3 +104,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--target", default=None, help="a transcoder's target hook (y); default: y = x")
     g.add_argument("--text", nargs="+", default=None, help=TEXT_HELP)
     g.add_argument("--context", type=int, help="tokens per context (default: 128)")
+
+
+
+def add_precision(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--precision", default="auto", help=precision.COMMAND_HELP)
