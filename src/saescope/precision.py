@@ -42,12 +42,6 @@ FP16_CPU = (
 )
 
 
-COMMAND_HELP = (
-    "fp32, bf16 or auto (default): the model's forward in bfloat16 where this machine runs "
-    "it clearly faster (docs/PRECISION.md)"
-)
-
-
 class SlowPrecisionWarning(UserWarning):
     """bf16 was asked for where it is not native: it runs (emulated in the SAE step), slower
     than or as fast as fp32."""

@@ -11,6 +11,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
+from saescope import precision
 from saescope.cli import (
     convert,
     demo,
@@ -25,7 +26,6 @@ from saescope.cli import (
     steer,
     train,
 )
-from saescope import precision
 from saescope.errors import SaescopeError
 
 COMMANDS = (

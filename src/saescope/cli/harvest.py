@@ -21,7 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     hv.add_argument("--tokens", type=int, help="tokens to harvest (default: all the text)")
     hv.add_argument("--batch-size", type=int, default=32, help="contexts per forward pass")
     hv.add_argument("--shard-contexts", type=int, default=256, help="contexts per shard file")
-    options.add_precision(hv)
+    hv.add_argument("--precision", default="auto", help=options.PRECISION_HELP)
     return hv
 
 

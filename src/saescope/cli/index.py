@@ -34,7 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     peer.add_args(p)
-    options.add_precision(p)
+    p.add_argument("--precision", default="auto", help=options.PRECISION_HELP)
     return p
 
 

@@ -12,10 +12,10 @@ import textwrap
 from functools import cache
 from typing import Any
 
-from saescope import precision
 from saescope.models import MODELS
 
 MODEL_HELP = f"an embedded model ({', '.join(MODELS)}) or a local Hugging Face model folder"
+PRECISION_HELP = "fp32, bf16 or auto (default: bf16 where clearly faster; docs/PRECISION.md)"
 TEXT_HELP = 'text files, folders or .jsonl ("text" per line); default: the installed corpus'
 
 
@@ -104,8 +104,3 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--target", default=None, help="a transcoder's target hook (y); default: y = x")
     g.add_argument("--text", nargs="+", default=None, help=TEXT_HELP)
     g.add_argument("--context", type=int, help="tokens per context (default: 128)")
-
-
-
-def add_precision(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--precision", default="auto", help=precision.COMMAND_HELP)

@@ -35,7 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     s.add_argument("--top-tokens", type=int, default=5, help="logit tokens per feature (5)")
     s.add_argument("--json", action="store_true", help="print one JSON object")
     peer.add_args(s)
-    options.add_precision(s)
+    s.add_argument("--precision", default="auto", help=options.PRECISION_HELP)
     return s
 
 
