@@ -4,8 +4,8 @@
 accumulation, returned as float32: the one N x d_sae piece of an SAE step, and the only part
 of it in bfloat16 (master weights, gradients, Adam state, the chosen codes' values and every
 other product stay float32). The copy of a weight is cached and made again when the weight
-changes (its version counter moves: every optimiser step, renormalisation or resampling), so
-one copy serves every product between two optimiser steps.
+changes (after each optimiser step, `forget`, and whenever its version counter moves:
+resampling, a checkpoint loaded), so one copy serves every product between two steps.
 
 Where the processor has no native bfloat16 matmul (an AVX2 CPU, where torch's bf16 matmul
 runs 8 to 80 times slower than fp32) the product is emulated with the same rounding: inputs
@@ -62,6 +62,13 @@ def low_copy(w: Tensor, emulated: bool = False) -> Tensor:
         if len(_copies) > 16:  # weights of SAEs long gone: drop the oldest
             _copies.pop(next(iter(_copies)))
     return low
+
+
+def forget(w: Tensor) -> None:
+    """Drop w's copy: the next product makes it again. The optimiser step calls it, since the
+    fused Adam writes the weights without moving their version counter."""
+    with _lock:
+        _copies.pop(id(w), None)
 
 
 def release_copies() -> None:
