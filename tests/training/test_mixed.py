@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from saescope import lowp, precision
 from saescope.data import ArticleTask, ArticleTaskConfig
 from saescope.errors import InputError
-from saescope.evaluate import evaluate, evaluate_in_model
+from saescope.evaluate import evaluate_in_model
 from saescope.models.downstream import model_logits
 from saescope.models.harvest import harvest
 from saescope.runs import DataSpec
@@ -152,16 +152,14 @@ def test_ground_truth_recovery_is_unchanged_in_bf16(claim_seed):
     """On a hidden-feature task (48 features in 32-D), every feature fp32 recovers at cosine
     >= 0.99 bf16 recovers too."""
     task = ArticleTask(ArticleTaskConfig(d_in=32, n_features=48, feature_seed=claim_seed), 1024)
-    held = ArticleTask(task.cfg, batch_size=8192, seed=99)
     found = {}
     for name in ("fp32", "bf16"):
         torch.manual_seed(claim_seed)
         sae = make_sae({"architecture": "topk", "d_in": 32, "d_sae": 64, "k": 2})
-        cfg = TrainConfig(steps=600, lr_decay_start=0.5, progress=False, precision=name)
+        cfg = TrainConfig(steps=200, lr_decay_start=0.5, progress=False, precision=name)
         trained = train(sae, task, cfg).saes[0]
         dec = torch.nn.functional.normalize(trained.W_dec.detach(), dim=1)
         found[name] = (task.features @ dec.T).max(dim=1).values  # best cosine per feature
-        found[name + "_ev"] = evaluate(trained, held, 8192)["explained_variance"]
     got = found["fp32"] >= 0.99
     assert got.float().mean() > 0.5, found  # the task is learnable at this size
     assert bool((found["bf16"][got] >= 0.99).all()), found
