@@ -56,7 +56,7 @@ def test_bad_precisions_are_one_line_errors():
 def test_bf16_on_a_cuda_device_without_it_names_auto(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
-    with pytest.raises(ConfigError, match="does not support bfloat16.*auto"):
+    with pytest.raises(ConfigError, match=r"does not support bfloat16.*auto"):
         precision.resolve("bf16", "cuda")
     assert precision.resolve("auto", "cuda").name == "fp32"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
