@@ -231,8 +231,12 @@ class BatchTopK(Chooser):
     def fused(self, raw: Tensor, bias: Tensor) -> tuple[Pattern, Tensor] | None:
         n, m = raw.shape
         keep = min(self.n_keep, n * m)
-        pos = torch.arange(0, n * m, self.stride)
-        cut = self._cut(raw.reshape(-1)[pos] + bias[pos % m], n * m)
+        if n >= 4 * self.stride:  # every stride-th row: contiguous reads, the same sample size
+            sample = (raw[:: self.stride] + bias).view(-1)
+        else:  # every stride-th entry (a gather that misses the cache at every entry)
+            pos = torch.arange(0, n * m, self.stride)
+            sample = raw.reshape(-1)[pos] + bias[pos % m]
+        cut = self._cut(sample, n * m)
         if cut is None or not bool(torch.isfinite(cut)):
             return None
         crow, col, val = native.above_bias(raw, bias, float(cut), inclusive=True)
