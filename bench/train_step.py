@@ -458,9 +458,12 @@ def write_results(
         f"best of {a.rounds} interleaved rounds. ReLU-L1 and JumpReLU run at L0 ~ {a.l0} "
         "(thresholds set to each latent's quantile). Command: `make bench`.",
         "",
+        f"CPU flags: {cpu_flags()}. bf16 rows: {getattr(a, 'bf16_note', 'not run')}",
+        "",
         "| implementation | library | version | tokens/s | vs SAELens TopK fastest | "
-        "share of roofline | peak RSS MB | RSS before steps MB | L0 | setting |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "share of roofline | share of bf16 roofline | peak RSS MB | RSS before steps MB | L0 | "
+        "setting |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for impl, r in sorted(rows.items(), key=lambda kv: -kv[1]["tokens_per_s"]):
         vs = f"{r['tokens_per_s'] / ref['tokens_per_s']:.2f}x" if ref else "-"
