@@ -55,7 +55,9 @@ def glass_rows(a: argparse.Namespace, model, data: DataSpec) -> list[str]:
                     steps=a.steps, lr=0.004, progress=False, precision=prec, seed=seed
                 )
                 saes[prec] = train(sae, stream, cfg).saes[0]
-                got[prec] = evaluate_in_model(saes[prec], model, held, HOOK, 4096, 8)
+                got[prec] = evaluate_in_model(
+                    saes[prec], model, held, HOOK, max_tokens=4096, batch_size=8
+                )
             differ = _differ(saes["fp32"], x[:8192])
             f, b = got["fp32"], got["bf16"]
             rows.append(
