@@ -7,8 +7,9 @@ bench/E2E.md with the CPU flags.
 
 - saescope fp32 / bf16: the CLI in a fresh process (`--precision fp32|bf16`), TopK, d_sae
   8 x 576, k 32, 1,024-token batches of 128-token contexts (the defaults); tokens/s from the
-  run's own clock (metrics.jsonl: model forward + SAE step, not the model's load), and the
-  whole command's wall time beside it.
+  run's own clock (metrics.jsonl: model forward + SAE step of the training steps; not the
+  model's load, the tokenisation or the forward of the first batches that set the
+  normalisation), and tokens / the whole command's wall time beside it (all of those).
 - sparsify: `sparsify.Trainer.fit` (bench/e2e_sparsify.py, in the peers' venv of `make bench`)
   on the same token ids (saescope's training contexts of the default corpus) with the same
   float32 SmolLM2 folder loaded by transformers, its TopK SparseCoder at the same layer with
@@ -112,14 +113,14 @@ def write(rows: list[dict], a: argparse.Namespace) -> str:
         f"{cpu_flags()}; Python {platform.python_version()}, torch {torch.__version__}. "
         f"{a.tokens:,} training tokens; command: `make bench-e2e`.",
         "",
-        "| run | tokens/s | vs saescope fp32 | wall s (command) | setting |",
-        "|---|---|---|---|---|",
+        "| run | tokens/s | vs saescope fp32 | wall s | tokens / wall s | setting |",
+        "|---|---|---|---|---|---|",
     ]
     for r in rows:
         vs = f"{r['tokens_per_s'] / fp32['tokens_per_s']:.2f}x" if fp32 else "-"
         lines.append(
             f"| {r['impl']} | {r['tokens_per_s']:,.0f} | {vs} | {r['wall_s']:.1f} | "
-            f"{r['setting']} |"
+            f"{r['tokens'] / r['wall_s']:,.0f} | {r['setting']} |"
         )
     text = "\n".join(lines) + "\n"
     tmp = a.out.with_suffix(".tmp")
