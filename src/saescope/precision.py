@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -133,12 +134,13 @@ def warn_slow(choice: Choice) -> None:
         )
 
 
-def for_command(name: str, device: str | torch.device = "cpu") -> Any:
+def for_command(name: str, device: str | torch.device = "cpu", to_stderr: bool = False) -> Any:
     """A command's `model_precision` block for --precision `name`: resolved, warned about
-    where bf16 is not native, and said in one line."""
+    where bf16 is not native, and said in one line (on stderr with to_stderr: a command
+    whose stdout is JSON)."""
     choice = resolve(name, device)
     warn_slow(choice)
-    print(choice.line())
+    print(choice.line(), file=sys.stderr if to_stderr else sys.stdout)
     return model_precision(choice.name)
 
 

@@ -63,7 +63,8 @@ def _precision(ns: argparse.Namespace) -> contextlib.AbstractContextManager[None
     """The model precision of harvest, eval, steer and index (train settles its own)."""
     if ns.command not in ("harvest", "eval", "steer", "index"):
         return contextlib.nullcontext()
-    return precision.for_command(ns.precision, getattr(ns, "device", None) or "cpu")
+    device = getattr(ns, "device", None) or "cpu"
+    return precision.for_command(ns.precision, device, bool(getattr(ns, "json", False)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
