@@ -90,3 +90,14 @@ def test_a_model_runs_in_bf16_only_within_the_block_and_hooks_see_float32(glass)
     with pytest.raises(ConfigError, match="resolve auto first"):
         with precision.model_precision("auto"):
             pass
+
+
+def test_a_deep_copy_of_a_following_model_runs_its_own_weights(glass):
+    import copy
+
+    model, _ = glass
+    twin = copy.deepcopy(model).to(torch.float64)
+    ids = torch.randint(0, 1000, (1, 8))
+    with torch.no_grad():
+        assert twin(ids).dtype == torch.float64  # not the original's float32 forward
+    assert type(twin).__name__ == type(model).__name__ == "GlassLM"

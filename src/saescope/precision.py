@@ -22,9 +22,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import functools
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -172,23 +171,29 @@ def _device_type(model: nn.Module) -> str:
     return p.device.type if p is not None else "cpu"
 
 
+_FOLLOWING: dict[type, type] = {}
+
+
 def follow(model: nn.Module) -> nn.Module:
     """Make the model's forward run under bf16 autocast while `model_precision("bf16")` is
-    open (in place; a second call changes nothing). Returns the model."""
-    if getattr(model, "_saescope_follows", False):
+    open (in place: its class becomes a subclass of the same name whose forward enters the
+    autocast, so a deep copy follows too; a second call changes nothing). Returns the model."""
+    base = type(model)
+    if getattr(base, "_saescope_follows", False):
         return model
-    forward: Callable[..., Any] = model.forward
+    if base not in _FOLLOWING:
 
-    @functools.wraps(forward)
-    def autocast_forward(*args: Any, **kwargs: Any) -> Any:
-        dtype = model_dtype()
-        if dtype is None:
-            return forward(*args, **kwargs)
-        with torch.autocast(_device_type(model), dtype=dtype):
-            return forward(*args, **kwargs)
+        def forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
+            dtype = model_dtype()
+            if dtype is None:
+                return base.forward(self, *args, **kwargs)
+            with torch.autocast(_device_type(self), dtype=dtype):
+                return base.forward(self, *args, **kwargs)
 
-    model.forward = autocast_forward  # type: ignore[method-assign]
-    model._saescope_follows = True  # type: ignore[assignment]
+        names = {"__module__": base.__module__, "__qualname__": base.__qualname__}
+        _FOLLOWING[base] = type(base.__name__, (base,), {**names, "forward": forward,
+                                                         "_saescope_follows": True})  # fmt: skip
+    model.__class__ = _FOLLOWING[base]
     return model
 
 
