@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Dev installs pin the CPU build of torch; the library itself declares a range.
 TORCH_PIN := torch==2.13.0
 
-.PHONY: demo test claims lint fixtures interop-check bench bench-gpu bench-harvest bench-steer bench-cache bench-eval bench-index bench-load bench-e2e clean corpus screenshots
+.PHONY: demo test claims lint fixtures interop-check bench bench-gpu bench-harvest bench-steer bench-cache bench-eval bench-index bench-load bench-dist bench-e2e clean corpus screenshots
 
 $(BIN)/saescope: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -96,6 +96,13 @@ bench-index: $(BIN)/saescope corpus
 # first unless RUN=... names one); writes bench/LOAD.md. A few minutes on 2 cores.
 bench-load: $(BIN)/saescope corpus
 	$(BIN)/python bench/load.py $(if $(RUN),--run $(RUN))
+
+# Data-parallel training on 2 CPU ranks (gloo) against one process (1 and 2 threads) on the
+# same global batches, topk and relu at d_in 512, d_sae 8192, batch 4096: tokens/s, and the
+# bytes per step (the byte meter) against docs/SCALING.md's formula; writes
+# bench/DISTRIBUTED.md. Several minutes on 2 idle cores.
+bench-dist: $(BIN)/saescope
+	$(BIN)/python bench/distributed.py
 
 # Debian's Chromium for the browser tests (Playwright drives it; nothing is downloaded by
 # Playwright itself). apt as root, else through sudo.

@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 
 from saescope import SAE
 from saescope.cli import main
+from saescope.parallel import plan
 from saescope.training.checkpoint import read_meta
 from tests.parallel import ranks
 
@@ -146,3 +147,43 @@ def test_a_killed_rank_stops_the_other_and_the_run_resumes(tmp_path, capsys):
     assert read_meta(run)["step"] == 60
     got = load_file(run / "sae_weights.safetensors")
     _close(got, load_file(tmp_path / "one" / "sae_weights.safetensors"), "resumed")
+
+
+METER = r"""
+import json, sys, torch
+from saescope import parallel
+from saescope.data.stream import RowBatches
+from saescope.saes import make_sae
+from saescope.training import TrainConfig, train
+torch.set_num_threads(1)
+with parallel.launched("ddp", timeout=30) as group:
+    rows = torch.randn(1024, 16, generator=torch.Generator().manual_seed(0))
+    batches = parallel.Shard(RowBatches(rows, batch_size=256, seed=1), group.rank, group.size)
+    torch.manual_seed(0)
+    sae = make_sae({"architecture": "topk", "d_in": 16, "d_sae": 64, "k": 4})
+    snaps, read = [], batches.batch
+    batches.batch = lambda i: (snaps.append(group.meter.snapshot()), read(i))[1]
+    cfg = TrainConfig(steps=5, log_every=5, checkpoint_every=0, progress=False, init_samples=256)
+    train(sae, batches, cfg, None, group=group)
+    step = {k: {f: v - (snaps[2].get(k) or {}).get(f, 0) for f, v in c.items() if v is not None}
+            for k, c in snaps[3].items()}
+    open(sys.argv[1] + str(group.rank), "w").write(json.dumps(step))
+"""
+
+
+@pytest.mark.slow  # two processes importing torch: ~8 s of CPU, ~4 s on 2 idle cores
+def test_the_meter_counts_the_bytes_of_a_step_as_the_model_says(tmp_path):
+    """One ddp step's collectives, counted on each of 2 ranks: the gradient all-reduce is the
+    size docs/SCALING.md's formula gives, and the bytes written to the sockets during the
+    collectives are that model's plus gloo's headers."""
+    procs = _ranks(lambda r: [sys.executable, "-c", METER, str(tmp_path / "step")], tmp_path)
+    for r, p in enumerate(procs):
+        assert p.wait(timeout=120) == 0, _errors(tmp_path, r)
+    model = plan.ddp_collectives(plan.SAESize(16, 64, 4), 2)
+    step = json.loads((tmp_path / "step1").read_text())  # rank 1's step 2
+    assert step["sum"]["calls"] == len(model) == 2
+    assert step["sum"]["tensor"] == sum(c.nbytes for c in model)
+    assert step["sum"]["wire"] == sum(c.wire() for c in model)
+    assert step["gather"]["tensor"] == 8 + 4 * 128 * 16  # the tail (each rank's row count, rows)
+    total = step["total"]
+    assert total["wire"] <= total["os"] <= total["wire"] + 1024 * total["calls"]

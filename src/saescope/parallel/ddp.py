@@ -5,7 +5,7 @@ over every rank), started and stopped with the process group, and a lost rank na
 Every collective waits at most `timeout` seconds. A rank that dies or hangs then makes the
 others stop with one line (`RankLostError`) naming it: each rank bumps its heartbeat counter in
 the rendezvous store every second from a thread, and a rank whose collective failed looks for
-the counters that stopped moving.
+the counters that stopped moving. Every collective is counted in `meter` (bytes per kind).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from saescope.errors import SaescopeError
+from saescope.parallel.meter import Meter, payload_bytes
 from saescope.parallel.world import DEFAULT_TIMEOUT, World, backend_for
 
 BEAT_S = 1.0
@@ -34,6 +35,9 @@ class RankLostError(SaescopeError):
 
 class DDPGroup:
     """This process's place in a torch.distributed process group training one run."""
+
+    mode = "ddp"
+    """The parallel mode the group trains in (`parallel.launched` sets it)."""
 
     def __init__(self, world: World, device: str = "cpu", timeout: float = DEFAULT_TIMEOUT):
         self.rank, self.size, self.world = world.rank, world.size, world
@@ -58,6 +62,8 @@ class DDPGroup:
                 f"{world.host}:{world.port} ({_first(e)}); check MASTER_ADDR and MASTER_PORT, "
                 "or launch with torchrun"
             ) from None
+        self.meter = Meter(self.size, self.rank, self.backend)
+        """Bytes this rank's collectives moved, by kind (`reset`, `snapshot`)."""
         self._stop = threading.Event()
         self._beats = threading.Thread(target=self._beat, name="saescope-heartbeat", daemon=True)
         self._beats.start()
@@ -82,26 +88,34 @@ class DDPGroup:
     # ----- the collectives (training.group.Group) --------------------------------------------
 
     def sum_(self, t: Tensor) -> Tensor:
-        return self._in_place(t, lambda u: dist.all_reduce(u, dist.ReduceOp.SUM))
+        return self._in_place(t, dist.all_reduce, "sum", op=dist.ReduceOp.SUM)
 
     def min_(self, t: Tensor) -> Tensor:
-        return self._in_place(t, lambda u: dist.all_reduce(u, dist.ReduceOp.MIN))
+        return self._in_place(t, dist.all_reduce, "min", op=dist.ReduceOp.MIN)
 
     def broadcast_(self, t: Tensor) -> Tensor:
-        return self._in_place(t, lambda u: dist.broadcast(u, src=0))
+        return self._in_place(t, dist.broadcast, "broadcast", src=0)
 
     def gather(self, t: Tensor) -> Tensor:
         """Every rank's rows of t (its own count each: padded to the largest to travel),
         concatenated in rank order."""
         n = torch.tensor([t.shape[0]], device=self.device)
         counts = [torch.zeros_like(n) for _ in range(self.size)]
-        self._call(dist.all_gather, counts, n)
+        self._call(dist.all_gather, counts, n, kind="gather")
         most = int(max(int(c) for c in counts))
         padded = t.new_zeros((most, *t.shape[1:]), device=self.device)
         padded[: t.shape[0]] = t
         parts = [torch.empty_like(padded) for _ in range(self.size)]
-        self._call(dist.all_gather, parts, padded)
+        self._call(dist.all_gather, parts, padded, kind="gather")
         return torch.cat([p[: int(c)] for p, c in zip(parts, counts, strict=True)]).to(t.device)
+
+    def gather_to(self, t: Tensor, dst: int) -> list[Tensor] | None:
+        """Every rank's t (the same shape on each) on rank `dst`, in rank order; None on the
+        others (`--parallel layers`: the activations an SAE's owner trains on)."""
+        u = t.contiguous().to(self.device)
+        parts = [torch.empty_like(u) for _ in range(self.size)] if self.rank == dst else None
+        self._call(dist.gather, u, parts, dst, kind="gather_to")
+        return None if parts is None else [p.to(t.device) for p in parts]
 
     def kth_largest(self, candidates: Tensor, k: int) -> Tensor:
         """The k-th largest value of every rank's candidates (each rank's k largest, or all it
@@ -112,21 +126,50 @@ class DDPGroup:
         padded = mine.new_full((k,), float("-inf"))
         padded[: mine.numel()] = mine
         parts = [torch.empty_like(padded) for _ in range(self.size)]
-        self._call(dist.all_gather, parts, padded)
+        self._call(dist.all_gather, parts, padded, kind="kth_largest")
         return torch.cat(parts).topk(k, sorted=False).values.min().to(candidates.device)
+
+    # ----- for latent sharding (`--parallel latents`, training.latents) ------------------
+
+    def all_gather(self, t: Tensor) -> list[Tensor]:
+        """Every rank's t (the same shape on each), in rank order."""
+        u = t.contiguous().to(self.device)
+        parts = [torch.empty_like(u) for _ in range(self.size)]
+        self._call(dist.all_gather, parts, u)
+        return [p.to(t.device) for p in parts]
+
+    def gather_to_0(self, t: Tensor, shapes: list[tuple[int, ...]]) -> list[Tensor] | None:
+        """Every rank's t (rank r's of shape shapes[r]) on rank 0's CPU, received one rank at
+        a time (so rank 0's device holds one shard at once); None on the other ranks."""
+        if self.rank != 0:
+            self._call(dist.send, t.contiguous().to(self.device), 0, kind="gather_to_0")
+            return None
+        parts = [t.detach().cpu().clone()]
+        for r in range(1, self.size):
+            buf = torch.empty(shapes[r], dtype=t.dtype, device=self.device)
+            self._call(dist.recv, buf, r, kind="gather_to_0")
+            parts.append(buf.cpu())
+        return parts
 
     # ----- failures ----------------------------------------------------------------------------
 
-    def _in_place(self, t: Tensor, op: Callable[[Tensor], Any]) -> Tensor:
+    def _in_place(
+        self, t: Tensor, fn: Callable[..., Any], kind: str = "", /, **kwargs: Any
+    ) -> Tensor:
         u = t if t.is_contiguous() and t.device == self.device else t.contiguous().to(self.device)
-        self._call(op, u)
+        self._call(fn, u, kind=kind, **kwargs)
         if u is not t:
             t.copy_(u)
         return t
 
-    def _call(self, op: Callable[..., Any], *args: Any) -> None:
+    def _call(self, fn: Callable[..., Any], /, *args: Any, kind: str = "", **kwargs: Any) -> None:
+        """Run a torch.distributed collective, counted in `meter` under `kind` (default: its
+        own name); a failure becomes the one line naming the lost rank."""
+        name = getattr(fn, "__name__", "collective")
+        root = kwargs.get("src", kwargs.get("dst", args[2] if name == "gather" else 0))
         try:
-            op(*args)
+            with self.meter.measure(kind or name, name, payload_bytes(name, args), root):
+                fn(*args, **kwargs)
         except RuntimeError as e:  # torch.distributed's errors are RuntimeErrors
             raise self.lost(e) from None
 
