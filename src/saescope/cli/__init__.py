@@ -43,6 +43,9 @@ COMMANDS = (
     convert,
 )
 
+PRECISION_COMMANDS = ("harvest", "eval", "steer", "index")  # train's is a TrainConfig field
+PRECISION_HELP = "fp32, bf16 or auto (default: bf16 where clearly faster; docs/PRECISION.md)"
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -50,7 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True)
     for command in COMMANDS:
-        command.add_parser(sub).set_defaults(handler=command.run)
+        parser = command.add_parser(sub)
+        parser.set_defaults(handler=command.run)
+        if command.__name__.rsplit(".", 1)[-1] in PRECISION_COMMANDS:
+            parser.add_argument("--precision", default="auto", help=PRECISION_HELP)
     return p
 
 
@@ -61,7 +67,7 @@ def _warn(message: Warning | str, *_: Any, **__: Any) -> None:
 
 def _precision(ns: argparse.Namespace) -> contextlib.AbstractContextManager[None]:
     """The model precision of harvest, eval, steer and index (train settles its own)."""
-    if ns.command not in ("harvest", "eval", "steer", "index"):
+    if ns.command not in PRECISION_COMMANDS:
         return contextlib.nullcontext()
     device = getattr(ns, "device", None) or "cpu"
     return precision.for_command(ns.precision, device, bool(getattr(ns, "json", False)))

@@ -54,7 +54,6 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     e.add_argument("--suite", default="core", help="core,probing,absorption (docs/EVALS.md)")
     e.add_argument("--probe-contexts", type=int, default=128, help="probing: contexts per class")
     e.add_argument("--absorption-words", type=int, default=1500, help="absorption: words")
-    e.add_argument("--precision", default="auto", help=options.PRECISION_HELP)
     options.add_config_args(e.add_argument_group("synthetic data options"), ArticleTaskConfig)
     return e
 

@@ -29,7 +29,6 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     hv.add_argument("--shard-contexts", type=int, default=256, help="contexts per shard file")
     hv.add_argument("--dtype", choices=CACHE_DTYPES, default=None, help=DTYPE_HELP)
     hv.add_argument("--device", default="cpu", help="where the model runs: cpu, cuda, cuda:N")
-    hv.add_argument("--precision", default="auto", help=options.PRECISION_HELP)
     return hv
 
 

@@ -8,7 +8,7 @@ import argparse
 from pathlib import Path
 
 from saescope.analysis import FeatureIndex, IndexConfig, index_run
-from saescope.cli import options, peer
+from saescope.cli import peer
 from saescope.runs import Run, hooks_of
 
 TRAIN_HELP = "at the end, build the feature index of each SAE (as saescope index RUN does)"
@@ -34,7 +34,6 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     peer.add_args(p, device=True)
-    p.add_argument("--precision", default="auto", help=options.PRECISION_HELP)
     return p
 
 

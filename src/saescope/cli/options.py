@@ -15,7 +15,6 @@ from typing import Any
 from saescope.models import MODELS
 
 MODEL_HELP = f"an embedded model ({', '.join(MODELS)}) or a local Hugging Face model folder"
-PRECISION_HELP = "fp32, bf16 or auto (default: bf16 where clearly faster; docs/PRECISION.md)"
 TEXT_HELP = 'text files, folders or .jsonl ("text" per line); default: the installed corpus'
 
 

@@ -9,7 +9,7 @@ import textwrap
 from itertools import zip_longest
 from typing import Any
 
-from saescope.cli import options, peer
+from saescope.cli import peer
 from saescope.errors import InputError
 from saescope.steer.prompt import steer_prompt
 from saescope.text import table
@@ -35,7 +35,6 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     s.add_argument("--top-tokens", type=int, default=5, help="logit tokens per feature (5)")
     s.add_argument("--json", action="store_true", help="print one JSON object")
     peer.add_args(s, device=True)
-    s.add_argument("--precision", default="auto", help=options.PRECISION_HELP)
     return s
 
 
