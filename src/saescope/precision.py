@@ -133,13 +133,14 @@ def warn_slow(choice: Choice) -> None:
         )
 
 
-def for_command(name: str, device: str | torch.device = "cpu", to_stderr: bool = False) -> Any:
+def for_command(name: str, device: str | torch.device = "cpu") -> Any:
     """A command's `model_precision` block for --precision `name`: resolved, warned about
-    where bf16 is not native, and said in one line (on stderr with to_stderr: a command
-    whose stdout is JSON)."""
+    where bf16 is not native, and, when it runs bf16, said in one line on stderr (fp32 adds
+    nothing to a command's output)."""
     choice = resolve(name, device)
     warn_slow(choice)
-    print(choice.line(), file=sys.stderr if to_stderr else sys.stdout)
+    if choice.bf16:
+        print(choice.line(), file=sys.stderr)
     return model_precision(choice.name)
 
 

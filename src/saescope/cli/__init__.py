@@ -69,8 +69,7 @@ def _precision(ns: argparse.Namespace) -> contextlib.AbstractContextManager[None
     """The model precision of harvest, eval, steer and index (train settles its own)."""
     if ns.command not in PRECISION_COMMANDS:
         return contextlib.nullcontext()
-    device = getattr(ns, "device", None) or "cpu"
-    return precision.for_command(ns.precision, device, bool(getattr(ns, "json", False)))
+    return precision.for_command(ns.precision, getattr(ns, "device", None) or "cpu")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
