@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Dev installs pin the CPU build of torch; the library itself declares a range.
 TORCH_PIN := torch==2.13.0
 
-.PHONY: demo test claims lint fixtures interop-check bench bench-gpu bench-harvest bench-steer bench-cache bench-eval bench-index bench-load bench-dist clean corpus screenshots
+.PHONY: demo test claims lint fixtures interop-check bench bench-gpu bench-harvest bench-steer bench-cache bench-eval bench-index bench-load bench-dist bench-e2e clean corpus screenshots
 
 $(BIN)/saescope: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -59,6 +59,11 @@ interop-check: $(BIN)/saescope
 # bench/GPU.md. About a minute on an H200.
 bench-gpu: $(BIN)/saescope
 	$(BIN)/python bench/gpu.py
+
+# End-to-end SmolLM2 training, saescope fp32 and bf16 against sparsify's trainer (issue 19);
+# writes bench/E2E.md with the CPU flags. The bf16 row only where the CPU has native bf16.
+bench-e2e: $(BIN)/saescope
+	$(BIN)/python bench/e2e.py
 
 # Harvest speed on MiniLM: bare forward, harvest of two layers with and without early exit;
 # writes bench/HARVEST.md. About a minute.
