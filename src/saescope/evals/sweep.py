@@ -190,8 +190,7 @@ def evaluate_sweep(
     names = sorted(run.saes, key=_index)
     rows = []
     for name in tqdm(names, desc="evaluate", unit="sae", disable=not progress):
-        one = dataclasses.replace(run, saes={name: run.saes[name]})
-        got = one.evaluate(tokens, batch_size=batch_size)[name]
+        got = run.only(name).evaluate(tokens, batch_size=batch_size)[name]
         rows.append({"sae": name, **_row(run.saes[name].cfg, got)})
     return write_sweep(Path(out), rows)
 

@@ -178,6 +178,11 @@ class Run:
             raise InputError(f"{self.path} has no SAE {name!r}; its SAEs: {names}")
         return name, self.saes[name]
 
+    def only(self, name: str) -> Run:
+        """The run with one of its SAEs (`sae`'s one-line error for a name it lacks)."""
+        name, sae = self.sae(name)
+        return dataclasses.replace(self, saes={name: sae}, dirs={name: self.dirs[name]})
+
     def held_out_contexts(self, tokens: int | None = None) -> Tensor:
         """Held-out contexts (token ids) of a model run's text: enough for about `tokens`
         tokens (at least one context), or all of them (None)."""
