@@ -127,5 +127,5 @@ def test_plan_pairs_and_target_at_or_above_d_sae():
     plan = SweepPlan.parse(["relu", "gated"], [8, 2.5])
     assert plan.pairs == [("relu", 8), ("relu", 2.5), ("gated", 8), ("gated", 2.5)]
     plan.check(9)
-    with pytest.raises(ConfigError, match="target L0 8 is not below d_sae=8; .* --d-sae"):
+    with pytest.raises(ConfigError, match=r"target L0 8 is not below d_sae=8; .* --d-sae"):
         plan.check(8)
