@@ -45,8 +45,11 @@ def pareto_figure(rows: Sequence[dict[str, Any]], metric: str, title: str = "") 
     fig, (ax, dead) = subplots(1, 2, figsize=(10, 3.8), layout="constrained")
     for arch, points in by_architecture(rows, metric).items():
         ax.plot(*zip(*points, strict=True), marker="o", label=arch)
+    top = 0.1
     for arch, points in by_architecture(rows, "dead_fraction").items():
         dead.plot(*zip(*points, strict=True), marker="o", label=arch)
+        top = max(top, *(p[1] for p in points))
+    dead.set_ylim(-0.02 * top, 1.05 * top)  # 0 at the bottom, whatever the values
     for a, name in ((ax, metric), (dead, "dead_fraction")):
         a.set_xscale("log", base=2)
         a.set_xlabel("L0 (latents per token, held out)")

@@ -21,7 +21,9 @@ TARGETS = (1, 2, 4)
 """Target L0s around the task's true mean L0 (2)."""
 STEPS, BATCH, EVAL_TOKENS = 500, 512, 8192
 NEAR = 0.1
-"""How close to its target an SAE's held-out L0 should land (relative)."""
+"""How close to its target a controlled SAE's held-out L0 should land (relative)."""
+K_NEAR = 0.05
+"""The same for the TopK family (BatchTopK's and Matryoshka's L0 is a batch mean)."""
 
 
 @dataclass
@@ -48,17 +50,38 @@ def _off(row: dict[str, Any]) -> float:
     return abs(row["l0"] / row["target_l0"] - 1)
 
 
+def _near(rows: list[dict[str, Any]], bound: float, claim: str) -> Claim | None:
+    """Whether every row's held-out L0 is within `bound` of its target (None: no rows)."""
+    if not rows:
+        return None
+    worst = max(rows, key=_off)
+    measured = (
+        f"worst: {worst['architecture']} at target {worst['target_l0']}: L0 {worst['l0']:.3g} "
+        f"({worst['l0'] / worst['target_l0'] - 1:+.1%})"
+    )
+    return Claim(claim, measured, _off(worst) <= bound)
+
+
 def section(result: ParetoResult) -> Section:
     """The report's section: the plot, the table and whether each SAE reached its target."""
     t, rows = result.task, result.rows
-    worst = max(rows, key=_off)
-    near = Claim(
-        f"With only a target L0 set, every architecture's held-out L0 lands within "
-        f"{NEAR:.0%} of it (k for the TopK family, a controlled coefficient for the others)",
-        f"worst: {worst['architecture']} at target {worst['target_l0']}: L0 {worst['l0']:.3g} "
-        f"({_off(worst):+.1%} off)",
-        _off(worst) <= NEAR,
-    )
+    by_k = [r for r in rows if "coefficient" not in r]
+    steered = [r for r in rows if "coefficient" in r]
+    claims = [
+        _near(
+            by_k,
+            K_NEAR,
+            "The TopK family (k set by the target) lands on its target L0 on "
+            f"held-out data (within {K_NEAR:.0%})",
+        ),
+        _near(
+            steered,
+            NEAR,
+            "The architectures with a sparsity coefficient, steered by the "
+            f"target-L0 controller alone, end within {NEAR:.0%} of the target (issue 18's "
+            f"bar) after {result.steps} steps",
+        ),
+    ]
     best = max(rows, key=lambda r: r["explained_variance"] if r["target_l0"] == 2 else -9)
     text = (
         f"The seed's task ({t.n_features} unit features in {t.d_in}-D, {t.min_active}-"
@@ -79,7 +102,7 @@ def section(result: ParetoResult) -> Section:
         key="pareto",
         title="Every architecture at a few target L0s: the Pareto plot",
         text=text,
-        claims=[near],
+        claims=[c for c in claims if c is not None],
         figures=[
             (
                 "Explained variance against held-out L0 (log scale), one line per "
