@@ -118,7 +118,7 @@ EXPERIMENTS = (
     Experiment("recovery: correlated generator, shrinkage", _correlated, False, 73),
     Experiment("monosemanticity", _mono, True, 11),
     Experiment("absorption", _absorption, False, 18),
-    Experiment("pareto: every architecture at target L0s", _pareto, False, 20),
+    Experiment("pareto: every architecture at target L0s", _pareto, False, 31),
     Experiment("steering: the Golden Gate experiment", _steering, False, 25),
 )
 
