@@ -23,7 +23,7 @@ def swept(tmp_path_factory):
 def test_sweep_prints_the_table_and_writes_its_files(swept, capsys):
     out, status = swept
     assert status == 0
-    assert [p.name for p in sorted(out.glob("sae_*"))] == [f"sae_{i}" for i in range(4)]
+    assert sorted(p.name for p in out.glob("sae_*")) == [f"sae_{i}" for i in range(4)]
     assert len((out / "sweep.csv").read_text().splitlines()) == 5
     assert (out / "pareto_explained_variance.png").is_file()
 
