@@ -11,7 +11,6 @@ from saescope.cli import options, train
 from saescope.cli.train import BATCH_SIZE
 from saescope.data import ArticleTaskConfig
 from saescope.errors import ConfigError
-from saescope.evals.sweep import SweepPlan, columns, resume_sweep, sweep
 from saescope.runs.resume import DATA_OPTIONS, Given
 from saescope.saes import ARCHITECTURES
 from saescope.text import table
@@ -46,6 +45,8 @@ def _given(ns: argparse.Namespace, cfg: dict) -> Given:
 
 
 def run(ns: argparse.Namespace) -> int:
+    from saescope.evals.sweep import SweepPlan, columns, resume_sweep, sweep  # plots: heavy
+
     cfg = options.given(ns, TrainConfig)
     if ns.tokens is not None and "steps" in cfg:
         raise ConfigError("give --tokens or --steps, not both")
