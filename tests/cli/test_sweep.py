@@ -41,8 +41,13 @@ def test_eval_of_a_sweep_evaluates_each_sae_or_the_one_chosen(swept, capsys):
     assert "no SAE 'sae_9'; its SAEs: sae_0, sae_1, sae_2, sae_3" in err
 
 
-def test_resume_of_a_finished_sweep_with_another_plan_is_refused(swept, capsys):
+def test_resume_of_a_finished_sweep_evaluates_again_and_refuses_another_plan(swept, capsys):
     out, _ = swept
+    table = (out / "sweep.csv").read_text()
+    argv = ["sweep", "--out", str(out), "--resume", "--eval-tokens", "512", "--progress", "false"]
+    assert main(argv) == 0
+    assert (out / "sweep.csv").read_text() == table  # the same SAEs, the same held-out data
+    assert "evaluate" not in capsys.readouterr().err  # --progress false: no bars
     argv = ["sweep", "--out", str(out), "--resume", "--arch", "relu", "--target-l0", "2,3"]
     assert "is a sweep of topk,jumprelu at target L0 2,3" in one_line_error(capsys, argv)
 

@@ -54,7 +54,8 @@ def run(ns: argparse.Namespace) -> int:
     runs.check_tokens(ns.eval_tokens)
     if ns.resume:
         plan = SweepPlan.parse(ns.arch, ns.target_l0) if ns.arch or ns.target_l0 else None
-        result = resume_sweep(ns.out, plan, _given(ns, cfg), ns.eval_tokens)
+        given, progress = _given(ns, cfg), cfg.get("progress", True)
+        result = resume_sweep(ns.out, plan, given, ns.eval_tokens, progress=progress)
     else:
         plan = SweepPlan.parse(ns.arch or "", ns.target_l0 or "")  # before loading a model
         data = train.data_spec(ns, cfg.get("seed", 0))
