@@ -5,6 +5,7 @@ resumed after a crash to the same SAEs; the plan's one-line errors."""
 import csv
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -129,3 +130,12 @@ def test_plan_pairs_and_target_at_or_above_d_sae():
     plan.check(9)
     with pytest.raises(ConfigError, match=r"target L0 8 is not below d_sae=8; .* --d-sae"):
         plan.check(8)
+
+
+def test_a_file_sweep_is_evaluated_on_the_files_first_rows(tmp_path):
+    acts = tmp_path / "acts.npy"
+    np.save(acts, np.random.default_rng(0).standard_normal((2048, 6)).astype(np.float32))
+    plan = SweepPlan.parse("topk", "2")
+    cfg = _cfg()
+    got = sweep(plan, DataSpec.file(acts), tmp_path / "sw", cfg, batch_size=128, eval_tokens=512)
+    assert got.rows[0]["held_out"] is False and got.rows[0]["l0"] == 2

@@ -43,7 +43,7 @@ from saescope.training import TrainConfig
 SWEEP_FILE = "sweep.json"
 TABLE_FILE = "sweep.csv"
 COLUMNS = ["sae", "architecture", "target_l0", "l0", "explained_variance", "dead_fraction"]
-COLUMNS += ["mse", "ce_loss_recovered", "mmcs"]
+COLUMNS += ["mse", "ce_loss_recovered", "mmcs", "held_out"]
 PLOTS = {"explained_variance": "pareto_explained_variance.png"}
 PLOTS["ce_loss_recovered"] = "pareto_ce_loss_recovered.png"
 
@@ -185,13 +185,18 @@ def evaluate_sweep(
     progress: bool = True,
 ) -> SweepResult:
     """Evaluate every SAE of a trained sweep folder on its held-out data (CE loss recovered
-    too, for a model run) and write `sweep.csv`, `sweep.md`, `sweep.json` and the plots."""
+    too, for a model run; for a file, which has none, its first rows) and write `sweep.csv`,
+    `sweep.md`, `sweep.json` and the plots."""
     run = Run.open(out)
     names = sorted(run.saes, key=_index)
+    # a file has no held-out part: its first rows (training rows; the table says held_out)
+    data = run.data if run.data is not None and run.data.kind == "file" else None
     rows = []
     for name in tqdm(names, desc="evaluate", unit="sae", disable=not progress):
-        got = run.only(name).evaluate(tokens, batch_size=batch_size)[name]
+        got = run.only(name).evaluate(tokens, data, batch_size=batch_size)[name]
         rows.append({"sae": name, **_row(run.saes[name].cfg, got)})
+        if data is not None:
+            rows[-1]["held_out"] = False
     return write_sweep(Path(out), rows)
 
 
