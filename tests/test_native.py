@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 
-from saescope import native, ops
+from saescope import make_sae, native, ops, sparse
 
 needs_kernels = pytest.mark.skipif(
     not native.available(), reason="no C compiler here: the torch path runs instead"
@@ -204,3 +204,53 @@ def test_segment_sum_matches_embedding_bag(d):
     got = native.segment_sum(tcrow, order, p.rows, w, y)
     want = p.dense(w).t() @ y
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+KERNELS = (
+    "topk_bias",
+    "above_bias",
+    "pattern_dot",
+    "segment_sum",
+    "decode_backward",
+    "decode_error",
+    "remove_parallel_",
+)
+
+
+def test_a_tensor_off_the_cpu_takes_the_torch_path_whatever_the_kernels():
+    """`usable` is the one dispatch test: a meta (or CUDA) tensor never reaches a kernel,
+    and every chooser's fused form declines it (torch then chooses)."""
+    cpu, meta = torch.zeros(4, 8), torch.zeros(4, 8, device="meta")
+    assert native.usable(cpu) == native.available()
+    assert not native.usable(meta)
+    assert not native.usable(cpu, meta)
+    bias = torch.zeros(8, device="meta")
+    for chooser in (sparse.TopK(2), sparse.BatchTopK(8), sparse.Above(0.0)):
+        assert chooser.fused(meta, bias) is None, chooser
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "relu", "jumprelu"])
+def test_every_kernel_call_asks_usable_first(arch, monkeypatch):
+    """With `usable` answering as it does for a CUDA tensor and every kernel raising, the
+    sparse path (forward, backward, decoder-gradient projection) still runs: no caller goes
+    to a kernel without asking, so on a GPU the torch path is taken."""
+    monkeypatch.setattr(native, "usable", lambda *ts: False)
+    for name in KERNELS:
+        monkeypatch.setattr(native, name, _refuse(name))
+    extra = {"topk": {"k": 4}, "batchtopk": {"k": 4}, "relu": {"l1_coef": 1.0}}
+    torch.manual_seed(0)
+    sae = make_sae({"architecture": arch, "d_in": 16, "d_sae": 64, **extra.get(arch, {})})
+    sae.sparse_mode = "sparse"
+    x = torch.randn(32, 16)
+    out = sae.loss(x, x)
+    out.total.backward()
+    ops.remove_parallel_grad_(sae.W_dec.detach(), sae.W_dec.grad)
+    assert ops.topk_indices(x, 3).shape == (32, 3)
+    assert sae.W_enc.grad is not None and bool(torch.isfinite(sae.W_enc.grad).all())
+
+
+def _refuse(name: str):
+    def kernel(*args, **kwargs):
+        raise AssertionError(f"kernel {name} called without native.usable")
+
+    return kernel

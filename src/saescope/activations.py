@@ -66,10 +66,12 @@ def harvest_to_cache(
     batch_size: int = 32,
     shard_contexts: int = 256,
     progress: bool = True,
+    dtype: str | None = None,
 ) -> CacheWriter:
     """Harvest `contexts` (the training split) into the cache at `out`, resuming after the
-    last complete shard; a larger `contexts` than last time grows the cache."""
-    writer = CacheWriter(out, {**source, "hooks": list(hooks)}, shard_contexts)
+    last complete shard; a larger `contexts` than last time grows the cache. dtype: what the
+    cache stores (`data.shards.CACHE_DTYPES`; None: float32, or an existing cache's own)."""
+    writer = CacheWriter(out, {**source, "hooks": list(hooks)}, shard_contexts, dtype)
     start = writer.contexts_done
     bar = tqdm(
         total=contexts.shape[0], initial=start, disable=not progress, desc="harvest", unit="ctx"
@@ -130,11 +132,18 @@ class ModelBatches(IndexedBatches):
 
     def part(self, i: int, lo: int, hi: int) -> tuple[Tensor, Tensor]:
         """Rows [lo, hi) of batch i: the model runs only on the contexts that hold them."""
+        x, y = self.hooks.pick(self.rows_at(i, lo, hi, self.hooks.specs))
+        return x, y
+
+    def rows_at(self, i: int, lo: int, hi: int, specs: Sequence[str]) -> dict[str, Tensor]:
+        """Rows [lo, hi) of batch i at each hook point of `specs` ({spec: (hi - lo, d)}),
+        from one forward pass over the contexts that hold them (several hook points trained
+        at once: `runs.layers`)."""
         epoch, j = divmod(i, self.per_epoch)
         n, per_context = self.contexts_per_batch, self.contexts.shape[1] - 1
         ids = self.contexts[self._perm(epoch)[j * n : (j + 1) * n]]
         first, last = lo // per_context, -(-hi // per_context)  # the contexts holding the rows
-        x, y = self._rows(ids[first:last])
+        held = ids[first:last]
+        rows = next(harvest(self.model, held, list(specs), held.shape[0]))
         a, b = lo - first * per_context, hi - first * per_context
-        xs = x[a:b]
-        return xs, (xs if y is x else y[a:b])
+        return {s: rows[s][a:b] for s in specs}

@@ -142,7 +142,8 @@ def available() -> bool:
 
 
 def usable(*ts: Tensor) -> bool:
-    """Whether the kernels can take these tensors: compiled, CPU, float32/64 alike."""
+    """Whether the kernels can take these tensors: compiled, CPU, float32/64 alike. Every
+    caller asks this first, so on CUDA (or any other device) the torch path runs."""
     if not all(t.device.type == "cpu" and t.dtype in _DTYPES for t in ts):
         return False
     return len({t.dtype for t in ts}) == 1 and available()

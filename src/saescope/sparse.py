@@ -169,7 +169,8 @@ class Chooser:
 
     `fused(raw, bias)`, where a chooser has it, works on the bias-free product raw = pre - bias
     and returns the positions with their values (pre there), or None to decline; `encode`
-    uses it on the CPU when the compiled kernels (`saescope.native`) are there, which saves
+    uses it on the CPU when the compiled kernels (`saescope.native`) are there (a fused form
+    declines any tensor they cannot take: on CUDA torch decides), which saves
     adding the bias to all N x M entries and one or two more passes over them."""
 
     def __call__(self, pre: Tensor) -> Pattern:
@@ -190,6 +191,8 @@ class TopK(Chooser):
         return Pattern.fixed(idx, pre.shape[1])
 
     def fused(self, raw: Tensor, bias: Tensor) -> tuple[Pattern, Tensor] | None:
+        if not native.usable(raw, bias):  # the kernels are CPU-only: torch decides on CUDA
+            return None
         out = native.topk_bias(raw, bias, self.k)
         if out is None:  # a NaN or an infinity: torch's top-k decides, as on the dense path
             return None
@@ -229,6 +232,8 @@ class BatchTopK(Chooser):
         return Pattern.from_flat(flat.topk(keep, sorted=False).indices.sort().values, n, m)
 
     def fused(self, raw: Tensor, bias: Tensor) -> tuple[Pattern, Tensor] | None:
+        if not native.usable(raw, bias):
+            return None
         n, m = raw.shape
         keep = min(self.n_keep, n * m)
         pos = torch.arange(0, n * m, self.stride)
@@ -256,6 +261,8 @@ class Above(Chooser):
         return Pattern.from_flat(flat, n, m)
 
     def fused(self, raw: Tensor, bias: Tensor) -> tuple[Pattern, Tensor] | None:
+        if not native.usable(raw, bias):
+            return None
         crow, col, val = native.above_bias(raw, bias, self.threshold)
         return Pattern(crow, col, raw.shape[1]), val
 

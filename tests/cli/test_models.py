@@ -247,3 +247,13 @@ def test_eval_refuses_a_changed_text_and_scores_an_sae_on_a_module_input(tmp_pat
     text.write_text("Something else entirely, and longer than before. " * 400)
     msg = _err(capsys, ["eval", str(run)])
     assert "changed since training" in msg
+
+
+def test_harvest_device_cuda_without_cuda_is_one_line(tmp_path, capsys):
+    if __import__("torch").cuda.is_available():
+        pytest.skip("this machine has a GPU: --device cuda is valid here")
+    out = str(tmp_path / "c")
+    argv = ["harvest", "--model", "glassllm", "--hooks", "layers.0", "--out", out]
+    msg = _err(capsys, [*argv, "--dtype", "bfloat16", "--device", "cuda"])
+    assert "'cuda' is not available" in msg and "--device cpu" in msg
+    assert not (tmp_path / "c").exists()

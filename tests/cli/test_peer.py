@@ -126,3 +126,12 @@ def test_a_model_saescope_does_not_have_is_one_line(capsys, folders, command):
 def test_a_folder_naming_no_hook_is_one_line(capsys, folders):
     err = one_line_error(capsys, ["features", str(folders[1]), "--model", "glassllm"])
     assert "does not say which hook point it reads; give --hook" in err
+
+
+@pytest.mark.parametrize("command", ["eval", "steer", "index"])
+def test_device_cuda_without_cuda_is_one_line_before_anything_loads(command, tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: --device cuda is valid here")
+    extra = ["--prompt", "Alice"] if command == "steer" else []
+    err = one_line_error(capsys, [command, str(tmp_path), *extra, "--device", "cuda"])
+    assert "'cuda' is not available" in err and "--device cpu" in err

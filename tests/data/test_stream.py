@@ -3,6 +3,7 @@ generators), `RowBatches`, and every stream class of saescope saying d_in, d_out
 tokens_per_batch consistently with the batches it gives."""
 
 import itertools
+import threading
 
 import numpy as np
 import pytest
@@ -23,7 +24,9 @@ from saescope.data import (
     IndexedBatches,
     RowBatches,
 )
+from saescope.data import stream as stream_module
 from saescope.data.cache import CacheWriter
+from saescope.data.stream import device_stream
 
 
 class Noise(IndexedBatches):
@@ -72,6 +75,65 @@ def test_generators_are_reproducible_and_differ_by_draw_and_seed():
     assert not torch.equal(draw(s, 3), draw(Noise(8), 3))
     huge = Noise(seed=2**62)  # seeds past 2**63 / 1_000_003 wrap instead of overflowing
     assert draw(huge, 1).shape == (4,) and not torch.equal(draw(huge, 1), draw(huge, 2))
+
+
+@pytest.mark.parametrize("prefetch", [False, True])
+def test_device_stream_gives_the_batches_from_start_read_ahead_or_not(prefetch):
+    """Reading one batch ahead on a worker thread (what CUDA does) changes no batch; on the
+    CPU float32 batches pass through uncopied, y still x; a plain iterable is skipped into."""
+    s = Noise()
+    got = list(itertools.islice(device_stream(s, 3, "cpu", prefetch), 4))
+    for i, (x, y) in enumerate(got, start=3):
+        assert torch.equal(x, s.batch(i)[0]) and y is x
+    plain = [s.batch(i)[0] for i in range(6)]
+    again = list(device_stream(iter(plain), 2, "cpu", prefetch))
+    assert [b[0] for b in again] == plain[2:]  # the very tensors: nothing copied
+
+
+def test_device_stream_makes_half_precision_rows_float32():
+    x = torch.randn(5, 2).bfloat16()
+    y = torch.randn(5, 3).half()
+    (gx, gy), (hx, hy) = device_stream([(x, x), (x, y)], 0, "cpu")
+    assert gx.dtype == gy.dtype == hx.dtype == hy.dtype == torch.float32
+    assert gy is gx and torch.equal(gx, x.float()) and torch.equal(hy, y.float())
+
+
+class _Halves(Noise):
+    """Noise whose `stored()` stream gives bfloat16 rows, recording the thread of each read."""
+
+    def __init__(self, threads: list[str], half: bool = False) -> None:
+        super().__init__()
+        self.threads, self.half = threads, half
+
+    def stored(self) -> "_Halves":
+        return _Halves(self.threads, half=True)
+
+    def batch(self, i: int) -> tuple[Tensor, Tensor]:
+        self.threads.append(threading.current_thread().name)
+        x = super().batch(i)[0]
+        x = x.bfloat16() if self.half else x
+        return x, x
+
+
+def test_the_cuda_path_pins_reads_ahead_and_sends_the_stored_rows(monkeypatch):
+    """With torch's copy to the GPU stood in for (no GPU here): batches are read as stored
+    (bfloat16) on the worker thread, pinned, sent with non_blocking=True and arrive float32."""
+    sent, pinned, threads = [], [], []
+    monkeypatch.setattr(torch.Tensor, "is_pinned", lambda self: False)
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: pinned.append(1) or self.clone())
+
+    def arrive(t: Tensor, device: str, non_blocking: bool = False) -> Tensor:
+        sent.append((t.dtype, device, non_blocking))
+        return t.float()
+
+    monkeypatch.setattr(stream_module, "_arrive", arrive)
+    s = _Halves(threads)
+    got = list(itertools.islice(device_stream(s, 2, "cuda"), 3))
+    for i, (x, y) in enumerate(got, start=2):
+        assert y is x and x.dtype == torch.float32
+        assert torch.equal(x, Noise().batch(i)[0].bfloat16().float())
+    assert sent == [(torch.bfloat16, "cuda", True)] * 3 and len(pinned) >= 3  # + one ahead
+    assert threads and all(t.startswith("saescope-prefetch") for t in threads)
 
 
 def test_the_defaults_describe_an_sae_stream():

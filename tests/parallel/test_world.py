@@ -44,5 +44,6 @@ def test_ddp_is_the_default_on_several_processes():
     assert check_mode(None, World()) is None
     assert check_mode(None, World(rank=0, size=2)) == "ddp"
     assert check_mode("ddp", World()) == "ddp"
-    with pytest.raises(ConfigError, match="--parallel layers is not available yet"):
-        check_mode("layers", World(rank=0, size=2))
+    assert check_mode("layers", World(rank=0, size=2)) == "layers"
+    with pytest.raises(ConfigError, match="--parallel pipeline is not available yet"):
+        check_mode("pipeline", World(rank=0, size=2))

@@ -40,7 +40,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="a transcoder's target hook: the cache's, or a peer transcoder's (default: its "
         "metadata's hook_name_out)",
     )
-    peer.add_args(e, hook=False)
+    peer.add_args(e, hook=False, device=True)
     e.add_argument("--sae", default=None, help="one SAE of a run of several, a sweep: sae_0, ...")
     e.add_argument("--tokens", type=int, default=65_536, help="tokens to evaluate on")
     e.add_argument(
@@ -71,7 +71,7 @@ def finite(value: Any) -> Any:
 def run(ns: argparse.Namespace) -> int:
     names = parse_suites(ns.suite)
     need = ns.data in (None, "synthetic") or names != ["core"]  # else a peer's model is not needed
-    r = Run.open(ns.run, model=ns.model, hook=ns.hook, target=ns.target, need_data=need)
+    r = peer.open_run(ns, target=ns.target, need_data=need)
     r = r.only(ns.sae) if ns.sae else r  # one SAE of a sweep (or of any run of several)
     task = options.given(ns, ArticleTaskConfig)
     data = r.eval_data(ns.data, ns.hook, ns.target, task) if "core" in names else None

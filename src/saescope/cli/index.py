@@ -9,7 +9,7 @@ from pathlib import Path
 
 from saescope.analysis import FeatureIndex, IndexConfig, index_run
 from saescope.cli import peer
-from saescope.runs import Run
+from saescope.runs import Run, hooks_of
 
 TRAIN_HELP = "at the end, build the feature index of each SAE (as saescope index RUN does)"
 TOKENS_HELP = (
@@ -33,7 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         help="checkpoint every N batches as well as every minute",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    peer.add_args(p)
+    peer.add_args(p, device=True)
     return p
 
 
@@ -49,9 +49,10 @@ def run(ns: argparse.Namespace) -> int:
 def after_training(ns: argparse.Namespace) -> int:
     """`saescope train ... --index`: index every SAE of the run just trained."""
     if ns.index:
-        run = Run.open(ns.out)
-        for name in run.saes:
-            _report(index_run(run, name, progress=ns.progress is not False))
+        for hook in hooks_of(ns.out) or [None]:  # each hook point's SAE of a run of several
+            run = Run.open(ns.out, hook=hook)
+            for name in run.saes:
+                _report(index_run(run, name, progress=ns.progress is not False))
     return 0
 
 

@@ -10,14 +10,17 @@ from collections.abc import Iterator
 from shlex import quote
 from typing import Any
 
-from saescope import parallel
+from saescope import parallel, runs
 from saescope.training import CHECKPOINT_FILE
 from saescope.training.checkpoint import read_meta
 
 PARALLEL = (
     "how several processes (torchrun --nproc-per-node N -m saescope train ...) share the "
     "training: ddp, each rank trains on its share of every global batch (--batch-size stays "
-    "the global batch); the default when WORLD_SIZE > 1 (docs/DISTRIBUTED.md)"
+    "the global batch); the default when WORLD_SIZE > 1. layers: the SAEs of several hook "
+    "points (--hook a,b,c) spread over the ranks (the default for them). latents: one SAE's "
+    "latents sharded over the ranks, each reading the whole batch (topk, batchtopk, relu, "
+    "jumprelu; docs/DISTRIBUTED.md)"
 )
 TIMEOUT = (
     "seconds a rank waits for the others before it stops with an error naming the lost rank "
@@ -34,10 +37,16 @@ def add_args(p: argparse.ArgumentParser) -> None:
 @contextlib.contextmanager
 def joined(ns: argparse.Namespace, train: dict[str, Any]) -> Iterator[Any]:
     """The process group for the run (None for one process), left when the block ends; its
-    backend follows the run's device (a resumed run's own, unless --device is given)."""
-    recorded = (read_meta(ns.out) or {}).get("train", {}) if ns.resume else {}
+    backend follows the run's device and its mode the run's (a resumed run's own, unless
+    --device or --parallel is given)."""
+    out = ns.out
+    if ns.resume and runs.is_layered(out):  # its hook points' runs record the device
+        out = runs.hook_run(out, runs.hooks_of(out)[0])
+    meta = (read_meta(out) or {}) if ns.resume else {}
+    recorded = meta.get("train", {})
     device = str(train.get("device") or recorded.get("device") or "cpu")
-    with parallel.launched(ns.parallel, device, ns.dist_timeout) as group:
+    mode = ns.parallel or (meta.get("run") or {}).get("parallel")  # a run resumes as it ran
+    with parallel.launched(mode, device, ns.dist_timeout) as group:
         yield group
 
 
@@ -48,6 +57,7 @@ def speaks(group: Any) -> bool:
 
 def interrupted(ns: argparse.Namespace, e: KeyboardInterrupt) -> str:
     """What to say when Ctrl-C or SIGTERM stopped training: how to continue."""
-    if not (ns.out / CHECKPOINT_FILE).is_file():
+    saved = ns.out.glob(f"*/{CHECKPOINT_FILE}") if runs.is_layered(ns.out) else []  # per hook
+    if not ((ns.out / CHECKPOINT_FILE).is_file() or any(saved)):
         return "interrupted before the first checkpoint; start the run again"
     return f"{e or 'interrupted'}; resume with: saescope train --out {quote(str(ns.out))} --resume"

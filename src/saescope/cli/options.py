@@ -96,10 +96,15 @@ def given(ns: argparse.Namespace, cls: type, skip: frozenset[str] = frozenset())
     }
 
 
+HOOK_HELP = (
+    "hook point: PATH (output) or PATH:in (input); train takes several: a,b,c (one SAE each)"
+)
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("real model options (train on the fly, or from a cache with --data)")
     g.add_argument("--model", default=None, help=MODEL_HELP + "; harvests on the fly")
-    g.add_argument("--hook", default=None, help="hook point: PATH (output) or PATH:in (input)")
+    g.add_argument("--hook", default=None, help=HOOK_HELP)
     g.add_argument("--target", default=None, help="a transcoder's target hook (y); default: y = x")
     g.add_argument("--text", nargs="+", default=None, help=TEXT_HELP)
     g.add_argument("--context", type=int, help="tokens per context (default: 128)")

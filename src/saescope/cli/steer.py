@@ -34,7 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     s.add_argument("--sae", default=None, help="which SAE of a run with several (sae_0, ...)")
     s.add_argument("--top-tokens", type=int, default=5, help="logit tokens per feature (5)")
     s.add_argument("--json", action="store_true", help="print one JSON object")
-    peer.add_args(s)
+    peer.add_args(s, device=True)
     return s
 
 

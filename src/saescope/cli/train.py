@@ -8,13 +8,12 @@ from pathlib import Path
 import torch
 
 from saescope import runs
-from saescope.cli import archs, index, launch, options
+from saescope.cli import archs, index, launch, options, train_hooks
 from saescope.cli.launch import interrupted as interrupted  # cli.main's
 from saescope.cli.options import NONE
 from saescope.data import ArticleTaskConfig
 from saescope.errors import ConfigError
-from saescope.runs import DataSpec
-from saescope.runs.resume import DATA_OPTIONS, Given
+from saescope.runs.resume import DATA_OPTIONS
 from saescope.saes import ARCHITECTURES
 from saescope.text import table
 from saescope.training import TrainConfig, logs
@@ -54,7 +53,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return t
 
 
-def data_spec(ns: argparse.Namespace, seed: int) -> DataSpec:
+def data_spec(ns: argparse.Namespace, seed: int) -> runs.DataSpec:
     """The data the options name: a model on the fly (--model), else --data."""
     if ns.model:
         if ns.data is not None:
@@ -62,18 +61,18 @@ def data_spec(ns: argparse.Namespace, seed: int) -> DataSpec:
         if not ns.hook:
             raise ConfigError("give --hook, the hook point to train on (saescope hooks MODEL)")
         context = CONTEXT if ns.context is None else ns.context
-        return DataSpec.for_model(ns.model, ns.hook, ns.target, ns.text, context, seed)
+        return runs.DataSpec.for_model(ns.model, ns.hook, ns.target, ns.text, context, seed)
     if ns.text:
         raise ConfigError(f"--text applies to --model, not --data {ns.data}")
     task = ArticleTaskConfig(**options.given(ns, ArticleTaskConfig))
-    return DataSpec.at(ns.data or "synthetic", ns.hook, ns.target, seed, task)
+    return runs.DataSpec.at(ns.data or "synthetic", ns.hook, ns.target, seed, task)
 
 
-def asked(ns: argparse.Namespace, train: dict) -> Given:
+def asked(ns: argparse.Namespace, train: dict) -> runs.Given:
     """What the command line names, for a run to resume (which checks it)."""
     data = {k: getattr(ns, k) for k in DATA_OPTIONS if getattr(ns, k) is not None}
     data["task"] = options.given(ns, ArticleTaskConfig)
-    return Given(ns.arch, archs.all_given(ns), data, ns.batch_size, ns.tokens, train)
+    return runs.Given(ns.arch, archs.all_given(ns), data, ns.batch_size, ns.tokens, train)
 
 
 def run(ns: argparse.Namespace) -> int:
@@ -84,8 +83,11 @@ def run(ns: argparse.Namespace) -> int:
     logs.check(ns.log, ns.out)  # before any model is loaded, too
     if not (ns.resume or ns.arch):
         raise ConfigError(f"give --arch ({', '.join(ARCHITECTURES)}), or --resume a run")
+    apart = train_hooks.wanted(ns)  # several hook points (or --parallel layers) train apart
     with launch.joined(ns, train) as group:  # torchrun's processes (None: this one alone)
-        if ns.resume:
+        if apart:
+            rows = train_hooks.run(ns, train, group, data_spec, asked(ns, train))
+        elif ns.resume:
             result = runs.resume_run(ns.out, asked(ns, train), ns.log, group)
         else:
             fields = archs.arch_given(ns, ns.arch)
@@ -98,11 +100,11 @@ def run(ns: argparse.Namespace) -> int:
                 print(note)  # stdout: stderr is for errors and warnings, one line each
             torch.manual_seed(cfg.seed)  # --seed fixes the initial weights too
             sae = runs.build_sae(ns.arch, stream, **fields)
-            out, over = ns.out, ns.overwrite
-            result = runs.train_run(sae, data, stream, cfg, out, False, over, ns.log, group)
+            over = ns.overwrite
+            result = runs.train_run(sae, data, stream, cfg, ns.out, False, over, ns.log, group)
     if not launch.speaks(group):
         return 0
     cols = ["run", "step", "loss", "l0", "mse", "explained_variance", "dead_fraction"]
-    print(table([{"run": str(ns.out), **result.final_metrics[0]}], cols))
+    print(table(rows if apart else [{"run": str(ns.out), **result.final_metrics[0]}], cols))
     print(f"saved to {ns.out}")
     return index.after_training(ns)

@@ -2,8 +2,10 @@
 
     CACHE/manifest.json            what was harvested (model, hooks, context, text) and the
                                    list of complete shards, rewritten atomically after each
-    CACHE/shard-000000.safetensors one tensor per hook point (rows, d) float32, plus "tokens",
-                                   "positions" and "contexts" (rows,) int64
+    CACHE/shard-000000.safetensors one tensor per hook point (rows, d) in the cache's dtype
+                                   (float32, bfloat16 or float16: `dtype` in the manifest,
+                                   float32 when absent), plus "tokens", "positions" and
+                                   "contexts" (rows,) int64
 
 A shard is written to a temp file, fsynced and renamed, and only then listed in the manifest,
 so a reader never sees a half-written shard and a killed harvest resumes after the last listed
@@ -15,19 +17,19 @@ its offset; nothing is unpickled). `CacheBatches` is the shuffling reader for tr
 epoch permutes fixed-size chunks of rows across all shards, reads a window of chunks (about
 `buffer_mb` of rows) into memory at a time and draws each batch through a permutation of
 the rows inside it, so memory is bounded by two windows whatever the cache's size; batch i
-is a pure function of (seed, i), so training resumes anywhere.
+is a pure function of (seed, i), so training resumes anywhere. A bfloat16 or float16 cache
+holds its windows in that dtype (twice the rows per `buffer_mb`) and gives float32 batches,
+converted per batch (`CacheBatches.stored()` gives them as stored, for a GPU to convert).
 """
 
 from __future__ import annotations
 
 import bisect
+import copy
 import json
-import os
 import re
-import struct
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,14 +38,23 @@ import torch
 from torch import Tensor
 
 from saescope.atomic import atomic_save_tensors, atomic_write_bytes
+from saescope.data.shards import (
+    FORMAT,
+    MANIFEST,
+    VERSION,
+    Entry,
+    as_float,
+    cache_dtype,
+    check_shards,
+    header,
+    read_manifest,
+    to_stored,
+)
 from saescope.data.stream import IndexedBatches
 from saescope.errors import ConfigError, FormatError, InputError
 
-MANIFEST = "manifest.json"
-FORMAT = "saescope-activations"
-VERSION = 1
 META_KEYS = ("tokens", "positions", "contexts")
-_DTYPES = {"F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32}
+DEFAULT_DTYPE = "float32"
 
 
 def is_cache(path: str | Path) -> bool:
@@ -59,9 +70,20 @@ class CacheWriter:
 
     `source` describes what is harvested (model, hooks, context length, text fingerprint); an
     existing cache must match it, so a resumed or grown cache never mixes two sources.
+    `dtype` (`data.shards.CACHE_DTYPES`: float32, bfloat16, float16) is what the activations
+    are stored as, converted batch by batch where they are; None: float32 for a new cache,
+    the cache's own for an existing one (which refuses another).
     """
 
-    def __init__(self, path: str | Path, source: dict[str, Any], shard_contexts: int = 256):
+    def __init__(
+        self,
+        path: str | Path,
+        source: dict[str, Any],
+        shard_contexts: int = 256,
+        dtype: str | None = None,
+    ):
+        if dtype is not None:
+            cache_dtype(dtype)
         if shard_contexts < 1:
             raise ConfigError(f"shard_contexts must be >= 1, got {shard_contexts}")
         self.path = Path(path)
@@ -72,13 +94,19 @@ class CacheWriter:
             for leftover in self.path.glob(".*.tmp"):
                 leftover.unlink(missing_ok=True)
         if is_cache(self.path):
-            self.manifest = _read_manifest(self.path)
+            self.manifest = read_manifest(self.path)
             if self.manifest["source"] != self.source:
                 raise ConfigError(
                     f"{self.path} holds a cache of {_describe(self.manifest['source'])}, not "
                     f"{_describe(self.source)}; give a new --out folder or the same options"
                 )
-            _check_shards(self.path, self.manifest["shards"])
+            check_shards(self.path, self.manifest["shards"])
+            held = self.manifest.get("dtype", DEFAULT_DTYPE)
+            if dtype is not None and dtype != held:
+                raise ConfigError(
+                    f"{self.path} stores its activations as {held}, not {dtype}; give "
+                    f"--dtype {held} to resume or grow it, or a new --out folder"
+                )
         else:
             others = [p for p in self.path.glob("*") if not _SHARD.fullmatch(p.name)]
             if others:
@@ -90,10 +118,12 @@ class CacheWriter:
                 "version": VERSION,
                 "source": self.source,
                 "shard_contexts": shard_contexts,
+                "dtype": dtype or DEFAULT_DTYPE,
                 "hooks": {},
                 "shards": [],
             }
         self.shard_contexts = int(self.manifest["shard_contexts"])
+        self.dtype = cache_dtype(self.manifest.get("dtype", DEFAULT_DTYPE))
         self._parts: list[dict[str, Tensor]] = []
         self._pending = 0
 
@@ -108,8 +138,13 @@ class CacheWriter:
 
     def add(self, batch: dict[str, Tensor], n_contexts: int) -> None:
         """One harvested batch of `n_contexts` whole contexts: {hook: (n, d), tokens,
-        positions, contexts}. Shards are written as soon as they fill."""
-        self._parts.append({k: v.detach().cpu() for k, v in batch.items()})
+        positions, contexts}. Shards are written as soon as they fill. The hooks' rows are
+        converted to the cache's dtype where they are (on a GPU: before the copy)."""
+        stored = {
+            k: (v.detach() if k in META_KEYS else to_stored(k, v, self.dtype))
+            for k, v in batch.items()
+        }
+        self._parts.append({k: v.cpu() for k, v in stored.items()})
         self._pending += n_contexts
         if self._pending >= self.shard_contexts:
             self.flush()
@@ -122,7 +157,6 @@ class CacheWriter:
         for k in META_KEYS:
             tensors[k] = tensors[k].long()
         hooks = {k: int(v.shape[1]) for k, v in tensors.items() if k not in META_KEYS}
-        tensors = {k: (v if k in META_KEYS else v.float()) for k, v in tensors.items()}
         if self.manifest["hooks"] and self.manifest["hooks"] != hooks:
             raise InputError(f"batch holds hooks {hooks}, the cache {self.manifest['hooks']}")
         name = _shard_name(len(self.manifest["shards"]))
@@ -141,61 +175,9 @@ class CacheWriter:
 _SHARD = re.compile(r"shard-\d{6}\.safetensors")  # unlisted ones a kill left: overwritten
 
 
-def _check_shards(path: Path, shards: list[dict[str, Any]]) -> None:
-    missing = [s["file"] for s in shards if not (path / s["file"]).is_file()]
-    if missing:
-        raise FormatError(
-            f"{path}: shard {missing[0]} of the manifest is missing ({len(missing)} in all); "
-            "harvest again into a new folder"
-        )
-
-
 def _describe(source: dict[str, Any]) -> str:
     keys = ("model", "hooks", "context")
     return ", ".join(f"{k}={source.get(k)}" for k in keys if k in source) or str(source)
-
-
-def _read_manifest(path: Path) -> dict[str, Any]:
-    try:
-        m = json.loads((path / MANIFEST).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise FormatError(f"{path / MANIFEST}: not a readable manifest ({e})") from None
-    if m.get("format") != FORMAT or m.get("version") != VERSION:
-        raise FormatError(f"{path}: not a saescope activation cache (format {m.get('format')})")
-    return m
-
-
-@dataclass(frozen=True)
-class _Entry:
-    """Where one tensor sits inside a safetensors file."""
-
-    dtype: np.dtype
-    shape: tuple[int, ...]
-    offset: int  # bytes from the start of the file
-
-
-def _header(path: Path) -> dict[str, _Entry]:
-    """The tensors of a safetensors file: 8-byte little-endian header size, JSON header."""
-    try:
-        with open(path, "rb") as fh:
-            (size,) = struct.unpack("<Q", fh.read(8))
-            if size > os.fstat(fh.fileno()).st_size:  # torn: never allocate what is not there
-                raise ValueError(f"header of {size} bytes in a shorter file")
-            header = json.loads(fh.read(size))
-    except (OSError, struct.error, ValueError) as e:
-        raise FormatError(f"{path}: missing or unreadable shard ({e}); harvest again") from None
-    out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        if info["dtype"] not in _DTYPES:
-            raise FormatError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
-        out[name] = _Entry(
-            np.dtype(_DTYPES[info["dtype"]]),
-            tuple(info["shape"]),
-            8 + size + info["data_offsets"][0],
-        )
-    return out
 
 
 class ActivationCache:
@@ -205,17 +187,20 @@ class ActivationCache:
         self.path = Path(path)
         if not is_cache(self.path):
             raise InputError(f"{self.path}: no {MANIFEST}; harvest one with `saescope harvest`")
-        self.manifest = _read_manifest(self.path)
+        self.manifest = read_manifest(self.path)
         self.shards = self.manifest["shards"]
         if not self.shards:
             raise InputError(f"{self.path}: the cache has no complete shard yet")
         self.hooks: dict[str, int] = self.manifest["hooks"]
         self.source: dict[str, Any] = self.manifest["source"]
-        _check_shards(self.path, self.shards)
+        self.dtype_name: str = self.manifest.get("dtype", DEFAULT_DTYPE)
+        self.dtype = cache_dtype(self.dtype_name)
+        """What the activations are stored as (caches written before `dtype`: float32)."""
+        check_shards(self.path, self.shards)
         self.shard_rows = [int(s["rows"]) for s in self.shards]
         self.n_rows = sum(self.shard_rows)
         self.n_contexts = sum(int(s["n_contexts"]) for s in self.shards)
-        self._headers: dict[int, dict[str, _Entry]] = {}
+        self._headers: dict[int, dict[str, Entry]] = {}
 
     def d(self, hook: str) -> int:
         self.check_hook(hook)
@@ -227,24 +212,30 @@ class ActivationCache:
                 f"hook {hook!r} is not in the cache {self.path}; it holds {', '.join(self.hooks)}"
             )
 
-    def _entry(self, shard: int, name: str) -> _Entry:
+    def _entry(self, shard: int, name: str) -> Entry:
         if shard not in self._headers:
             path = self.path / self.shards[shard]["file"]
-            header = _header(path)
-            rows = {e.shape[0] for e in header.values()}
+            found = header(path)
+            rows = {e.shape[0] for e in found.values()}
             if rows != {self.shard_rows[shard]}:
                 raise FormatError(
                     f"{path}: holds {sorted(rows)} rows, the manifest says "
                     f"{self.shard_rows[shard]}; harvest again into a new folder"
                 )
-            self._headers[shard] = header
+            self._headers[shard] = found
         return self._headers[shard][name]
 
     def rows(self, name: str, shard: int) -> np.memmap:
-        """Tensor `name` (a hook, or tokens/positions/contexts) of one shard, memory-mapped."""
+        """Tensor `name` (a hook, or tokens/positions/contexts) of one shard, memory-mapped
+        (a bfloat16 tensor as its uint16 bits; `tensor` views it as bfloat16)."""
         e = self._entry(shard, name)
         path = self.path / self.shards[shard]["file"]
         return np.memmap(path, dtype=e.dtype, mode="r", offset=e.offset, shape=e.shape)
+
+    def tensor(self, name: str, shard: int, array: np.ndarray) -> Tensor:
+        """An array from `rows` or `read` of tensor `name` as a torch tensor of its stored
+        dtype (bfloat16 included), sharing its memory."""
+        return self._entry(shard, name).tensor(array)
 
     def read(
         self, name: str, shard: int, start: int, stop: int, out: np.ndarray | None = None
@@ -264,7 +255,7 @@ class ActivationCache:
         return out
 
     def head(self, name: str, n: int) -> Tensor:
-        """The first n rows of a tensor across shards, in order."""
+        """The first n rows of a tensor across shards, in order (a hook's as float32)."""
         if name not in META_KEYS:
             self.check_hook(name)
         parts, left = [], n
@@ -272,9 +263,10 @@ class ActivationCache:
             if left <= 0:
                 break
             take = min(rows, left)
-            parts.append(torch.from_numpy(self.read(name, i, 0, take)))
+            parts.append(self.tensor(name, i, self.read(name, i, 0, take)))
             left -= take
-        return torch.cat(parts)
+        out = torch.cat(parts)
+        return out if name in META_KEYS else as_float(out)
 
 
 class CacheBatches(IndexedBatches):
@@ -309,7 +301,8 @@ class CacheBatches(IndexedBatches):
             for s, rows in enumerate(self.cache.shard_rows)
             for a in range(0, rows, chunk_rows)
         ]
-        row_bytes = 4 * (self.d_in + (self.d_out if y_hook else 0))
+        row_bytes = self.cache.dtype.itemsize * (self.d_in + (self.d_out if y_hook else 0))
+        self.convert = True  # float32 batches; `stored()`: as the cache stores them
         self.window_rows = max(batch_size, int(buffer_mb * 2**20 / row_bytes))
         self._windows: OrderedDict[tuple[int, int], tuple[Tensor, Tensor | None, Tensor]] = (
             OrderedDict()
@@ -351,12 +344,20 @@ class CacheBatches(IndexedBatches):
     def _load(self, name: str, chunk_ids: Sequence[int]) -> Tensor:
         """The chunks' rows, read one after another into one array."""
         sizes = [self.chunks[c][2] - self.chunks[c][1] for c in chunk_ids]
-        out = np.empty((sum(sizes), self.cache.d(name)), dtype=np.float32)
+        first = self.chunks[chunk_ids[0]][0]
+        out = np.empty((sum(sizes), self.cache.d(name)), dtype=self.cache._entry(first, name).dtype)
         at = 0
         for c, n in zip(chunk_ids, sizes, strict=True):
             self.cache.read(name, *self.chunks[c], out=out[at : at + n])
             at += n
-        return torch.from_numpy(out)
+        return self.cache.tensor(name, first, out)
+
+    def stored(self) -> CacheBatches:
+        """The same stream giving its batches as the cache stores them (bfloat16, float16 or
+        float32), for a device that converts them after the copy (half the bytes to move)."""
+        out = copy.copy(self)
+        out.convert, out._windows, out._plans = False, OrderedDict(), OrderedDict()
+        return out
 
     def _window(self, epoch: int, w: int) -> tuple[Tensor, Tensor | None, Tensor]:
         """Window w of an epoch: its rows (x, y) in chunk order and their permutation."""
@@ -392,7 +393,8 @@ class CacheBatches(IndexedBatches):
             lo += b - a
             w += 1
         x = xs[0] if len(xs) == 1 else torch.cat(xs)
+        x = as_float(x) if self.convert else x
         if self.y_hook is None:
             return x, x
         y = ys[0] if len(ys) == 1 else torch.cat(ys)  # type: ignore[arg-type]
-        return x, y
+        return x, (as_float(y) if self.convert else y)

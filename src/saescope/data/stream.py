@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import abc
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -25,10 +26,73 @@ def as_pair(item: Any) -> tuple[Tensor, Tensor]:
     raise InputError("batches must be tensors x or pairs (x, y) of tensors")
 
 
-def on_device(batch: tuple[Tensor, Tensor], device: str) -> tuple[Tensor, Tensor]:
-    """The batch on `device`, y still the same tensor as x when it was (an SAE's data)."""
-    x = batch[0].to(device)
-    return x, (x if batch[1] is batch[0] else batch[1].to(device))
+HALF = (torch.bfloat16, torch.float16)
+"""Dtypes a stream may give (a bfloat16 or float16 cache's rows) that arrive as float32."""
+
+
+def _arrive(t: Tensor, device: str, non_blocking: bool = False) -> Tensor:
+    t = t.to(device, non_blocking=non_blocking)
+    return t.float() if t.dtype in HALF else t
+
+
+def on_device(
+    batch: tuple[Tensor, Tensor], device: str, non_blocking: bool = False
+) -> tuple[Tensor, Tensor]:
+    """The batch on `device` (half-precision rows converted to float32 there), y still the
+    same tensor as x when it was (an SAE's data)."""
+    x = _arrive(batch[0], device, non_blocking)
+    return x, (x if batch[1] is batch[0] else _arrive(batch[1], device, non_blocking))
+
+
+def _pinned(pairs: Iterator[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor] | None:
+    """The next batch in page-locked host memory (None at the end), so its copy to the GPU
+    can overlap the step before it."""
+    b = next(pairs, None)
+    if b is None:
+        return None
+    x = _pin(b[0])
+    return x, (x if b[1] is b[0] else _pin(b[1]))
+
+
+def _pin(t: Tensor) -> Tensor:
+    """A host tensor in pinned memory (a copy); one already pinned, or on a device, as it is."""
+    return t.pin_memory() if t.device.type == "cpu" and not t.is_pinned() else t
+
+
+def device_stream(
+    batches: Iterable[Any], start: int, device: str, prefetch: bool | None = None
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """Batches from position `start` (a direct jump where the stream has `iter_from`) as
+    (x, y) pairs on `device`, float32 where the stream gave half precision.
+
+    On the CPU they pass through unchanged (float32 batches are not copied). On CUDA each
+    batch is copied to pinned host memory and sent with non_blocking=True; an `IndexedBatches`
+    stream gives its batches as stored (`stored()`: a bfloat16 cache's half the bytes, made
+    float32 on the GPU), and is read one batch ahead by a worker thread while the step runs
+    (`prefetch`, default: on CUDA, for an `IndexedBatches`, whose batch i is fixed by i, so
+    reading ahead changes nothing; another iterable is never read ahead of the loop)."""
+    indexed = isinstance(batches, IndexedBatches)
+    cuda = torch.device(device).type == "cuda"
+    if cuda and indexed:
+        batches = batches.stored()  # type: ignore[union-attr]
+    if hasattr(batches, "iter_from"):
+        it: Iterator[Any] = batches.iter_from(start)  # type: ignore[attr-defined]
+    else:
+        it = itertools.islice(iter(batches), start, None)
+    pairs = (as_pair(b) for b in it)
+    if prefetch is None:
+        prefetch = cuda and indexed
+    if not prefetch:
+        pin = _pinned if cuda else (lambda p: next(p, None))
+        while (b := pin(pairs)) is not None:
+            yield on_device(b, device, non_blocking=cuda)
+        return
+    with ThreadPoolExecutor(1, thread_name_prefix="saescope-prefetch") as pool:
+        read = _pinned if cuda else (lambda p: next(p, None))
+        ahead = pool.submit(read, pairs)
+        while (b := ahead.result()) is not None:
+            ahead = pool.submit(read, pairs)
+            yield on_device(b, device, non_blocking=cuda)
 
 
 class IndexedBatches(abc.ABC):
@@ -77,6 +141,11 @@ class IndexedBatches(abc.ABC):
         x, y = self.batch(i)
         xs = x[lo:hi]
         return xs, (xs if y is x else y[lo:hi])
+
+    def stored(self) -> IndexedBatches:
+        """The stream giving its batches as its source stores them (a bfloat16 cache's rows
+        unconverted: `device_stream` makes them float32 on the GPU); by default itself."""
+        return self
 
     def iter_from(self, start: int) -> Iterator[tuple[Tensor, Tensor]]:
         """Batches start, start + 1, ... without computing the ones before."""

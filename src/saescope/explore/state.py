@@ -13,7 +13,15 @@ from typing import Any
 
 from saescope.analysis import FeatureIndex
 from saescope.errors import ConfigError, InputError, SaescopeError
-from saescope.runs import Run, peer_folder, peer_format, peer_spec, sae_folders
+from saescope.runs import (
+    Run,
+    hook_run,
+    is_layered,
+    peer_folder,
+    peer_format,
+    peer_spec,
+    sae_folders,
+)
 
 
 class NotFound(InputError):
@@ -103,6 +111,8 @@ def load_runs(
     out: dict[str, RunState] = {}
     for p in paths:
         path = Path(p).expanduser().resolve()
+        if is_layered(path):  # a run of several hook points: the one `hook` picks
+            path = hook_run(path, hook)
         names = sae_names(path) if path.is_dir() else []
         if not names:
             raise ConfigError(

@@ -23,8 +23,8 @@ from saescope.models.hooks import Replacement, spliced
 
 def model_logits(model: nn.Module, ids: Tensor) -> Tensor:
     """The model's logits (B, T, vocab) for ids: its output, or a Hugging Face output's
-    `.logits`."""
-    out = model(ids)
+    `.logits` (ids go to the model's device)."""
+    out = model(ids.to(next(iter(model.parameters()), ids).device))
     logits = out if isinstance(out, Tensor) else getattr(out, "logits", None)
     if not isinstance(logits, Tensor):
         raise ConfigError(
@@ -160,8 +160,9 @@ def downstream(
         )
     sums = {"ce_clean": 0.0, "ce_spliced": 0.0, "ce_zero": 0.0, "kl_div": 0.0}
     n = 0
+    device = next(iter(model.parameters()), contexts).device  # the model's
     for i in range(0, contexts.shape[0], batch_size):
-        ids = contexts[i : i + batch_size]
+        ids = contexts[i : i + batch_size].to(device)
         clean, ce = _clean_pass(model, ids, start, chunk)
         sums["ce_clean"] += ce
         with spliced(model, {hook: reconstruct}, keep_first, whole_module):

@@ -88,12 +88,14 @@ def harvest(
     """Batches of activations: per batch of contexts, {hook spec: (n, d)} plus "tokens",
     "positions" and "contexts" (n,), one row per kept token (the first position of each
     context dropped when drop_first; a row's context index counts from `first_context`).
-    early_exit=False runs every forward pass to the end."""
+    early_exit=False runs every forward pass to the end. The contexts go to the model's
+    device; the activations stay there (the token ids and indices on the contexts' own)."""
     grab = Harvester(model, hooks, early_exit)
     start = 1 if drop_first else 0
+    device = next(iter(model.parameters()), contexts).device
     for i in range(0, contexts.shape[0], batch_size):
         ids = contexts[i : i + batch_size]
-        acts = grab(ids)
+        acts = grab(ids.to(device))
         b, t = ids.shape
         out = {k: v[:, start:].reshape(b * (t - start), -1) for k, v in acts.items()}
         out["tokens"] = ids[:, start:].reshape(-1)

@@ -31,10 +31,12 @@ def launched(
     world = world or World.from_env()
     if not timeout > 0:
         raise ConfigError(f"--dist-timeout must be a positive number of seconds, got {timeout}")
-    if check_mode(mode, world) is None or world.size == 1:
+    mode = check_mode(mode, world)
+    if mode is None or world.size == 1:
         yield None
         return
     group = DDPGroup(world, device, timeout)
+    group.mode = mode  # ddp, or latents (training.latents_loop)
     try:
         yield group
     finally:

@@ -35,6 +35,9 @@ class RankLostError(SaescopeError):
 class DDPGroup:
     """This process's place in a torch.distributed process group training one run."""
 
+    mode = "ddp"
+    """The parallel mode the group trains in (`parallel.launched` sets it)."""
+
     def __init__(self, world: World, device: str = "cpu", timeout: float = DEFAULT_TIMEOUT):
         self.rank, self.size, self.world = world.rank, world.size, world
         self.timeout = timeout
@@ -103,6 +106,14 @@ class DDPGroup:
         self._call(dist.all_gather, parts, padded)
         return torch.cat([p[: int(c)] for p, c in zip(parts, counts, strict=True)]).to(t.device)
 
+    def gather_to(self, t: Tensor, dst: int) -> list[Tensor] | None:
+        """Every rank's t (the same shape on each) on rank `dst`, in rank order; None on the
+        others (`--parallel layers`: the activations an SAE's owner trains on)."""
+        u = t.contiguous().to(self.device)
+        parts = [torch.empty_like(u) for _ in range(self.size)] if self.rank == dst else None
+        self._call(dist.gather, u, parts, dst)
+        return None if parts is None else [p.to(t.device) for p in parts]
+
     def kth_largest(self, candidates: Tensor, k: int) -> Tensor:
         """The k-th largest value of every rank's candidates (each rank's k largest, or all it
         has): gathered, k per rank (-inf pads), and their k largest's smallest."""
@@ -114,6 +125,28 @@ class DDPGroup:
         parts = [torch.empty_like(padded) for _ in range(self.size)]
         self._call(dist.all_gather, parts, padded)
         return torch.cat(parts).topk(k, sorted=False).values.min().to(candidates.device)
+
+    # ----- for latent sharding (`--parallel latents`, training.latents) ------------------
+
+    def all_gather(self, t: Tensor) -> list[Tensor]:
+        """Every rank's t (the same shape on each), in rank order."""
+        u = t.contiguous().to(self.device)
+        parts = [torch.empty_like(u) for _ in range(self.size)]
+        self._call(dist.all_gather, parts, u)
+        return [p.to(t.device) for p in parts]
+
+    def gather_to_0(self, t: Tensor, shapes: list[tuple[int, ...]]) -> list[Tensor] | None:
+        """Every rank's t (rank r's of shape shapes[r]) on rank 0's CPU, received one rank at
+        a time (so rank 0's device holds one shard at once); None on the other ranks."""
+        if self.rank != 0:
+            self._call(dist.send, t.contiguous().to(self.device), 0)
+            return None
+        parts = [t.detach().cpu().clone()]
+        for r in range(1, self.size):
+            buf = torch.empty(shapes[r], dtype=t.dtype, device=self.device)
+            self._call(dist.recv, buf, r)
+            parts.append(buf.cpu())
+        return parts
 
     # ----- failures ----------------------------------------------------------------------------
 

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 from saescope.errors import ConfigError
 
-MODES = ("ddp",)
-"""The parallel modes `--parallel` takes (layers and latents come later)."""
+MODES = ("ddp", "layers", "latents")
+"""The parallel modes `--parallel` takes."""
 DEFAULT_TIMEOUT = 60.0
 """Seconds a collective waits for the other processes before this one gives up: a rank that
 died or hung makes the others stop within it. It must exceed rank 0's checkpoint writes."""
@@ -67,6 +67,7 @@ def check_mode(mode: str | None, world: World) -> str | None:
     processes; None for one process without a mode."""
     if mode is not None and mode not in MODES:
         raise ConfigError(
-            f"--parallel {mode} is not available yet; use --parallel ddp (or one process)"
+            f"--parallel {mode} is not available yet; use --parallel {' or '.join(MODES)} "
+            "(or one process)"
         )
     return mode or ("ddp" if world.size > 1 else None)

@@ -15,7 +15,9 @@ here, so a run is described and opened in one place; `find_runs(folder)` lists t
 a folder (architecture, data, steps, final metrics) without loading any weights, and
 `sae_folders(folder)` the saved SAEs of one folder (the names `Run.open` gives them);
 `resume_run(path)` continues a run with the settings its checkpoint recorded (`Recorded`),
-checking those a caller gives (`Given`).
+checking those a caller gives (`Given`). `train_hooks` trains one SAE per hook point in one
+pass over a model or a cache (`runs.layers`; spread over ranks with `--parallel layers`), each
+into a subfolder that `Run.open(path, hook=)` opens.
 """
 
 from __future__ import annotations
@@ -27,10 +29,21 @@ from typing import Any
 
 from saescope.activations import harvest_to_cache
 from saescope.data import ActivationCache
+from saescope.data.shards import cache_dtype
 from saescope.data.stream import IndexedBatches
 from saescope.errors import ConfigError
 from saescope.parallel import DDPGroup, Shard
 from saescope.runs.data import KINDS, DataSpec, HeldOut
+from saescope.runs.layers import (
+    final_metrics,
+    hook_run,
+    hook_specs,
+    hooks_of,
+    is_layered,
+    parse_hooks,
+    resume_hooks,
+    train_hooks,
+)
 from saescope.runs.listing import find_runs
 from saescope.runs.peer import peer_folder, peer_format, peer_spec
 from saescope.runs.resume import Given, Recorded
@@ -39,6 +52,8 @@ from saescope.saes import SAE, architecture, make_sae
 from saescope.saes.target import k_for_target
 from saescope.training import TrainConfig, TrainResult, checkpoint, sae_dirs, train
 from saescope.training.checkpoint import mismatch
+from saescope.training.config import check_device
+from saescope.training.latents_loop import train_latents
 
 
 def run_metadata(data: DataSpec, batch_size: int | None = None) -> dict[str, Any]:
@@ -121,9 +136,30 @@ def train_run(
     if resume and out_dir is not None:
         metadata = _as_recorded(metadata, Path(out_dir))
     batches: IndexedBatches = stream
+    if group is not None and group.mode == "latents":  # every rank reads the whole batches
+        return _train_latents(saes, stream, cfg, out_dir, resume, metadata, overwrite, log, group)
     if group is not None and group.size > 1:
         batches = Shard(stream, group.rank, group.size)
     return train(saes, batches, cfg, out_dir, resume, metadata, overwrite, log, group)
+
+
+def _train_latents(
+    saes: SAE | Sequence[SAE],
+    stream: IndexedBatches,
+    cfg: TrainConfig,
+    out_dir: str | Path | None,
+    resume: bool,
+    metadata: dict[str, Any],
+    overwrite: bool,
+    log: Sequence[str],
+    group: DDPGroup,
+) -> TrainResult:
+    """One SAE's latents sharded over the group (`training.latents_loop`)."""
+    if not isinstance(saes, SAE):
+        if len(saes) != 1:
+            raise ConfigError("--parallel latents trains one SAE at a time; give one")
+        saes = saes[0]
+    return train_latents(saes, stream, group, cfg, out_dir, resume, metadata, overwrite, log)
 
 
 def _as_recorded(metadata: dict[str, Any], out_dir: Path) -> dict[str, Any]:
@@ -162,10 +198,18 @@ def resume_run(
 
 
 def check_harvest(
-    out: str | Path, tokens: int | None, batch_size: int, shard_contexts: int
+    out: str | Path,
+    tokens: int | None,
+    batch_size: int,
+    shard_contexts: int,
+    dtype: str | None = None,
+    device: str = "cpu",
 ) -> None:
     """The checks a harvest can make before loading anything."""
     check_tokens(tokens)
+    if dtype is not None:
+        cache_dtype(dtype)
+    check_device(device)
     if batch_size < 1 or shard_contexts < 1:
         raise ConfigError("--batch-size and --shard-contexts must be at least 1")
     if Path(out).exists() and not Path(out).is_dir():
@@ -180,18 +224,25 @@ def harvest(
     batch_size: int = 32,
     shard_contexts: int = 256,
     progress: bool = True,
+    dtype: str | None = None,
+    device: str = "cpu",
 ) -> ActivationCache:
     """Harvest the training contexts of a model spec's text at `hooks` into the cache at
-    `out` (resumed, or grown when asked for more): all of them, or enough for `tokens`."""
+    `out` (resumed, or grown when asked for more): all of them, or enough for `tokens`.
+    dtype: what the cache stores, float32 (None: float32, or an existing cache's own),
+    bfloat16 or float16 (`data.shards.CACHE_DTYPES`); device: where the model runs."""
     if data.kind != "model":
         raise ConfigError("harvest takes a model's data (DataSpec.for_model)")
-    check_harvest(out, tokens, batch_size, shard_contexts)
+    check_harvest(out, tokens, batch_size, shard_contexts, dtype, device)
     model, _ = data.load_model()
+    model.to(device)
     train_ctx = data.contexts("train")
     if tokens is not None:
         train_ctx = train_ctx[: -(-tokens // (train_ctx.shape[1] - 1))]
     source = {k: data.to_dict()[k] for k in ("model", "context", "text", "fingerprint")}
-    harvest_to_cache(model, train_ctx, hooks, out, source, batch_size, shard_contexts, progress)
+    harvest_to_cache(
+        model, train_ctx, hooks, out, source, batch_size, shard_contexts, progress, dtype
+    )
     return ActivationCache(out)
 
 
@@ -206,17 +257,25 @@ __all__ = [
     "build_sae",
     "check_harvest",
     "check_tokens",
+    "final_metrics",
     "find_runs",
     "harvest",
+    "hook_run",
+    "hook_specs",
+    "hooks_of",
+    "is_layered",
+    "parse_hooks",
     "passes",
     "passes_note",
     "peer_folder",
     "peer_format",
     "peer_spec",
+    "resume_hooks",
     "resume_run",
     "run_metadata",
     "sae_dirs",
     "sae_folders",
     "steps_for_tokens",
+    "train_hooks",
     "train_run",
 ]

@@ -218,12 +218,18 @@ class DataSpec:
         return HookPair(self.hook, self.target)
 
     def load_model(self) -> tuple[nn.Module, Any]:
-        """The model and its tokenizer (loaded once per spec)."""
+        """The model and its tokenizer (loaded once per spec), on the spec's device (`place`)."""
         if not self.model:
             raise ConfigError(f"{self.describe()} does not name its model; give --data FILE")
         if "model" not in self._memo:
             self._memo["model"] = load_model(self.model)
+        self._memo["model"][0].to(self._memo.get("device", "cpu"))
         return self._memo["model"]
+
+    def place(self, device: str) -> DataSpec:
+        """Run the model on `device` from now on (not part of the spec: never saved)."""
+        self._memo["device"] = device
+        return self
 
     def contexts(self, part: str | None = None) -> Tensor:
         """The text's contexts (B, context): all of them, or the "train" or "test" split."""

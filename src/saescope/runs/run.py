@@ -19,10 +19,12 @@ from saescope.errors import ConfigError, FormatError, InputError, check_keys
 from saescope.evaluate import Outliers, evaluate, evaluate_in_model, plot_density
 from saescope.models.downstream import check_batch_size
 from saescope.runs.data import DataSpec, HeldOut
+from saescope.runs.layers import hook_run, is_layered
 from saescope.runs.peer import fit_model, peer_data, peer_folder, peer_format
 from saescope.saes import SAE, io
 from saescope.saes.io import is_saved
 from saescope.training import TrainConfig
+from saescope.training.config import check_device
 
 
 def sae_folders(path: str | Path) -> list[Path]:
@@ -54,6 +56,8 @@ class Run:
     train: TrainConfig | None
     metadata: dict[str, Any]
     format: str = "saescope"
+    device: str = "cpu"
+    """Where the SAEs are and the model runs (`open(device=)`)."""
 
     @classmethod
     def open(
@@ -71,8 +75,29 @@ class Run:
         run uses them only when it records no data of its own (an SAE saved through the
         Python API); else they are ignored. need_data=False (evaluating on other data, a
         file of activations): a model or hook that cannot be found leaves `data` None, and
-        the model is not loaded, instead of a one-line error."""
-        path = Path(path)
+        the model is not loaded, instead of a one-line error. device: where the SAEs are
+        loaded and the model runs (cpu, cuda, cuda:N; a one-line error if unavailable). A run
+        of several hook points (`runs.layers`) opens the SAE of `hook`, a one-line error
+        listing them without it."""
+        check_device(str(device))
+        run = cls._open(Path(path), device, model, hook, target, need_data)
+        run.device = str(device)
+        if run.data is not None:
+            run.data.place(run.device)
+        return run
+
+    @classmethod
+    def _open(
+        cls,
+        path: Path,
+        device: str | torch.device,
+        model: str | Path | None,
+        hook: str | None,
+        target: str | None,
+        need_data: bool,
+    ) -> Run:
+        if is_layered(path):  # a run of several hook points: `hook` picks one
+            path = hook_run(path, hook)
         fmt = peer_format(path)
         if fmt is not None:
             return cls._open_peer(path, fmt, device, model, hook, target, need_data)
@@ -204,7 +229,7 @@ class Run:
 
     @property
     def model(self) -> nn.Module:
-        """The run's model, loaded on first use."""
+        """The run's model, loaded on first use, on the run's device."""
         if self.data is None:
             raise ConfigError(f"{self.path}: the run does not say what it was trained on")
         return self.data.load_model()[0]
@@ -225,6 +250,7 @@ class Run:
         check_batch_size(batch_size)
         spec = data or self.data
         assert spec is not None
+        spec.place(self.device)
         held = spec.head(tokens) if data is not None and spec.kind in ("file", "cache") else None
         out = {}
         for name, sae in self.saes.items():

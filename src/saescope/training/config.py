@@ -29,7 +29,8 @@ def check_device(device: str) -> None:
         ) from None
     if kind == "cuda" and not torch.cuda.is_available():
         why = "this torch build has no CUDA" if torch.version.cuda is None else "no GPU is visible"
-        raise ConfigError(f"device {device!r} is not available: {why}; use --device cpu")
+        fix = "" if torch.version.cuda else " (or install a CUDA build of torch)"
+        raise ConfigError(f"device {device!r} is not available: {why}; use --device cpu{fix}")
     if kind == "cuda" and torch.device(device).index is not None:
         if torch.device(device).index >= torch.cuda.device_count():
             raise ConfigError(

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from saescope import ops, sparse
 from saescope.data.outliers import OutlierRule
-from saescope.data.stream import as_pair, on_device
+from saescope.data.stream import device_stream, on_device
 from saescope.errors import ConfigError, InputError
 from saescope.saes import SAE, LossOutput, save
 from saescope.training import checkpoint, finish, interrupt, logs, optim, target
@@ -64,13 +64,10 @@ def sae_dirs(out_dir: Path, n: int) -> list[Path]:
 # ----- batches ------------------------------------------------------------------------------
 
 
-def _stream(batches: Iterable[Any], start: int) -> Iterator[tuple[Tensor, Tensor]]:
-    """Batches from position `start`: a direct jump where the stream supports it."""
-    if hasattr(batches, "iter_from"):
-        it: Iterator[Any] = batches.iter_from(start)  # type: ignore[attr-defined]
-    else:
-        it = itertools.islice(iter(batches), start, None)
-    return (as_pair(b) for b in it)
+def _stream(batches: Iterable[Any], start: int, device: str) -> Iterator[tuple[Tensor, Tensor]]:
+    """Batches from position `start` on the device: a direct jump where the stream supports
+    it; on CUDA from pinned memory, the next batch read ahead (`data.stream.device_stream`)."""
+    return device_stream(batches, start, device)
 
 
 def _check_batch(
@@ -195,7 +192,7 @@ def _start_fresh(
             f"{out_path} already holds a run; resume it (--resume), choose another folder, "
             "or pass --overwrite"
         )
-    stream = _stream(batches, 0)
+    stream = _stream(batches, 0, cfg.device)
     taken, first = _take_init(stream, cfg.init_samples, group)
     x0 = torch.cat([b[0] for b in first]).to(cfg.device)
     y0 = x0 if first[0][1] is first[0][0] else torch.cat([b[1] for b in first]).to(cfg.device)
@@ -324,7 +321,7 @@ def train(
     gen = torch.Generator().manual_seed(cfg.seed)
     if resume:
         pos = checkpoint.resume(slots, cfg, out_path, gen, metadata, group.size, bool(writes))
-        open_at = functools.partial(_stream, batches)
+        open_at = functools.partial(_stream, batches, device=cfg.device)
         tail, stream = finish.resumed(cfg.steps, pos, open_at, cfg.device, group.gather)
     else:
         pos, stream = _start_fresh(slots, batches, cfg, out_path, overwrite, group)

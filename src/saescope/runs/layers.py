@@ -1,0 +1,281 @@
+"""Several hook points in one run: the model runs once per batch, every hook point's
+activations are taken in that forward pass, and one SAE per hook point trains on its own
+(`lockstep`). With `--parallel layers` the SAEs are spread over the ranks and each rank runs
+the model on its share of every batch; the owners get their hook points' whole batches
+(`parallel.layers.Exchange`). Either way each SAE trains exactly as a run of that hook point
+alone on the same batches.
+
+A run of several hook points is a folder with `hooks.json` (the hook points, their folders,
+the world size) and one subfolder per hook point, itself a complete run of one SAE (cfg.json,
+metrics.jsonl, checkpoint): `Run.open(path, hook=...)` opens one (`hook_run`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from saescope.activations import ModelBatches
+from saescope.atomic import atomic_write_bytes
+from saescope.data.stream import IndexedBatches
+from saescope.errors import ConfigError, FormatError, InputError
+from saescope.parallel import DDPGroup
+from saescope.parallel.layers import Exchange, owners, shares
+from saescope.runs.data import DataSpec
+from saescope.runs.lockstep import Driver, Job
+from saescope.runs.resume import Given, Recorded
+from saescope.saes import SAE, io, make_sae
+from saescope.training import CHECKPOINT_FILE, TrainConfig, TrainResult, train
+from saescope.training.checkpoint import check_world_size, mismatch
+
+HOOKS_FILE = "hooks.json"
+
+
+def parse_hooks(text: str | Sequence[str]) -> list[str]:
+    """Hook points from `--hook a,b,c` (or a list): distinct, none empty."""
+    hooks = [h.strip() for h in (text.split(",") if isinstance(text, str) else text)]
+    if not all(hooks):
+        raise ConfigError(f"--hook {','.join(hooks)} names an empty hook point; give a,b,c")
+    twice = sorted({h for h in hooks if hooks.count(h) > 1})
+    if twice:
+        raise ConfigError(f"--hook names {', '.join(twice)} more than once; give each once")
+    return hooks
+
+
+def hook_folder(hook: str) -> str:
+    """The subfolder of a hook point's SAE: its name, ':' as '_' (layers.1.mlp:in ->
+    layers.1.mlp_in)."""
+    return hook.replace(":", "_").replace("/", "_")
+
+
+def is_layered(path: str | Path) -> bool:
+    """Whether the folder is a run of several hook points."""
+    return (Path(path) / HOOKS_FILE).is_file()
+
+
+def read_layout(path: str | Path) -> dict[str, Any]:
+    """hooks.json: {"hooks": [...], "folders": {hook: subfolder}, "world_size": W}."""
+    file = Path(path) / HOOKS_FILE
+    try:
+        layout = json.loads(file.read_text())
+        assert isinstance(layout["hooks"], list) and isinstance(layout["folders"], dict)
+    except (OSError, ValueError, KeyError, AssertionError):
+        raise FormatError(f"{file} is not saescope's list of hook points; is it damaged?") from None
+    return layout
+
+
+def hook_run(path: str | Path, hook: str | None) -> Path:
+    """The folder of one hook point's SAE in a run of several; a one-line error listing them
+    when `hook` is None or not one of them."""
+    layout = read_layout(path)
+    hooks = ", ".join(layout["hooks"])
+    if hook is None:
+        raise InputError(
+            f"{path} holds SAEs of several hook points ({hooks}); choose one with --hook"
+        )
+    if hook not in layout["folders"]:
+        raise InputError(f"{path} has no SAE at hook point {hook!r}; its hook points: {hooks}")
+    return Path(path) / layout["folders"][hook]
+
+
+def _check_fresh(out: Path, overwrite: bool) -> None:
+    """A new run's folder must not hold one already (unless overwritten)."""
+    if not overwrite and (is_layered(out) or (out / CHECKPOINT_FILE).is_file()):
+        raise ConfigError(
+            f"{out} already holds a run; resume it (--resume), choose another folder, "
+            "or pass --overwrite"
+        )
+
+
+def _write_layout(out: Path, hooks: Sequence[str], world_size: int) -> None:
+    layout = {
+        "hooks": list(hooks),
+        "folders": {h: hook_folder(h) for h in hooks},
+        "world_size": world_size,
+        "parallel": "layers" if world_size > 1 else None,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / HOOKS_FILE, (json.dumps(layout, indent=2) + "\n").encode())
+
+
+# ----- the data of several hook points --------------------------------------------------------
+
+
+def hook_specs(data: DataSpec, hooks: Sequence[str]) -> list[DataSpec]:
+    """The spec of each hook point of one source (a model on the fly or a cache): the model
+    and text loaded once for all."""
+    if data.kind not in ("model", "cache"):
+        raise ConfigError("several hook points need --model (on the fly) or a cache of them")
+    if data.target is not None:
+        raise ConfigError("--target trains one transcoder; give one --hook with it")
+    specs = []
+    for h in hooks:
+        spec = dataclasses.replace(data, hook=h)
+        spec._memo.update(data._memo)  # type: ignore[attr-defined]
+        specs.append(spec)
+    return specs
+
+
+class Joint:
+    """Batches of several hook points of one source: batch i's rows [lo, hi) at each, from
+    one forward pass of the model (on the fly), or read from a cache hook point by hook
+    point (the same rows: one seed, one cache)."""
+
+    def __init__(self, streams: Sequence[IndexedBatches]) -> None:
+        self.streams = list(streams)
+        sizes = {s.batch_size for s in streams}
+        if len(sizes) != 1:
+            raise ConfigError(f"the hook points' streams give batches of {sorted(sizes)} rows")
+        self.batch_size = sizes.pop()
+        first = self.streams[0]
+        self.model = isinstance(first, ModelBatches) and all(
+            isinstance(s, ModelBatches) and s.model is first.model for s in self.streams
+        )
+
+    def parts(self, i: int, lo: int, hi: int) -> list[Tensor]:
+        if self.model:
+            first: ModelBatches = self.streams[0]  # type: ignore[assignment]
+            specs = [s.hooks.x for s in self.streams]  # type: ignore[attr-defined]
+            rows = first.rows_at(i, lo, hi, specs)
+            return [rows[s] for s in specs]
+        return [s.part(i, lo, hi)[0] for s in self.streams]
+
+
+# ----- training ------------------------------------------------------------------------------
+
+
+def train_hooks(
+    saes: Sequence[SAE],
+    datas: Sequence[DataSpec],
+    streams: Sequence[IndexedBatches],
+    cfg: TrainConfig,
+    out_dir: str | Path,
+    resume: bool = False,
+    overwrite: bool = False,
+    log: Sequence[str] = (),
+    group: DDPGroup | None = None,
+) -> dict[str, TrainResult]:
+    """One SAE per hook point (`datas[j].hook`, `streams[j]` its stream) trained in one pass
+    over the source, each into out_dir/<hook folder> as a run of its own. With `group`
+    (`--parallel layers`) the SAEs are spread over the ranks (`parallel.layers.owners`);
+    returns this process's SAEs' results by hook point."""
+    hooks = parse_hooks([d.hook or "" for d in datas])
+    out, size = Path(out_dir), group.size if group else 1
+    if resume:
+        check_world_size(read_layout(out).get("world_size", 1), size, out)
+    else:
+        _check_fresh(out, overwrite)
+        if group is not None:  # every rank has looked before rank 0 writes
+            group.sum_(torch.zeros(1))
+        if group is None or group.rank == 0:
+            _write_layout(out, hooks, size)
+    joint = Joint(streams)
+    rank = group.rank if group else 0
+    owner = owners(len(hooks), size)
+    mine = [j for j in range(len(hooks)) if owner[j] == rank]
+    rows = joint.batch_size
+    # the batches each run reads: its steps, or more when its initialisation takes more
+    end = cfg.steps if resume else max(cfg.steps, -(-cfg.init_samples // rows))
+    jobs = []
+    for j in mine:
+        folder, quiet = out / hook_folder(hooks[j]), rank != 0 or j != mine[0]
+        run = _runner(saes[j], datas[j], rows, cfg, folder, resume, overwrite, log, quiet)
+        jobs.append(Job(run, hooks[j], end=end))
+    if group is None:
+        make = lambda i: joint.parts(i, 0, rows)  # noqa: E731
+    else:
+        if rows < size:
+            raise ConfigError(f"the batch ({rows} rows) is smaller than the {size} processes")
+        exchange = Exchange(
+            group, [[j for j in range(len(hooks)) if owner[j] == r] for r in range(size)]
+        )
+        lo, hi = shares(rows, size)[rank]
+
+        def make(i: int) -> list[Tensor]:
+            got = exchange(joint.parts(i, lo, hi), rows)
+            return [got[j] for j in mine]
+
+    results = Driver(jobs, make, group).run()
+    return {job.name: r for job, r in zip(jobs, results, strict=True)}
+
+
+def _runner(
+    sae: SAE,
+    data: DataSpec,
+    batch_size: int,
+    cfg: TrainConfig,
+    out: Path,
+    resume: bool,
+    overwrite: bool,
+    log: Sequence[str],
+    quiet: bool,
+) -> Any:
+    """One hook point's run of `training.train`, given the batches (a `lockstep.Feed`)."""
+    metadata = {"data": data.to_dict(), "batch_size": batch_size}  # as runs.run_metadata
+    run_cfg = dataclasses.replace(cfg, progress=cfg.progress and not quiet)
+
+    def run(feed: Any) -> TrainResult:
+        return train(sae, feed, run_cfg, out, resume, metadata, overwrite, log)
+
+    return run
+
+
+def resume_hooks(
+    out_dir: str | Path,
+    given: Given | None = None,
+    log: Sequence[str] = (),
+    group: DDPGroup | None = None,
+) -> dict[str, TrainResult]:
+    """Continue a run of several hook points with the settings each hook point's checkpoint
+    recorded (a given setting must be the run's, as `runs.resume_run` checks), on the world
+    size it was trained on."""
+    out, given = Path(out_dir), given or Given()
+    layout = read_layout(out)
+    check_world_size(layout.get("world_size", 1), group.size if group else 1, out)
+    if given.data.get("hook") is not None and parse_hooks(given.data["hook"]) != layout["hooks"]:
+        raise mismatch("hook", ",".join(layout["hooks"]), given.data["hook"])
+    one = dataclasses.replace(given, data={k: v for k, v in given.data.items() if k != "hook"})
+    saes, datas, streams = [], [], []
+    cfg = None
+    for hook in layout["hooks"]:
+        rec = Recorded.read(out / layout["folders"][hook])
+        rec.check(one)
+        if datas and rec.data.kind == "model" and _same_text(rec.data, datas[0]):
+            rec.data._memo.update(datas[0]._memo)  # type: ignore[attr-defined]
+        data, stream, cfg = rec.open(one)
+        if given.tokens is not None and -(-given.tokens // stream.tokens_per_batch) != cfg.steps:
+            raise mismatch("tokens", cfg.steps * stream.tokens_per_batch, given.tokens)
+        saes.append(make_sae(rec.saes[0]))
+        datas.append(data)
+        streams.append(stream)
+    assert cfg is not None
+    return train_hooks(saes, datas, streams, cfg, out, True, log=log, group=group)
+
+
+def _same_text(a: DataSpec, b: DataSpec) -> bool:
+    return (a.model, a.text, a.context, a.fingerprint) == (
+        b.model,
+        b.text,
+        b.context,
+        b.fingerprint,
+    )
+
+
+def hooks_of(path: str | Path) -> list[str]:
+    """The hook points of a run of several ([] for any other folder)."""
+    return list(read_layout(path)["hooks"]) if is_layered(path) else []
+
+
+def final_metrics(path: str | Path) -> dict[str, dict[str, Any]]:
+    """Each hook point's final metrics, as its folder's cfg.json records them."""
+    out = {}
+    for hook, folder in read_layout(path)["folders"].items():
+        meta = io.read_cfg(Path(path) / folder).get("metadata") or {}
+        out[hook] = meta.get("final_metrics") or {}
+    return out
