@@ -246,3 +246,10 @@ def test_given_data_scores_every_sae_of_a_run(tmp_path):
     for name, sae in run.saes.items():
         assert got[name] == run.evaluate(300, DataSpec.file(tmp_path / "acts.npy"))[name]
         assert got[name]["architecture"] == sae.cfg.name
+
+
+def test_sae_folders_come_in_number_order(tmp_path):
+    sae = make_sae({"architecture": "topk", "d_in": 2, "d_sae": 4, "k": 1})
+    for i in (10, 2, 1):
+        sae.save(tmp_path / f"sae_{i}")
+    assert [p.name for p in sae_folders(tmp_path)] == ["sae_1", "sae_2", "sae_10"]

@@ -24,6 +24,7 @@ from saescope.cli import (
     index,
     runs,
     steer,
+    sweep,
     train,
 )
 from saescope.errors import SaescopeError
@@ -41,6 +42,7 @@ COMMANDS = (
     explore,
     export,
     convert,
+    sweep,
 )
 
 PRECISION_COMMANDS = ("harvest", "eval", "steer", "index")  # train's is a TrainConfig field
@@ -83,7 +85,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"saescope: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:  # Ctrl-C; SIGTERM too while training (training.Interrupted)
-        again = train.interrupted(ns, e) if ns.command == "train" else "interrupted; run it again"
+        again = "interrupted; run it again"
+        if ns.command in ("train", "sweep"):
+            again = (train if ns.command == "train" else sweep).interrupted(ns, e)
         print(f"saescope: {again}", file=sys.stderr)
         return getattr(e, "exit_status", 130)
     except PermissionError as e:  # a read-only folder: a peer SAE in a shared cache, say
