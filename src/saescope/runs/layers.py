@@ -7,7 +7,10 @@ alone on the same batches.
 
 A run of several hook points is a folder with `hooks.json` (the hook points, their folders,
 the world size) and one subfolder per hook point, itself a complete run of one SAE (cfg.json,
-metrics.jsonl, checkpoint): `Run.open(path, hook=...)` opens one (`hook_run`).
+metrics.jsonl, checkpoint, and start.json: what it starts from, so that a resume can start
+afresh a hook point stopped before its first checkpoint): `Run.open(path, hook=...)` opens
+one (`hook_run`). Every check runs before hooks.json is written, and a folder none of whose
+hook points saved a checkpoint holds no run (a new one may start there).
 """
 
 from __future__ import annotations
