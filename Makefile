@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Dev installs pin the CPU build of torch; the library itself declares a range.
 TORCH_PIN := torch==2.13.0
 
-.PHONY: demo test claims lint fixtures interop-check bench bench-gpu bench-harvest bench-steer bench-cache bench-eval bench-index bench-load bench-dist clean corpus screenshots
+.PHONY: demo test claims lint fixtures interop-check bench bench-gpu bench-harvest bench-steer bench-cache bench-eval bench-index bench-load bench-dist bench-e2e clean corpus screenshots
 
 $(BIN)/saescope: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -24,16 +24,20 @@ corpus: $(BIN)/saescope
 demo: $(BIN)/saescope corpus
 	$(BIN)/saescope demo
 
-# Every unit, contract and error test, and each claim of the seed article on seed 0. Two
-# workers; an idle one takes tests from the other's queue (worksteal), and the long tests come
-# first (tests/conftest.py), so neither waits while the other runs the last long one.
+# Two workers, each taking the next work unit when it is free: a test, or a module whose tests
+# share a module-scoped fixture (built once), or the browser tests (tests/conftest.py groups
+# them). The longest come first, in tests/conftest.py's order (--no-loadscope-reorder keeps it),
+# so neither worker waits while the other runs the last long one.
+PYTEST_XDIST := -n 2 --dist loadgroup --no-loadscope-reorder
+
+# Every unit, contract and error test, and each claim of the seed article on seed 0.
 test: $(BIN)/saescope corpus $(CHROMIUM)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -n 2 --dist worksteal
+	$(BIN)/python -m pytest -q $(PYTEST_XDIST)
 
 # Every claim test (pytest -m claim) on seeds 0, 1 and 2, as docs/RESULTS.md reports them.
 claims: $(BIN)/saescope corpus
-	$(BIN)/python -m pytest -q -n 2 --dist worksteal -m claim --all-seeds
+	$(BIN)/python -m pytest -q $(PYTEST_XDIST) -m claim --all-seeds
 
 # Training-step speed against the peer libraries (installed into bench/.peers-venv on first
 # use) and the roofline; writes bench/RESULTS.md and bench/scaling.png. About 20 minutes.
@@ -55,6 +59,11 @@ interop-check: $(BIN)/saescope
 # bench/GPU.md. About a minute on an H200.
 bench-gpu: $(BIN)/saescope
 	$(BIN)/python bench/gpu.py
+
+# End-to-end SmolLM2 training, saescope fp32 and bf16 against sparsify's trainer (issue 19);
+# writes bench/E2E.md with the CPU flags. The bf16 row only where the CPU has native bf16.
+bench-e2e: $(BIN)/saescope
+	$(BIN)/python bench/e2e.py
 
 # Harvest speed on MiniLM: bare forward, harvest of two layers with and without early exit;
 # writes bench/HARVEST.md. About a minute.

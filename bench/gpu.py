@@ -14,7 +14,8 @@ This script checks that the GPU path gives the CPU's results and measures its sp
 3. evaluation on the GPU (`Run.open(path, device="cuda")`) against the CPU's, same SAE.
 4. speed: TopK (k 32) and ReLU SAEs with d_in 768 and d_sae 24,576 on random rows, batches
    of 4096 tokens, tokens per second of whole training steps (sparse and dense for TopK), the
-   GPU against the CPU measured in the same run.
+   GPU against the CPU measured in the same run; each also with `precision="bf16"` on the GPU
+   (issue 19: the encoder product in bfloat16; the CPU column runs at `auto` there).
 5. cache dtypes on the GPU: rows made on the GPU (column scales 1e-2..1e3) written by
    `CacheWriter` as float32, bfloat16 and float16 (converted on the GPU, before the copy),
    read back as float32: equal to the rows rounded to the dtype, bytes per row, largest
@@ -177,17 +178,22 @@ def speed() -> list[dict]:
         ("topk", {"k": 32}, "dense"),
         ("relu", {"l1_coef": 5.0}, "auto"),
     ):
-        got = {}
-        for dev, steps in ((GPU, 60), ("cpu", 4)):
-            sae = make_sae({"architecture": arch, "d_in": 768, "d_sae": 24576, **extra})
-            sae.sparse_mode = mode
-            times: list[float] = []
-            batches = _timed(RowBatches(data, 4096, 0), times, dev)
-            cfg = TrainConfig(steps=steps, device=dev, progress=False, log_every=10**6)
-            train(sae, batches, cfg)
-            warm = times[len(times) // 3 :]
-            got[dev] = 4096 * len(warm) / sum(warm)
-        rows.append({"arch": arch, "mode": mode, "gpu_tok_s": got[GPU], "cpu_tok_s": got["cpu"]})
+        for prec in ("fp32", "bf16"):
+            got = {}
+            for dev, steps in ((GPU, 60), ("cpu", 4)):
+                sae = make_sae({"architecture": arch, "d_in": 768, "d_sae": 24576, **extra})
+                sae.sparse_mode = mode
+                times: list[float] = []
+                batches = _timed(RowBatches(data, 4096, 0), times, dev)
+                at = prec if dev != "cpu" or prec == "fp32" else "auto"
+                cfg = TrainConfig(
+                    steps=steps, device=dev, progress=False, log_every=10**6, precision=at
+                )
+                train(sae, batches, cfg)
+                warm = times[len(times) // 3 :]
+                got[dev] = 4096 * len(warm) / sum(warm)
+            row = {"arch": arch, "mode": mode, "precision": prec}
+            rows.append({**row, "gpu_tok_s": got[GPU], "cpu_tok_s": got["cpu"]})
         print(rows[-1], flush=True)
     return rows
 
@@ -393,10 +399,11 @@ def _latents_rows(rows: list[dict]) -> list[str]:
 
 
 def _speed_rows(rows: list[dict]) -> list[str]:
-    out = ["| arch | path | GPU | CPU | GPU / CPU |", "|---|---|---|---|---|"]
+    out = ["| arch | path | precision | GPU | CPU | GPU / CPU |", "|---|---|---|---|---|---|"]
     for r in rows:
         out.append(
-            f"| {r['arch']} | {r['mode']} | {r['gpu_tok_s']:,.0f} | {r['cpu_tok_s']:,.0f} | "
+            f"| {r['arch']} | {r['mode']} | {r.get('precision', 'fp32')} | "
+            f"{r['gpu_tok_s']:,.0f} | {r['cpu_tok_s']:,.0f} | "
             f"{r['gpu_tok_s'] / r['cpu_tok_s']:.0f}x |"
         )
     return out

@@ -149,7 +149,9 @@ class SaeLensRunner(Runner):
     library = "sae-lens"
     dist = "sae-lens"
 
-    def __init__(self, a: argparse.Namespace, x: torch.Tensor, arch: str) -> None:
+    def __init__(
+        self, a: argparse.Namespace, x: torch.Tensor, arch: str, autocast: bool = False
+    ) -> None:
         from sae_lens.config import SAETrainerConfig
         from sae_lens.training.sae_trainer import SAETrainer
 
@@ -164,6 +166,7 @@ class SaeLensRunner(Runner):
             lr=a.lr,
             lr_end=a.lr / 10,
             device="cpu",
+            autocast=autocast,
         )
         self.trainer = SAETrainer(cfg=cfg, sae=sae, data_provider=iter(()))
         self.x = x
@@ -174,7 +177,8 @@ class SaeLensRunner(Runner):
         self.setting = (
             f"SAETrainer.step(x) [+ maybe_reset_sparsity, n_training_steps += 1, as fit() does; "
             f"wandb off]; {sae_setting}; Adam lr={a.lr:g} constant, betas "
-            f"({cfg.adam_beta1}, {cfg.adam_beta2}), clip_grad_norm 1.0, autocast off, "
+            f"({cfg.adam_beta1}, {cfg.adam_beta2}), clip_grad_norm 1.0, "
+            f"{'autocast bf16 (SAETrainerConfig.autocast=True)' if autocast else 'autocast off'}, "
             f"dead_feature_window={cfg.dead_feature_window}{aux}"
         )
 
@@ -395,6 +399,7 @@ class DictLearnRunner(Runner):
 IMPLS: dict[str, Callable[[argparse.Namespace, torch.Tensor], Runner]] = {
     "saelens-topk-default": lambda a, x: SaeLensRunner(a, x, "topk"),
     "saelens-topk-fast": lambda a, x: SaeLensRunner(a, x, "topk-fast"),
+    "saelens-topk-fast-bf16": lambda a, x: SaeLensRunner(a, x, "topk-fast", autocast=True),
     "saelens-standard": lambda a, x: SaeLensRunner(a, x, "standard"),
     "sparsify-default": lambda a, x: SparsifyRunner(a, x, "signum"),
     "sparsify-adam": lambda a, x: SparsifyRunner(a, x, "adam"),

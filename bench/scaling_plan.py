@@ -74,14 +74,14 @@ def anthropic(tokens: int) -> list[str]:
             (f"ddp over {gpus}", plan.ddp(sae, tokens, gpus)),
             (f"latents over {gpus}", plan.latents(sae, tokens, gpus, shared_input=False)),
             (
-                f"latents over {gpus}, butterfly top-k",
+                f"latents over {gpus}, butterfly top-k (not in saescope)",
                 plan.latents(sae, tokens, gpus, shared_input=False, butterfly=True),
             ),
         ]
         for group in (8, 64, 125, 250, 500):
             if gpus % group == 0 and group < gpus:
                 replicas = gpus // group
-                name = f"latents {group} x ddp {replicas}"
+                name = f"latents {group} x ddp {replicas} (not in saescope)"
                 rows.append((name, plan.latents_x_ddp(sae, tokens, group, replicas)))
         out += [row(n, p, c, tokens) for n, p in rows]
     return out

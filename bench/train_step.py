@@ -17,6 +17,11 @@ the median of --reps steps after --warmup untimed ones, best median over --round
   same CPU torch; each at its default and at its fastest documented setting.
 - roofline: the bare encoder product (x @ W_enc + b_enc), the only dense work a TopK step
   needs; "share of roofline" = roofline time / step time.
+- bf16 (issue 19): the same four saescope steps with `SAE.precision = "bf16"` (the encoder
+  product from bfloat16 copies, everything else fp32), SAELens TopK with its own
+  `autocast=True`, and the bf16 roofline (the bfloat16 encoder product alone). Run only where
+  the CPU multiplies bf16 natively (avx512_bf16 / amx_bf16; --bf16 on forces them): on an
+  AVX2 CPU torch's bf16 matmul is 8-80x slower than fp32, and the rows say nothing useful.
 
 The scaling sweep times saescope TopK, naive TopK and the roofline over d_sae 2k -> 32k and
 batch 1k -> 16k and plots seconds per step against the encoder's FLOPs.
@@ -38,7 +43,7 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
-from machine import cpu_name  # bench/machine.py: this file runs as a script
+from machine import cpu_flags, cpu_name  # bench/machine.py: this file runs as a script
 
 HERE = Path(__file__).resolve().parent
 PEER_PINS = ("sae-lens==6.54.12", "eai-sparsify==1.3.3", "dictionary-learning==0.1.0")
@@ -51,7 +56,10 @@ OURS = (
     "saescope-topk-torch",
 )
 """saescope's rows; "-torch": the same step with the compiled kernels off (SAESCOPE_NATIVE=0)."""
+OURS_BF16 = tuple(f"{i}-bf16" for i in OURS if not i.endswith("-torch"))
+"""The same steps with the encoder product in bfloat16 (SAE.precision = "bf16")."""
 BASELINES = ("naive-topk", "roofline")
+BF16_BASELINES = ("roofline-bf16",)
 AUXK_IMPLS = ("saescope-topk", "saelens-topk-fast", "sparsify-auxk", "dictlearn-topk")
 """The TopK rows timed again with dead latents, so every library runs its AuxK."""
 
@@ -99,7 +107,7 @@ def _saescope_step(impl: str, s: Shape, l0: int, bandwidth: float, dead_frac: fl
     from saescope.saes import make_sae
     from saescope.training import TrainConfig, optim
 
-    arch = impl.removeprefix("saescope-").removesuffix("-torch")
+    arch = impl.removeprefix("saescope-").removesuffix("-bf16").removesuffix("-torch")
     cfg: dict = {"architecture": arch, "d_in": s.d_in, "d_sae": s.d_sae}
     if arch in ("topk", "batchtopk"):
         cfg["k"] = s.k
@@ -113,7 +121,9 @@ def _saescope_step(impl: str, s: Shape, l0: int, bandwidth: float, dead_frac: fl
     with torch.no_grad():  # as peer_step.py: zero encoder, bias -1, never fire
         sae.W_enc[:, :n_dead] = 0.0
         sae.b_enc[:n_dead] = -1.0
-    tcfg = TrainConfig(steps=10**6, lr=1e-5, progress=False)
+    bf16 = impl.endswith("-bf16")
+    sae.precision = "bf16" if bf16 else "fp32"
+    tcfg = TrainConfig(steps=10**6, lr=1e-5, progress=False, precision=sae.precision)
     (slot,) = optim.make_slots([sae], tcfg)
     window = 10**9
     slot.since_fired[:n_dead] = window  # type: ignore[index]
@@ -128,6 +138,11 @@ def _saescope_step(impl: str, s: Shape, l0: int, bandwidth: float, dead_frac: fl
         setting += f"; {n_dead} dead latents, AuxK on"
     if arch == "jumprelu":
         setting += f"; bandwidth {bandwidth}"
+    if bf16:
+        from saescope import lowp
+
+        how = "native" if lowp.native_matmul("cpu") else "EMULATED (no native bf16 here)"
+        setting += f"; encoder product in bf16 ({how}), fp32 weights, gradients and Adam"
     return step, lambda: holder["out"].l0(), setting
 
 
@@ -183,6 +198,22 @@ def _roofline_step(s: Shape):
     return variants[best], lambda: float("nan"), setting
 
 
+def _roofline_bf16_step(s: Shape):
+    """The bfloat16 encoder product alone: bf16 copies of x and W_enc (latent-major), torch.mm
+    into a reused bf16 buffer (what the bf16 SAE step's product does natively)."""
+    import torch
+
+    W = (torch.randn(s.d_sae, s.d_in).t() / s.d_in**0.5).to(torch.bfloat16)
+    x = torch.randn(s.batch, s.d_in).to(torch.bfloat16)
+    buf = torch.empty(s.batch, s.d_sae, dtype=torch.bfloat16)
+
+    def step() -> None:
+        torch.mm(x, W, out=buf)
+
+    setting = "the bf16 encoder product alone: torch.mm(x_bf16, W_enc_bf16, out=reused buffer)"
+    return step, lambda: float("nan"), setting
+
+
 def worker(a: argparse.Namespace) -> None:
     """Time one implementation in this process and print one JSON line."""
     import torch
@@ -192,9 +223,12 @@ def worker(a: argparse.Namespace) -> None:
     s = Shape(a.d_in, a.d_sae, a.k, a.batch)
     if a.worker.endswith("-torch"):
         os.environ["SAESCOPE_NATIVE"] = "0"
-    if a.worker in OURS:
+    if a.worker in OURS or a.worker in OURS_BF16:
         step, l0, setting = _saescope_step(a.worker, s, a.l0, a.bandwidth, a.dead_frac)
         library, version = "saescope", _version("saescope")
+    elif a.worker == "roofline-bf16":
+        step, l0, setting = _roofline_bf16_step(s)
+        library, version = "roofline", torch.__version__
     elif a.worker == "naive-topk":
         step, l0, setting = _naive_step(s)
         library, version = "plain PyTorch", torch.__version__
@@ -267,7 +301,7 @@ def run_one(impl: str, a: argparse.Namespace, py: Path | None, s: Shape) -> dict
         f"--warmup={a.warmup}", f"--reps={a.reps}", f"--threads={a.threads}", f"--l0={a.l0}",
         f"--dead-frac={a.dead_frac}",
     ]  # fmt: skip
-    if impl in OURS or impl in BASELINES:
+    if impl in OURS or impl in BASELINES or impl in OURS_BF16 or impl in BF16_BASELINES:
         cmd = [sys.executable, str(Path(__file__)), f"--worker={impl}", *common]
         cmd.append(f"--bandwidth={a.bandwidth}")
     else:
@@ -381,7 +415,18 @@ def checks(rows: dict[str, dict]) -> list[tuple[str, str, bool | None]]:
         (i for i in rows if i.startswith("sparsify")), key=lambda i: rows[i]["tokens_per_s"],
         default="sparsify-default",
     )  # fmt: skip
+
+    def within(a: str, b: str, what: str) -> tuple[str, str, bool | None]:
+        ta, tb = tps(a), tps(b)
+        if ta is None or tb is None:
+            return what, "not measured", None
+        return what, f"{ta / tb:.2f}x", ta / tb >= 0.9
+
     return [
+        ratio("saescope-topk-bf16", "saescope-topk", 1.8, "bf16 TopK >= 1.8x fp32 TopK (#19)"),
+        ratio("saescope-topk-bf16", "roofline-bf16", 0.8, "bf16 TopK >= 80% of bf16 roofline"),
+        within("saescope-batchtopk", "saescope-topk", "BatchTopK within 10% of TopK, fp32"),
+        within("saescope-batchtopk-bf16", "saescope-topk-bf16", "... and in bf16"),
         ratio("saescope-topk", "saelens-topk-fast", 3.5, "TopK >= 3.5x SAELens TopK (fastest)"),
         ratio("saescope-topk", sparsify, 2.0, f"TopK >= 2x sparsify ({sparsify})"),
         ratio("saescope-topk", "roofline", 0.8, "TopK >= 80% of the roofline"),
@@ -401,6 +446,7 @@ def write_results(
 
     ref = rows.get("saelens-topk-fast")
     roof = rows.get("roofline")
+    roof16 = rows.get("roofline-bf16")
     lines = [
         f"# Training-step benchmark, {date.today()}",
         "",
@@ -412,20 +458,30 @@ def write_results(
         f"best of {a.rounds} interleaved rounds. ReLU-L1 and JumpReLU run at L0 ~ {a.l0} "
         "(thresholds set to each latent's quantile). Command: `make bench`.",
         "",
+        f"CPU flags: {cpu_flags()}. bf16 rows: {getattr(a, 'bf16_note', 'not run')}",
+        "",
         "| implementation | library | version | tokens/s | vs SAELens TopK fastest | "
-        "share of roofline | peak RSS MB | RSS before steps MB | L0 | setting |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "share of roofline | share of bf16 roofline | peak RSS MB | RSS before steps MB | L0 | "
+        "setting |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for impl, r in sorted(rows.items(), key=lambda kv: -kv[1]["tokens_per_s"]):
         vs = f"{r['tokens_per_s'] / ref['tokens_per_s']:.2f}x" if ref else "-"
         share = f"{roof['median_s'] / r['median_s']:.0%}" if roof else "-"
+        share16 = f"{roof16['median_s'] / r['median_s']:.0%}" if roof16 else "-"
         l0 = "-" if r["l0"] != r["l0"] else f"{r['l0']:.1f}"  # NaN: no codes
         lines.append(
             f"| {impl} | {r['library']} | {r['version']} | {r['tokens_per_s']:,.0f} | {vs} | "
-            f"{share} | {r['peak_rss_mb']:,.0f} | {r.get('rss_before_mb', float('nan')):,.0f} | "
-            f"{l0} | {r['setting']} |"
+            f"{share} | {share16} | {r['peak_rss_mb']:,.0f} | "
+            f"{r.get('rss_before_mb', float('nan')):,.0f} | {l0} | {r['setting']} |"
         )
-    lines += ["", "## Acceptance (issue 4)", "", "| check | measured | holds |", "|---|---|---|"]
+    lines += [
+        "",
+        "## Acceptance (issues 4 and 19)",
+        "",
+        "| check | measured | holds |",
+        "|---|---|---|",
+    ]
     for what, measured, held in checks(rows):
         mark = "n/a" if held is None else ("yes" if held else "**no**")
         lines.append(f"| {what} | {measured} | {mark} |")
@@ -492,6 +548,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-peers", action="store_true", help="time saescope and baselines only")
     p.add_argument("--no-sweep", action="store_true")
     p.add_argument("--quick", action="store_true", help="small shapes, one round (a smoke test)")
+    p.add_argument(
+        "--bf16",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="the bf16 rows: auto (where the CPU has native bf16), on (always), off",
+    )
     p.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -500,13 +562,35 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     return a
 
 
+def _bf16_rows(a: argparse.Namespace) -> bool:
+    """Whether to time the bf16 rows; says why not (and sets a.bf16_note for RESULTS.md)."""
+    sys.path.insert(0, str(HERE.parent / "src"))
+    from saescope import lowp
+
+    native = lowp.native_matmul("cpu")
+    if a.bf16 == "off" or (a.bf16 == "auto" and not native):
+        why = "--bf16 off" if a.bf16 == "off" else (
+            f"this CPU has no native bf16 matmul (flags: {cpu_flags()}): torch's bf16 matmul "
+            "runs 8-80x slower than fp32 here; run make bench on an AVX512-BF16 CPU or with "
+            "--bf16 on"
+        )  # fmt: skip
+        a.bf16_note = f"skipped: {why}"
+        print(f"bf16 rows skipped: {why}", flush=True)
+        return False
+    a.bf16_note = "native bf16" if native else "forced (--bf16 on) WITHOUT native bf16"
+    return True
+
+
 def main(argv: list[str] | None = None) -> None:
     a = parse(argv)
     if a.worker:
         worker(a)
         return
     py = None if a.no_peers else ensure_peers(a.peers_venv)
-    impls = [*OURS, *(_peer_impls(py) if py else []), *BASELINES]
+    bf16 = _bf16_rows(a)
+    peers = [i for i in (_peer_impls(py) if py else []) if bf16 or not i.endswith("-bf16")]
+    impls = [*OURS, *(OURS_BF16 if bf16 else ()), *peers, *BASELINES]
+    impls += list(BF16_BASELINES if bf16 else ())
     rows = measure(impls, a, py)
     auxk_rows: dict[str, dict] = {}
     if a.auxk_frac > 0:

@@ -18,6 +18,12 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
     os.environ["OMP_NUM_THREADS"] = "1"
 
+# `--precision auto` (the default) would pick bf16 on a CPU with AVX512-BF16: the suite's results
+# must not depend on which CPU CI draws, so auto's probe answers "bf16 is not faster" here, in
+# the workers and the processes tests start. tests/test_precision.py and test_lowp.py set or
+# clear it themselves to test the probe.
+os.environ.setdefault("SAESCOPE_BF16_SPEEDUP", "0")
+
 ALL_SEEDS = (0, 1, 2)
 """The seeds `make claims` (--all-seeds) checks every claim on; `make test` checks seed 0."""
 
@@ -45,17 +51,91 @@ def pytest_generate_tests(metafunc):
         )
 
 
+# The longest tests' modules, longest first (CPU seconds on one core, measured 2026-12-01):
+# they start at once, one per worker, so that no long test is left for the end.
+LONGEST = (
+    "tests/experiments/test_correlated.py",
+    "tests/training/test_target.py",
+    "tests/experiments/test_recovery.py",
+    "tests/experiments/test_superposition.py",
+)
+
+BROWSER_GROUP = "browser"
+"""The tests that drive Chromium: one worker runs them all, so Chromium starts once."""
+
+
+def _module_fixture_group(item: pytest.Item) -> str | None:
+    """The browser group if the item uses the browser; else its module path if it uses a
+    module-scoped fixture (with its claim seed where each such fixture is built from the seed,
+    so once per seed: each seed is then a unit of its own); else None."""
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return None
+    if "browser" in info.name2fixturedefs:
+        return BROWSER_GROUP
+    shared = [
+        d
+        for name, defs in info.name2fixturedefs.items()
+        if name != "claim_seed"  # a parameter, not built: its tests may go to either worker
+        for d in defs
+        if d.scope in ("module", "class", "package")
+    ]
+    if not shared:
+        return None
+    group = item.nodeid.split("::")[0]
+    callspec = getattr(item, "callspec", None)
+    if all("claim_seed" in d.argnames for d in shared) and callspec is not None:
+        group += f"-seed{callspec.params['claim_seed']}"
+    return group
+
+
+def _order(item: pytest.Item) -> tuple[int, int]:
+    module = item.nodeid.split("::")[0]
+    first = LONGEST.index(module) if module in LONGEST else len(LONGEST)
+    long = item.get_closest_marker("claim") or item.get_closest_marker("slow")
+    return first, 0 if long else 1
+
+
+# A wrapper: its part before `yield` runs before every plugin's hook, xdist's included, which
+# reads the groups (`--dist loadgroup`); tryfirst=True is not enough for that.
+@pytest.hookimpl(wrapper=True)
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if "claim_seed" in getattr(item, "fixturenames", ()) and not item.get_closest_marker(
             "claim"
         ):
             raise pytest.UsageError(f"{item.nodeid} takes claim_seed but is not marked claim")
-    # The long tests first (claims and those marked slow), so the two workers share them out
-    # while the many short ones fill the gaps; the order within each group stays as collected.
-    items.sort(
-        key=lambda item: not (item.get_closest_marker("claim") or item.get_closest_marker("slow"))
-    )
+    # `make test` hands out work units (--dist loadgroup): a module whose tests share a
+    # module-scoped fixture is one unit, so one worker builds the fixture once (split over
+    # both workers, each would build it), and so are the browser tests.
+    for item in items:
+        group = _module_fixture_group(item)
+        if group is not None and not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group(group))
+    # The longest modules first (LONGEST), then the other long tests (claims and those marked
+    # slow), so the two workers share them out while the many short ones fill the gaps; the
+    # order within each group stays as collected (the sort is stable).
+    items.sort(key=_order)
+    # The second worker's first test builds the shared glassllm run and its index (tens of
+    # seconds, under a file lock) while the first runs the longest test: a worker that needed
+    # them later would wait for the other to build them.
+    first = next((i for i, it in enumerate(items) if "indexed_glass" in it.fixturenames), None)
+    if first is not None and first > 1:
+        items.insert(1, items.pop(first))
+    yield
+    _send_groups(config, items)
+
+
+def _send_groups(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """What xdist's worker does for `--dist loadgroup` (the group after an `@` in the ids it
+    sends the scheduler) where xdist cannot: pytest 9.2 keeps a node's id in `_id`, xdist 3.8
+    still writes `_nodeid`, and without this every test would be a unit of its own."""
+    if not getattr(config.option, "loadgroup", False):
+        return
+    for item in items:
+        mark = item.get_closest_marker("xdist_group")
+        if mark is not None and "@" not in item.nodeid and hasattr(item, "_id"):
+            item._id = type(item._id).parse(f"{item.nodeid}@{mark.args[0]}")
 
 
 @pytest.fixture(scope="session")

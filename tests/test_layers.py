@@ -9,10 +9,12 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "saescope"
 # Lower number = further left. A module may import from strictly lower layers (and itself).
 LAYERS = {
     "native": -1,
+    "lowp": -1,
     "version": -1,
     "atomic": -1,
     "errors": 0,
     "ops": 0,
+    "precision": 0.5,
     "sparse": 0,
     "metrics": 0,
     "text": 0,

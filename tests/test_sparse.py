@@ -4,7 +4,7 @@ every chooser, and every loss term of every architecture that has a sparse path.
 import pytest
 import torch
 
-from saescope import ops, sparse
+from saescope import native, ops, sparse
 from saescope.errors import ConfigError
 from saescope.saes import LossContext, make_sae
 from saescope.saes.base import SPARSE_MAX_DENSITY
@@ -378,3 +378,25 @@ def test_batches_of_changing_size_reuse_the_buffer_correctly():
         sae.sparse_mode = "dense"
         torch.testing.assert_close(ours, sae.loss(x, x).y_hat)
     sparse.release_buffers()
+
+
+@pytest.mark.parametrize("skew", ["none", "sampled_rows"])
+def test_batch_topk_fused_samples_rows_and_stays_exact(skew):
+    """With at least 4 x stride rows the fused cut is estimated from every stride-th row;
+    the answer is still the flat top-k, and a sample far above the rest (the cut then
+    overshoots) makes it decline, leaving it to the exact search."""
+    if not native.available():
+        pytest.skip("the fused choosers run on the kernels")
+    raw, bias = torch.randn(300, 64), torch.randn(64)
+    if skew == "sampled_rows":
+        raw[::61] += 100.0  # 5 rows x 64 = 320 entries: fewer than n_keep
+    chooser = sparse.batch_topk(300 * 3)
+    got = chooser.fused(raw, bias)
+    want = (raw + bias).flatten().topk(300 * 3).indices.sort().values
+    if skew == "sampled_rows":
+        assert got is None
+        assert torch.equal(chooser(raw + bias).flat, want)
+    else:
+        p, vals = got
+        assert torch.equal(p.flat, want)
+        assert torch.equal(vals, (raw + bias).flatten()[want])

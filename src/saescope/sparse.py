@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from saescope import native
+from saescope import lowp, native
 
 # ----- where the non-zeros are --------------------------------------------------------------
 
@@ -236,8 +236,12 @@ class BatchTopK(Chooser):
             return None
         n, m = raw.shape
         keep = min(self.n_keep, n * m)
-        pos = torch.arange(0, n * m, self.stride)
-        cut = self._cut(raw.reshape(-1)[pos] + bias[pos % m], n * m)
+        if n >= 4 * self.stride:  # every stride-th row: contiguous reads, the same sample size
+            sample = (raw[:: self.stride] + bias).view(-1)
+        else:  # every stride-th entry (a gather that misses the cache at every entry)
+            pos = torch.arange(0, n * m, self.stride)
+            sample = raw.reshape(-1)[pos] + bias[pos % m]
+        cut = self._cut(sample, n * m)
         if cut is None or not bool(torch.isfinite(cut)):
             return None
         crow, col, val = native.above_bias(raw, bias, float(cut), inclusive=True)
@@ -330,13 +334,18 @@ def release_buffers() -> None:
 
 
 def _choose(
-    xc: Tensor, W_enc: Tensor, b_enc: Tensor, choosers: Sequence[Chooser]
+    xc: Tensor, W_enc: Tensor, b_enc: Tensor, choosers: Sequence[Chooser], low: bool = False
 ) -> list[tuple[Pattern, Tensor]]:
     """One encoder product, then each chooser's positions and the values of pre there. The
-    bias joins the product only when a chooser cannot take it fused."""
+    bias joins the product only when a chooser cannot take it fused. low: the product in
+    bfloat16 (`lowp.product`), the positions chosen on its values."""
     out = _pre_buffer(xc.shape[0], W_enc.shape[1], xc)
     fusing = native.usable(xc, W_enc, b_enc) and type(choosers[0]).fused is not Chooser.fused
-    if not fusing:
+    if low:
+        pre = lowp.product(xc, W_enc, out=out)
+        if not fusing:
+            pre.add_(b_enc)
+    elif not fusing:
         pre = torch.addmm(b_enc, xc, W_enc, out=out)
     else:
         pre = torch.mm(xc, W_enc, out=out)
@@ -357,9 +366,16 @@ def _choose(
 # ----- autograd Functions -------------------------------------------------------------------
 
 
+def _exact(p: Pattern, xc: Tensor, W_enc: Tensor, b_enc: Tensor) -> Tensor:
+    """pre at the pattern's positions in float32, (nnz,): O(nnz D), about k / M of the
+    encoder product's work."""
+    return _gather_dot(p, xc, W_enc.t()) + b_enc[p.col]
+
+
 class _Encode(torch.autograd.Function):
     """z at each chooser's positions, from one encoder product; saves the centred input
-    (N, D), W_enc and the patterns."""
+    (N, D), W_enc and the patterns. With a bfloat16 product (`low`) the positions are chosen
+    on its values and z is computed again at them in float32."""
 
     @staticmethod
     def forward(
@@ -370,11 +386,12 @@ class _Encode(torch.autograd.Function):
         b_dec: Tensor | None,
         choosers: Sequence[Chooser],
         patterns_out: list[Pattern],
+        low: bool = False,
     ) -> tuple[Tensor, ...]:
         xc = x if b_dec is None else x - b_dec
         zs = []
-        for p, z in _choose(xc, W_enc, b_enc, choosers):
-            zs.append(z)
+        for p, z in _choose(xc, W_enc, b_enc, choosers, low):
+            zs.append(_exact(p, xc, W_enc, b_enc) if low else z)
             patterns_out.append(p)
         ctx.save_for_backward(xc, W_enc)
         ctx.patterns = list(patterns_out)  # type: ignore[attr-defined]
@@ -389,7 +406,7 @@ class _Encode(torch.autograd.Function):
         parts = [(p, g) for p, g in zip(ctx.patterns, grads, strict=True) if g is not None]
         parts = [(p, g) for p, g in parts if p.nnz]
         if not parts:
-            return (None,) * 6
+            return (None,) * 7
         grad_x = grad_W = grad_b_enc = grad_b_dec = None
         if need_W:
             acc = _scatter_rows(*parts[0], xc)
@@ -407,7 +424,7 @@ class _Encode(torch.autograd.Function):
             grad_x = _gather_sum(*parts[0], W_t)
             for p, g in parts[1:]:
                 grad_x += _gather_sum(p, g, W_t)
-        return grad_x, grad_W, grad_b_enc, grad_b_dec, None, None
+        return grad_x, grad_W, grad_b_enc, grad_b_dec, None, None, None
 
 
 class _Decode(torch.autograd.Function):
@@ -499,15 +516,18 @@ def encode(
     b_enc: Tensor,
     b_dec: Tensor | None,
     choosers: Sequence[Chooser],
+    low: bool = False,
 ) -> list[tuple[Pattern, Tensor]]:
     """pre = (x - b_dec) W_enc + b_enc (no centring when b_dec is None), then for each
     chooser its positions and the pre-activations z (nnz,) there.
 
     x (N, D), W_enc (D, M), b_enc (M,). Gradients of z reach x, W_enc, b_enc and b_dec with
     the same values as dense autograd through pre; the backward keeps no N x M tensor.
+    low: the product in bfloat16 (`lowp.product`); the positions are chosen on its values
+    (ties and near-ties may pick other latents than float32 would), z is float32 there.
     """
     patterns: list[Pattern] = []
-    zs = _Encode.apply(x, W_enc, b_enc, b_dec, tuple(choosers), patterns)
+    zs = _Encode.apply(x, W_enc, b_enc, b_dec, tuple(choosers), patterns, low)
     return list(zip(patterns, zs, strict=True))
 
 

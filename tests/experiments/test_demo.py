@@ -20,6 +20,7 @@ SECTIONS = [
     "shrinkage",
     "monosemanticity",
     "absorption",
+    "pareto",
     "steering",
 ]
 

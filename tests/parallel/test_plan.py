@@ -4,6 +4,7 @@ import pytest
 
 from saescope.parallel import plan
 from saescope.saes import make_sae
+from saescope.training.shards import bytes_per_step
 
 SAE = plan.SAESize(d_in=16, d_sae=64, k=4)
 
@@ -29,17 +30,30 @@ def test_layers_hold_a_share_of_the_saes_and_exchange_activations():
     assert p.state == 2 * 16 * SAE.params
     assert p.wire == pytest.approx(3 / 4 * 64 * 16 * 4 * 8)  # 64 tokens, 8 hooks, 3/4 away
     assert p.flops == pytest.approx(2 * 256 * SAE.flops_per_token())
+    # one gather per owner (parallel.layers.Exchange); each root takes in 3 ranks' rows
+    assert [(c.collective, c.root) for c in p.collectives] == [("gather", r) for r in range(4)]
+    assert p.collectives[0].busiest() == 3 * 64 * 16 * 4 * 2
+    few = plan.layers(SAE, 250, 4, saes=2, act_bytes=4)  # rank 3 owns none: sends to both
+    assert len(few.collectives) == 2 and few.wire == 2 * 63 * 16 * 4  # padded to 63 rows
 
 
 def test_latents_shard_the_state_and_move_candidates_and_reconstructions():
     p = plan.latents(SAE, 256, 4)
     assert p.state == pytest.approx(16 * SAE.params / 4)
     kinds = {c.kind: c.wire() for c in p.collectives}
-    assert kinds["candidates"] == 3 * 256 * 4 * 8
+    assert kinds["candidates"] == 3 * 256 * 4 * 16  # value and index, two float64s
     assert kinds["reconstruction"] == pytest.approx(1.5 * 256 * 16 * 4)
-    assert kinds["input"] == 3 * 64 * 16 * 4
+    assert "input" not in kinds  # every rank reads the whole batch
+    shared = plan.latents(SAE, 256, 4, shared_input=True)
+    assert {c.kind: c.wire() for c in shared.collectives}["input"] == 3 * 64 * 16 * 4
     with_grad = plan.latents(SAE, 256, 4, grad_exchange=True)
     assert with_grad.wire == pytest.approx(p.wire + kinds["reconstruction"])
+
+
+@pytest.mark.parametrize("rows,ranks", [(256, 4), (1000, 3)])
+def test_the_latents_plan_gives_what_the_sharded_step_sends(rows, ranks):
+    given = sum(c.nbytes for c in plan.latents_collectives(SAE, rows, ranks))
+    assert given == bytes_per_step("topk", rows, SAE.out, ranks, k=SAE.k)
 
 
 def test_the_sparse_path_costs_less_and_the_limit_is_named():

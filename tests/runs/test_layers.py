@@ -13,8 +13,19 @@ import torch
 from saescope.activations import harvest_to_cache
 from saescope.cli import main
 from saescope.data.cache import CacheBatches
-from saescope.errors import ConfigError, InputError
-from saescope.runs import Run, hooks_of, parse_hooks, train_hooks, train_run
+from saescope.errors import ConfigError, FormatError, InputError
+from saescope.runs import (
+    DataSpec,
+    Run,
+    build_owned,
+    hooks_of,
+    is_layered,
+    parse_hooks,
+    resume_hooks,
+    train_hooks,
+    train_run,
+)
+from saescope.saes import make_sae
 from saescope.training.checkpoint import read_meta
 from tests.parallel import layer_ranks as L
 
@@ -102,3 +113,76 @@ def test_a_stopped_run_resumes_to_the_uninterrupted_weights(tmp_path):
     resumed = train(tmp_path / "run", resume=True)
     for h in HOOKS:
         _same(resumed[h].saes[0].state_dict(), whole[h].saes[0].state_dict())
+
+
+def _cache_run(tmp_path, rows: int = 40):
+    """A cache of HOOKS and its specs (resume_hooks reopens them as recorded)."""
+    model = L.streams(HOOKS[:1])[0].model
+    ids = torch.randint(100, (rows, L.CONTEXT), generator=torch.Generator().manual_seed(3))
+    harvest_to_cache(model, ids, HOOKS, tmp_path / "cache", {"model": "glassllm"}, progress=False)
+    return [DataSpec.cache(tmp_path / "cache", h, None, 1) for h in HOOKS]
+
+
+def test_an_early_failure_leaves_no_run_in_the_way(tmp_path):
+    specs = _cache_run(tmp_path, rows=12)
+    out, cfg = tmp_path / "run", dataclasses.replace(L.config(), steps=2)
+    streams = [specs[0].open(64), specs[1].open(32)]  # refused: batches of 64 and 32 rows
+    with pytest.raises(ConfigError, match=r"batches of \[32, 64\] rows"):
+        train_hooks([L.sae(s.d_in) for s in streams], specs, streams, cfg, out)
+    assert not is_layered(out)  # checked before anything was written
+    streams = [s.open(64) for s in specs]
+    part = streams[1].part
+
+    def broken(i, *a):
+        raise InputError("the source broke")
+
+    streams[1].part = broken  # fails before any checkpoint
+    with pytest.raises(InputError, match="the source broke"):
+        train_hooks([L.sae(s.d_in) for s in streams], specs, streams, cfg, out)
+    assert is_layered(out) and not any(list((out / h).glob("checkpoint*")) for h in HOOKS)
+    with pytest.raises(FormatError, match="nothing to resume: no hook point"):
+        resume_hooks(out)
+    streams[1].part = part  # a corrected call starts afresh without --overwrite
+    got = train_hooks([L.sae(s.d_in) for s in streams], specs, streams, cfg, out)
+    assert list(got) == HOOKS and all(read_meta(out / h)["step"] == 2 for h in HOOKS)
+
+
+def test_a_hook_point_stopped_before_its_first_checkpoint_starts_afresh(tmp_path):
+    specs = _cache_run(tmp_path)
+    cfg = dataclasses.replace(L.config(), steps=6, checkpoint_every=3)
+
+    def train(out, fail_at=None):
+        streams = [s.open(64) for s in specs]
+        if fail_at is not None:
+            part = streams[0].part
+            streams[0].part = lambda i, *a: _fail_at(i, fail_at) or part(i, *a)
+        return train_hooks([L.sae(s.d_in) for s in streams], specs, streams, cfg, out)
+
+    whole = train(tmp_path / "whole")
+    with pytest.raises(InputError, match="the source broke"):
+        train(tmp_path / "run", fail_at=4)
+    (tmp_path / "run" / HOOKS[1] / "checkpoint.safetensors").unlink()  # as if never saved
+    resumed = resume_hooks(tmp_path / "run")  # HOOKS[0] from step 3, HOOKS[1] from 0
+    for h in HOOKS:
+        _same(resumed[h].saes[0].state_dict(), whole[h].saes[0].state_dict())
+        assert read_meta(tmp_path / "run" / h)["step"] == 6
+
+
+def _fail_at(i: int, at: int) -> None:
+    if i == at:
+        raise InputError("the source broke")
+
+
+def test_each_process_builds_only_its_own_saes():
+    class Group:
+        rank, size = 1, 2
+
+    built = build_owned(3, Group(), 0, lambda j: make_sae(_topk(8)))  # type: ignore[arg-type]
+    assert built[0] is None and built[2] is None and built[1] is not None
+    alone = build_owned(3, None, 0, lambda j: make_sae(_topk(8)))
+    _same(built[1].state_dict(), alone[1].state_dict())  # as a run of that hook point alone
+    _same(alone[0].state_dict(), alone[2].state_dict())  # each seeded afresh
+
+
+def _topk(d_in: int) -> dict:
+    return {"architecture": "topk", "d_in": d_in, "d_sae": 16, "k": 2}

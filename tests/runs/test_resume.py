@@ -58,7 +58,9 @@ def _finished(spec: DataSpec, out) -> torch.Tensor:
 def test_resume_run_needs_nothing_but_the_folder(tmp_path, acts):
     _crashed(acts, tmp_path / "run")
     recorded = Recorded.read(tmp_path / "run")
-    assert (recorded.data, recorded.batch_size, recorded.train) == (acts, 64, CFG)
+    settled = dataclasses.replace(CFG, precision=recorded.train.precision)  # auto: what it picked
+    assert recorded.train.precision in ("fp32", "bf16")
+    assert (recorded.data, recorded.batch_size, recorded.train) == (acts, 64, settled)
     assert recorded.saes[0]["k"] == 3 and recorded.saes[0]["architecture"] == "topk"
     given = Given(train={"log_every": 3, "progress": False, "checkpoint_minutes": 1.0})
     resumed = resume_run(tmp_path / "run", given)

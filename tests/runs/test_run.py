@@ -66,7 +66,8 @@ def test_open_a_single_sae_run(tmp_path):
     x = torch.randn(10, 4)
     torch.testing.assert_close(sae(x), result.saes[0](x), rtol=0, atol=0)
     # cfg.json records the learning rate the run used (CFG leaves it to the default rule)
-    assert run.data == spec and run.train == replace(CFG, lr=CFG.lr_for(sae))
+    settled = run.train.precision  # auto, recorded as what it picked
+    assert run.data == spec and run.train == replace(CFG, lr=CFG.lr_for(sae), precision=settled)
     assert run.metadata["data"] == spec.to_dict() and "normalisation" in run.metadata
 
 
@@ -77,7 +78,8 @@ def test_open_a_run_of_several_saes(tmp_path):
     assert run.dirs == {f"sae_{i}": tmp_path / "sweep" / f"sae_{i}" for i in range(2)}
     assert isinstance(run.saes["sae_0"], TopKSAE) and isinstance(run.saes["sae_1"], ReLUSAE)
     assert run.saes["sae_1"].cfg == result.saes[1].cfg
-    assert run.data == spec and run.train == replace(CFG, lr=CFG.lr_for(run.saes["sae_0"]))
+    lr, settled = CFG.lr_for(run.saes["sae_0"]), run.train.precision
+    assert run.data == spec and run.train == replace(CFG, lr=lr, precision=settled)
 
 
 def test_a_folder_without_a_saved_sae_is_refused(tmp_path):
@@ -244,3 +246,10 @@ def test_given_data_scores_every_sae_of_a_run(tmp_path):
     for name, sae in run.saes.items():
         assert got[name] == run.evaluate(300, DataSpec.file(tmp_path / "acts.npy"))[name]
         assert got[name]["architecture"] == sae.cfg.name
+
+
+def test_sae_folders_come_in_number_order(tmp_path):
+    sae = make_sae({"architecture": "topk", "d_in": 2, "d_sae": 4, "k": 1})
+    for i in (10, 2, 1):
+        sae.save(tmp_path / f"sae_{i}")
+    assert [p.name for p in sae_folders(tmp_path)] == ["sae_1", "sae_2", "sae_10"]

@@ -5,11 +5,13 @@ printed as one line (exit status 2)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import warnings
 from collections.abc import Sequence
 from typing import Any
 
+from saescope import precision
 from saescope.cli import (
     convert,
     demo,
@@ -22,6 +24,7 @@ from saescope.cli import (
     index,
     runs,
     steer,
+    sweep,
     train,
 )
 from saescope.errors import SaescopeError
@@ -39,7 +42,11 @@ COMMANDS = (
     explore,
     export,
     convert,
+    sweep,
 )
+
+PRECISION_COMMANDS = ("harvest", "eval", "steer", "index")  # train's is a TrainConfig field
+PRECISION_HELP = "fp32, bf16 or auto (default: bf16 where clearly faster; docs/PRECISION.md)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,7 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True)
     for command in COMMANDS:
-        command.add_parser(sub).set_defaults(handler=command.run)
+        parser = command.add_parser(sub)
+        parser.set_defaults(handler=command.run)
+        if command.__name__.rsplit(".", 1)[-1] in PRECISION_COMMANDS:
+            parser.add_argument("--precision", default="auto", help=PRECISION_HELP)
     return p
 
 
@@ -57,17 +67,27 @@ def _warn(message: Warning | str, *_: Any, **__: Any) -> None:
     print(f"saescope: warning: {message}", file=sys.stderr)
 
 
+def _precision(ns: argparse.Namespace) -> contextlib.AbstractContextManager[None]:
+    """The model precision of harvest, eval, steer and index (train settles its own)."""
+    if ns.command not in PRECISION_COMMANDS:
+        return contextlib.nullcontext()
+    return precision.for_command(ns.precision, getattr(ns, "device", None) or "cpu")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
     try:
         with warnings.catch_warnings():  # restores showwarning after
             warnings.showwarning = _warn
-            return ns.handler(ns)
+            with _precision(ns):
+                return ns.handler(ns)
     except SaescopeError as e:
         print(f"saescope: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:  # Ctrl-C; SIGTERM too while training (training.Interrupted)
-        again = train.interrupted(ns, e) if ns.command == "train" else "interrupted; run it again"
+        again = "interrupted; run it again"
+        if ns.command in ("train", "sweep"):
+            again = (train if ns.command == "train" else sweep).interrupted(ns, e)
         print(f"saescope: {again}", file=sys.stderr)
         return getattr(e, "exit_status", 130)
     except PermissionError as e:  # a read-only folder: a peer SAE in a shared cache, say

@@ -41,6 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
         "metadata's hook_name_out)",
     )
     peer.add_args(e, hook=False, device=True)
+    e.add_argument("--sae", default=None, help="one SAE of a run of several, a sweep: sae_0, ...")
     e.add_argument("--tokens", type=int, default=65_536, help="tokens to evaluate on")
     e.add_argument(
         "--batch-size",
@@ -71,14 +72,14 @@ def run(ns: argparse.Namespace) -> int:
     names = parse_suites(ns.suite)
     need = ns.data in (None, "synthetic") or names != ["core"]  # else a peer's model is not needed
     r = peer.open_run(ns, target=ns.target, need_data=need)
+    r = r.only(ns.sae) if ns.sae else r  # one SAE of a sweep (or of any run of several)
     task = options.given(ns, ArticleTaskConfig)
     data = r.eval_data(ns.data, ns.hook, ns.target, task) if "core" in names else None
     if names != ["core"]:
         return suites(ns, r, names, data)
     results = r.evaluate(ns.tokens, data, batch_size=ns.batch_size)
     if ns.json:
-        out = next(iter(results.values())) if len(results) == 1 else results
-        print(json.dumps(finite(out)))
+        print(json.dumps(finite(next(iter(results.values())) if len(results) == 1 else results)))
         return 0
     rows = [{"sae": k, **v} for k, v in results.items()]
     print(table(rows, COLUMNS + [c for c in EXTRA if c in rows[0]]))

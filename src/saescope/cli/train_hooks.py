@@ -8,8 +8,6 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
-import torch
-
 from saescope import runs
 from saescope.cli import archs
 from saescope.errors import ConfigError
@@ -50,10 +48,9 @@ def run(
         if ns.tokens is not None:
             train["steps"] = runs.steps_for_tokens(ns.tokens, streams[0])
         cfg = TrainConfig(**train)
-        saes = []
-        for stream in streams:  # each SAE as `saescope train --hook H` makes it
-            torch.manual_seed(cfg.seed)
-            saes.append(runs.build_sae(ns.arch, stream, **fields))
+        # this rank's SAEs only, each as `saescope train --hook H` makes it
+        build = lambda j: runs.build_sae(ns.arch, streams[j], **fields)  # noqa: E731
+        saes = runs.build_owned(len(streams), group, cfg.seed, build)
         runs.train_hooks(saes, datas, streams, cfg, ns.out, False, ns.overwrite, ns.log, group)
     if group is not None and group.rank != 0:
         return []  # rank 0 prints the summary

@@ -28,6 +28,7 @@ from saescope.experiments import (
     absorption,
     correlated,
     monosemanticity,
+    pareto,
     phase,
     recovery,
     steering,
@@ -94,6 +95,10 @@ def _steering(seeds: list[int], quick: bool) -> Section:
     return steering.section([steering.run(s, cfg) for s in seeds], cfg)
 
 
+def _pareto(seeds: list[int], quick: bool) -> Section:
+    return pareto.section(pareto.run(seeds[0], steps=_steps(pareto.STEPS, quick)))
+
+
 @dataclass(frozen=True)
 class Experiment:
     name: str
@@ -113,6 +118,7 @@ EXPERIMENTS = (
     Experiment("recovery: correlated generator, shrinkage", _correlated, False, 73),
     Experiment("monosemanticity", _mono, True, 11),
     Experiment("absorption", _absorption, False, 18),
+    Experiment("pareto: every architecture at target L0s", _pareto, False, 31),
     Experiment("steering: the Golden Gate experiment", _steering, False, 25),
 )
 

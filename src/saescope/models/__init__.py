@@ -11,6 +11,7 @@ from typing import Any
 
 from torch import nn
 
+from saescope import precision
 from saescope.errors import ConfigError
 from saescope.models import glassllm, hf
 from saescope.models.hooks import HookShapes, describe_hooks, find_module, hook_points
@@ -36,12 +37,15 @@ Nothing is downloaded."""
 
 def load_model(name_or_path: str | Path) -> tuple[nn.Module, Any]:
     """(model in eval mode, tokenizer with .encode(text) -> ids) for a name from MODELS, or
-    for a local Hugging Face model folder."""
+    for a local Hugging Face model folder. Its forward runs in bf16 (autocast) within a
+    `precision.model_precision("bf16")` block (`precision.follow`)."""
     name = str(name_or_path)
     if name in MODELS:
-        return MODELS[name]()
+        model, tok = MODELS[name]()
+        return precision.follow(model), tok
     if Path(name).expanduser().is_dir():
-        return hf.load_folder(name)
+        model, tok = hf.load_folder(name)
+        return precision.follow(model), tok
     known = ", ".join(sorted(MODELS))
     if os.sep in name or name.startswith(("~", ".")):
         raise ConfigError(

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from saescope.errors import ConfigError, InputError
+from saescope.precision import as_float32, fp32_region
 
 Replacement = Callable[[Tensor], Tensor]
 
@@ -156,8 +157,22 @@ input), clean the value a replacement would take the place of (the module's outp
 x itself); it returns the replacement, or None to leave the pass as it is."""
 
 
+def _in_fp32(fn: Hook) -> Hook:
+    """fn seeing a bf16 forward's activations as float32, with autocast off: whatever an SAE
+    does in a hook (encode, splice, steer) runs in float32 in a bf16 forward too."""
+
+    def run(x: Any, clean: Any) -> Any:
+        if not isinstance(x, Tensor):
+            return fn(x, clean)
+        with fp32_region(x):
+            return fn(as_float32(x), clean)
+
+    return run
+
+
 def _register(module: nn.Module, point: HookPoint, fn: Hook, whole_module: bool) -> Any:
     """The one place saescope registers a torch hook."""
+    fn = _in_fp32(fn)
     if point.side == "out":
         return module.register_forward_hook(lambda _m, _args, out: fn(out, out))
     if whole_module:

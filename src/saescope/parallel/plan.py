@@ -8,16 +8,24 @@ P = 2 d_in d_sae + d_sae + d_out held in fp32 with their gradient and Adam's two
 
 - ddp: every rank holds every SAE whole and trains on N / W tokens; the gradients (with the
   fired latents and the loss terms) are all-reduced once per SAE per step.
-- layers: the S SAEs (one per hook point) are spread over the ranks; each rank runs the model on
-  its N / W tokens and sends each hook's activations to the rank that trains that hook's SAE
-  (all-to-all), which then trains on all N tokens. No gradient exchange.
+- layers: the S SAEs (one per hook point) are spread over the ranks; each rank runs the model
+  (or reads the cache) on its N / W tokens and sends each hook's activations to the rank that
+  trains that hook's SAE, which then trains on all N tokens. As `parallel.layers.Exchange`
+  does it: one gather per owning rank, min(S, W) of them one after the other, each rank's
+  share padded to the larger share (ceil(N / W) rows); with a cache too. No gradient exchange.
 - latents: one SAE's latents split over the ranks (W_enc columns, b_enc, W_dec rows and their
-  Adam state); every rank sees all N tokens (all-gathered when each harvests a share), keeps
-  its k best latents per token as candidates, all-gathers the candidates (value and index) to
-  choose the global top k, and all-reduces its partial reconstruction (N x d_out). The
-  reconstruction's gradient needs no exchange (every rank holds the whole reconstruction and
-  target, so it computes the same gradient); `grad_exchange` counts an implementation that
-  all-reduces it in backward anyway.
+  Adam state); every rank reads all N tokens itself (`training.latents_loop`: no input
+  exchange; `shared_input` models one that harvests a share and all-gathers it), keeps its k
+  best latents per token as candidates, all-gathers the candidates (value and index, two
+  float64s: 16 bytes, as `training.shards.global_topk_mask` sends them) to choose the global
+  top k, and all-reduces its partial reconstruction (N x d_out) and a few float64 scalars
+  (`training.shards.bytes_per_step`). The reconstruction's gradient needs no exchange (every
+  rank holds the whole reconstruction and target, so it computes the same gradient);
+  `grad_exchange` counts an implementation that all-reduces it in backward anyway.
+  `butterfly` (a log2 W merge of the candidates) is a model only: saescope does not have it.
+
+Host memory is not modelled: saescope builds the whole SAE on every rank's host before the
+latents mode keeps its shard, and gathers the final SAE whole on rank 0's CPU (docs/SCALING.md).
 """
 
 from __future__ import annotations
@@ -91,19 +99,33 @@ class Collective:
     collective: str
     nbytes: int
     ranks: int
+    root: int = 0
+    """The rank a gather goes to."""
+    rank: int = 0
+    """The rank whose bytes `wire` counts."""
 
     def wire(self) -> float:
-        """The bytes a rank sends for it (ring algorithms; `wire.wire_bytes`)."""
-        return wire_bytes(self.collective, self.nbytes, self.ranks)
+        """The bytes `rank` sends for it (ring algorithms; `wire.wire_bytes`)."""
+        return wire_bytes(self.collective, self.nbytes, self.ranks, self.rank, root=self.root)
+
+    def busiest(self) -> float:
+        """The bytes through the busiest rank's link: a gather's root receives every other
+        rank's part, (W - 1) x nbytes; the others' traffic is even, `wire`."""
+        if self.collective == "gather":
+            return (self.ranks - 1) * float(self.nbytes)
+        return self.wire()
 
     def hops(self) -> int:
         """Messages in a row on the critical path: 2 log2 W for an all-reduce (nccl's trees
-        at scale), log2 W for the butterfly, W - 1 for the ring all-gather and the others."""
+        at scale), log2 W for the butterfly, 1 for a gather (every rank sends to the root),
+        W - 1 for the ring all-gather and the others."""
         if self.ranks <= 1:
             return 0
         log = math.ceil(math.log2(self.ranks))
         if self.collective == "all_reduce":
             return 2 * log
+        if self.collective == "gather":
+            return 1
         return log if self.collective == "butterfly_topk" else self.ranks - 1
 
 
@@ -131,10 +153,10 @@ class StepPlan:
 
     def times(self, cluster: Cluster) -> dict[str, float]:
         """Seconds per step at peak: compute, Adam's memory traffic, and communication
-        (each collective at the bandwidth of the ranks it spans, plus its hops' latency;
-        nothing overlapped)."""
+        (each collective's busiest link at the bandwidth of the ranks it spans, plus its
+        hops' latency; nothing overlapped)."""
         comm = sum(
-            c.wire() / cluster.link(c.ranks) + c.hops() * cluster.hop for c in self.collectives
+            c.busiest() / cluster.link(c.ranks) + c.hops() * cluster.hop for c in self.collectives
         )
         return {
             "compute": self.flops / cluster.flops,
@@ -187,12 +209,24 @@ def layers(
     act_bytes: int = 2,
 ) -> StepPlan:
     """`saes` SAEs (one per hook point) over the ranks, ceil(S / W) each, every one trained on
-    all N tokens; each rank harvests N / W tokens and sends the other ranks' hooks'
-    activations (`act_bytes` per value: 2 for a bf16 model)."""
+    all N tokens; each rank harvests (or reads) N / W tokens and gives every owning rank its
+    hooks' activations in one gather per owner (`parallel.layers.Exchange`: rows padded to
+    ceil(N / W); `act_bytes` per value: 2 for a bf16 model). `wire` is the last rank's: it
+    owns a hook only when S >= W, so it sends the most."""
     mine = tokens / ranks
     held = math.ceil(saes / ranks)
-    send = int(mine * sae.d_in * act_bytes * saes)  # all-to-all input: every hook's rows
-    exchange = [Collective("activations", "all_to_all", send, ranks)] if ranks > 1 else []
+    padded = math.ceil(tokens / ranks)
+    exchange = [
+        Collective(
+            "activations",
+            "gather",
+            padded * sae.d_in * act_bytes * len(range(r, saes, ranks)),
+            ranks,
+            root=r,
+            rank=ranks - 1,
+        )
+        for r in range(min(saes, ranks))
+    ]
     return StepPlan(
         "layers",
         ranks,
@@ -200,7 +234,7 @@ def layers(
         transient=4 * tokens * sae.d_sae,
         flops=held * tokens * sae.flops_per_token() + mine * model_flops,
         adam_bytes=held * sae.params * ADAM_TOUCH,
-        collectives=exchange,
+        collectives=exchange if ranks > 1 else [],
     )
 
 
@@ -208,24 +242,29 @@ def latents_collectives(
     sae: SAESize,
     tokens: int,
     ranks: int,
-    shared_input: bool = True,
-    index_bytes: int = 4,
+    shared_input: bool = False,
+    candidate_bytes: int = 16,
     grad_exchange: bool = False,
     butterfly: bool = False,
 ) -> list[Collective]:
-    """One latents-sharded step: the input gathered (when each rank harvests N / W tokens:
-    `shared_input`), every rank's k candidates per token (fp32 value + index) all-gathered (or
-    merged in log2 W rounds: `butterfly`), the partial reconstructions summed, and with
-    `grad_exchange` their gradient summed too."""
+    """One latents-sharded step as `training.latents` runs it (its bytes given are
+    `training.shards.bytes_per_step`'s for a TopK SAE with no dead latents): every rank's k
+    candidates per token (`candidate_bytes`: value and index, two float64s) all-gathered, the
+    partial reconstructions summed, and the step's float64 scalars (b_dec's gradient, the
+    norm, penalty, L0, checkpoint and stop flags, the dead count). Not in saescope, modelled
+    only: the input all-gathered when each rank harvests N / W tokens (`shared_input`), the
+    candidates merged in log2 W rounds (`butterfly`), the reconstruction's gradient summed
+    (`grad_exchange`)."""
     if ranks <= 1:
         return []
     out = []
     if shared_input:
         out.append(Collective("input", "all_gather", 4 * tokens * sae.d_in // ranks, ranks))
     merge = "butterfly_topk" if butterfly else "all_gather"
-    out.append(Collective("candidates", merge, tokens * sae.k * (4 + index_bytes), ranks))
+    out.append(Collective("candidates", merge, tokens * sae.k * candidate_bytes, ranks))
     recon = Collective("reconstruction", "all_reduce", 4 * tokens * sae.out, ranks)
     out.append(recon)
+    out.append(Collective("scalars", "all_reduce", 8 * (sae.out + 6), ranks))
     if grad_exchange:
         out.append(Collective("reconstruction grad", "all_reduce", recon.nbytes, ranks))
     return out
@@ -236,7 +275,7 @@ def latents(
     tokens: int,
     ranks: int,
     model_flops: float = 0.0,
-    shared_input: bool = True,
+    shared_input: bool = False,
     grad_exchange: bool = False,
     butterfly: bool = False,
     saes: int = 1,

@@ -35,6 +35,7 @@ from saescope.errors import ConfigError
 from saescope.parallel import DDPGroup, Shard
 from saescope.runs.data import KINDS, DataSpec, HeldOut
 from saescope.runs.layers import (
+    build_owned,
     final_metrics,
     hook_run,
     hook_specs,
@@ -254,6 +255,7 @@ __all__ = [
     "HeldOut",
     "Recorded",
     "Run",
+    "build_owned",
     "build_sae",
     "check_harvest",
     "check_tokens",

@@ -7,14 +7,17 @@ alone on the same batches.
 
 A run of several hook points is a folder with `hooks.json` (the hook points, their folders,
 the world size) and one subfolder per hook point, itself a complete run of one SAE (cfg.json,
-metrics.jsonl, checkpoint): `Run.open(path, hook=...)` opens one (`hook_run`).
+metrics.jsonl, checkpoint, and start.json: what it starts from, so that a resume can start
+afresh a hook point stopped before its first checkpoint): `Run.open(path, hook=...)` opens
+one (`hook_run`). Every check runs before hooks.json is written, and a folder none of whose
+hook points saved a checkpoint holds no run (a new one may start there).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +35,11 @@ from saescope.runs.lockstep import Driver, Job
 from saescope.runs.resume import Given, Recorded
 from saescope.saes import SAE, io, make_sae
 from saescope.training import CHECKPOINT_FILE, TrainConfig, TrainResult, train
-from saescope.training.checkpoint import check_world_size, mismatch
+from saescope.training.checkpoint import check_world_size, jsonable, mismatch
 
 HOOKS_FILE = "hooks.json"
+START_FILE = "start.json"
+"""In each hook point's folder: what its run starts from (`_write_start`)."""
 
 
 def parse_hooks(text: str | Sequence[str]) -> list[str]:
@@ -84,9 +89,17 @@ def hook_run(path: str | Path, hook: str | None) -> Path:
     return Path(path) / layout["folders"][hook]
 
 
+def _checkpointed(out: Path, hooks: Sequence[str]) -> list[bool]:
+    """Whether each hook point's folder holds a checkpoint."""
+    return [(out / hook_folder(h) / CHECKPOINT_FILE).is_file() for h in hooks]
+
+
 def _check_fresh(out: Path, overwrite: bool) -> None:
-    """A new run's folder must not hold one already (unless overwritten)."""
-    if not overwrite and (is_layered(out) or (out / CHECKPOINT_FILE).is_file()):
+    """A new run's folder must not hold one already (unless overwritten). A run of several
+    hook points none of which saved a checkpoint (it failed early) is no run: it starts
+    afresh."""
+    held = is_layered(out) and any(_checkpointed(out, read_layout(out)["hooks"]))
+    if not overwrite and (held or (out / CHECKPOINT_FILE).is_file()):
         raise ConfigError(
             f"{out} already holds a run; resume it (--resume), choose another folder, "
             "or pass --overwrite"
@@ -102,6 +115,35 @@ def _write_layout(out: Path, hooks: Sequence[str], world_size: int) -> None:
     }
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / HOOKS_FILE, (json.dumps(layout, indent=2) + "\n").encode())
+
+
+def _write_start(folder: Path, sae: SAE, data: DataSpec, batch_size: int) -> None:
+    """What a hook point's run starts from (its SAE's config, its data, the batch size), so
+    that a resume can start it afresh when it was stopped before its first checkpoint."""
+    start = {"sae": jsonable(sae.cfg.to_dict()), "data": data.to_dict(), "batch_size": batch_size}
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(folder / START_FILE, (json.dumps(start, indent=2) + "\n").encode())
+
+
+def owned(n: int, group: DDPGroup | None) -> list[int]:
+    """The indices of the n hook points' SAEs this process trains (all of them alone)."""
+    rank, size = (group.rank, group.size) if group else (0, 1)
+    return [j for j, r in enumerate(owners(n, size)) if r == rank]
+
+
+def build_owned(
+    n: int, group: DDPGroup | None, seed: int, build: Callable[[int], SAE]
+) -> list[SAE | None]:
+    """The SAEs of n hook points, only those this process trains (None for the others), each
+    `build(j)` just after seeding torch with `seed`: each is the SAE a run of its hook point
+    alone makes, and a process holds only its own in memory."""
+    mine = set(owned(n, group))
+    saes: list[SAE | None] = []
+    for j in range(n):
+        if j in mine:
+            torch.manual_seed(seed)
+        saes.append(build(j) if j in mine else None)
+    return saes
 
 
 # ----- the data of several hook points --------------------------------------------------------
@@ -151,7 +193,7 @@ class Joint:
 
 
 def train_hooks(
-    saes: Sequence[SAE],
+    saes: Sequence[SAE | None],
     datas: Sequence[DataSpec],
     streams: Sequence[IndexedBatches],
     cfg: TrainConfig,
@@ -163,35 +205,46 @@ def train_hooks(
 ) -> dict[str, TrainResult]:
     """One SAE per hook point (`datas[j].hook`, `streams[j]` its stream) trained in one pass
     over the source, each into out_dir/<hook folder> as a run of its own. With `group`
-    (`--parallel layers`) the SAEs are spread over the ranks (`parallel.layers.owners`);
-    returns this process's SAEs' results by hook point."""
+    (`--parallel layers`) the SAEs are spread over the ranks (`parallel.layers.owners`;
+    `saes[j]` may be None where this rank does not train it, `build_owned`); returns this
+    process's SAEs' results by hook point. In a resume, a hook point stopped before its first
+    checkpoint starts afresh (its SAE as a fresh run's) while the others continue."""
     hooks = parse_hooks([d.hook or "" for d in datas])
     out, size = Path(out_dir), group.size if group else 1
+    joint = Joint(streams)  # every check before anything is written
+    rows, rank = joint.batch_size, group.rank if group else 0
+    if group is not None and rows < size:
+        raise ConfigError(f"the batch ({rows} rows) is smaller than the {size} processes")
+    mine = owned(len(hooks), group)
+    if any(saes[j] is None for j in mine):
+        raise ConfigError("train_hooks needs the SAE of every hook point this process trains")
     if resume:
         check_world_size(read_layout(out).get("world_size", 1), size, out)
+        done = _checkpointed(out, hooks)
+        if not any(done):
+            raise FormatError(f"nothing to resume: no hook point of {out} saved a checkpoint")
     else:
         _check_fresh(out, overwrite)
         if group is not None:  # every rank has looked before rank 0 writes
             group.sum_(torch.zeros(1))
-        if group is None or group.rank == 0:
+        if rank == 0:
             _write_layout(out, hooks, size)
-    joint = Joint(streams)
-    rank = group.rank if group else 0
-    owner = owners(len(hooks), size)
-    mine = [j for j in range(len(hooks)) if owner[j] == rank]
-    rows = joint.batch_size
-    # the batches each run reads: its steps, or more when its initialisation takes more
-    end = cfg.steps if resume else max(cfg.steps, -(-cfg.init_samples // rows))
+        done = [False] * len(hooks)
+    # the batches a fresh run reads: its steps, or more when its initialisation takes more
+    fresh_end = max(cfg.steps, -(-cfg.init_samples // rows))
     jobs = []
     for j in mine:
         folder, quiet = out / hook_folder(hooks[j]), rank != 0 or j != mine[0]
-        run = _runner(saes[j], datas[j], rows, cfg, folder, resume, overwrite, log, quiet)
-        jobs.append(Job(run, hooks[j], end=end))
+        sae, again = saes[j], done[j]
+        assert sae is not None
+        if not again:
+            _write_start(folder, sae, datas[j], rows)
+        run = _runner(sae, datas[j], rows, cfg, folder, again, overwrite or resume, log, quiet)
+        jobs.append(Job(run, hooks[j], end=cfg.steps if again else fresh_end))
     if group is None:
         make = lambda i: joint.parts(i, 0, rows)  # noqa: E731
     else:
-        if rows < size:
-            raise ConfigError(f"the batch ({rows} rows) is smaller than the {size} processes")
+        owner = owners(len(hooks), size)
         exchange = Exchange(
             group, [[j for j in range(len(hooks)) if owner[j] == r] for r in range(size)]
         )
@@ -234,28 +287,50 @@ def resume_hooks(
 ) -> dict[str, TrainResult]:
     """Continue a run of several hook points with the settings each hook point's checkpoint
     recorded (a given setting must be the run's, as `runs.resume_run` checks), on the world
-    size it was trained on."""
+    size it was trained on. A hook point stopped before its first checkpoint starts afresh
+    from what its folder's start.json records. Each process builds only its own SAEs."""
     out, given = Path(out_dir), given or Given()
     layout = read_layout(out)
     check_world_size(layout.get("world_size", 1), group.size if group else 1, out)
     if given.data.get("hook") is not None and parse_hooks(given.data["hook"]) != layout["hooks"]:
         raise mismatch("hook", ",".join(layout["hooks"]), given.data["hook"])
     one = dataclasses.replace(given, data={k: v for k, v in given.data.items() if k != "hook"})
-    saes, datas, streams = [], [], []
-    cfg = None
-    for hook in layout["hooks"]:
-        rec = Recorded.read(out / layout["folders"][hook])
+    folders = [out / layout["folders"][h] for h in layout["hooks"]]
+    found = [Recorded.read(f) if (f / CHECKPOINT_FILE).is_file() else None for f in folders]
+    first = next((r for r in found if r is not None), None)
+    if first is None:
+        raise FormatError(f"nothing to resume: no hook point of {out} saved a checkpoint")
+    mine = set(owned(len(folders), group))
+    saes: list[SAE | None] = []
+    datas, streams, cfg = [], [], first.train
+    for j, (folder, rec) in enumerate(zip(folders, found, strict=True)):
+        rec = rec or _start_record(folder, first.train)
         rec.check(one)
         if datas and rec.data.kind == "model" and _same_text(rec.data, datas[0]):
             rec.data._memo.update(datas[0]._memo)  # type: ignore[attr-defined]
         data, stream, cfg = rec.open(one)
         if given.tokens is not None and -(-given.tokens // stream.tokens_per_batch) != cfg.steps:
             raise mismatch("tokens", cfg.steps * stream.tokens_per_batch, given.tokens)
-        saes.append(make_sae(rec.saes[0]))
+        if j in mine:  # seeded as a fresh run's (a checkpoint's weights replace it)
+            torch.manual_seed(cfg.seed)
+        saes.append(make_sae(rec.saes[0]) if j in mine else None)
         datas.append(data)
         streams.append(stream)
-    assert cfg is not None
     return train_hooks(saes, datas, streams, cfg, out, True, log=log, group=group)
+
+
+def _start_record(folder: Path, train: TrainConfig) -> Recorded:
+    """What a hook point's run stopped before its first checkpoint starts from (its
+    start.json), with the training config of the others."""
+    try:
+        start = json.loads((folder / START_FILE).read_text())
+        data = DataSpec.from_dict(start["data"])
+        return Recorded((start["sae"],), data, start["batch_size"], train)
+    except (OSError, ValueError, KeyError, ConfigError):
+        raise FormatError(
+            f"nothing to resume in {folder}: no {CHECKPOINT_FILE} and no readable "
+            f"{START_FILE}; train the run afresh (--overwrite)"
+        ) from None
 
 
 def _same_text(a: DataSpec, b: DataSpec) -> bool:

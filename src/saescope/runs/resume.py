@@ -90,6 +90,8 @@ class Recorded:
             self._check_data(name, value)
         check_keys(given.train, [f.name for f in dataclasses.fields(TrainConfig)], "training")
         for name, value in given.train.items():
+            if name == "precision" and value == "auto":  # auto keeps what the run recorded
+                continue
             if name not in NEUTRAL_FIELDS and getattr(self.train, name) != value:
                 raise mismatch(name, getattr(self.train, name), value)
 

@@ -30,11 +30,16 @@ from saescope.training.config import check_device
 def sae_folders(path: str | Path) -> list[Path]:
     """The saved SAEs of a folder, read without loading them: the folder itself when it is
     one SAE's folder (saescope's or a peer library's, see `peer_format`), else its sae_0,
-    sae_1, ... folders that hold one (sorted); [] for none."""
+    sae_1, ... folders that hold one (in number order: sae_2 before sae_10); [] for none."""
     path = Path(path)
     if is_saved(path) or peer_format(path):
         return [path]
-    return sorted(p for p in path.glob("sae_*") if is_saved(p))
+    return sorted((p for p in path.glob("sae_*") if is_saved(p)), key=_number_order)
+
+
+def _number_order(path: Path) -> tuple[int, str]:
+    """sae_2 before sae_10: by the number's length, then by name."""
+    return len(path.name), path.name
 
 
 @dataclass
@@ -202,6 +207,11 @@ class Run:
         if name not in self.saes:
             raise InputError(f"{self.path} has no SAE {name!r}; its SAEs: {names}")
         return name, self.saes[name]
+
+    def only(self, name: str) -> Run:
+        """The run with one of its SAEs (`sae`'s one-line error for a name it lacks)."""
+        name, sae = self.sae(name)
+        return dataclasses.replace(self, saes={name: sae}, dirs={name: self.dirs[name]})
 
     def held_out_contexts(self, tokens: int | None = None) -> Tensor:
         """Held-out contexts (token ids) of a model run's text: enough for about `tokens`

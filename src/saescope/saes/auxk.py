@@ -75,7 +75,7 @@ def sparse_topk_loss(
     dead = ctx.dead
     use_aux = dead is not None and bool(dead.any())
     choosers = [chooser, sparse.aux_topk(dead, sae.cfg.k_aux)] if use_aux else [chooser]  # type: ignore[arg-type,attr-defined]
-    coded = sparse.encode(x, sae.W_enc, sae.b_enc, sae.centring_bias(), choosers)
+    coded = sae.sparse_encode(x, choosers)
     p, z = coded[0]
     vals = z.relu()
     y_hat, mse = sparse.decode_error(p, vals, sae.W_dec, sae.b_dec, y)

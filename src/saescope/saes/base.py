@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from saescope import ops
+from saescope import lowp, ops, sparse
 from saescope.errors import ConfigError, FormatError, InputError, check_keys
 from saescope.saes import io
 from saescope.saes.loss import LossContext, LossOutput
@@ -152,6 +152,9 @@ class SAE(nn.Module, abc.ABC):
     """How `loss` computes: "sparse" (saescope.sparse: work only on live codes), "dense"
     (plain autograd) or "auto" (sparse when the live density and the size make it faster).
     Both give the same values and gradients; an attribute, not part of the config or files."""
+    precision: str = "fp32"
+    """"bf16": the encoder product from bfloat16 copies of x and W_enc (`saescope.lowp`), all
+    else float32. An attribute set by training, not part of the config or files."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -228,7 +231,16 @@ class SAE(nn.Module, abc.ABC):
 
     def pre_acts(self, x: Tensor) -> Tensor:
         """x (N, d_in) -> pre (N, d_sae) = (x - b_dec) W_enc + b_enc (no b_dec for transcoders)."""
-        return self._centre(x) @ self.W_enc + self.b_enc
+        return self._enc_product(self._centre(x), self.W_enc) + self.b_enc
+
+    def _enc_product(self, xc: Tensor, w: Tensor) -> Tensor:
+        """xc @ w at the SAE's `precision` (bf16: `lowp.mm`, float32 gradients)."""
+        return lowp.mm(xc, w) if self.precision == "bf16" else xc @ w
+
+    def sparse_encode(self, x: Tensor, choosers: Sequence[sparse.Chooser]) -> list:
+        """`sparse.encode` of x with this SAE's encoder, at its `precision`."""
+        low = self.precision == "bf16"
+        return sparse.encode(x, self.W_enc, self.b_enc, self.centring_bias(), choosers, low)
 
     def encode(self, x: Tensor) -> Tensor:
         """x (..., d_in) -> f (..., d_sae)."""
@@ -371,30 +383,9 @@ class SAE(nn.Module, abc.ABC):
         expected = {k: tuple(v.shape) for k, v in sae.state_dict().items()}
         got = {k: tuple(v.shape) for k, v in state.items()}
         if expected != got:
-            raise FormatError(_tensor_mismatch(Path(path) / io.WEIGHTS_FILE, config, expected, got))
+            raise FormatError(io.tensor_mismatch(path, config.name, expected, got))
         sae.load_state_dict(state)
         return sae.to(device).eval()
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.cfg.to_dict().items())
-
-
-def _tensor_mismatch(
-    file: Path,
-    config: SAEConfig,
-    expected: dict[str, tuple[int, ...]],
-    got: dict[str, tuple[int, ...]],
-) -> str:
-    """One line naming the first tensor that is missing, extra or of another shape."""
-    for name in sorted(expected.keys() | got.keys()):
-        want, have = expected.get(name), got.get(name)
-        if want == have:
-            continue
-        if have is None:
-            found = "is missing"
-        elif want is None:
-            found = "is not a tensor of this architecture"
-        else:
-            found = f"has shape {have}, expected {want}"
-        return f"{file}: tensor {name!r} {found} for its {config.name} config; re-save the SAE"
-    return f"{file} does not match its {config.name} config; re-save the SAE"

@@ -58,7 +58,7 @@ class GatedSAE(SAE):
 
     def pre_acts(self, x: Tensor) -> Tensor:
         """The gate's pre-activations pi_gate (N, d_sae)."""
-        return self._centre(x) @ self.W_enc + self.b_gate
+        return self._enc_product(self._centre(x), self.W_enc) + self.b_gate
 
     def _gate_mag(self, x: Tensor) -> tuple[Tensor, Tensor]:
         pi_gate = self.pre_acts(x)  # (N, d_sae)

@@ -134,3 +134,26 @@ def check_sizes(path: str | Path, cfg: dict[str, Any]) -> None:
                 f"{tensor} of shape {shape}, i.e. {key}={shape[axis]}; set {key} to "
                 f"{shape[axis]} in cfg.json or re-save the SAE"
             )
+
+
+def tensor_mismatch(
+    path: str | Path,
+    arch: str,
+    expected: dict[str, tuple[int, ...]],
+    got: dict[str, tuple[int, ...]],
+) -> str:
+    """One line naming the first tensor of the SAE folder at path (of architecture `arch`)
+    that is missing, extra or of another shape."""
+    file = Path(path) / WEIGHTS_FILE
+    for name in sorted(expected.keys() | got.keys()):
+        want, have = expected.get(name), got.get(name)
+        if want == have:
+            continue
+        if have is None:
+            found = "is missing"
+        elif want is None:
+            found = "is not a tensor of this architecture"
+        else:
+            found = f"has shape {have}, expected {want}"
+        return f"{file}: tensor {name!r} {found} for its {arch} config; re-save the SAE"
+    return f"{file} does not match its {arch} config; re-save the SAE"

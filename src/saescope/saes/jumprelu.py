@@ -87,7 +87,7 @@ class JumpReLUSAE(SAE):
         band (half-width eps/2) f is 0 and neither z nor theta gets a gradient."""
         theta, eps = self.threshold, self.cfg.bandwidth
         band = sparse.above(theta.detach() - eps)  # type: ignore[operator]
-        ((p, z),) = sparse.encode(x, self.W_enc, self.b_enc, self.centring_bias(), [band])
+        ((p, z),) = self.sparse_encode(x, [band])
         theta_at = theta[p.col]
         f = ops.jumprelu(z, theta_at, eps)  # type: ignore[arg-type]
         y_hat, mse = sparse.decode_error(p, f, self.W_dec, self.b_dec, y)

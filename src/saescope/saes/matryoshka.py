@@ -146,7 +146,7 @@ class MatryoshkaSAE(SAE):
         choosers = [sparse.batch_topk(n_keep) if across is None else CutAcross(n_keep, across)]
         if use_aux:
             choosers.append(sparse.aux_topk(dead, self.cfg.k_aux))  # type: ignore[arg-type]
-        coded = sparse.encode(x, self.W_enc, self.b_enc, self.centring_bias(), choosers)
+        coded = self.sparse_encode(x, choosers)
         p, z = coded[0]
         vals = z.relu()
         mses = []

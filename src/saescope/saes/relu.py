@@ -74,9 +74,9 @@ class ReLUSAE(SAE):
 
     def _sparse_loss(self, x: Tensor, y: Tensor, coef: float) -> LossOutput:
         """The same loss on the live codes only: ReLU's zeros pass no gradient."""
-        ((p, z),) = sparse.encode(
-            x, self.W_enc, self.b_enc, self.centring_bias(), [sparse.above(0.0)]
-        )
+        ((p, z),) = self.sparse_encode(x, [sparse.above(0.0)])
+        if self.precision != "fp32":  # chosen on the bf16 product: z may be just below 0
+            z = z.relu()
         y_hat, mse = sparse.decode_error(p, z, self.W_dec, self.b_dec, y)  # ReLU(z) = z there
         if self.cfg.l1_mode == "unit":
             l1 = z.sum() / x.shape[0]

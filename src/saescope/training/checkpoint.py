@@ -183,7 +183,7 @@ def check_same_run(meta: dict, cfg: TrainConfig, metadata: dict[str, Any] | None
     record (fields added since it was written) is not compared."""
     now = jsonable(dataclasses.asdict(cfg))
     defaults = jsonable(dataclasses.asdict(TrainConfig()))
-    old = {**{k: defaults[k] for k in now}, **meta["train"]}
+    old = {**{k: defaults[k] for k in now}, "precision": "fp32", **meta["train"]}
     found = first_difference(
         {k: v for k, v in old.items() if k not in NEUTRAL_FIELDS},
         {k: v for k, v in now.items() if k not in NEUTRAL_FIELDS},

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
+from saescope import precision
 from saescope.data.outliers import DEFAULT_FACTOR, check_factor
 from saescope.errors import ConfigError, InputError
 from saescope.saes import SAE
@@ -105,6 +106,10 @@ class TrainConfig:
     attention sinks; None trains on every token."""
     device: str = "cpu"
     """Device to train on."""
+    precision: str = "auto"
+    """fp32, bf16 (the SAE's encoder product and a model's forward in bfloat16; weights,
+    gradients and Adam state stay float32) or auto (bf16 where this device runs it clearly
+    faster: docs/PRECISION.md). A run records what auto picked; a resumed run keeps it."""
     progress: bool = True
     """Show a progress bar."""
 
@@ -121,6 +126,7 @@ class TrainConfig:
             if not 0 <= getattr(self, key) <= 1:
                 raise ConfigError(f"{key} must be a fraction in [0, 1], got {getattr(self, key)}")
         check_device(self.device)
+        precision.check_name(self.precision, self.device)
         check_factor(self.outlier_factor)
         if not self.checkpoint_minutes >= 0:
             raise ConfigError(f"checkpoint_minutes must be >= 0, got {self.checkpoint_minutes}")

@@ -33,7 +33,7 @@ from saescope.data.outliers import OutlierRule
 from saescope.data.stream import device_stream, on_device
 from saescope.errors import ConfigError, InputError
 from saescope.saes import SAE, LossOutput, save
-from saescope.training import checkpoint, finish, interrupt, logs, optim, target
+from saescope.training import checkpoint, finish, interrupt, logs, mixed, optim, target
 from saescope.training.checkpoint import METRICS_FILE, Position
 from saescope.training.config import BadBatchError, TrainConfig
 from saescope.training.group import SOLO, Group, Share, same_weights, whole
@@ -53,6 +53,7 @@ def folded_copy(sae: SAE, scale_in: float, scale_out: float) -> SAE:
     """A copy of the SAE that takes raw activations (normalisation folded into the weights)."""
     out = copy.deepcopy(sae)
     out.fold_scale(scale_in, scale_out)
+    out.precision = "fp32"  # whatever the precision it was trained at
     return out.eval()
 
 
@@ -309,10 +310,27 @@ def train(
     group: the processes training together, each on its share of every batch (data
     parallel, `saescope.parallel`; `batches` then gives this process's rows); only rank 0
     writes. None: this process alone.
+    cfg.precision: auto is settled here (`training.mixed`); the saved SAEs are float32.
     """
-    cfg = cfg or TrainConfig()
+    cfg = mixed.settle(cfg or TrainConfig(), out_dir, resume, (group or SOLO).rank)
+    with mixed.applied(saes, cfg) as listed:
+        return _train(listed, batches, cfg, out_dir, resume, metadata, overwrite, log, group)
+
+
+def _train(
+    saes: list[SAE],
+    batches: Iterable[Any],
+    cfg: TrainConfig,
+    out_dir: str | Path | None,
+    resume: bool,
+    metadata: dict[str, Any] | None,
+    overwrite: bool,
+    log: Sequence[str],
+    group: Group | None,
+) -> TrainResult:
+    """`train` at a settled precision."""
     logs.check(log, out_dir)
-    slots = optim.make_slots([saes] if isinstance(saes, SAE) else list(saes), cfg)
+    slots = optim.make_slots(saes, cfg)
     if not slots:
         raise ConfigError("train needs at least one SAE")
     out_path = Path(out_dir) if out_dir is not None else None

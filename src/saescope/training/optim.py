@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 from torch.optim.adam import adam as adam_functional
 
-from saescope import ops
+from saescope import lowp, ops
 from saescope.saes import SAE, LossContext, LossOutput
 from saescope.training.config import BadBatchError, TrainConfig
 from saescope.training.group import Share
@@ -103,6 +103,7 @@ def step(
     for group in opt.param_groups:
         group["lr"] = lr
     adam_step(opt)
+    lowp.forget(sae.W_enc)  # its bf16 copy (precision bf16) is made again from the new weights
     if sae.cfg.unit_norm_decoder:
         sae.normalise_decoder()
     sae.after_step(out)
