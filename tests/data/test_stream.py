@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from saescope import precision
 from saescope.activations import ModelBatches
 from saescope.data import (
     ActivationFile,
@@ -127,6 +128,9 @@ def test_the_cuda_path_pins_reads_ahead_and_sends_the_stored_rows(monkeypatch):
         return t.float()
 
     monkeypatch.setattr(stream_module, "_arrive", arrive)
+    devices = []
+    monkeypatch.setattr(torch.cuda, "set_device", devices.append)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
     s = _Halves(threads)
     got = list(itertools.islice(device_stream(s, 2, "cuda"), 3))
     for i, (x, y) in enumerate(got, start=2):
@@ -134,6 +138,22 @@ def test_the_cuda_path_pins_reads_ahead_and_sends_the_stored_rows(monkeypatch):
         assert torch.equal(x, Noise().batch(i)[0].bfloat16().float())
     assert sent == [(torch.bfloat16, "cuda", True)] * 3 and len(pinned) >= 3  # + one ahead
     assert threads and all(t.startswith("saescope-prefetch") for t in threads)
+    assert devices == [3]  # the worker is on the loop's CUDA device
+
+
+def test_the_read_ahead_thread_keeps_the_model_precision():
+    """A stream read ahead on the worker thread (a model harvesting on the fly) sees the
+    ambient model precision of the loop that opened it, not the default fp32."""
+    seen = []
+
+    class Seen(Noise):
+        def batch(self, i):
+            seen.append(precision.model_dtype())
+            return super().batch(i)
+
+    with precision.model_precision("bf16"):
+        list(itertools.islice(device_stream(Seen(), 0, "cpu", prefetch=True), 3))
+    assert len(seen) >= 3 and set(seen) == {torch.bfloat16}
 
 
 def test_the_defaults_describe_an_sae_stream():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+import contextvars
 import itertools
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -59,6 +60,18 @@ def _pin(t: Tensor) -> Tensor:
     return t.pin_memory() if t.device.type == "cpu" and not t.is_pinned() else t
 
 
+def _cuda_index(device: str) -> int:
+    """The index of a CUDA device ("cuda" alone: the current one)."""
+    index = torch.device(device).index
+    return torch.cuda.current_device() if index is None else index
+
+
+def _on_cuda_device(index: int) -> Any:
+    """A thread initializer making CUDA device `index` the thread's current one (as
+    DataLoader's pin-memory thread does)."""
+    return lambda: torch.cuda.set_device(index)
+
+
 def device_stream(
     batches: Iterable[Any], start: int, device: str, prefetch: bool | None = None
 ) -> Iterator[tuple[Tensor, Tensor]]:
@@ -70,7 +83,9 @@ def device_stream(
     stream gives its batches as stored (`stored()`: a bfloat16 cache's half the bytes, made
     float32 on the GPU), and is read one batch ahead by a worker thread while the step runs
     (`prefetch`, default: on CUDA, for an `IndexedBatches`, whose batch i is fixed by i, so
-    reading ahead changes nothing; another iterable is never read ahead of the loop)."""
+    reading ahead changes nothing; another iterable is never read ahead of the loop). The
+    worker reads in a copy of the caller's context (a model harvesting on the fly keeps the
+    ambient `precision.model_precision`) on the caller's CUDA device."""
     indexed = isinstance(batches, IndexedBatches)
     cuda = torch.device(device).type == "cuda"
     if cuda and indexed:
@@ -87,11 +102,14 @@ def device_stream(
         while (b := pin(pairs)) is not None:
             yield on_device(b, device, non_blocking=cuda)
         return
-    with ThreadPoolExecutor(1, thread_name_prefix="saescope-prefetch") as pool:
-        read = _pinned if cuda else (lambda p: next(p, None))
-        ahead = pool.submit(read, pairs)
+    read = _pinned if cuda else (lambda p: next(p, None))
+    init = _on_cuda_device(_cuda_index(device)) if cuda else None
+    with ThreadPoolExecutor(1, "saescope-prefetch", initializer=init) as pool:
+        # each read in a fresh copy of the caller's context: the model's precision (a
+        # contextvar, `precision.model_precision`) holds on the worker too
+        ahead = pool.submit(contextvars.copy_context().run, read, pairs)
         while (b := ahead.result()) is not None:
-            ahead = pool.submit(read, pairs)
+            ahead = pool.submit(contextvars.copy_context().run, read, pairs)
             yield on_device(b, device, non_blocking=cuda)
 
 
