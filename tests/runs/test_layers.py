@@ -6,10 +6,12 @@ bad hook lists are one-line errors."""
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import pytest
 import torch
 
+from saescope import precision
 from saescope.activations import harvest_to_cache
 from saescope.cli import main
 from saescope.data.cache import CacheBatches
@@ -20,6 +22,7 @@ from saescope.runs import (
     build_owned,
     hooks_of,
     is_layered,
+    layers,
     parse_hooks,
     resume_hooks,
     train_hooks,
@@ -186,3 +189,24 @@ def test_each_process_builds_only_its_own_saes():
 
 def _topk(d_in: int) -> dict:
     return {"architecture": "topk", "d_in": d_in, "d_sae": 16, "k": 2}
+
+
+def test_the_batches_are_made_at_the_settled_precision(tmp_path, monkeypatch):
+    """The model harvesting on the fly for several hook points runs at the precision the runs
+    train at (bf16 here), settled once, not the main thread's default fp32."""
+    seen = []
+    parts = layers.Joint.parts
+
+    def spied(self, i, lo, hi):
+        seen.append(precision.model_dtype())
+        return parts(self, i, lo, hi)
+
+    monkeypatch.setattr(layers.Joint, "parts", spied)
+    streams = L.streams(HOOKS)
+    cfg = dataclasses.replace(L.config(), steps=2, init_samples=96, precision="bf16")
+    saes, specs = [L.sae(s.d_in) for s in streams], [L.spec(h) for h in HOOKS]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", precision.SlowPrecisionWarning)  # a CPU without bf16
+        train_hooks(saes, specs, streams, cfg, tmp_path / "r")
+    assert len(seen) == 2 and set(seen) == {torch.bfloat16}
+    assert read_meta(tmp_path / "r" / HOOKS[0])["train"]["precision"] == "bf16"

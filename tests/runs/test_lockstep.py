@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from saescope import precision
 from saescope.errors import InputError
 from saescope.runs.lockstep import Driver, Job, Stopped
 
@@ -44,3 +45,19 @@ def test_a_failing_run_stops_the_others():
         Driver(jobs, lambda i: [torch.tensor(i)] * 2).run()
     jobs[0].thread.join(timeout=10)  # stopped too: it is told, and no more batches come
     assert isinstance(jobs[0].error, Stopped)
+
+
+def test_batches_are_made_at_the_runs_model_precision():
+    """`make(i)` (a model harvesting on the fly, on the main thread) runs at the precision
+    the runs train at, not the main thread's default fp32."""
+    seen = []
+
+    def make(i):
+        seen.append(precision.model_dtype())
+        return [torch.tensor(i)]
+
+    Driver([Job(_reader(3), "a", end=3)], make, precision="bf16").run()
+    assert len(seen) == 3 and set(seen) == {torch.bfloat16}
+    seen.clear()
+    Driver([Job(_reader(2), "a", end=2)], make).run()
+    assert seen == [None, None]

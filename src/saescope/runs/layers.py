@@ -34,7 +34,7 @@ from saescope.runs.data import DataSpec
 from saescope.runs.lockstep import Driver, Job
 from saescope.runs.resume import Given, Recorded
 from saescope.saes import SAE, io, make_sae
-from saescope.training import CHECKPOINT_FILE, TrainConfig, TrainResult, train
+from saescope.training import CHECKPOINT_FILE, TrainConfig, TrainResult, mixed, train
 from saescope.training.checkpoint import check_world_size, jsonable, mismatch
 
 HOOKS_FILE = "hooks.json"
@@ -232,6 +232,10 @@ def train_hooks(
         done = [False] * len(hooks)
     # the batches a fresh run reads: its steps, or more when its initialisation takes more
     fresh_end = max(cfg.steps, -(-cfg.init_samples // rows))
+    # the precision settled once for all (auto resolved; a resume keeps what the run
+    # recorded): the runs train at it and the batches are made at it (`Driver`)
+    first = out / hook_folder(hooks[done.index(True) if any(done) else 0])
+    cfg = mixed.settle(cfg, first, resume, rank)
     jobs = []
     for j in mine:
         folder, quiet = out / hook_folder(hooks[j]), rank != 0 or j != mine[0]
@@ -254,7 +258,7 @@ def train_hooks(
             got = exchange(joint.parts(i, lo, hi), rows)
             return [got[j] for j in mine]
 
-    results = Driver(jobs, make, group).run()
+    results = Driver(jobs, make, group, cfg.precision).run()
     return {job.name: r for job, r in zip(jobs, results, strict=True)}
 
 

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from saescope.errors import SaescopeError
 from saescope.parallel import DDPGroup
+from saescope.precision import model_precision
 from saescope.training import TrainResult
 
 WAIT_S = 0.2
@@ -87,15 +88,18 @@ class Driver:
     job, by position in `jobs` (and performs batch i's collectives); `group`: the processes
     (None: this one alone), which agree on where to start and when to stop. Each job gets
     the batches from its start on; batches are made until every job of every process has
-    ended."""
+    ended. `make` runs at model precision `precision` (the runs' settled one: "fp32" or
+    "bf16"), as a model's forward does inside a single run's loop."""
 
     def __init__(
         self,
         jobs: Sequence[Job],
         make: Callable[[int], Sequence[Tensor]],
         group: DDPGroup | None = None,
+        precision: str = "fp32",
     ) -> None:
         self.jobs, self.make, self.group = list(jobs), make, group
+        self.precision = precision
         self.baton = threading.Lock()
 
     def run(self) -> list[TrainResult]:
@@ -103,7 +107,8 @@ class Driver:
             job.thread = threading.Thread(target=self._work, args=(job,), daemon=True)
             job.thread.start()
         try:
-            self._feed(self._start())
+            with model_precision(self.precision):
+                self._feed(self._start())
         except BaseException as e:
             for job in self.jobs:  # let them end: no more batches come
                 _offer(job, Stopped(f"stopped: {e}"))
