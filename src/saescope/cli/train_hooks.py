@@ -21,12 +21,14 @@ BATCH_SIZE = 1024
 
 def wanted(ns: argparse.Namespace) -> bool:
     """Whether the command trains hook points apart (several, or --parallel layers); sets
-    --parallel layers for them (ddp is refused)."""
+    --parallel layers for them (ddp and latents, which train one SAE, are refused)."""
     several = bool(ns.hook and "," in ns.hook) or (ns.resume and runs.is_layered(ns.out))
     if not (several or ns.parallel == "layers"):
         return False
     if ns.parallel == "ddp":
         raise ConfigError("several hook points train with --parallel layers, not ddp")
+    if ns.parallel == "latents":
+        raise ConfigError("--parallel latents trains one SAE; give one --hook")
     ns.parallel = "layers"
     return True
 
