@@ -23,6 +23,7 @@ from saescope.errors import ConfigError, InputError
 from saescope.saes import make_sae
 from saescope.training import CHECKPOINT_FILE, TrainConfig, train
 from saescope.training.checkpoint import check_world_size, read_meta
+from saescope.training.config import default_lr
 
 STEPS = 120
 CHILD = r"""
@@ -253,3 +254,36 @@ def test_a_checkpoint_without_resamplings_window_resumes_with_the_old_defaults(
     save_file(load_file(path), path, {"saescope_checkpoint": json.dumps(meta)})
     resumed = train([make_sae(c) for c in configs], task, cfg, tmp_path, resume=True).saes
     _assert_same_saes(before, resumed)
+
+
+def _rewrite_meta(ckpt: Path, change) -> None:
+    """Rewrite a checkpoint's JSON (as an older saescope wrote it)."""
+    with safe_open(str(ckpt), "pt") as fh:
+        meta = json.loads(fh.metadata()["saescope_checkpoint"])
+    change(meta)
+    save_file(load_file(ckpt), ckpt, {"saescope_checkpoint": json.dumps(meta)})
+
+
+def test_the_rate_used_is_recorded_and_an_older_run_resumes_at_its_own(tmp_path):
+    """A run given no lr records the rate it used, and resumes at it whatever the default
+    is then; a checkpoint from before rates were recorded (lr null, version 1) resumes at
+    the default of then, 2e-4 / sqrt(d_sae / 2^14), not today's."""
+    task = ArticleTask(ArticleTaskConfig(), batch_size=64)
+    cfg = TrainConfig(steps=3, log_every=3, progress=False)
+
+    def sae():
+        return make_sae({"architecture": "topk", "d_in": 4, "d_sae": 8, "k": 2})
+
+    train(sae(), task, cfg, tmp_path)
+    assert read_meta(tmp_path)["train"]["lr"] == default_lr(8)
+    train(sae(), task, cfg, tmp_path, resume=True)  # the recorded rate: same settings
+
+    def older(meta):
+        meta["version"], meta["train"]["lr"] = 1, None
+
+    _rewrite_meta(tmp_path / CHECKPOINT_FILE, older)
+    train(sae(), task, cfg, tmp_path, resume=True)
+    used = json.loads((tmp_path / "cfg.json").read_text())["metadata"]["training"]["lr"]
+    assert used == pytest.approx(2e-4 / (8 / 2**14) ** 0.5) and used != default_lr(8)
+    with pytest.raises(ConfigError, match="lr is"):  # another rate is another run
+        train(sae(), task, dataclasses.replace(cfg, lr=default_lr(8)), tmp_path, resume=True)

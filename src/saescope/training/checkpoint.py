@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,12 +21,18 @@ from torch import Tensor
 from saescope.atomic import atomic_save_tensors, atomic_write_bytes
 from saescope.data.outliers import OutlierRule
 from saescope.errors import ConfigError, FormatError
+from saescope.saes import SAE
 from saescope.training.config import NEUTRAL_FIELDS, TrainConfig
 from saescope.training.optim import Slot
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
 METRICS_FILE = "metrics.jsonl"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
+"""2: the train section records the learning rate used (`settle_lr`), not null for the
+default; older versions are read (a null rate there meaning `OLD_LR_AT_16K`'s default)."""
+OLD_LR_AT_16K = 2e-4
+"""The default rate at d_sae = 2^14 before version 2: a run recorded then with no lr trained
+at OLD_LR_AT_16K / sqrt(d_sae / 2^14), and resumes at it."""
 
 
 @dataclass
@@ -148,6 +155,39 @@ def read_meta(out_dir: str | Path) -> dict[str, Any] | None:
     """The JSON of a run folder's checkpoint (None when it has none)."""
     path = Path(out_dir) / CHECKPOINT_FILE
     return read(path)[1] if path.is_file() else None
+
+
+def recorded_lr(meta: dict[str, Any], saes: Sequence[SAE]) -> float | None:
+    """The learning rate a checkpoint's run trains at: as its train section records it; for
+    a checkpoint before version 2 given no lr, that version's default for the SAEs' width
+    (None: several widths, each SAE at the default for its own, as recorded)."""
+    lr = meta["train"].get("lr")
+    if lr is not None or meta.get("version", 0) >= 2:
+        return lr
+    widths = sorted({s.cfg.d_sae for s in saes})
+    if len(widths) > 1:
+        raise ConfigError(
+            f"cannot resume exactly: this version {meta.get('version', 0)} checkpoint records "
+            f"no learning rate, and its SAEs (d_sae {_show(widths)}) each trained at "
+            f"{OLD_LR_AT_16K:g} / sqrt(d_sae / 2^14); start a new run"
+        )
+    return OLD_LR_AT_16K / math.sqrt(widths[0] / 2**14)
+
+
+def settle_lr(
+    cfg: TrainConfig, saes: Sequence[SAE], out_dir: str | Path | None, resume: bool
+) -> TrainConfig:
+    """cfg with lr the rate the run trains at, so that its checkpoint records it (a later
+    default changes no resumed run): given, as it is; resumed, the checkpoint's
+    (`recorded_lr`); fresh, the default for the SAEs' width (None where SAEs of several
+    widths each take their own)."""
+    if cfg.lr is not None:
+        return cfg
+    meta = read_meta(out_dir) if resume and out_dir is not None else None
+    if meta is not None:
+        return dataclasses.replace(cfg, lr=recorded_lr(meta, saes))
+    rates = {cfg.lr_for(s) for s in saes}
+    return dataclasses.replace(cfg, lr=rates.pop()) if len(rates) == 1 else cfg
 
 
 def mismatch(name: str, recorded: Any, given: Any) -> ConfigError:
@@ -275,6 +315,7 @@ def resume(
     if ckpt is None or not ckpt.is_file():
         raise FormatError(f"nothing to resume: no {CHECKPOINT_FILE} in {out_path}; drop --resume")
     tensors, meta = read(ckpt)
+    meta["train"]["lr"] = recorded_lr(meta, [s.sae for s in slots])  # an older one's too
     check_same_run(meta, cfg, metadata)
     check_world_size(meta.get("world_size", 1), world_size, out_path)
     restore(slots, tensors, meta, gen)

@@ -311,8 +311,10 @@ def train(
     parallel, `saescope.parallel`; `batches` then gives this process's rows); only rank 0
     writes. None: this process alone.
     cfg.precision: auto is settled here (`training.mixed`); the saved SAEs are float32.
+    cfg.lr None: the default rate, recorded as used (`checkpoint.settle_lr`).
     """
     cfg = mixed.settle(cfg or TrainConfig(), out_dir, resume, (group or SOLO).rank)
+    cfg = checkpoint.settle_lr(cfg, [saes] if isinstance(saes, SAE) else saes, out_dir, resume)
     with mixed.applied(saes, cfg) as listed:
         return _train(listed, batches, cfg, out_dir, resume, metadata, overwrite, log, group)
 
