@@ -15,8 +15,12 @@ from safetensors.torch import load_file
 
 from saescope import SAE
 from saescope.data.files import ActivationFile
+from saescope.data.stream import RowBatches
 from saescope.errors import ConfigError
 from saescope.saes import make_sae
+from saescope.training import TrainConfig
+from saescope.training.checkpoint import read_meta
+from saescope.training.config import default_lr
 from saescope.training.latents_loop import shard_file, train_latents
 from saescope.training.shards import SoloLatents
 from tests.parallel import ranks
@@ -79,3 +83,22 @@ def test_an_sae_sharded_over_two_ranks_is_the_unsharded_sae(tmp_path):
     rows = (out / "topk-resume" / "metrics.jsonl").read_text().splitlines()
     steps = [json.loads(r)["step"] for r in rows]
     assert steps == [10, 20, 30, 40, 50]  # the stopped run's rows past step 25 replaced
+
+
+def test_latents_mode_runs_fp32_and_says_so(tmp_path, monkeypatch, capsys):
+    """bf16 is refused in one line; auto (here as on a GPU: bf16 clearly faster) settles to
+    fp32 with a note, and the run records fp32 (and the rate it used)."""
+    monkeypatch.setenv("SAESCOPE_BF16_SPEEDUP", "4")  # auto would pick bf16 here
+    rows = torch.randn(256, 8, generator=torch.Generator().manual_seed(0))
+
+    def run(precision: str) -> None:
+        sae = make_sae({"architecture": "topk", "d_in": 8, "d_sae": 16, "k": 2})
+        cfg = TrainConfig(steps=2, init_samples=64, precision=precision)
+        train_latents(sae, RowBatches(rows, 64), SoloLatents(), cfg, tmp_path, overwrite=True)
+
+    with pytest.raises(ConfigError, match="--parallel latents runs in fp32 for now; use --prec"):
+        run("bf16")
+    run("auto")
+    assert "precision: fp32 (auto: --parallel latents runs in fp32" in capsys.readouterr().out
+    recorded = read_meta(tmp_path)["train"]
+    assert recorded["precision"] == "fp32" and recorded["lr"] == default_lr(16)

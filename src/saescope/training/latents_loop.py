@@ -14,6 +14,7 @@ consistent set. The final SAE is gathered on rank 0's CPU and saved as a normal 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import signal
@@ -208,6 +209,7 @@ def _resume(
             "sharded; resume it as it was launched"
         )
     checkpoint.check_world_size(meta.get("world_size", 1), group.size, out)
+    meta["train"]["lr"] = checkpoint.recorded_lr(meta, [slot.sae])  # an older one's too
     checkpoint.check_same_run(meta, cfg, metadata)
     if group.rank:
         path = shard_file(out, group.rank, meta["step"])  # type: ignore[arg-type]
@@ -231,6 +233,16 @@ def _log(slot: Slot, out: ShardOutput, y: Tensor, pos: Position, group: LatentGr
     return row
 
 
+def _fp32(cfg: TrainConfig, rank: int) -> TrainConfig:
+    """cfg at fp32, the one precision latents mode runs at for now: bf16 is refused in one
+    line; auto settles to fp32 (saying so, where rank 0 shows progress) and is recorded so."""
+    if cfg.precision == "bf16":
+        raise ConfigError("--parallel latents runs in fp32 for now; use --precision fp32")
+    if cfg.precision == "auto" and cfg.progress and rank == 0:
+        print("precision: fp32 (auto: --parallel latents runs in fp32 for now)")
+    return dataclasses.replace(cfg, precision="fp32")
+
+
 def train_latents(
     sae: SAE,
     batches: Iterable[Any],
@@ -244,8 +256,9 @@ def train_latents(
 ) -> loop.TrainResult:
     """`training.train` for one SAE whose latents are sharded over `group`; every rank
     gives the whole batches. Rank 0 writes (and returns the whole SAE); the other ranks
-    return no SAE."""
-    cfg = cfg or TrainConfig()
+    return no SAE. It runs in fp32 (`_fp32`)."""
+    cfg = _fp32(cfg or TrainConfig(), group.rank)
+    cfg = checkpoint.settle_lr(cfg, [sae], out_dir, resume)
     logs.check(log, out_dir)
     sharded = ShardedSAE(sae, group)
     slot = _slot(sharded, cfg)
