@@ -67,7 +67,7 @@ def check_mode(mode: str | None, world: World) -> str | None:
     processes; None for one process without a mode."""
     if mode is not None and mode not in MODES:
         raise ConfigError(
-            f"--parallel {mode} is not available yet; use --parallel {' or '.join(MODES)} "
-            "(or one process)"
+            f"--parallel {mode} is not a parallel mode; give {', '.join(MODES[:-1])} or "
+            f"{MODES[-1]} (or run one process)"
         )
     return mode or ("ddp" if world.size > 1 else None)
