@@ -5,6 +5,7 @@ record still resumed."""
 
 import dataclasses
 import json
+import re
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from saescope.runs import DataSpec, Given, Recorded, build_sae, resume_run, trai
 from saescope.saes import make_sae
 from saescope.training import CHECKPOINT_FILE, METRICS_FILE, TrainConfig, train
 from saescope.training.checkpoint import read_meta
+from saescope.training.config import default_lr
 
 CFG = TrainConfig(steps=12, checkpoint_every=4, log_every=2, init_samples=64, progress=False)
 
@@ -58,7 +60,9 @@ def _finished(spec: DataSpec, out) -> torch.Tensor:
 def test_resume_run_needs_nothing_but_the_folder(tmp_path, acts):
     _crashed(acts, tmp_path / "run")
     recorded = Recorded.read(tmp_path / "run")
-    settled = dataclasses.replace(CFG, precision=recorded.train.precision)  # auto: what it picked
+    settled = dataclasses.replace(  # auto: what it picked; no lr: the rate it used
+        CFG, precision=recorded.train.precision, lr=default_lr(24)
+    )
     assert recorded.train.precision in ("fp32", "bf16")
     assert (recorded.data, recorded.batch_size, recorded.train) == (acts, 64, settled)
     assert recorded.saes[0]["k"] == 3 and recorded.saes[0]["architecture"] == "topk"
@@ -76,7 +80,10 @@ def test_resume_run_needs_nothing_but_the_folder(tmp_path, acts):
         (Given(arch="relu"), "arch is topk in the run, relu here"),
         (Given(sae={"k": 4}), "k is 3 in the run, 4 here"),
         (Given(sae={"d_sae": 48}), "d_sae is 24 in the run, 48 here"),
-        (Given(train={"lr": 0.01}), "lr is none in the run, 0.01 here"),
+        (
+            Given(train={"lr": 0.01}),
+            f"lr is {re.escape(str(default_lr(24)))} in the run, 0.01 here",
+        ),
         (Given(train={"seed": 1}), "seed is 0 in the run, 1 here"),
         (Given(batch_size=32), "batch_size is 64 in the run, 32 here"),
         (Given(tokens=64 * 20), r"tokens is 768 \(12 steps\) in the run, 1280 \(20 steps\) here"),
