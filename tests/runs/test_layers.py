@@ -30,6 +30,7 @@ from saescope.runs import (
 )
 from saescope.saes import make_sae
 from saescope.training.checkpoint import read_meta
+from saescope.training.config import default_lr
 from tests.parallel import layer_ranks as L
 
 HOOKS = ["layers.0", "layers.2"]
@@ -210,3 +211,17 @@ def test_the_batches_are_made_at_the_settled_precision(tmp_path, monkeypatch):
         train_hooks(saes, specs, streams, cfg, tmp_path / "r")
     assert len(seen) == 2 and set(seen) == {torch.bfloat16}
     assert read_meta(tmp_path / "r" / HOOKS[0])["train"]["precision"] == "bf16"
+
+
+def test_hook_points_of_other_widths_resume_each_at_its_own_rate(tmp_path):
+    """No lr given: each hook point's SAE trains at the default for its width and records
+    it; a resume continues each at its own (not one hook point's for all)."""
+    specs = _cache_run(tmp_path, rows=12)
+    streams = [s.open(64) for s in specs]
+    saes = [make_sae({**_topk(s.d_in), "d_sae": w}) for s, w in zip(streams, (16, 64), strict=True)]
+    cfg = dataclasses.replace(L.config(), steps=2, lr=None)
+    train_hooks(saes, specs, streams, cfg, tmp_path / "run")
+    rates = [read_meta(tmp_path / "run" / h)["train"]["lr"] for h in HOOKS]
+    assert rates == [default_lr(16), default_lr(64)]
+    resume_hooks(tmp_path / "run")  # finished: each resumes, at its own rate
+    assert [read_meta(tmp_path / "run" / h)["train"]["lr"] for h in HOOKS] == rates

@@ -320,6 +320,10 @@ def resume_hooks(
         saes.append(make_sae(rec.saes[0]) if j in mine else None)
         datas.append(data)
         streams.append(stream)
+    # the rate: the hook points' own where they differ (SAEs of other widths given no lr:
+    # each resumes at the one its checkpoint records, `checkpoint.settle_lr`)
+    rates = {r.train.lr for r in found if r is not None}
+    cfg = dataclasses.replace(cfg, lr=rates.pop() if len(rates) == 1 else None)
     return train_hooks(saes, datas, streams, cfg, out, True, log=log, group=group)
 
 
