@@ -102,7 +102,8 @@ def jumprelu_terms(p, x, y, cfg, scale=1.0, dead=None):
 
 def matryoshka_terms(p, x, y, cfg, scale=1.0, dead=None):
     """Batch top-k codes; each nested prefix (group sizes summed) decoded on its own with
-    b_dec; the mse term is the mean of the prefixes' squared errors; AuxK on the full
+    b_dec; the mse term is the prefixes' squared errors weighted by prefix size squared
+    (normalised), or their mean for prefix_weights "uniform"; AuxK on the full
     reconstruction's residual."""
     pre = _centre(p, x, cfg) @ p["W_enc"] + p["b_enc"]
     flat = torch.relu(pre).reshape(-1)
@@ -110,14 +111,17 @@ def matryoshka_terms(p, x, y, cfg, scale=1.0, dead=None):
     keep = torch.zeros_like(flat)
     keep[flat.argsort(descending=True)[:n_keep]] = 1.0
     f = (flat * keep).reshape(pre.shape)
-    errors, end = [], 0
+    errors, ends, end = [], [], 0
     for size in cfg["group_sizes"]:
         end += size
+        ends.append(end)
         mask = (torch.arange(pre.shape[1]) < end).double()
         y_hat = (f * mask) @ p["W_dec"] + p["b_dec"]
         errors.append(_mse(y, y_hat))
     aux = _auxk(p, pre, y, y_hat, cfg, dead)
-    mse = torch.stack(errors).mean()
+    uniform = cfg.get("prefix_weights", "squared") == "uniform"
+    raw = torch.tensor([1.0 if uniform else float(m * m) for m in ends], dtype=torch.float64)
+    mse = (torch.stack(errors) * raw / raw.sum()).sum()
     return {"mse": mse, "auxk": cfg.get("aux_coef", 1 / 32) * aux}
 
 

@@ -1,6 +1,8 @@
 """The Matryoshka BatchTopK SAE: its config, each prefix's loss by hand, the sparse path
 against the float64 reference, and training on the seed task through the one loop."""
 
+import json
+
 import pytest
 import torch
 
@@ -23,6 +25,23 @@ def test_default_groups_nest_at_an_eighth_a_quarter_and_a_half():
     assert cfg.group_sizes == (8, 8, 16, 32) and cfg.prefixes == (8, 16, 32, 64)
     assert default_group_sizes(2) == (1, 1)  # small dictionaries: fewer groups, none empty
     assert default_group_sizes(5) == (1, 1, 3)
+    assert cfg.prefix_weights == "squared"
+    assert cfg.weights == pytest.approx([1 / 85, 4 / 85, 16 / 85, 64 / 85])
+
+
+def test_a_file_saved_before_prefix_weights_loads_with_the_uniform_weights_it_trained_with(
+    tmp_path,
+):
+    sae = make_sae(_cfg(k=1, group_sizes=[1, 1, 2]))
+    sae.save(tmp_path / "new")
+    assert type(sae).load(tmp_path / "new").cfg == sae.cfg  # the default is written out
+    sae.save(tmp_path / "old")
+    file = tmp_path / "old" / "cfg.json"
+    saved = json.loads(file.read_text())
+    del saved["prefix_weights"]  # as written before the field existed
+    file.write_text(json.dumps(saved))
+    old = type(sae).load(tmp_path / "old").cfg
+    assert old.prefix_weights == "uniform" and old.weights == pytest.approx([1 / 3] * 3)
 
 
 def test_group_sizes_from_json_and_the_command_line_and_bad_ones_refused():
@@ -37,6 +56,8 @@ def test_group_sizes_from_json_and_the_command_line_and_bad_ones_refused():
         config_from_dict(_cfg(k=1, group_sizes=[1.5, 2.5]))
     with pytest.raises(ConfigError, match="whole numbers"):
         config_from_dict(_cfg(k=1, group_sizes="one,three"))
+    with pytest.raises(ConfigError, match="prefix_weights must be one of squared, uniform"):
+        config_from_dict(_cfg(k=1, prefix_weights="even"))
 
 
 @pytest.mark.parametrize("mode", ["dense", "sparse"])
@@ -44,7 +65,8 @@ def test_each_prefix_decodes_with_b_dec_and_its_own_latents(mode):
     """Codes f = (3, 2, 1, 0.5) (W_enc = 0, so they are b_enc; k = 4 keeps all four), groups
     (1, 1, 2), decoder rows (1,0), (0,1), (.6,.8), (.8,-.6), b_dec = (1, 0), y = (4, 1):
     prefix 1 decodes (4, 0), error 0 + 1 = 1; prefix 2 (4, 2), error 1; prefix 4
-    (5, 2.5), error 1 + 2.25 = 3.25. The mse term is their mean, 5.25 / 3."""
+    (5, 2.5), error 1 + 2.25 = 3.25. The mse term weighs them by prefix size squared,
+    (1 + 4 + 16 * 3.25) / 21, or ("uniform") is their mean, 5.25 / 3."""
     sae = make_sae(_cfg(k=4, group_sizes=[1, 1, 2])).double()
     sae.sparse_mode = mode
     with torch.no_grad():
@@ -55,7 +77,11 @@ def test_each_prefix_decodes_with_b_dec_and_its_own_latents(mode):
     y = torch.tensor([[4.0, 1.0]], dtype=torch.float64)
     out = sae.loss(y, y)
     torch.testing.assert_close(out.extras["prefix_mse"], torch.tensor([1.0, 1.0, 3.25]).double())
-    assert float(out.terms["mse"].detach()) == pytest.approx(5.25 / 3)
+    assert float(out.terms["mse"].detach()) == pytest.approx(57 / 21)
+    uniform = make_sae(_cfg(k=4, group_sizes=[1, 1, 2], prefix_weights="uniform")).double()
+    uniform.sparse_mode = mode
+    uniform.load_state_dict(sae.state_dict())
+    assert float(uniform.loss(y, y).terms["mse"].detach()) == pytest.approx(5.25 / 3)
     torch.testing.assert_close(out.y_hat, torch.tensor([[5.0, 2.5]], dtype=torch.float64))
     assert float(out.terms["auxk"].detach()) == 0.0  # no dead latents given
 

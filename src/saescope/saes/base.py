@@ -37,6 +37,9 @@ class SAEConfig:
     """Fields every architecture has. Each architecture's config adds its own."""
 
     name: ClassVar[str] = ""
+    saved_before: ClassVar[dict[str, Any]] = {}
+    """Fields added after files were written, with the value a cfg.json without them meant
+    (`SAE.load` fills them in, so a file saved before loads identically)."""
 
     d_in: int
     """Width of the input activations."""
@@ -369,7 +372,10 @@ class SAE(nn.Module, abc.ABC):
         cfg = io.read_cfg(path)
         io.check_sizes(path, cfg)
         try:
-            config = config_from_dict(io.config_part(cfg))
+            fields = io.config_part(cfg)
+            name = str(cfg["architecture"])
+            legacy = architecture(name).config_cls.saved_before if name in ARCHITECTURES else {}
+            config = config_from_dict({**legacy, **fields})
         except ConfigError as e:
             raise FormatError(f"{Path(path) / io.CFG_FILE}: {e}") from None
         if cls is not SAE and config.name != cls.config_cls.name:

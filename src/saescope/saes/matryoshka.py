@@ -4,10 +4,14 @@ Nabeshima 2024, "Matryoshka Sparse Autoencoders").
 The latents form nested prefixes: the first m_1 < m_2 < ... < m_G = d_sae latents. One
 BatchTopK encoding (the N*k largest ReLU'd pre-activations of the batch, as `batchtopk.py`) is
 decoded G times, prefix g with b_dec + f[:, :m_g] W_dec[:m_g], and every prefix is trained to
-reconstruct: the `mse` term is the mean over prefixes of each one's squared error (the sum
-with weights 1/G, dictionary_learning's default group weights), so the early latents must
-carry the general features on their own and a later latent cannot absorb its parent's
-direction. The reconstruction is the full prefix's; AuxK on its residual as for TopK.
+reconstruct: the `mse` term is a weighted sum of each prefix's squared error, so the early
+latents must carry the general features on their own and a later latent cannot absorb its
+parent's direction. The weights (`prefix_weights`) are by default proportional to m_g^2 (the
+whole dictionary's loss weighs most; with prefixes d_sae/8, /4, /2, d_sae: 1, 4, 16, 64 over
+85): with dictionary_learning's uniform 1/G, prefixes smaller than the number of features
+learn blends on a task without hierarchy, and "uniform" keeps that weighting (files saved
+before the field existed were trained with it and load with it). docs/RESULTS.md (issue 18)
+has the measurements. The reconstruction is the full prefix's; AuxK on its residual as for TopK.
 Inference is a JumpReLU at one threshold, estimated as BatchTopK's is.
 
 `group_sizes` are the sizes of the groups the prefixes add (they sum to d_sae), as
@@ -47,6 +51,9 @@ def default_group_sizes(d_sae: int) -> tuple[int, ...]:
     return tuple(b - a for a, b in zip([0, *prefixes], prefixes, strict=False))
 
 
+PREFIX_WEIGHTS = ("squared", "uniform")
+
+
 def _int_tuple(value: Any) -> tuple[int, ...]:
     """A tuple of ints from a tuple, a list (JSON) or "a,b,c" (the command line)."""
     if isinstance(value, str):
@@ -65,6 +72,7 @@ def _int_tuple(value: Any) -> tuple[int, ...]:
 @dataclass(frozen=True)
 class MatryoshkaConfig(AuxKConfig):
     name: ClassVar[str] = "matryoshka"
+    saved_before: ClassVar[dict[str, Any]] = {"prefix_weights": "uniform"}
 
     k: float = 32
     """Mean active latents per token over a batch."""
@@ -72,6 +80,10 @@ class MatryoshkaConfig(AuxKConfig):
     """Sizes of the nested groups, summing to d_sae (e.g. 64,64,128,256): prefix g is the
     first group_sizes[0] + ... + group_sizes[g] latents; default: prefixes d_sae/8, d_sae/4,
     d_sae/2, d_sae."""
+    prefix_weights: str = "squared"
+    """How each prefix's squared error is weighted in the loss: "squared" (proportional to the
+    prefix's size squared, summing to 1) or "uniform" (1/G each, dictionary_learning's default
+    and saescope's before issue 18)."""
     threshold_rate: float = 0.01
     """Rate of the running average of the inference threshold during training (the final
     threshold is measured again with the final weights)."""
@@ -94,6 +106,18 @@ class MatryoshkaConfig(AuxKConfig):
                 f"{','.join(map(str, default_group_sizes(self.d_sae)))}"
             )
         object.__setattr__(self, "group_sizes", sizes)
+        if self.prefix_weights not in PREFIX_WEIGHTS:
+            raise ConfigError(
+                f"prefix_weights must be one of {', '.join(PREFIX_WEIGHTS)}, got "
+                f"{self.prefix_weights!r}"
+            )
+
+    @property
+    def weights(self) -> tuple[float, ...]:
+        """Each prefix's weight in the mse term (they sum to 1)."""
+        sizes = self.prefixes
+        raw = [1.0] * len(sizes) if self.prefix_weights == "uniform" else [m * m for m in sizes]
+        return tuple(w / sum(raw) for w in raw)
 
     @property
     def prefixes(self) -> tuple[int, ...]:
@@ -174,7 +198,8 @@ class MatryoshkaSAE(SAE):
         codes: SparseCodes | None = None,
     ) -> LossOutput:
         prefix_mse = torch.stack([m.detach() for m in mses])
-        terms = {"mse": sum(mses) / len(mses), "auxk": aux}
+        mse = sum(w * m for w, m in zip(self.cfg.weights, mses, strict=True))
+        terms = {"mse": mse, "auxk": aux}
         extras = {"min_kept": min_kept, "prefix_mse": prefix_mse}
         return LossOutput(y_hat, f, terms, extras, codes)  # type: ignore[arg-type]
 
