@@ -194,7 +194,12 @@ def train_sae(
         progress=progress,
         init_samples=H.shape[0],
         log_every=max(1, cfg.sae_steps // 10),
-        resample_every=cfg.resample_every,
+        # The seed experiment's resampling as it was measured (docs/RESULTS.md): every
+        # steps/6, a latent dead for a tenth of the run; the library's defaults moved since.
+        resample_every=max(1, cfg.sae_steps // 6)
+        if cfg.resample_every is None
+        else cfg.resample_every,
+        dead_tokens=min(10_000_000, max(1, cfg.sae_steps * cfg.sae_batch // 10)),
     )
     return train([sae], RowBatches(H, cfg.sae_batch, seed), tcfg).saes[0]
 
