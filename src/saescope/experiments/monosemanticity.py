@@ -194,8 +194,7 @@ def train_sae(
         progress=progress,
         init_samples=H.shape[0],
         log_every=max(1, cfg.sae_steps // 10),
-        # The seed experiment's resampling as it was measured (docs/RESULTS.md): every
-        # steps/6, a latent dead for a tenth of the run; the library's defaults moved since.
+        # Resampling as measured (docs/RESULTS.md; the library's defaults moved since).
         resample_every=max(1, cfg.sae_steps // 6)
         if cfg.resample_every is None
         else cfg.resample_every,
