@@ -46,6 +46,7 @@ def test_section_plots_every_architecture_and_checks_the_targets():
 
 @pytest.mark.claim
 @pytest.mark.slow
+@pytest.mark.heavy  # about 31 s of CPU: `make claims` only
 def test_the_demos_pareto_claims_hold(claim_seed):
     """The demo's sweep itself: the TopK family on its targets, the controlled ones at the
     task's true L0 (about 30 s of one core)."""

@@ -185,6 +185,7 @@ def hidden(request, claim_seed):
 
 
 @pytest.mark.claim
+@pytest.mark.heavy  # about 130 s of CPU: `make claims` only
 def test_only_the_target_given_reaches_it_and_recovers_every_feature(hidden):
     for arch, row in hidden.items():
         if arch in STEERED:
