@@ -169,18 +169,27 @@ def settle_threshold(sae: SAE, threshold: Tensor, k: float, xs: Sequence[Tensor]
     running = float(threshold[0])
     with torch.no_grad():
         kept = [(x.shape[0], min_kept(sae, x, k)) for x in xs]
-        kept = [(n, m) for n, m in kept if m > 0]
-        tokens = sum(n for n, _ in kept)
-        if tokens:
-            threshold.fill_(sum(n * m for n, m in kept) / tokens)
+    return threshold_from_kept(threshold, kept, running, sae.cfg.name, k)
+
+
+def threshold_from_kept(
+    threshold: Tensor, kept: list[tuple[int, float]], running: float, name: str, k: float
+) -> dict[str, Any]:
+    """threshold <- the token-weighted mean of the (tokens, smallest kept activation) pairs
+    with a positive minimum; warns below SETTLED_TOKENS tokens (at the finishing call's
+    caller). Returns the final metrics' threshold fields."""
+    kept = [(n, m) for n, m in kept if m > 0]
+    tokens = sum(n for n, _ in kept)
+    if tokens:
+        threshold.fill_(sum(n * m for n, m in kept) / tokens)
     settled = tokens >= SETTLED_TOKENS
     if not settled:
         warnings.warn(
-            f"{sae.cfg.name}'s inference threshold rests on {tokens} tokens (fewer than "
+            f"{name}'s inference threshold rests on {tokens} tokens (fewer than "
             f"{SETTLED_TOKENS}): eval-mode L0 may differ from k={k}. Train on "
             "more tokens (more steps or bigger batches)",
             ThresholdWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
     return {
         "threshold": float(threshold[0]),

@@ -18,7 +18,6 @@ N*k; AuxK the k_aux largest among the dead latents of all ranks, per row. docs/D
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +27,7 @@ from torch import Tensor, nn
 
 from saescope import ops
 from saescope.saes import SAE, LossContext, LossOutput, make_sae
-from saescope.saes.batchtopk import SETTLED_TOKENS, ThresholdWarning
+from saescope.saes.batchtopk import threshold_from_kept
 from saescope.training.shards import LatentGroup, check_shardable, global_topk_mask, span, summed
 
 BUFFER_AXES = {"threshold": 0}
@@ -272,24 +271,7 @@ class ShardedSAE(nn.Module):
             n_keep = ops.batch_topk_count(self.cfg.k, pre.shape[0], self.cfg.d_sae)
             chosen = pre >= self._cut(pre, n_keep)
             kept.append((x.shape[0], float(self._smallest_kept(pre[chosen]))))
-        kept = [(n, m) for n, m in kept if m > 0]
-        tokens = sum(n for n, _ in kept)
-        if tokens:
-            threshold.fill_(sum(n * m for n, m in kept) / tokens)
-        if tokens < SETTLED_TOKENS:
-            warnings.warn(
-                f"batchtopk's inference threshold rests on {tokens} tokens (fewer than "
-                f"{SETTLED_TOKENS}): eval-mode L0 may differ from k={self.cfg.k}. Train on "
-                "more tokens (more steps or bigger batches)",
-                ThresholdWarning,
-                stacklevel=3,
-            )
-        return {
-            "threshold": float(threshold[0]),
-            "threshold_running": running,
-            "threshold_tokens": tokens,
-            "threshold_settled": tokens >= SETTLED_TOKENS,
-        }
+        return threshold_from_kept(threshold, kept, running, "batchtopk", self.cfg.k)
 
     # ----- the whole SAE ----------------------------------------------------------------
 
